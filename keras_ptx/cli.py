@@ -1,0 +1,59 @@
+"""The ``keras-ptx`` command line: one click group, one lazily imported module per command.
+
+Each ``bin/`` script is a thin wrapper that runs one of these commands; they are also console
+scripts (``keras-ptx-train`` and so on). Commands live in ``keras_ptx/commands/<name>.py`` as
+``command``; they are imported only when run, so ``--help`` does not load TensorFlow.
+"""
+from __future__ import annotations
+
+import importlib
+import sys
+
+import click
+
+import keras_ptx
+
+COMMANDS = {
+    "make-synthetic": "keras_ptx.commands.make_synthetic",
+    "build-tfrecords": "keras_ptx.commands.build_tfrecords",
+    "train": "keras_ptx.commands.train",
+    "evaluate": "keras_ptx.commands.evaluate",
+    "predict": "keras_ptx.commands.predict",
+    "export": "keras_ptx.commands.export",
+    "demo": "keras_ptx.commands.demo",
+}
+
+
+class LazyGroup(click.Group):
+    def list_commands(self, ctx):
+        return sorted(COMMANDS)
+
+    def get_command(self, ctx, name):
+        if name not in COMMANDS:
+            return None
+        return importlib.import_module(COMMANDS[name]).command
+
+
+@click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(keras_ptx.__version__, prog_name="keras-ptx")
+def main():
+    """Find and outline pneumothorax on chest radiographs (SIIM-ACR) with a Keras UNet++."""
+
+
+def _runner(name):
+    def run():
+        main.main(args=[name, *sys.argv[1:]], prog_name=f"keras-ptx {name}")
+    run.__name__ = name.replace("-", "_")
+    return run
+
+
+make_synthetic = _runner("make-synthetic")
+build_tfrecords = _runner("build-tfrecords")
+train = _runner("train")
+evaluate = _runner("evaluate")
+predict = _runner("predict")
+export = _runner("export")
+demo = _runner("demo")
+
+if __name__ == "__main__":
+    main()

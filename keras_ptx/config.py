@@ -1,0 +1,265 @@
+"""Typed run configuration: YAML files under configs/ loaded into dataclasses.
+
+``load_config(path, overrides=("train.batch_size=12",))`` returns a :class:`Config`. Unknown
+keys and wrong types raise :class:`ConfigError` naming the key's dotted path (with a
+"did you mean" hint for typos). Files are read with ``yaml.safe_load`` only.
+"""
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional, Union
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A configuration file or override that does not fit the schema."""
+
+
+@dataclass
+class DataConfig:
+    image_size: int = 256               # records and model input are image_size x image_size
+    shuffle_buffer: int = 512
+    cache: bool = False                 # keep decoded records in memory
+    deterministic: bool = False         # fixed order and augmentation stream (reproducible)
+    num_parallel_calls: int = 2         # parallel augmentation calls (0 = AUTOTUNE)
+    positive_share: Optional[float] = None      # share of positive images per epoch; None = natural
+    positive_share_end: Optional[float] = None  # if set, share falls linearly to this by the last epoch
+    seed: int = 42
+
+
+@dataclass
+class FlipConfig:
+    p: float = 0.5
+
+
+@dataclass
+class IntensityConfig:
+    """OneOf(RandomBrightnessContrast, RandomGamma)."""
+    p: float = 0.4
+    brightness_limit: float = 0.2
+    contrast_limit: float = 0.2
+    gamma_limit: tuple[float, float] = (80.0, 120.0)
+
+
+@dataclass
+class DistortionConfig:
+    """OneOf(ElasticTransform, GridDistortion, OpticalDistortion)."""
+    p: float = 0.3
+    elastic_alpha: float = 1.0
+    elastic_sigma: float = 50.0
+    grid_num_steps: int = 5
+    grid_distort_limit: float = 0.3
+    optical_distort_limit: float = 0.05
+
+
+@dataclass
+class CropConfig:
+    """RandomSizedCrop back to the full size from a square of min..max of the side."""
+    p: float = 0.25
+    min_fraction: float = 0.6
+    max_fraction: float = 0.8
+
+
+@dataclass
+class AugmentConfig:
+    enabled: bool = True
+    horizontal_flip: FlipConfig = field(default_factory=FlipConfig)
+    intensity: IntensityConfig = field(default_factory=IntensityConfig)
+    distortion: DistortionConfig = field(default_factory=DistortionConfig)
+    random_sized_crop: CropConfig = field(default_factory=CropConfig)
+
+
+@dataclass
+class ModelConfig:
+    encoder: str = "efficientnetb4"     # efficientnetb0 ... efficientnetb7
+    weights: str = "imagenet"           # imagenet | none | path to a local .h5 weights file
+    decoder_filters: tuple[int, ...] = (256, 128, 64, 32, 16)  # as segmentation_models_pytorch
+    deep_supervision: bool = False
+    classification_head: bool = True
+    prune_level: int = 4                # inference output from X(0, prune_level); 4 = full net
+    dropout: float = 0.0                # dropout before the image-level head
+
+
+@dataclass
+class LossConfig:
+    """Weights of the mask loss terms (0 disables a term) and of the image-level head."""
+    bce: float = 1.0
+    dice: float = 1.0
+    focal: float = 0.0
+    lovasz: float = 0.0
+    classifier: float = 0.2
+
+
+@dataclass
+class TrainConfig:
+    batch_size: int = 12                # global batch size (split across replicas)
+    epochs: int = 33
+    steps_per_epoch: Optional[int] = None   # None = one pass over the training split
+    validation_steps: Optional[int] = None
+    optimizer: str = "adam"             # adam | adamw | sgd
+    learning_rate: float = 1e-3
+    min_learning_rate: float = 1e-6
+    weight_decay: float = 0.0
+    lr_schedule: str = "cosine"         # cosine (with warm-up) | plateau | constant
+    warmup_epochs: float = 1.0
+    plateau_factor: float = 0.5
+    plateau_patience: int = 3
+    early_stopping_patience: int = 10
+    loss: LossConfig = field(default_factory=LossConfig)
+    metric_threshold: float = 0.5       # pixel threshold of the streaming competition metric
+    jit_compile: Union[bool, str] = "auto"      # auto = on with a GPU, off on CPU
+    mixed_precision: Union[bool, str] = "auto"  # auto = mixed_float16 with a GPU
+    strategy: str = "auto"              # auto | default | mirrored | multi_worker
+    swa_epochs: int = 0                 # average weights over the last N epochs (0 = off)
+    tensorboard_images: int = 4
+    seed: int = 42
+
+
+@dataclass
+class EvalConfig:
+    threshold: float = 0.75             # the paper's pixel threshold
+    tta: str = "none"                   # none | hflip
+    batch_size: int = 8
+
+
+@dataclass
+class ExportConfig:
+    warmup_requests: int = 2
+
+
+@dataclass
+class Config:
+    data: DataConfig = field(default_factory=DataConfig)
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    export: ExportConfig = field(default_factory=ExportConfig)
+
+    def to_dict(self) -> dict:
+        return _plain(dataclasses.asdict(self))
+
+
+def _plain(value):
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return value
+
+
+def load_config(path=None, overrides=()) -> Config:
+    """Read a YAML config (or the defaults when ``path`` is None) and apply ``key=value`` overrides."""
+    raw: dict = {}
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"{path}: no such config file")
+        try:
+            raw = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"{path}: not valid YAML: {exc}") from None
+        if not isinstance(raw, dict):
+            raise ConfigError(f"{path}: the top level must be a mapping of sections")
+    for item in overrides:
+        key, sep, text = item.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"override {item!r}: expected key=value, e.g. train.batch_size=12")
+        try:
+            value = yaml.safe_load(text)
+        except yaml.YAMLError:
+            value = text
+        _set_path(raw, key.strip().split("."), value)
+    return _build(Config, raw, "")
+
+
+def config_from_dict(raw: dict) -> Config:
+    """Build a Config from a plain dict (as ``Config.to_dict`` returns)."""
+    return _build(Config, raw, "")
+
+
+def dump_config(config: Config, path) -> None:
+    Path(path).write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))
+
+
+def _set_path(raw: dict, parts: list[str], value: Any) -> None:
+    node = raw
+    for part in parts[:-1]:
+        node = node.setdefault(part, {})
+        if not isinstance(node, dict):
+            raise ConfigError(f"{'.'.join(parts)}: {part} is not a section")
+    node[parts[-1]] = value
+
+
+def _build(cls, raw: Any, prefix: str):
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{prefix or 'config'}: expected a mapping, got {type(raw).__name__}")
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    for key in raw:
+        if key not in names:
+            path = f"{prefix}{key}"
+            close = difflib.get_close_matches(str(key), names, n=1)
+            hint = f"; did you mean {prefix}{close[0]}?" if close else f"; known keys: {', '.join(names)}"
+            raise ConfigError(f"{path}: unknown key{hint}")
+    kwargs = {}
+    for name in names:
+        if name in raw:
+            kwargs[name] = _coerce(hints[name], raw[name], f"{prefix}{name}")
+    return cls(**kwargs)
+
+
+def _coerce(tp, value, path):
+    origin = typing.get_origin(tp)
+    args = typing.get_args(tp)
+    if dataclasses.is_dataclass(tp):
+        return _build(tp, value, path + ".")
+    if origin is Union:
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for option in args:
+            if option is type(None):
+                continue
+            try:
+                return _coerce(option, value, path)
+            except ConfigError as exc:
+                errors.append(exc)
+        raise ConfigError(f"{path}: expected {_describe(tp)}, got {value!r}")
+    if origin is tuple:
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{path}: expected a list, got {value!r}")
+        if len(args) == 2 and args[1] is Ellipsis:
+            return tuple(_coerce(args[0], v, f"{path}[{i}]") for i, v in enumerate(value))
+        if len(value) != len(args):
+            raise ConfigError(f"{path}: expected a list of {len(args)} values, got {value!r}")
+        return tuple(_coerce(a, v, f"{path}[{i}]") for i, (a, v) in enumerate(zip(args, value)))
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+    elif tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+    elif tp is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+    elif tp is str:
+        if isinstance(value, str):
+            return value
+    raise ConfigError(f"{path}: expected {_describe(tp)}, got {value!r}")
+
+
+def _describe(tp) -> str:
+    if typing.get_origin(tp) is Union:
+        return " or ".join(_describe(a) for a in typing.get_args(tp) if a is not type(None)) + \
+            (" or null" if type(None) in typing.get_args(tp) else "")
+    if typing.get_origin(tp) is tuple:
+        return "a list"
+    return {bool: "true/false", int: "an integer", float: "a number", str: "a string"}.get(tp, str(tp))

@@ -1,0 +1,1 @@
+"""SIIM-ACR formats: RLE masks, label CSVs, DICOM images, TFRecord schema. No TensorFlow models."""

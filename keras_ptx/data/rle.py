@@ -1,0 +1,94 @@
+"""SIIM-ACR run-length encoding of binary masks (vectorised numpy).
+
+Pixels are numbered column-major (down each column, then across) in the DICOM pixel array's
+orientation, 0-based. A run is ``start length``. Under the competition's *relative* form the
+first start is the absolute index of the first foreground pixel and every later start counts
+the background pixels since the previous run ended; under the *absolute* form every start is
+an index. An empty mask is ``-1``. Unlike the competition's reference encoder, a run that ends
+on the last pixel is kept.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+EMPTY = "-1"
+
+
+def _parse(rle: str) -> np.ndarray:
+    tokens = rle.split()
+    values = np.empty(len(tokens), dtype=np.int64)
+    for i, token in enumerate(tokens):
+        try:
+            values[i] = int(token)
+        except ValueError:
+            raise ValueError(f"RLE token {i} ({token!r}) is not an integer") from None
+    if len(values) % 2:
+        raise ValueError(f"RLE has an odd number of tokens ({len(values)}): "
+                         "expected start/length pairs")
+    return values
+
+
+def is_empty(rle: str) -> bool:
+    """True for the competition's empty-mask markers: '-1', ' -1' or an empty string."""
+    text = rle.strip()
+    return text in ("", EMPTY)
+
+
+def decode(rle: str, height: int, width: int, relative: bool = True) -> np.ndarray:
+    """Decode one RLE string into a uint8 {0,1} mask of shape (height, width)."""
+    if height <= 0 or width <= 0:
+        raise ValueError(f"mask size must be positive, got {height}x{width}")
+    n = height * width
+    if is_empty(rle):
+        return np.zeros((height, width), dtype=np.uint8)
+    values = _parse(rle)
+    starts, lengths = values[0::2], values[1::2]
+    bad = np.flatnonzero(lengths <= 0)
+    if bad.size:
+        i = int(bad[0])
+        raise ValueError(f"RLE run {i} (token {2 * i + 1}) has non-positive length {lengths[i]}")
+    bad = np.flatnonzero(starts < 0)
+    if bad.size:
+        i = int(bad[0])
+        raise ValueError(f"RLE run {i} (token {2 * i}) has negative start {starts[i]}")
+    if relative:
+        ends = np.cumsum(starts + lengths)
+        starts = ends - lengths
+    else:
+        order = np.argsort(starts, kind="stable")
+        starts, lengths = starts[order], lengths[order]
+        ends = starts + lengths
+        overlap = np.flatnonzero(starts[1:] < ends[:-1])
+        if overlap.size:
+            i = int(order[overlap[0] + 1])
+            raise ValueError(f"RLE run {i} (token {2 * i}) overlaps an earlier run")
+    past = np.flatnonzero(ends > n)
+    if past.size:
+        i = int(past[0])
+        raise ValueError(f"RLE run {i} (token {2 * i}) ends at pixel {ends[i]}, past the "
+                         f"{height}x{width} image ({n} pixels)")
+    edges = np.zeros(n + 1, dtype=np.int32)
+    np.add.at(edges, starts, 1)
+    np.add.at(edges, ends, -1)
+    flat = (np.cumsum(edges[:-1]) > 0).astype(np.uint8)
+    return flat.reshape(width, height).T.copy()
+
+
+def encode(mask: np.ndarray, relative: bool = True) -> str:
+    """Encode a 2-D {0,1} (or bool) mask; the exact inverse of :func:`decode`."""
+    mask = np.asarray(mask)
+    if mask.ndim != 2:
+        raise ValueError(f"mask must be 2-D, got shape {mask.shape}")
+    if mask.dtype != bool and not np.isin(mask, (0, 1)).all():
+        raise ValueError("mask values must be 0 or 1")
+    flat = mask.T.reshape(-1).astype(bool)
+    padded = np.concatenate(([False], flat, [False]))
+    changes = np.flatnonzero(padded[1:] != padded[:-1])
+    if changes.size == 0:
+        return EMPTY
+    starts, ends = changes[0::2], changes[1::2]
+    lengths = ends - starts
+    if relative:
+        starts = starts - np.concatenate(([0], ends[:-1]))
+    pairs = np.stack([starts, lengths], axis=1).reshape(-1)
+    return " ".join(map(str, pairs.tolist()))
