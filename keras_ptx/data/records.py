@@ -1,0 +1,99 @@
+"""THE TFRecord schema: the writer (build.py) and the tf.data parser both use this module.
+
+One ``tf.train.Example`` per radiograph. Images and masks are single-channel PNGs of
+``size`` x ``size`` made with :mod:`keras_ptx.data.geometry`; masks hold 0/1 values (the
+union of the image's annotations). ``mask_area``, ``height`` and ``width`` refer to the
+original DICOM grid. Unknown sex/view are empty strings, unknown age and fold -1.
+No patient name or ID is ever stored.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import tensorflow as tf
+
+SPLITS = ("train", "val", "test")
+SHARD_PATTERN = "{split}-{index:05d}-of-{count:05d}.tfrecord"
+MANIFEST = "manifest.json"
+
+FEATURES = {
+    "image": tf.io.FixedLenFeature([], tf.string),
+    "mask": tf.io.FixedLenFeature([], tf.string),
+    "image_id": tf.io.FixedLenFeature([], tf.string),
+    "has_pneumothorax": tf.io.FixedLenFeature([], tf.int64),
+    "n_annotations": tf.io.FixedLenFeature([], tf.int64),
+    "mask_area": tf.io.FixedLenFeature([], tf.int64),
+    "height": tf.io.FixedLenFeature([], tf.int64),
+    "width": tf.io.FixedLenFeature([], tf.int64),
+    "size": tf.io.FixedLenFeature([], tf.int64),
+    "fold": tf.io.FixedLenFeature([], tf.int64, default_value=-1),
+    "sex": tf.io.FixedLenFeature([], tf.string, default_value=b""),
+    "age": tf.io.FixedLenFeature([], tf.int64, default_value=-1),
+    "view": tf.io.FixedLenFeature([], tf.string, default_value=b""),
+    "labeled": tf.io.FixedLenFeature([], tf.int64, default_value=1),
+}
+
+
+@dataclass
+class Record:
+    """One example before serialisation (PNG bytes already encoded)."""
+    image_png: bytes
+    mask_png: bytes
+    image_id: str
+    has_pneumothorax: int
+    n_annotations: int
+    mask_area: int
+    height: int
+    width: int
+    size: int
+    fold: int = -1
+    sex: str = ""
+    age: int = -1
+    view: str = ""
+    labeled: int = 1
+
+
+def _bytes(value: bytes):
+    return tf.train.Feature(bytes_list=tf.train.BytesList(value=[value]))
+
+
+def _int(value: int):
+    return tf.train.Feature(int64_list=tf.train.Int64List(value=[int(value)]))
+
+
+def serialize(record: Record) -> bytes:
+    features = {
+        "image": _bytes(record.image_png),
+        "mask": _bytes(record.mask_png),
+        "image_id": _bytes(record.image_id.encode()),
+        "has_pneumothorax": _int(record.has_pneumothorax),
+        "n_annotations": _int(record.n_annotations),
+        "mask_area": _int(record.mask_area),
+        "height": _int(record.height),
+        "width": _int(record.width),
+        "size": _int(record.size),
+        "fold": _int(record.fold),
+        "sex": _bytes(record.sex.encode()),
+        "age": _int(record.age),
+        "view": _bytes(record.view.encode()),
+        "labeled": _int(record.labeled),
+    }
+    assert features.keys() == FEATURES.keys()
+    return tf.train.Example(features=tf.train.Features(feature=features)).SerializeToString()
+
+
+def parse(serialized, size: int | None = None):
+    """Parse one serialized example in the graph; decode image and mask to uint8 [S, S, 1]."""
+    ex = tf.io.parse_single_example(serialized, FEATURES)
+    image = tf.io.decode_png(ex["image"], channels=1)
+    mask = tf.io.decode_png(ex["mask"], channels=1)
+    if size is not None:
+        image.set_shape([size, size, 1])
+        mask.set_shape([size, size, 1])
+    ex["image"], ex["mask"] = image, mask
+    return ex
+
+
+def shard_files(data_dir: str, split: str) -> list[str]:
+    """Sorted shard paths of one split (local path or any tf.io.gfile URL)."""
+    return sorted(tf.io.gfile.glob(f"{data_dir.rstrip('/')}/{split}-*-of-*.tfrecord"))
