@@ -1,0 +1,58 @@
+"""The layout of a training run directory, and loading its best model back.
+
+RUN_DIR/
+  config.yaml            resolved config of the run
+  checkpoints/           best.weights.h5 (best validation score), last.weights.h5, backup/
+  logs/                  TensorBoard event files
+  history.csv            one row per epoch
+  metrics.json           best epoch and its scores
+  best.weights.h5        the best model's weights (rebuilt from config.yaml, then loaded)
+  postprocess.json       post-processing chosen by `bin/evaluate` (used by predict and export)
+  eval/                  evaluation report, plots, overlays
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+
+from keras_ptx.config import Config, load_config
+
+CONFIG = "config.yaml"
+CHECKPOINTS = "checkpoints"
+LOGS = "logs"
+HISTORY = "history.csv"
+METRICS = "metrics.json"
+BEST_WEIGHTS = "best.weights.h5"
+POSTPROCESS = "postprocess.json"
+EVAL = "eval"
+
+
+class RunDirError(RuntimeError):
+    """A run directory that is missing or incomplete."""
+
+
+def load_run_config(run_dir) -> Config:
+    path = Path(run_dir) / CONFIG
+    if not path.is_file():
+        raise RunDirError(f"{run_dir}: not a training run directory (no {CONFIG})")
+    return load_config(path)
+
+
+def load_model(run_dir):
+    """Rebuild the run's model from its config and load its best weights. Returns (config, model)."""
+    from keras_ptx.model import build_model
+
+    config = load_run_config(run_dir)
+    weights = Path(run_dir) / BEST_WEIGHTS
+    if not weights.is_file():
+        raise RunDirError(f"{run_dir}: no {BEST_WEIGHTS}; has training finished an epoch?")
+    model = build_model(dataclasses.replace(
+        config, model=dataclasses.replace(config.model, weights="none")))
+    model.load_weights(str(weights))
+    return config, model
+
+
+def read_json(run_dir, name):
+    path = Path(run_dir) / name
+    return json.loads(path.read_text()) if path.is_file() else None
