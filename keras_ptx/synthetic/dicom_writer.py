@@ -1,0 +1,134 @@
+"""Write one chest radiograph as a DICOM file the way SIIM-ACR ships them (or deliberately not).
+
+The SIIM default: Computed Radiography Image Storage, MONOCHROME2, 8 bits, one JPEG Baseline
+frame encapsulated in the pixel data. The other options (MONOCHROME1, 16-bit, uncompressed
+Explicit VR Little Endian) exist to exercise readers with the variants found in the wild.
+"""
+from __future__ import annotations
+
+import io
+import os
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+from pydicom.dataset import FileDataset, FileMetaDataset
+from pydicom.encaps import encapsulate
+from pydicom.uid import (PYDICOM_IMPLEMENTATION_UID, ComputedRadiographyImageStorage,
+                         ExplicitVRLittleEndian, JPEGBaseline8Bit)
+
+TRANSFER_SYNTAXES = {"jpeg_baseline": JPEGBaseline8Bit, "explicit_le": ExplicitVRLittleEndian}
+PHOTOMETRICS = ("MONOCHROME2", "MONOCHROME1")
+BITS_STORED = {8: 8, 16: 12}
+
+
+def _stored_pixels(pixels: np.ndarray, bits: int, photometric: str) -> np.ndarray:
+    """Display pixels (uint8, or uint16 below 2**12 for 16 bits; air dark) -> stored values."""
+    top = (1 << BITS_STORED[bits]) - 1
+    if pixels.dtype == np.uint8:
+        values = (pixels.astype(np.uint32) * top + 127) // 255 if bits == 16 else pixels
+    elif pixels.dtype == np.uint16 and bits == 16:
+        if int(pixels.max(initial=0)) > top:
+            raise ValueError(f"16-bit pixels must be <= {top} (BitsStored "
+                             f"{BITS_STORED[bits]}), got {int(pixels.max())}")
+        values = pixels
+    else:
+        raise ValueError(f"pixels of dtype {pixels.dtype} cannot be stored with {bits} bits "
+                         "(give uint8, or uint16 for bits=16)")
+    if photometric == "MONOCHROME1":
+        values = top - values
+    return np.ascontiguousarray(values, dtype=np.uint8 if bits == 8 else np.uint16)
+
+
+def _jpeg(values: np.ndarray, quality: int) -> bytes:
+    out = io.BytesIO()
+    Image.fromarray(values, mode="L").save(out, format="JPEG", quality=quality)
+    return out.getvalue()
+
+
+def write_dicom(path, pixels, *, image_id: str, study_uid: str, series_uid: str,
+                patient_id: str, patient_name: str, sex: str = "", age: int | None = None,
+                view: str = "", transfer_syntax: str = "jpeg_baseline",
+                photometric: str = "MONOCHROME2", bits: int = 8,
+                pixel_spacing=(0.14, 0.14), jpeg_quality: int = 95) -> Path:
+    """Write ``pixels`` (2-D, display convention: air dark) as a CR DICOM at ``path``.
+
+    ``image_id`` becomes the SOPInstanceUID. With ``photometric='MONOCHROME1'`` the stored
+    values are inverted so that a reader applying the photometric rule gets ``pixels`` back.
+    JPEG Baseline holds only 8 bits; 16 bits (BitsStored 12) needs ``explicit_le``. The file
+    appears atomically (written beside ``path``, then renamed). Returns ``path``.
+    """
+    pixels = np.asarray(pixels)
+    if pixels.ndim != 2 or 0 in pixels.shape:
+        raise ValueError(f"pixels must be a non-empty 2-D array, got shape {pixels.shape}")
+    if transfer_syntax not in TRANSFER_SYNTAXES:
+        raise ValueError(f"transfer_syntax must be one of {sorted(TRANSFER_SYNTAXES)}, "
+                         f"got {transfer_syntax!r}")
+    if photometric not in PHOTOMETRICS:
+        raise ValueError(f"photometric must be one of {PHOTOMETRICS}, got {photometric!r}")
+    if bits not in BITS_STORED:
+        raise ValueError(f"bits must be 8 or 16, got {bits!r}")
+    if bits != 8 and transfer_syntax == "jpeg_baseline":
+        raise ValueError("JPEG Baseline holds 8-bit pixels only; use transfer_syntax="
+                         "'explicit_le' for 16 bits")
+    values = _stored_pixels(pixels, bits, photometric)
+    syntax = TRANSFER_SYNTAXES[transfer_syntax]
+
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = ComputedRadiographyImageStorage
+    meta.MediaStorageSOPInstanceUID = image_id
+    meta.TransferSyntaxUID = syntax
+    meta.ImplementationClassUID = PYDICOM_IMPLEMENTATION_UID
+
+    path = Path(path)
+    ds = FileDataset(str(path), {}, file_meta=meta, preamble=b"\0" * 128)
+    ds.SpecificCharacterSet = "ISO_IR 100"
+    ds.SOPClassUID = ComputedRadiographyImageStorage
+    ds.SOPInstanceUID = image_id
+    ds.StudyDate = "19010101"
+    ds.StudyTime = "000000.00"
+    ds.AccessionNumber = ""
+    ds.Modality = "CR"
+    ds.ConversionType = "WSD"
+    ds.ReferringPhysicianName = ""
+    ds.SeriesDescription = f"view: {view}" if view else ""
+    ds.PatientName = patient_name
+    ds.PatientID = patient_id
+    ds.PatientBirthDate = ""
+    ds.PatientSex = sex
+    if age is not None:
+        ds.PatientAge = f"{int(age):03d}Y"
+    ds.BodyPartExamined = "CHEST"
+    ds.ViewPosition = view
+    ds.StudyInstanceUID = study_uid
+    ds.SeriesInstanceUID = series_uid
+    ds.StudyID = ""
+    ds.SeriesNumber = 1
+    ds.InstanceNumber = 1
+    ds.PatientOrientation = ""
+    ds.SamplesPerPixel = 1
+    ds.PhotometricInterpretation = photometric
+    ds.Rows, ds.Columns = values.shape
+    ds.PixelSpacing = [f"{s:.6g}" for s in pixel_spacing]
+    ds.BitsAllocated = bits
+    ds.BitsStored = BITS_STORED[bits]
+    ds.HighBit = BITS_STORED[bits] - 1
+    ds.PixelRepresentation = 0
+    if transfer_syntax == "jpeg_baseline":
+        ds.LossyImageCompression = "01"
+        ds.LossyImageCompressionMethod = "ISO_10918_1"
+        ds.PixelData = encapsulate([_jpeg(values, jpeg_quality)])
+        ds["PixelData"].VR = "OB"
+        ds["PixelData"].is_undefined_length = True
+    else:
+        ds.PixelData = values.astype(values.dtype.newbyteorder("<"), copy=False).tobytes()
+        ds["PixelData"].VR = "OB" if bits == 8 else "OW"
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_name(f".{path.name}.{os.getpid()}.partial")
+    try:
+        ds.save_as(partial, enforce_file_format=True)
+        os.replace(partial, path)
+    finally:
+        partial.unlink(missing_ok=True)
+    return path
