@@ -1,0 +1,1 @@
+"""Scoring, post-processing, evaluation and prediction with a trained run."""
