@@ -1,0 +1,238 @@
+"""Read one DICOM file into a 2-D uint8 image in display convention (air dark, bone bright).
+
+``read_dicom(path)`` returns a :class:`DicomImage`: the pixels plus the tags keras_ptx uses.
+Pixel conversion:
+
+* 8-bit grayscale without a modality or VOI transform (SIIM's MONOCHROME2 files) passes through
+  unchanged;
+* deeper data goes through the modality LUT / rescale, then the file's VOI LUT or window
+  (scaled by that transform's output range), else a robust 0.5-99.5 percentile window;
+* MONOCHROME1 is inverted after windowing; RGB, YBR and palette colour become luma (BT.601).
+
+Every failure (not DICOM, truncated, no pixels, multi-frame, unsupported transfer syntax,
+missing decoder, ...) raises :class:`DicomError` carrying the path and the reason; no other
+exception type leaves :func:`read_dicom` or :func:`read_dicom_header`. Patient names never
+leave this module, and a PatientID only as a one-way hash (``patient_hash``).
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+from dataclasses import dataclass, field
+
+import numpy as np
+import pydicom
+from pydicom.dataset import FileMetaDataset
+from pydicom.errors import InvalidDicomError
+from pydicom.pixels import (apply_color_lut, apply_modality_lut, apply_voi, apply_windowing,
+                            as_pixel_options, get_decoder)
+from pydicom.uid import ExplicitVRBigEndian, ExplicitVRLittleEndian, ImplicitVRLittleEndian
+
+PATIENT_HASH_CHARS = 16
+MAX_AGE = 130                       # older "ages" are data-entry errors (SIIM has some): -1
+_LUMA = np.array([0.299, 0.587, 0.114])
+_AGE = re.compile(r"^\s*(\d{1,3})\s*([DWMY]?)\s*$", re.IGNORECASE)
+_AGE_DIVISOR = {"": 1, "Y": 1, "M": 12, "W": 52, "D": 365}
+_ENCODING_SYNTAX = {(True, True): ImplicitVRLittleEndian, (False, True): ExplicitVRLittleEndian,
+                    (False, False): ExplicitVRBigEndian}
+_PIXEL_TAGS = ("PixelData", "FloatPixelData", "DoubleFloatPixelData")
+
+
+class DicomError(Exception):
+    """A file that cannot become one image; ``str()`` is ``"path: reason"``."""
+
+    def __init__(self, path, reason: str):
+        self.path = os.fspath(path)
+        self.reason = reason
+        super().__init__(f"{self.path}: {reason}")
+
+    def __reduce__(self):           # picklable across worker processes
+        return type(self), (self.path, self.reason)
+
+
+@dataclass(frozen=True, kw_only=True)
+class DicomHeader:
+    """The tags keras_ptx uses; '' / -1 where the file lacks them."""
+    path: str
+    image_id: str                   # SOPInstanceUID
+    rows: int
+    columns: int
+    photometric: str                # the file's PhotometricInterpretation
+    sex: str
+    age: int                        # years
+    view: str                       # ViewPosition (PA / AP)
+    patient_hash: str               # sha256 prefix of PatientID
+
+
+@dataclass(frozen=True, kw_only=True)
+class DicomImage(DicomHeader):
+    """A decoded image: ``pixels`` is (rows, columns) uint8, air dark, bone bright."""
+    pixels: np.ndarray = field(compare=False, repr=False)
+
+
+def read_dicom_header(path) -> DicomHeader:
+    """The tags of ``path`` without decoding its pixels (cheap: stops before Pixel Data)."""
+    path = os.fspath(path)
+    try:
+        return _header(path, _dataset(path, stop_before_pixels=True))
+    except DicomError:
+        raise
+    except Exception as exc:        # noqa: BLE001 - the contract: only DicomError escapes
+        raise DicomError(path, f"unreadable header ({type(exc).__name__}: {exc})") from exc
+
+
+def read_dicom(path) -> DicomImage:
+    """Decode ``path`` into a :class:`DicomImage`; raises :class:`DicomError` on any failure."""
+    path = os.fspath(path)
+    try:
+        ds = _dataset(path, stop_before_pixels=False)
+        header = _header(path, ds)
+        pixels = _pixels(path, ds)
+        return DicomImage(pixels=pixels, **vars(header))
+    except DicomError:
+        raise
+    except Exception as exc:        # noqa: BLE001 - the contract: only DicomError escapes
+        raise DicomError(path, f"invalid or unsupported DICOM ({type(exc).__name__}: {exc})") from exc
+
+
+def parse_age(text) -> int:
+    """Years from a DICOM age string ('058Y', '006M', SIIM's plain '58'); -1 if absent or bad."""
+    match = _AGE.match(str(text or ""))
+    if not match:
+        return -1
+    years = int(match.group(1)) // _AGE_DIVISOR[match.group(2).upper()]
+    return years if years <= MAX_AGE else -1
+
+
+def patient_hash(patient_id) -> str:
+    """One-way hash of a PatientID ('' when there is none)."""
+    text = str(patient_id or "").strip()
+    if not text:
+        return ""
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()[:PATIENT_HASH_CHARS]
+
+
+def _dataset(path: str, stop_before_pixels: bool) -> pydicom.Dataset:
+    if not os.path.isfile(path):
+        raise DicomError(path, "not a regular file" if os.path.exists(path) else "no such file")
+    try:
+        return pydicom.dcmread(path, stop_before_pixels=stop_before_pixels)
+    except InvalidDicomError:
+        pass                        # no preamble / file meta: maybe a bare dataset
+    except Exception as exc:        # noqa: BLE001
+        raise DicomError(path, f"corrupt DICOM ({type(exc).__name__}: {exc})") from exc
+    try:
+        ds = pydicom.dcmread(path, force=True, stop_before_pixels=stop_before_pixels)
+    except Exception as exc:        # noqa: BLE001
+        raise DicomError(path, "not a DICOM file") from exc
+    if "SOPInstanceUID" not in ds:
+        raise DicomError(path, "not a DICOM file (no DICOM preamble and no SOPInstanceUID)")
+    return ds
+
+
+def _text(ds, keyword: str) -> str:
+    return str(ds.get(keyword, "") or "").strip()
+
+
+def _header(path: str, ds) -> DicomHeader:
+    image_id = _text(ds, "SOPInstanceUID")
+    if not image_id:
+        raise DicomError(path, "no SOPInstanceUID")
+    return DicomHeader(
+        path=path, image_id=image_id,
+        rows=int(ds.get("Rows", 0) or 0), columns=int(ds.get("Columns", 0) or 0),
+        photometric=_text(ds, "PhotometricInterpretation").upper(),
+        sex=_text(ds, "PatientSex").upper(), age=parse_age(ds.get("PatientAge")),
+        view=_text(ds, "ViewPosition").upper(), patient_hash=patient_hash(ds.get("PatientID")))
+
+
+def _pixels(path: str, ds) -> np.ndarray:
+    if not any(tag in ds for tag in _PIXEL_TAGS):
+        raise DicomError(path, "no pixel data")
+    frames = int(ds.get("NumberOfFrames", 1) or 1)
+    if frames != 1:
+        raise DicomError(path, f"multi-frame image ({frames} frames); expected one image")
+    if not int(ds.get("Rows", 0) or 0) or not int(ds.get("Columns", 0) or 0):
+        raise DicomError(path, f"zero-size image ({ds.get('Rows')}x{ds.get('Columns')})")
+    if getattr(ds, "file_meta", None) is None:
+        ds.file_meta = FileMetaDataset()
+    syntax = ds.file_meta.get("TransferSyntaxUID")
+    if not syntax:
+        syntax = _ENCODING_SYNTAX.get(ds.original_encoding)
+        if syntax is None:
+            raise DicomError(path, "no transfer syntax and unknown dataset encoding")
+        ds.file_meta.TransferSyntaxUID = syntax
+    try:
+        decoder = get_decoder(syntax)
+    except NotImplementedError:
+        raise DicomError(path, f"unsupported transfer syntax {syntax.name} ({syntax})") from None
+    if not decoder.is_available:
+        raise DicomError(path, f"no decoder installed for {syntax.name} (needs one of: "
+                               f"{'; '.join(decoder.missing_dependencies)})")
+    try:
+        arr, meta = decoder.as_array(ds, **as_pixel_options(ds))
+    except Exception as exc:        # noqa: BLE001 - truncated / corrupt pixel data
+        raise DicomError(path, f"cannot decode pixel data ({syntax.name}): {exc}") from exc
+    photometric = str(meta["photometric_interpretation"]).upper()
+    if arr.ndim == 3 and arr.shape[-1] == 3:
+        return _color_to_gray(arr, meta["bits_stored"])
+    if arr.ndim != 2:
+        raise DicomError(path, f"expected one 2-D image, decoded shape {arr.shape}")
+    if photometric == "PALETTE COLOR":
+        rgb = apply_color_lut(arr, ds)
+        # Writers often put 8-bit entries in a 16-bit LUT; like DCMTK, read those as 8-bit.
+        return _color_to_gray(rgb, 8 if rgb.max() < 256 else 8 * rgb.dtype.itemsize)
+    if photometric not in ("MONOCHROME1", "MONOCHROME2"):
+        raise DicomError(path, f"unsupported photometric interpretation {photometric!r}")
+    if np.issubdtype(arr.dtype, np.floating) and not np.isfinite(arr).all():
+        raise DicomError(path, "non-finite pixel values")
+    if _display_ready(arr, ds):
+        image = arr
+    else:
+        values = apply_modality_lut(arr, ds)
+        unit = _voi_unit(values, ds)
+        if unit is None:
+            unit = _percentile_unit(values)
+        image = np.rint(np.clip(unit, 0.0, 1.0) * 255).astype(np.uint8)
+    return 255 - image if photometric == "MONOCHROME1" else image
+
+
+def _display_ready(arr: np.ndarray, ds) -> bool:
+    """8-bit grayscale with no modality or VOI transform: already display values."""
+    if arr.dtype != np.uint8 or int(ds.get("BitsStored", 8)) != 8:
+        return False
+    if any(k in ds for k in ("ModalityLUTSequence", "VOILUTSequence", "WindowCenter", "WindowWidth")):
+        return False
+    return float(ds.get("RescaleSlope", 1) or 1) == 1 and float(ds.get("RescaleIntercept", 0) or 0) == 0
+
+
+def _voi_unit(values: np.ndarray, ds):
+    """``values`` through the file's VOI LUT or window, as [0, 1]; None if it has neither
+    (or the transform is unusable, e.g. a zero window width)."""
+    try:
+        item = (ds.get("VOILUTSequence") or [None])[0]
+        if item is not None and "LUTDescriptor" in item and "LUTData" in item:
+            return apply_voi(values, ds) / float(2 ** int(item.LUTDescriptor[2]) - 1)
+        if "WindowCenter" in ds and "WindowWidth" in ds:
+            with np.errstate(over="ignore"):     # the output range: the window's two limits
+                low, high = apply_windowing(np.array([-1e300, 1e300]), ds)
+            if high > low:
+                return (apply_windowing(values, ds) - low) / (high - low)
+    except (ValueError, TypeError, IndexError, NotImplementedError, AttributeError):
+        pass
+    return None
+
+
+def _percentile_unit(values: np.ndarray) -> np.ndarray:
+    low, high = np.percentile(values, (0.5, 99.5))
+    if high <= low:
+        low, high = values.min(), values.max()
+    if high <= low:
+        return np.zeros(values.shape)
+    return (values.astype(np.float64) - low) / (high - low)
+
+
+def _color_to_gray(rgb: np.ndarray, bits: int) -> np.ndarray:
+    luma = rgb.astype(np.float64) @ _LUMA
+    return np.rint(np.clip(luma * (255.0 / (2 ** int(bits) - 1)), 0, 255)).astype(np.uint8)
