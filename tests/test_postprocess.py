@@ -1,0 +1,131 @@
+import json
+
+import numpy as np
+import pytest
+
+from keras_ptx.inference.postprocess import (PostProcess, PostProcessError, apply_tf,
+                                             remove_small_components, scale_area)
+from keras_ptx.tf_setup import tf
+
+
+def test_json_round_trip(tmp_path):
+    post = PostProcess(kind="triplet", top_threshold=0.8, min_pixels=1500, bottom_threshold=0.35,
+                       min_area=700, cls_threshold=0.4)
+    post.save(tmp_path / "pp.json")
+    assert PostProcess.load(tmp_path / "pp.json") == post
+    assert json.loads((tmp_path / "pp.json").read_text())["kind"] == "triplet"
+    assert post.name == "gated-triplet"
+
+
+@pytest.mark.parametrize("text, message", [
+    ("{not json", "not valid JSON"),
+    ('{"kind": "magic"}', "kind 'magic'"),
+    ('{"threshold": 1.5}', "threshold must be"),
+    ('{"min_area": -3}', "min_area must be"),
+    ('{"min_area": 2.5}', "min_area must be"),
+    ('{"treshold": 0.5}', "unknown post-processing keys: treshold"),
+    ("[1, 2]", "expected a JSON object"),
+])
+def test_bad_files_are_clear_errors(tmp_path, text, message):
+    (tmp_path / "pp.json").write_text(text)
+    with pytest.raises(PostProcessError, match=message):
+        PostProcess.load(tmp_path / "pp.json")
+
+
+def test_area_scaling_from_1024():
+    assert scale_area(1024, 1024) == 1024
+    assert scale_area(1024, 256) == 64          # (256/1024)^2 = 1/16
+    assert scale_area(1000, 512) == 250
+    assert scale_area(1, 64) == 1               # a requirement never vanishes
+    assert scale_area(0, 64) == 0
+
+
+def test_threshold_is_strict_and_keeps_shape():
+    prob = np.array([[0.74, 0.75, 0.76]], np.float32)
+    np.testing.assert_array_equal(PostProcess().apply(prob), [[0, 0, 1]])
+    assert PostProcess().apply(prob[..., None]).shape == (1, 3, 1)
+    assert PostProcess().apply(prob).dtype == np.uint8
+
+
+def test_triplet_by_hand():
+    prob = np.zeros((32, 32), np.float32)
+    prob[2:6, 2:6] = 0.9        # 16 px, strong
+    prob[10:12, 10:12] = 0.5    # 4 px, weak: above bottom only
+    prob[20, 20] = 0.5          # 1 px island
+    # at side 32 the 1024 counts shrink by (32/1024)^2 = 1/1024
+    post = PostProcess(kind="triplet", top_threshold=0.8, min_pixels=16 * 1024,
+                       bottom_threshold=0.4, min_area=2 * 1024)
+    out = post.apply(prob)
+    assert out[2:6, 2:6].all() and out[10:12, 10:12].all() and out[20, 20] == 0
+    assert out.sum() == 20
+    # one pixel short of the gate: empty
+    assert PostProcess(kind="triplet", top_threshold=0.8, min_pixels=17 * 1024,
+                       bottom_threshold=0.4).apply(prob).sum() == 0
+    # on a 1024 grid the same counts are taken literally
+    assert post.rule(1024) == (0.8, 16 * 1024, 0.4, 2 * 1024)
+
+
+def test_components_are_eight_connected():
+    mask = np.zeros((5, 5), bool)
+    mask[0, 0] = mask[1, 1] = mask[2, 2] = True     # a diagonal: one component of 3
+    mask[4, 0] = True
+    out = remove_small_components(mask, 2)
+    assert out[0, 0] and out[2, 2] and not out[4, 0]
+
+
+def test_gate_needs_the_image_probability():
+    post = PostProcess(cls_threshold=0.5)
+    prob = np.full((4, 4), 0.9, np.float32)
+    assert post.apply(prob, cls_prob=0.5).sum() == 16
+    assert post.apply(prob, cls_prob=np.array([0.49])).sum() == 0
+    with pytest.raises(PostProcessError, match="image-level probability"):
+        post.apply(prob)
+
+
+def _blobby_maps(rng, n, size):
+    """Smooth random maps with many components of many sizes and shapes, plus a long snake."""
+    noise = rng.random((n, size // 4, size // 4)).astype(np.float32)
+    maps = np.stack([np.kron(m, np.ones((4, 4), np.float32)) for m in noise])
+    maps += rng.normal(0, 0.08, maps.shape).astype(np.float32)
+    snake = np.zeros((size, size), np.float32)
+    for row in range(0, size, 4):
+        snake[row, 1:-1] = 0.95
+        snake[row:row + 4, -2 if (row // 4) % 2 == 0 else 1] = 0.95
+    maps *= np.linspace(1.0, 0.72, n, dtype=np.float32)[:, None, None]   # fainter maps fail gates
+    maps[0] = np.maximum(maps[0] * 0.3, snake)
+    return np.clip(maps, 0, 1)
+
+
+SETTINGS = [
+    PostProcess(),
+    PostProcess(threshold=0.5),
+    PostProcess(kind="triplet", top_threshold=0.75, min_pixels=30000, bottom_threshold=0.4),
+    PostProcess(kind="triplet", top_threshold=0.7, min_pixels=60000, bottom_threshold=0.5, min_area=3000),
+    PostProcess(kind="triplet", top_threshold=0.6, min_pixels=0, bottom_threshold=0.3, min_area=40000),
+    PostProcess(kind="triplet", top_threshold=0.9, min_pixels=500, bottom_threshold=0.6, min_area=800,
+                cls_threshold=0.5),
+]
+
+
+@pytest.mark.parametrize("post", SETTINGS, ids=lambda p: p.describe())
+def test_apply_tf_matches_apply(post):
+    rng = np.random.default_rng(3)
+    maps = _blobby_maps(rng, 6, 64)[..., None]
+    cls = rng.random(6).astype(np.float32)
+    expected = np.stack([post.apply(m, c) for m, c in zip(maps, cls)])
+    fn = tf.function(lambda m, c: apply_tf(post, m, c),
+                     input_signature=[tf.TensorSpec([None, 64, 64, 1], tf.float32),
+                                      tf.TensorSpec([None], tf.float32)])
+    got = fn(maps, cls).numpy()
+    assert got.dtype == np.uint8 and got.shape == maps.shape
+    np.testing.assert_array_equal(got, expected)
+
+
+def test_tf_component_filter_follows_a_long_snake():
+    maps = _blobby_maps(np.random.default_rng(0), 1, 64)[..., None]
+    snake = maps[0, ..., 0] >= 0.95
+    area = int(snake.sum())
+    keep = PostProcess(kind="triplet", bottom_threshold=0.94, min_area=area * 256)  # side 64: /256
+    drop = PostProcess(kind="triplet", bottom_threshold=0.94, min_area=(area + 1) * 256)
+    assert apply_tf(keep, maps).numpy().sum() == keep.apply(maps[0]).sum() == area
+    assert apply_tf(drop, maps).numpy().sum() == 0
