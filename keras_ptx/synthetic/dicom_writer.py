@@ -114,6 +114,9 @@ def write_dicom(path, pixels, *, image_id: str, study_uid: str, series_uid: str,
     ds.BitsStored = BITS_STORED[bits]
     ds.HighBit = BITS_STORED[bits] - 1
     ds.PixelRepresentation = 0
+    if bits != 8:                   # a full-range linear window: readers get the 8-bit image back
+        ds.WindowCenter = 1 << (BITS_STORED[bits] - 1)
+        ds.WindowWidth = 1 << BITS_STORED[bits]
     if transfer_syntax == "jpeg_baseline":
         ds.LossyImageCompression = "01"
         ds.LossyImageCompressionMethod = "ISO_10918_1"
