@@ -5,6 +5,8 @@ import pytest
 
 from keras_ptx.inference.postprocess import (PostProcess, PostProcessError, apply_tf,
                                              remove_small_components, scale_area)
+from keras_ptx.inference.score import dice_per_image
+from keras_ptx.inference.search import MapCache, SearchGrid, choose, search
 from keras_ptx.tf_setup import tf
 
 
@@ -129,3 +131,101 @@ def test_tf_component_filter_follows_a_long_snake():
     drop = PostProcess(kind="triplet", bottom_threshold=0.94, min_area=(area + 1) * 256)
     assert apply_tf(keep, maps).numpy().sum() == keep.apply(maps[0]).sum() == area
     assert apply_tf(drop, maps).numpy().sum() == 0
+
+
+# --- the post-processing search -------------------------------------------------------------
+
+SIDE = 128          # counts at 1024^2 shrink by 64: min_pixels 500 -> 8, 1000 -> 16, 1500 -> 23;
+                    # min_area 250 -> 4, 500 -> 8, 1000 -> 16
+
+
+def _box(prob, truth, top, left, rows, cols, value, label):
+    prob[top:top + rows, left:left + cols] = value
+    if truth is not None:
+        truth[top:top + rows, left:left + cols] = label
+
+
+def _planted_split():
+    """Maps whose unique best triplet is top 0.8, min_pixels 1000, bottom 0.4, min_area 500,
+    and whose best image-level gate is 0.6. Each planted detail punishes one neighbour value."""
+    maps, truths, cls = [], [], []
+
+    def image(c):
+        maps.append(np.full((SIDE, SIDE), 0.02, np.float32))
+        truths.append(np.zeros((SIDE, SIDE), np.uint8))
+        cls.append(c)
+        return maps[-1], truths[-1]
+
+    for k in range(4):                           # positives
+        p, t = image(0.62 + 0.02 * k)
+        _box(p, t, 10, 10, 10, 10, 0.45, 1)      # lesion fringe: needs bottom <= 0.4
+        _box(p, t, 12, 12, 4, 5, 0.82, 1)        # 20-px core above 0.8 only: top <= 0.8, N <= 20
+        _box(p, None, 20, 10, 2, 10, 0.35, 0)    # halo joined to the lesion: bottom >= 0.4
+        _box(p, t, 60, 60, 3, 4, 0.45, 1)        # 12-px true part: min_area <= 8
+        _box(p, None, 100, 100, 1, 5, 0.45, 0)   # 5-px speck: min_area >= 8
+    for k in range(3):                           # negatives that would fool a looser gate
+        p, _ = image(0.3)
+        _box(p, None, 30, 30, 4, 5, 0.77, 0)     # 20 px in (0.75, 0.8]: top >= 0.8
+        p, _ = image(0.3)
+        _box(p, None, 30, 30, 2, 5, 0.82, 0)     # 10 px above 0.8: N >= 11
+    p, _ = image(0.58)                           # a confident false positive only a gate removes
+    _box(p, None, 70, 70, 6, 6, 0.95, 0)
+    for _ in range(2):
+        image(0.1)                               # clean negatives
+    return np.stack(maps), np.stack(truths), np.array(cls, np.float32)
+
+
+def _cache(maps, truths, cls):
+    cache = MapCache(SearchGrid(), SIDE)
+    for start in range(0, len(maps), 5):          # batches of 5, the last one short
+        cache.add(maps[start:start + 5, ..., None], truths[start:start + 5], cls[start:start + 5])
+    return cache
+
+
+def test_search_recovers_the_planted_triplet_and_gate():
+    maps, truths, cls = _planted_split()
+    results = search(_cache(maps, truths, cls))
+    assert list(results) == ["threshold", "triplet", "gated-threshold", "gated-triplet"]
+    triplet = results["triplet"].post
+    assert (triplet.top_threshold, triplet.min_pixels, triplet.bottom_threshold, triplet.min_area) \
+        == (0.8, 1000, 0.4, 500)
+    gated = results["gated-triplet"]
+    assert gated.post.cls_threshold == 0.6 and gated.score == pytest.approx(1.0)
+    assert results["triplet"].score == pytest.approx(1 - 1 / len(maps))   # only the 0.95 FP left
+    assert choose(results) is gated
+    assert results["threshold"].score < results["triplet"].score
+    top_values, top_scores = results["triplet"].profiles["top_threshold"]
+    assert top_values[int(np.argmax(top_scores))] == 0.8
+
+
+@pytest.mark.parametrize("kind", ["threshold", "triplet", "gated-threshold", "gated-triplet"])
+def test_search_scores_agree_with_apply(kind):
+    """The level encoding and the batched labelling give what apply() gives on float maps."""
+    rng = np.random.default_rng(7)
+    maps = np.clip(_blobby_maps(rng, 9, SIDE) * 0.9, 0, 1)
+    truths = (_blobby_maps(rng, 9, SIDE) > 0.8).astype(np.uint8)
+    truths[3:6] = 0
+    cls = rng.random(9).astype(np.float32)
+    result = search(_cache(maps, truths, cls))[kind]
+    expected = dice_per_image(np.stack([result.post.apply(m, c) for m, c in zip(maps, cls)]), truths)
+    np.testing.assert_allclose(result.dice, expected)
+    assert result.score == pytest.approx(expected.mean())
+
+
+def test_search_without_gate_and_on_nothing():
+    maps, truths, cls = _planted_split()
+    assert list(search(_cache(maps, truths, cls), gated=False)) == ["threshold", "triplet"]
+    with pytest.raises(ValueError, match="no images"):
+        search(MapCache(SearchGrid(), SIDE))
+
+
+def test_proxy_map_reproduces_every_grid_rule():
+    maps, truths, cls = _planted_split()
+    cache = _cache(maps, truths, cls)
+    for i in (0, 6, len(maps) - 1):
+        proxy, truth = cache.proxy_map(i)
+        np.testing.assert_array_equal(truth, truths[i] > 0)
+        for post in (PostProcess(threshold=0.8), PostProcess(threshold=0.45),
+                     PostProcess(kind="triplet", top_threshold=0.8, min_pixels=1000,
+                                 bottom_threshold=0.4, min_area=500)):
+            np.testing.assert_array_equal(post.apply(proxy), post.apply(maps[i]))
