@@ -1,0 +1,1 @@
+"""Input pipeline: TFRecord shards -> augmented, normalised model batches (tf.data)."""

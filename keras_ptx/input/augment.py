@@ -1,0 +1,96 @@
+"""The training augmentation policy (albumentations 2.x) and its bridge into tf.data.
+
+:func:`build_policy` turns an :class:`~keras_ptx.config.AugmentConfig` into an
+``albumentations.Compose`` that works on uint8 gray images and 0/1 masks of ``size`` x
+``size``; every geometric transform moves the mask with the image (nearest-neighbour for
+masks). :class:`GraphAugmenter` runs such a policy inside a ``tf.data`` map through
+``tf.numpy_function``, one policy copy per thread, seeded per example.
+
+Seeding: albumentations 2.0.8's ``Compose(seed=s)`` / ``set_random_seed(s)`` gives *every*
+transform its own generator started from the same ``s``, so their "apply?" draws coincide
+(with p = 0.5 / 0.4 / 0.3 / 0.25 a crop would always come with a distortion, intensity change
+and flip). :func:`reseed` instead hands the whole policy one shared stream, so the transforms
+draw independently and the same seed still gives the same result.
+"""
+from __future__ import annotations
+
+import random
+import threading
+from typing import Callable
+
+import albumentations as A
+import cv2
+import numpy as np
+
+from keras_ptx.config import AugmentConfig
+from keras_ptx.tf_setup import tf
+
+
+def build_policy(config: AugmentConfig, size: int, seed: int | None = None) -> A.Compose:
+    """The paper's policy with every probability and parameter taken from ``config``."""
+    intensity, distortion, crop = config.intensity, config.distortion, config.random_sized_crop
+    nearest = {"mask_interpolation": cv2.INTER_NEAREST}
+    crop_range = (max(1, int(crop.min_fraction * size)), min(size, int(crop.max_fraction * size)))
+    if crop_range[0] > crop_range[1]:
+        raise ValueError(f"augment.random_sized_crop: min_fraction {crop.min_fraction} is above "
+                         f"max_fraction {crop.max_fraction}")
+    policy = A.Compose([
+        A.HorizontalFlip(p=config.horizontal_flip.p),
+        A.OneOf([
+            A.RandomBrightnessContrast(brightness_limit=intensity.brightness_limit,
+                                       contrast_limit=intensity.contrast_limit, p=1.0),
+            A.RandomGamma(gamma_limit=tuple(intensity.gamma_limit), p=1.0),
+        ], p=intensity.p),
+        A.OneOf([
+            A.ElasticTransform(alpha=distortion.elastic_alpha, sigma=distortion.elastic_sigma,
+                               p=1.0, **nearest),
+            A.GridDistortion(num_steps=distortion.grid_num_steps,
+                             distort_limit=distortion.grid_distort_limit, p=1.0, **nearest),
+            A.OpticalDistortion(distort_limit=distortion.optical_distort_limit, p=1.0, **nearest),
+        ], p=distortion.p),
+        A.RandomSizedCrop(min_max_height=crop_range, size=(size, size), p=crop.p, **nearest),
+    ])
+    if seed is not None:
+        reseed(policy, seed)
+    return policy
+
+
+def reseed(policy: A.BaseCompose, seed: int) -> None:
+    """Give the whole policy one random stream started from ``seed`` (see module doc)."""
+    seed = int(seed) % 2**63
+    policy.set_random_state(np.random.default_rng(seed), random.Random(seed))
+
+
+class GraphAugmenter:
+    """Apply an albumentations policy to ``(image, mask, seed)`` tensors in a tf.data map.
+
+    ``make_policy`` is called once per tf.data thread (policies are not thread-safe); each
+    example's policy stream is restarted from its own ``seed``, so the result does not depend
+    on which thread runs it or in what order. Images and masks are uint8 [S, S, 1].
+    """
+
+    def __init__(self, make_policy: Callable[[], A.BaseCompose]):
+        self._make_policy = make_policy
+        self._local = threading.local()
+
+    def _apply(self, image: np.ndarray, mask: np.ndarray, seed) -> tuple[np.ndarray, np.ndarray]:
+        policy = getattr(self._local, "policy", None)
+        if policy is None:
+            policy = self._local.policy = self._make_policy()
+        reseed(policy, seed)
+        out = policy(image=image[..., 0], mask=mask[..., 0])
+        return out["image"][..., None], out["mask"][..., None]
+
+    def __call__(self, image, mask, seed):
+        new_image, new_mask = tf.numpy_function(
+            self._apply, [image, mask, seed], [tf.uint8, tf.uint8], stateful=False,
+            name="albumentations")
+        new_image.set_shape(image.shape)
+        new_mask.set_shape(mask.shape)
+        return new_image, new_mask
+
+
+def graph_augmenter(config: AugmentConfig, size: int) -> GraphAugmenter:
+    """The configured policy, ready to map over ``(image, mask, seed)``."""
+    build_policy(config, size)  # fail on a bad config now, not inside a tf.data thread
+    return GraphAugmenter(lambda: build_policy(config, size))
