@@ -1,0 +1,276 @@
+"""tf.data pipelines from TFRecord shards to model batches (training, validation, evaluation).
+
+Training: shard files per worker -> shuffle files -> interleaved parallel reads -> (optional
+class-balanced sampling) -> shuffle -> decode (:func:`keras_ptx.data.records.parse`) ->
+albumentations via ``tf.numpy_function`` (:mod:`keras_ptx.input.augment`) -> batch (drop
+remainder) -> gray-to-RGB ImageNet normalisation (:mod:`keras_ptx.input.normalize`) -> prefetch.
+Evaluation: the same without shuffling, augmentation or dropped examples, in a fixed order.
+
+Positive share. With ``data.positive_share`` set, training examples are drawn from two endless
+per-class streams (filtered on ``has_pneumothorax``) by ``sample_from_datasets``. With
+``data.positive_share_end`` as well, the share moves linearly from the first to the second value
+over ``num_epochs`` epochs (:func:`positive_share_for_epoch`). The schedule lives inside one
+dataset: element ``k`` of this worker's stream belongs to epoch ``epoch + k // per_epoch``, where
+``per_epoch`` is this pipeline's share of one epoch of :func:`steps_per_epoch` global batches. So
+the trainer builds the dataset once and calls::
+
+    ds = make_dataset(config, data_dir, "train", epoch=initial_epoch, num_epochs=epochs)
+    model.fit(ds, initial_epoch=initial_epoch, epochs=epochs,
+              steps_per_epoch=steps_per_epoch(config, data_dir))
+
+Reproducibility. Every random choice (file order, shuffle, class sampling, augmentation) is
+seeded from ``data.seed`` and ``epoch``; augmentation gets one seed per example from
+``Dataset.random``, so its result does not depend on thread scheduling. ``data.deterministic``
+additionally fixes the element order (parallel reads and maps keep their order), which makes two
+runs yield identical batches; otherwise the order may vary for speed.
+"""
+from __future__ import annotations
+
+import functools
+
+import numpy as np
+
+from keras_ptx.config import Config
+from keras_ptx.data import records
+from keras_ptx.input.augment import graph_augmenter
+from keras_ptx.input.normalize import to_model_input
+from keras_ptx.tf_setup import tf
+
+AUTOTUNE = tf.data.AUTOTUNE
+READ_CYCLE = 8              # files read at once; fixed so the order does not depend on the host
+EVAL_KEYS = ("image_id", "height", "width", "mask_area", "labeled")
+
+
+def make_dataset(config: Config, data_dir: str, split: str, *, training: bool | None = None,
+                 epoch: int | None = None, num_epochs: int | None = None,
+                 input_context: tf.distribute.InputContext | None = None) -> tf.data.Dataset:
+    """Batches ``(image [B,S,S,3] float32, {'mask': [B,S,S,1] float32, 'label': [B,1] float32})``.
+
+    ``training`` defaults to ``split == 'train'``; ``epoch`` is the first epoch this dataset
+    feeds (for resuming) and ``num_epochs`` the length of the positive-share schedule (default
+    ``train.epochs``). With ``input_context`` (``distribute_datasets_from_function``) the batch
+    is the per-replica share of ``train.batch_size`` and this worker reads only its shard.
+    """
+    training = split == "train" if training is None else training
+    files = _checked_files(config, data_dir, split)
+    batch = _batch_size(config.train.batch_size, input_context)
+    if not training:
+        ds = _examples(files, config, input_context).map(_pair, num_parallel_calls=AUTOTUNE)
+        return _finish(ds.batch(batch), deterministic=True)
+
+    first, num_epochs = epoch or 0, num_epochs or config.train.epochs
+    seed = _epoch_seed(config.data.seed, first)
+    deterministic = config.data.deterministic
+    if positive_share_for_epoch(config, first, num_epochs) is None:
+        serialized = _serialized(files, input_context, seed, deterministic)
+        ds = _shuffled_examples(serialized, config, seed)
+        if config.train.steps_per_epoch:
+            ds = ds.repeat()
+    else:
+        ds = _balanced(config, data_dir, files, input_context, first, num_epochs, batch, seed)
+    if not config.augment.enabled:
+        ds = ds.map(_pair, num_parallel_calls=AUTOTUNE)
+    else:
+        augment = graph_augmenter(config.augment, config.data.image_size)
+
+        def augmented(example, example_seed):
+            image, mask, label = _pair(example)
+            return (*augment(image, mask, example_seed), label)
+
+        seeds = tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True)
+        ds = tf.data.Dataset.zip((ds, seeds)).map(
+            augmented, num_parallel_calls=config.data.num_parallel_calls or AUTOTUNE)
+    return _finish(ds.batch(batch, drop_remainder=True), deterministic)
+
+
+def make_eval_dataset(config: Config, data_dir: str, split: str,
+                      batch_size: int | None = None) -> tf.data.Dataset:
+    """Every example of ``split`` once, in a fixed order, as batches of dicts.
+
+    Keys: ``image`` (normalised, float32 [B,S,S,3]), ``mask`` (float32 [B,S,S,1]), ``label``
+    (float32 [B,1]), ``image_id`` (string [B]), ``height``, ``width`` (original DICOM grid),
+    ``mask_area`` (pixels on that grid) and ``labeled`` (0 for records without ground truth),
+    all int64 [B].
+    """
+    files = _checked_files(config, data_dir, split)
+
+    def to_dict(example):
+        image, mask, label = _pair(example)
+        return {"image": image, "mask": mask, "label": label,
+                **{key: example[key] for key in EVAL_KEYS}}
+
+    def normalise(batch):
+        return {**batch, "image": to_model_input(batch["image"]),
+                "mask": tf.cast(batch["mask"], tf.float32)}
+
+    ds = _examples(files, config, None).map(to_dict, num_parallel_calls=AUTOTUNE)
+    ds = ds.batch(batch_size or config.eval.batch_size).map(normalise, num_parallel_calls=AUTOTUNE)
+    return _with_determinism(ds.prefetch(AUTOTUNE), True)
+
+
+def positive_share_for_epoch(config: Config, epoch: int, num_epochs: int) -> float | None:
+    """The share of positive training images in ``epoch`` (0-based); None = natural share.
+
+    Linear from ``data.positive_share`` at epoch 0 to ``data.positive_share_end`` at the last
+    epoch, then held; constant when no end is set.
+    """
+    start, end = config.data.positive_share, config.data.positive_share_end
+    for name, value in (("positive_share", start), ("positive_share_end", end)):
+        if value is not None and not 0.0 <= value <= 1.0:
+            raise ValueError(f"data.{name} must lie in [0, 1], got {value}")
+    if start is None:
+        if end is not None:
+            raise ValueError("data.positive_share_end needs data.positive_share (the start)")
+        return None
+    if end is None or num_epochs <= 1:
+        return start
+    progress = min(max(epoch, 0), num_epochs - 1) / (num_epochs - 1)
+    return start + (end - start) * progress
+
+
+def steps_per_epoch(config: Config, data_dir: str, split: str = "train") -> int | None:
+    """Global training steps per epoch: ``train.steps_per_epoch``, or one pass over the split
+    when class-balanced sampling makes the stream endless, or None (the dataset ends itself)."""
+    if config.train.steps_per_epoch or config.data.positive_share is None:
+        return config.train.steps_per_epoch
+    total, _ = _class_counts(records.shard_files(data_dir, split))
+    return _one_pass(config, total)
+
+
+def _one_pass(config: Config, total: int) -> int:
+    return config.train.steps_per_epoch or max(1, total // config.train.batch_size)
+
+
+def _checked_files(config: Config, data_dir: str, split: str) -> list[str]:
+    """The split's shards, after checking there are some and that their size is the config's."""
+    files = records.shard_files(data_dir, split)
+    if not files:
+        raise ValueError(f"no {split} shards in {data_dir} (expected files like "
+                         f"{records.SHARD_PATTERN.format(split=split, index=0, count=1)})")
+    first = next(iter(tf.data.TFRecordDataset(files).take(1)), None)
+    if first is None:
+        raise ValueError(f"the {split} shards in {data_dir} hold no records")
+    stored = int(tf.io.parse_single_example(first, {"size": records.FEATURES["size"]})["size"])
+    if stored != config.data.image_size:
+        raise ValueError(f"records in {data_dir} are {stored}x{stored} but data.image_size is "
+                         f"{config.data.image_size}; rebuild the records or set "
+                         f"data.image_size={stored}")
+    return files
+
+
+def _batch_size(global_batch: int, input_context) -> int:
+    if input_context is None:
+        return global_batch
+    return input_context.get_per_replica_batch_size(global_batch)
+
+
+def _epoch_seed(seed: int, epoch: int) -> int:
+    return int(np.random.SeedSequence([seed, epoch]).generate_state(1)[0])
+
+
+def _serialized(files, input_context, shuffle_seed, deterministic) -> tf.data.Dataset:
+    """This worker's serialized records; files shuffled when ``shuffle_seed`` is given.
+
+    Workers split the files when there are at least as many files as workers, else the records
+    of one sequential read (a fixed order, so the record shards are disjoint).
+    """
+    workers, worker = ((input_context.num_input_pipelines, input_context.input_pipeline_id)
+                       if input_context is not None else (1, 0))
+    if len(files) < workers:
+        return tf.data.TFRecordDataset(files).shard(workers, worker)
+    mine = files[worker::workers]
+    ds = tf.data.Dataset.from_tensor_slices(mine)
+    if shuffle_seed is not None:
+        ds = ds.shuffle(len(mine), seed=shuffle_seed, reshuffle_each_iteration=True)
+    return ds.interleave(tf.data.TFRecordDataset, cycle_length=min(len(mine), READ_CYCLE),
+                         num_parallel_calls=AUTOTUNE, deterministic=deterministic)
+
+
+def _parse(config: Config):
+    return functools.partial(records.parse, size=config.data.image_size)
+
+
+def _examples(files, config: Config, input_context) -> tf.data.Dataset:
+    """Decoded examples in a fixed order (evaluation)."""
+    ds = _serialized(files, input_context, None, True)
+    ds = ds.map(_parse(config), num_parallel_calls=AUTOTUNE)
+    return ds.cache() if config.data.cache else ds
+
+
+def _shuffled_examples(serialized, config: Config, seed: int) -> tf.data.Dataset:
+    """Decode and shuffle (with ``data.cache``: keep decoded examples, shuffle from memory)."""
+    def shuffle(ds):
+        if config.data.shuffle_buffer <= 1:
+            return ds
+        return ds.shuffle(config.data.shuffle_buffer, seed=seed, reshuffle_each_iteration=True)
+
+    parse = _parse(config)
+    if config.data.cache:
+        return shuffle(serialized.map(parse, num_parallel_calls=AUTOTUNE).cache())
+    return shuffle(serialized).map(parse, num_parallel_calls=AUTOTUNE)
+
+
+def _has_pneumothorax(serialized):
+    label = {"has_pneumothorax": records.FEATURES["has_pneumothorax"]}
+    return tf.io.parse_single_example(serialized, label)["has_pneumothorax"] > 0
+
+
+def _class_counts(files) -> tuple[int, int]:
+    """(records, positive records) over ``files``, reading only the label."""
+    labels = tf.data.TFRecordDataset(files, num_parallel_reads=READ_CYCLE).map(
+        lambda s: tf.cast(_has_pneumothorax(s), tf.int64), num_parallel_calls=AUTOTUNE)
+    total, positives = labels.batch(4096).reduce(
+        (tf.constant(0, tf.int64), tf.constant(0, tf.int64)),
+        lambda acc, b: (acc[0] + tf.size(b, tf.int64), acc[1] + tf.reduce_sum(b)))
+    return int(total), int(positives)
+
+
+def _balanced(config: Config, data_dir: str, files, input_context, first_epoch: int,
+              num_epochs: int, batch: int, seed: int) -> tf.data.Dataset:
+    """Endless stream drawing positives at the scheduled share from per-class streams."""
+    shares = [positive_share_for_epoch(config, e, num_epochs)
+              for e in range(first_epoch, max(num_epochs, first_epoch + 1))]
+    total, positives = _class_counts(files)
+    for wanted, have, kind in ((max(shares), positives, "positive"),
+                               (1 - min(shares), total - positives, "negative")):
+        if wanted > 0 and have == 0:
+            raise ValueError(f"data.positive_share asks for {kind} examples but the train shards "
+                             f"in {data_dir} have none ({positives} of {total} positive)")
+    streams = []
+    for positive in (True, False):
+        serialized = _serialized(files, input_context, seed, config.data.deterministic).filter(
+            lambda s, positive=positive: tf.equal(_has_pneumothorax(s), positive))
+        streams.append(_shuffled_examples(serialized, config, seed).repeat())
+
+    weights = [[s, 1.0 - s] for s in shares]
+    if len(weights) == 1:
+        return tf.data.Dataset.sample_from_datasets(streams, weights=weights[0], seed=seed)
+    replicas = (input_context.num_replicas_in_sync // input_context.num_input_pipelines
+                if input_context is not None else 1)
+    per_epoch = _one_pass(config, total) * batch * replicas
+    schedule = tf.data.Dataset.from_tensor_slices(tf.constant(weights)).flat_map(
+        lambda w: tf.data.Dataset.from_tensors(w).repeat(per_epoch))
+    last = tf.data.Dataset.from_tensors(tf.constant(weights[-1])).repeat()
+    schedule = schedule.concatenate(last)
+    return tf.data.Dataset.sample_from_datasets(streams, weights=schedule, seed=seed)
+
+
+def _pair(example):
+    """(uint8 image, uint8 mask, float32 [1] label) of a decoded example."""
+    label = tf.cast(example["has_pneumothorax"] > 0, tf.float32)[None]
+    return example["image"], example["mask"], label
+
+
+def _to_model_batch(image, mask, label):
+    return to_model_input(image), {"mask": tf.cast(mask, tf.float32), "label": label}
+
+
+def _finish(batches: tf.data.Dataset, deterministic: bool) -> tf.data.Dataset:
+    ds = batches.map(_to_model_batch, num_parallel_calls=AUTOTUNE).prefetch(AUTOTUNE)
+    return _with_determinism(ds, deterministic)
+
+
+def _with_determinism(ds: tf.data.Dataset, deterministic: bool) -> tf.data.Dataset:
+    options = tf.data.Options()
+    options.deterministic = deterministic
+    return ds.with_options(options)

@@ -1,0 +1,216 @@
+"""The tf.data input pipeline on small real TFRecord shards written with the shared schema."""
+import hashlib
+
+import cv2
+import numpy as np
+import pytest
+
+from keras_ptx.config import load_config
+from keras_ptx.data import records
+from keras_ptx.input.normalize import to_model_input
+from keras_ptx.input.pipeline import (make_dataset, make_eval_dataset, positive_share_for_epoch,
+                                      steps_per_epoch)
+from keras_ptx.tf_setup import tf
+
+SIZE = 64
+
+
+def _example(rng, index, positive, split):
+    """A smooth random 'radiograph' with, for positives, a bright blob also drawn in the mask."""
+    image = cv2.GaussianBlur(rng.integers(0, 256, (SIZE, SIZE), dtype=np.uint8), (7, 7), 0)
+    image = cv2.add(image, rng.integers(0, 40, (SIZE, SIZE), dtype=np.uint8))
+    mask = np.zeros((SIZE, SIZE), np.uint8)
+    if positive:
+        y, x = rng.integers(8, SIZE - 8, 2)
+        cv2.circle(mask, (int(x), int(y)), 6, 1, -1)
+        image[mask > 0] = 240
+    record = records.Record(
+        image_png=cv2.imencode(".png", image)[1].tobytes(),
+        mask_png=cv2.imencode(".png", mask)[1].tobytes(),
+        image_id=f"{split}-{index:03d}", has_pneumothorax=int(positive),
+        n_annotations=int(positive), mask_area=int(mask.sum()) * 256, height=1024, width=1024,
+        size=SIZE)
+    return record, image
+
+
+def _write_split(directory, split, n, positives, shards, seed):
+    rng = np.random.default_rng(seed)
+    items = [_example(rng, i, i < positives, split) for i in range(n)]
+    order = rng.permutation(n)
+    for shard in range(shards):
+        path = directory / records.SHARD_PATTERN.format(split=split, index=shard, count=shards)
+        with tf.io.TFRecordWriter(str(path)) as writer:
+            for i in order[shard::shards]:
+                writer.write(records.serialize(items[i][0]))
+    return [items[i] for i in order]                  # with one shard: the file's order
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory):
+    """train: 40 records (10 positive) in 4 shards; val: 9 in 1 shard; test: 11 in 3 shards."""
+    directory = tmp_path_factory.mktemp("records")
+    splits = {"train": _write_split(directory, "train", 40, 10, 4, 1),
+              "val": _write_split(directory, "val", 9, 3, 1, 2),
+              "test": _write_split(directory, "test", 11, 4, 3, 3)}
+    return directory, splits
+
+
+def _config(*overrides):
+    return load_config(None, (f"data.image_size={SIZE}", "train.batch_size=8", *overrides))
+
+
+def _digest(array):
+    return hashlib.sha1(np.ascontiguousarray(array).tobytes()).hexdigest()
+
+
+@pytest.mark.parametrize("cache", [False, True])
+def test_training_batches_have_model_shapes_and_dtypes(data_dir, cache):
+    directory, _ = data_dir
+    ds = make_dataset(_config(f"data.cache={cache}"), str(directory), "train")
+    spec_image, spec_targets = ds.element_spec
+    assert spec_image.shape.as_list() == [8, SIZE, SIZE, 3]
+    assert spec_targets["mask"].shape.as_list() == [8, SIZE, SIZE, 1]
+    assert spec_targets["label"].shape.as_list() == [8, 1]
+    batches = list(ds)
+    assert len(batches) == 40 // 8                       # one pass, remainder dropped
+    image, targets = batches[0]
+    assert image.dtype == tf.float32 and targets["mask"].dtype == tf.float32
+    assert targets["label"].dtype == tf.float32
+    assert set(np.unique(targets["mask"].numpy())) <= {0.0, 1.0}
+    assert np.all(targets["label"].numpy() == (targets["mask"].numpy().max(axis=(1, 2, 3)) > 0)[:, None])
+    assert -2.2 < float(tf.reduce_min(image)) and float(tf.reduce_max(image)) < 2.7
+
+
+def test_to_model_input_matches_the_encoder_preprocessing():
+    import segmentation_models as sm
+    gray = np.random.default_rng(0).integers(0, 256, (2, 8, 8, 1), dtype=np.uint8)
+    expected = sm.get_preprocessing("efficientnetb0")(np.repeat(gray, 3, axis=-1).astype(np.float32))
+    np.testing.assert_allclose(to_model_input(gray).numpy(), expected, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(to_model_input(gray.astype(np.float32)).numpy(), expected, atol=1e-5)
+    with pytest.raises(ValueError, match="one gray channel"):
+        to_model_input(np.zeros((8, 8, 3), np.uint8))
+
+
+@pytest.mark.parametrize("cache", [False, True])
+def test_validation_is_not_augmented_and_keeps_record_order(data_dir, cache):
+    directory, splits = data_dir
+    config = _config("augment.horizontal_flip.p=1.0", "augment.random_sized_crop.p=1.0", f"data.cache={cache}")
+    images = np.concatenate([b[0].numpy() for b in make_dataset(config, str(directory), "val")])
+    expected = to_model_input(np.stack([image for _, image in splits["val"]])[..., None]).numpy()
+    np.testing.assert_array_equal(images, expected)
+    ids = [i.decode() for b in make_eval_dataset(config, str(directory), "val")
+           for i in b["image_id"].numpy()]
+    assert ids == [record.image_id for record, _ in splits["val"]]
+
+
+def test_one_evaluation_epoch_yields_every_example_once(data_dir):
+    directory, splits = data_dir
+    batches = list(make_eval_dataset(_config(), str(directory), "test", batch_size=4))
+    assert [len(b["image_id"]) for b in batches] == [4, 4, 3]
+    ids = [i.decode() for b in batches for i in b["image_id"].numpy()]
+    assert sorted(ids) == sorted(r.image_id for r, _ in splits["test"])
+    first = batches[0]
+    assert first["image"].shape == (4, SIZE, SIZE, 3) and first["mask"].dtype == tf.float32
+    assert first["height"].dtype == tf.int64 and set(first["labeled"].numpy()) == {1}
+    by_id = {r.image_id: r for r, _ in splits["test"]}
+    for b in batches:
+        for i, area, label in zip(b["image_id"].numpy(), b["mask_area"].numpy(), b["label"].numpy()):
+            assert area == by_id[i.decode()].mask_area and label[0] == by_id[i.decode()].has_pneumothorax
+    # make_dataset over the same split in evaluation mode keeps the short last batch too
+    assert sum(len(b[0]) for b in make_dataset(_config(), str(directory), "test")) == 11
+
+
+def _positive_shares(ds, batches_per_epoch, epochs):
+    labels = np.concatenate([t["label"].numpy()[:, 0] for _, t in ds.take(batches_per_epoch * epochs)])
+    return labels.reshape(epochs, -1).mean(axis=1)
+
+
+def test_fixed_positive_share_is_sampled(data_dir):
+    directory, _ = data_dir
+    config = _config("data.positive_share=0.6", "augment.enabled=false", "data.shuffle_buffer=16")
+    assert steps_per_epoch(config, str(directory)) == 40 // 8
+    shares = _positive_shares(make_dataset(config, str(directory), "train"), 50, 1)
+    assert abs(shares[0] - 0.6) < 0.08                   # natural share is 0.25
+
+
+def test_scheduled_positive_share_changes_per_epoch(data_dir):
+    directory, _ = data_dir
+    config = _config("data.positive_share=0.8", "data.positive_share_end=0.2", "train.epochs=3",
+                     "train.steps_per_epoch=40", "augment.enabled=false", "data.shuffle_buffer=16")
+    assert [positive_share_for_epoch(config, e, 3) for e in range(4)] == pytest.approx([0.8, 0.5, 0.2, 0.2])
+    shares = _positive_shares(make_dataset(config, str(directory), "train"), 40, 3)
+    np.testing.assert_allclose(shares, [0.8, 0.5, 0.2], atol=0.08)
+    resumed = _positive_shares(make_dataset(config, str(directory), "train", epoch=2), 40, 1)
+    assert abs(resumed[0] - 0.2) < 0.08
+
+
+def test_positive_share_errors(data_dir):
+    directory, _ = data_dir
+    with pytest.raises(ValueError, match=r"positive_share must lie in \[0, 1\]"):
+        make_dataset(_config("data.positive_share=1.5"), str(directory), "train")
+    with pytest.raises(ValueError, match="needs data.positive_share"):
+        make_dataset(_config("data.positive_share_end=0.3"), str(directory), "train")
+
+
+def _batches(config, directory, n=3):
+    return [(image.numpy(), targets["mask"].numpy())
+            for image, targets in make_dataset(config, str(directory), "train").take(n)]
+
+
+def test_same_seed_in_deterministic_mode_gives_identical_batches(data_dir):
+    directory, _ = data_dir
+    settings = ("data.deterministic=true", "data.num_parallel_calls=2", "data.positive_share=0.5",
+                "augment.distortion.p=0.9", "augment.random_sized_crop.p=0.5", "augment.intensity.p=0.9")
+    first, second = _batches(_config(*settings), directory), _batches(_config(*settings), directory)
+    other = _batches(_config(*settings, "data.seed=7"), directory)
+    for (image_a, mask_a), (image_b, mask_b) in zip(first, second):
+        np.testing.assert_array_equal(image_a, image_b)
+        np.testing.assert_array_equal(mask_a, mask_b)
+    assert not np.array_equal(first[0][0], other[0][0])
+
+
+def test_augmentation_changes_training_images(data_dir):
+    directory, splits = data_dir
+    config = _config("augment.intensity.p=1.0", "data.deterministic=true")
+    originals = {_digest(image) for image in to_model_input(
+        np.stack([image for _, image in splits["train"]])[..., None]).numpy()}
+    seen = [_digest(image) for image, _ in _batches(config, directory, n=2) for image in image]
+    assert not originals.intersection(seen)
+
+
+@pytest.mark.parametrize("split", ["train", "val"])   # 4 files: shard files; 1 file: shard records
+def test_two_workers_get_disjoint_shards_covering_the_split(data_dir, split):
+    directory, splits = data_dir
+    config = _config()
+    everything = {_digest(image) for image in to_model_input(
+        np.stack([image for _, image in splits[split]])[..., None]).numpy()}
+    parts = []
+    for worker in range(2):
+        context = tf.distribute.InputContext(num_input_pipelines=2, input_pipeline_id=worker,
+                                             num_replicas_in_sync=2)
+        batches = list(make_dataset(config, str(directory), split, training=False, input_context=context))
+        assert batches[0][0].shape[0] == 4                # per-replica share of the global 8
+        parts.append([_digest(image) for batch, _ in batches for image in batch.numpy()])
+    assert not set(parts[0]) & set(parts[1])
+    assert sorted(parts[0] + parts[1]) == sorted(everything)
+
+
+def test_training_with_input_context_uses_the_per_replica_batch(data_dir):
+    directory, _ = data_dir
+    context = tf.distribute.InputContext(num_input_pipelines=2, input_pipeline_id=1, num_replicas_in_sync=4)
+    ds = make_dataset(_config("data.positive_share=0.5", "train.steps_per_epoch=3"), str(directory),
+                      "train", input_context=context)
+    assert ds.element_spec[0].shape.as_list() == [2, SIZE, SIZE, 3]
+
+
+def test_size_mismatch_is_a_clear_error(data_dir):
+    directory, _ = data_dir
+    with pytest.raises(ValueError, match=r"are 64x64 but data.image_size is 128"):
+        make_dataset(load_config(None, ("data.image_size=128",)), str(directory), "train")
+
+
+def test_missing_shards_are_a_clear_error(tmp_path):
+    with pytest.raises(ValueError, match="no train shards in"):
+        make_dataset(_config(), str(tmp_path), "train")
+    with pytest.raises(ValueError, match="no val shards in"):
+        make_eval_dataset(_config(), str(tmp_path), "val")
