@@ -1,7 +1,8 @@
 import numpy as np
 import pytest
 
-from keras_ptx.inference.score import competition_score, dice_from_counts, dice_per_image
+from keras_ptx.inference.score import (classification_metrics, competition_score, dice_from_counts,
+                                       dice_per_image, roc_auc, roc_curve)
 
 
 def _mask(*pixels, shape=(4, 4)):
@@ -55,3 +56,26 @@ def test_shape_mismatch_and_empty_batch_are_errors():
         dice_per_image(np.zeros((1, 4, 4)), np.zeros((1, 4, 5)))
     with pytest.raises(ValueError, match="no images"):
         competition_score(np.zeros((0, 4, 4)), np.zeros((0, 4, 4)))
+
+
+def test_auc_by_hand_with_ties():
+    # positives 0.9, 0.5; negatives 0.5, 0.1: pairs (0.9>0.5) (0.9>0.1) (0.5=0.5 half) (0.5>0.1)
+    assert roc_auc([0.9, 0.5, 0.5, 0.1], [1, 1, 0, 0]) == pytest.approx(3.5 / 4)
+    assert roc_auc([0.1, 0.2], [0, 1]) == 1.0
+    assert roc_auc([0.1, 0.2], [1, 1]) is None
+
+
+def test_roc_curve_steps_through_tie_groups():
+    fpr, tpr, thresholds = roc_curve([0.9, 0.5, 0.5, 0.1], [1, 1, 0, 0])
+    np.testing.assert_allclose(fpr, [0, 0, 0.5, 1])
+    np.testing.assert_allclose(tpr, [0, 0.5, 1, 1])
+    np.testing.assert_allclose(thresholds[1:], [0.9, 0.5, 0.1])
+    assert np.trapezoid(tpr, fpr) == pytest.approx(roc_auc([0.9, 0.5, 0.5, 0.1], [1, 1, 0, 0]))
+
+
+def test_classification_metrics_by_hand():
+    m = classification_metrics([0.9, 0.4, 0.6, 0.1, 0.2], [1, 1, 0, 0, 0], threshold=0.5)
+    assert m["accuracy"] == pytest.approx(3 / 5)
+    assert m["sensitivity"] == pytest.approx(1 / 2)
+    assert m["specificity"] == pytest.approx(2 / 3)
+    assert classification_metrics([0.9], [0])["sensitivity"] is None
