@@ -67,7 +67,8 @@ class DicomHeader:
 
 @dataclass(frozen=True, kw_only=True)
 class DicomImage(DicomHeader):
-    """A decoded image: ``pixels`` is (rows, columns) uint8, air dark, bone bright."""
+    """A decoded image: ``pixels`` is (rows, columns) uint8, air dark, bone bright.
+    Keyword construction only; equality compares the tags, not the pixels."""
     pixels: np.ndarray = field(compare=False, repr=False)
 
 
