@@ -14,6 +14,21 @@ import numpy as np
 EMPTY = "-1"
 
 
+def parse_runs(rle: str) -> tuple[np.ndarray, np.ndarray]:
+    """Check the size-independent rules and return (starts, lengths) as written; ValueError if broken."""
+    values = _parse(rle)
+    starts, lengths = values[0::2], values[1::2]
+    bad = np.flatnonzero(lengths <= 0)
+    if bad.size:
+        i = int(bad[0])
+        raise ValueError(f"RLE run {i} (token {2 * i + 1}) has non-positive length {lengths[i]}")
+    bad = np.flatnonzero(starts < 0)
+    if bad.size:
+        i = int(bad[0])
+        raise ValueError(f"RLE run {i} (token {2 * i}) has negative start {starts[i]}")
+    return starts, lengths
+
+
 def _parse(rle: str) -> np.ndarray:
     tokens = rle.split()
     values = np.empty(len(tokens), dtype=np.int64)
@@ -41,16 +56,7 @@ def decode(rle: str, height: int, width: int, relative: bool = True) -> np.ndarr
     n = height * width
     if is_empty(rle):
         return np.zeros((height, width), dtype=np.uint8)
-    values = _parse(rle)
-    starts, lengths = values[0::2], values[1::2]
-    bad = np.flatnonzero(lengths <= 0)
-    if bad.size:
-        i = int(bad[0])
-        raise ValueError(f"RLE run {i} (token {2 * i + 1}) has non-positive length {lengths[i]}")
-    bad = np.flatnonzero(starts < 0)
-    if bad.size:
-        i = int(bad[0])
-        raise ValueError(f"RLE run {i} (token {2 * i}) has negative start {starts[i]}")
+    starts, lengths = parse_runs(rle)
     if relative:
         ends = np.cumsum(starts + lengths)
         starts = ends - lengths
