@@ -1,0 +1,48 @@
+"""``make-synthetic``: write a SIIM-ACR-like dataset (DICOMs + RLE labels) to try keras_ptx on."""
+from __future__ import annotations
+
+import os
+
+import click
+
+
+@click.command("make-synthetic")
+@click.argument("out", type=click.Path(file_okay=False))
+@click.option("--n-images", "-n", type=click.IntRange(min=1), required=True,
+              help="How many images (train and test together).")
+@click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True,
+              help="The same seed writes the same bytes.")
+@click.option("--size", type=click.IntRange(min=32), default=1024, show_default=True,
+              help="Image side in pixels (SIIM: 1024).")
+@click.option("--positive-fraction", type=click.FloatRange(0, 1), default=0.22,
+              show_default=True, help="Share of images with a pneumothorax.")
+@click.option("--stage", type=click.Choice(["1", "2"]), default="1", show_default=True,
+              help="Label file layout: 1 = train-rle.csv, 2 = stage_2_train.csv.")
+@click.option("--test-fraction", type=click.FloatRange(0, 1), default=0.1, show_default=True,
+              help="Share of patients whose images go to dicom-images-test (unlabelled).")
+@click.option("--workers", "-j", type=click.IntRange(min=1), default=os.cpu_count() or 1,
+              show_default="all cores", help="Parallel worker processes.")
+@click.option("--mix-formats", is_flag=True,
+              help="Write some MONOCHROME1, 16-bit and uncompressed files among the JPEGs.")
+@click.option("--overwrite", is_flag=True, help="Replace a dataset already in OUT.")
+def command(out, n_images, seed, size, positive_fraction, stage, test_fraction, workers,
+            mix_formats, overwrite):
+    """Write a synthetic SIIM-ACR pneumothorax dataset to OUT.
+
+    OUT gets dicom-images-train/ and dicom-images-test/ (<Study>/<Series>/<SOP>.dcm, JPEG
+    Baseline CR DICOMs), the label CSV in the chosen stage's layout, synthetic.json (options,
+    counts, per-image statistics) and preview.png (a contact sheet with the masks outlined).
+    """
+    from keras_ptx.synthetic.dataset import Options, make_dataset
+    try:
+        options = Options(n_images=n_images, seed=seed, size=size,
+                          positive_fraction=positive_fraction, stage=int(stage),
+                          test_fraction=test_fraction, mix_formats=mix_formats)
+        summary = make_dataset(out, options, workers=workers, overwrite=overwrite)
+    except (ValueError, FileExistsError) as exc:
+        raise click.ClickException(str(exc)) from None
+    counts = summary["counts"]
+    click.echo(f"{out}: {counts['train']} train + {counts['test']} test images "
+               f"({counts['positive']} with pneumothorax, {counts['annotations']} annotations, "
+               f"{counts['patients']} patients); labels in {summary['label_file']}; "
+               "preview.png shows a few")

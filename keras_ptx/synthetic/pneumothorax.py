@@ -1,0 +1,142 @@
+"""Pneumothoraces: how many and how large, where they sit, how they look, and their masks.
+
+A pneumothorax is air between the chest wall and a collapsed lung. It is drawn as the band of
+lung within ``reach`` pixels of the lung border along one stretch of pleura (apical, lateral or
+basal), ``reach`` tapering to zero at both ends of the stretch. Inside the band the lung
+markings vanish and the air deepens (darker); just beyond it a thin bright visceral pleural
+line bounds the collapsed lung. The mask of each annotation is computed once at full
+resolution from the upsampled fields, and the same boolean mask darkens the image, so the
+label is exactly the region drawn.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+from keras_ptx.synthetic.anatomy import SIDES, Chest
+from keras_ptx.synthetic.raster import smoothstep, upsample
+
+# Union area per positive image as a fraction of the image: log-normal with the real data's
+# median (~0.8%) and 10th percentile (~0.2%), clipped to the real range (~0.05% .. ~15%).
+AREA_MEDIAN, AREA_SIGMA, AREA_RANGE = 0.008, 1.08, (0.0005, 0.15)
+ANNOTATIONS_PER_IMAGE = {1: 0.80, 2: 0.12, 3: 0.055, 4: 0.025}
+# Where along the pleura (angle around the lung centre: 0 lateral, -90 apical, +90 basal),
+# the centre range in degrees, the half-width range, and how often.
+LOCATIONS = {"apical": ((-115, -85), (25, 50), 0.37),
+             "apicolateral": ((-75, -45), (30, 55), 0.36),
+             "lateral": ((-35, 10), (25, 45), 0.21),
+             "basal": ((35, 55), (12, 25), 0.06)}
+_WINDOW_GAP = 0.2                   # radians between two lesions on the same lung
+
+
+@dataclass(frozen=True)
+class Lesion:
+    side: int                       # -1 image left (patient's right) or +1
+    location: str
+    angle: float                    # centre of the affected stretch of pleura, radians
+    spread: float                   # half-width of that stretch, radians
+    depth: float                    # widest gap, working-resolution pixels
+    darkening: float                # extra air density in the gap
+    line: float                     # brightness of the visceral pleural line
+
+    @property
+    def tag(self) -> str:
+        return f"ptx_{self.location}_{'right' if self.side < 0 else 'left'}"
+
+
+def sample_areas(rng: np.random.Generator) -> list[float]:
+    """Image fractions of each annotation of one positive image (their sum is the union)."""
+    counts, weights = zip(*ANNOTATIONS_PER_IMAGE.items())
+    n = int(rng.choice(counts, p=weights))
+    total = float(np.clip(AREA_MEDIAN * math.exp(rng.normal(0.0, AREA_SIGMA)), *AREA_RANGE))
+    return sorted((total * rng.dirichlet(np.full(n, 2.0))).tolist(), reverse=True)
+
+
+def _reach(chest: Chest, side: int, angle: float, spread: float) -> np.ndarray:
+    """How far the gap may extend from the border, per pixel, per unit of depth (0..1)."""
+    offset = (chest.polar_angle(side) - angle + math.pi) % (2 * math.pi) - math.pi
+    return np.clip(1.0 - (offset / spread) ** 2, 0.0, 1.0) ** 1.5
+
+
+def _fit_depth(sd: np.ndarray, reach: np.ndarray, target: float) -> float:
+    """Bisect the depth whose band {0 < sd < depth * reach} has ``target`` pixels."""
+    inside = sd > 0
+    lo, hi = 0.0, float(sd.max()) * 1.2
+    if np.count_nonzero(inside & (sd < hi * reach)) <= target:
+        return hi
+    for _ in range(18):
+        mid = 0.5 * (lo + hi)
+        if np.count_nonzero(inside & (sd < mid * reach)) < target:
+            lo = mid
+        else:
+            hi = mid
+    return hi
+
+
+def place_lesions(rng: np.random.Generator, chest: Chest, areas) -> list[Lesion]:
+    """Put one lesion per area on the chest, on disjoint stretches of pleura."""
+    names = list(LOCATIONS)
+    odds = np.array([LOCATIONS[n][2] for n in names])
+    lesions: list[Lesion] = []
+    first_side = int(rng.choice(SIDES))
+    pixels = chest.frame.res ** 2
+    for area in areas:
+        for _ in range(40):
+            side = first_side if (not lesions or rng.random() < 0.6) else -first_side
+            location = names[int(rng.choice(len(names), p=odds / odds.sum()))]
+            centre, width, _ = LOCATIONS[location]
+            angle = math.radians(rng.uniform(*centre))
+            # large collapses run along most of the lung's outer border
+            spread = math.radians(rng.uniform(*width)) * (1.0 + min(2.0, 25.0 * area))
+            if all(l.side != side or abs(l.angle - angle) > l.spread + spread + _WINDOW_GAP
+                   for l in lesions):
+                break
+        else:
+            continue                 # no room left for another separate lesion
+        sd = chest.lung_sd[side]
+        depth = _fit_depth(sd, _reach(chest, side, angle, spread), max(area * pixels, 2.0))
+        lesions.append(Lesion(side=side, location=location, angle=angle, spread=spread,
+                              depth=depth, darkening=float(rng.uniform(0.05, 0.14)),
+                              line=float(rng.uniform(0.05, 0.13))))
+    return lesions
+
+
+def render_lesions(image: np.ndarray, chest: Chest, lesions, line_width: float) -> list[np.ndarray]:
+    """Draw ``lesions`` into the full-resolution ``image`` (float32 [0, 1], in place) and
+    return one boolean mask per lesion, disjoint, each exactly the region darkened.
+
+    ``line_width`` is the visceral pleural line's width in full-resolution pixels.
+    """
+    size, res = image.shape[0], chest.frame.res
+    scale = size / res
+    taken = np.zeros(image.shape, bool)
+    masks = []
+    for lesion in lesions:
+        sd_low = chest.lung_sd[lesion.side]
+        reach_low = lesion.depth * _reach(chest, lesion.side, lesion.angle, lesion.spread)
+        lung = smoothstep(0.0, 0.02 * chest.frame.unit, sd_low)
+        removed = chest.texture + lesion.darkening * lung
+        delta_low = chest.tone(chest.density) - chest.tone(chest.density - removed)
+        ys, xs = np.nonzero((reach_low > 0) & (sd_low > -2))
+        margin = 3
+        box = (max(0, int((ys.min() - margin) * scale)), min(size, int((ys.max() + margin + 1) * scale)),
+               max(0, int((xs.min() - margin) * scale)), min(size, int((xs.max() + margin + 1) * scale)))
+        sd = upsample(sd_low, size, box)
+        reach = upsample(reach_low, size, box)
+        region = (sd > 0) & (sd < reach)
+        y0, y1, x0, x1 = box
+        region &= ~taken[y0:y1, x0:x1]
+        crop = image[y0:y1, x0:x1]
+        crop -= region * upsample(delta_low, size, box)
+        # The visceral pleural line: a tent profile just beyond the gap, fading at its ends.
+        half = 0.5 * line_width / scale
+        beyond = sd - reach
+        tent = np.clip(1.0 - np.abs(beyond - half) / half, 0.0, 1.0)
+        crop += lesion.line * tent * np.clip(reach / (2 * half), 0.0, 1.0) * (sd > 0) * ~region
+        mask = np.zeros(image.shape, bool)
+        mask[y0:y1, x0:x1] = region
+        taken |= mask
+        masks.append(mask)
+    return masks

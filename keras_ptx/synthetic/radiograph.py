@@ -1,0 +1,72 @@
+"""One synthetic radiograph from (seed, index): pixels, pneumothorax masks and what is in it.
+
+The anatomy is drawn at a working resolution and upsampled; lesions (with their exact masks),
+devices and detector noise are added at full resolution. Every random choice comes from
+generators seeded by ``(seed, patient)`` (the patient's build) and ``(seed, index)`` (this
+exam), so an image never depends on which worker draws it or in what order.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+
+from keras_ptx.synthetic.anatomy import draw_chest, sample_habitus
+from keras_ptx.synthetic.devices import draw_devices
+from keras_ptx.synthetic.pneumothorax import place_lesions, render_lesions, sample_areas
+from keras_ptx.synthetic.raster import upsample
+
+PATIENT_STREAM, IMAGE_STREAM = 0, 1     # SeedSequence spawn keys, see dataset.py for others
+MIN_SIZE = 32
+
+
+@dataclass(frozen=True)
+class SyntheticImage:
+    """``pixels``: (size, size) uint8, air dark. ``masks``: one boolean mask per annotation
+    (disjoint, in the pixel array's orientation). ``tags``: what was drawn (view, lesion
+    locations, devices, confounders)."""
+    pixels: np.ndarray
+    masks: tuple[np.ndarray, ...]
+    tags: tuple[str, ...]
+    sex: str
+    age: int
+    view: str
+
+    @property
+    def union(self) -> np.ndarray:
+        return np.logical_or.reduce(self.masks) if self.masks else np.zeros(self.pixels.shape, bool)
+
+
+def working_resolution(size: int) -> int:
+    """The anatomy's drawing resolution for an output of ``size`` pixels."""
+    return min(size, max(256, size // 4))
+
+
+def rng_for(seed: int, key: int, stream: int) -> np.random.Generator:
+    return np.random.default_rng(np.random.SeedSequence([seed, key, stream]))
+
+
+def generate_image(seed: int, index: int, size: int = 1024, positive: bool = False,
+                   patient: int | None = None) -> SyntheticImage:
+    """Draw image ``index`` of the dataset ``seed`` (``patient`` defaults to ``index``)."""
+    if size < MIN_SIZE:
+        raise ValueError(f"size must be at least {MIN_SIZE} pixels, got {size}")
+    habitus = sample_habitus(rng_for(seed, index if patient is None else patient,
+                                     PATIENT_STREAM))
+    rng = rng_for(seed, index, IMAGE_STREAM)
+    chest = draw_chest(habitus, rng, working_resolution(size))
+    lesions = place_lesions(rng, chest, sample_areas(rng)) if positive else []
+    image = upsample(chest.image, size)
+    masks = render_lesions(image, chest, lesions, line_width=max(1.2, 2.5 * size / 1024))
+    kept = [(lesion, mask) for lesion, mask in zip(lesions, masks) if mask.any()]
+    tags = [chest.view, *chest.tags, *(lesion.tag for lesion, _ in kept)]
+    tags += draw_devices(image, chest.frame.at(size), chest.view, rng)
+    # Detector noise, grain about two pixels at 1024, stronger where fewer photons arrive.
+    grain = max(MIN_SIZE, size // 2)
+    noise = upsample(rng.standard_normal((grain, grain), dtype=np.float32), size)
+    noise *= rng.uniform(0.008, 0.022)
+    image += noise * (0.6 + 0.8 * image)
+    pixels = cv2.convertScaleAbs(np.clip(image, 0.0, 1.0, out=image), alpha=255.0)
+    return SyntheticImage(pixels=pixels, masks=tuple(mask for _, mask in kept), tags=tuple(tags),
+                          sex=habitus.sex, age=habitus.age, view=chest.view)
