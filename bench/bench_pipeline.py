@@ -1,0 +1,163 @@
+#!/usr/bin/env python
+"""Augmented images/s of the tf.data training pipeline, end to end from TFRecord shards.
+
+For each size, writes N chest-like records (smooth anatomy-like shading plus film noise, ~22%
+with a pneumothorax-like mask, PNG-encoded through the shared record schema) into 4 shards,
+then measures, as medians over a few full passes:
+
+- pipeline: ``make_dataset(config, dir, 'train')`` with the default policy, 1 and 2 parallel
+  augmentation calls (read, decode, augment, batch, normalise, prefetch);
+- no-aug: the same pipeline with ``augment.enabled=false`` (what everything but albumentations
+  costs);
+- raw loop: the same albumentations policy called in a plain Python loop on the same decoded
+  uint8 images (no TensorFlow at all): the ceiling for one augmentation call.
+
+Goals (issue 5): pipeline >= 0.9x raw at 1 call; 2 calls >= 1.6x one call on 2 cores.
+``--model`` adds the training demand of a stand-in network (segmentation-models'
+Unet-EfficientNetB0, weights none) at the same size and batch, in images/s. Prints Markdown
+for BENCHMARKS.md. Run on a quiet machine:
+
+    .venv/bin/python bench/bench_pipeline.py --sizes 256 512 --images 400
+"""
+from __future__ import annotations
+
+import argparse
+import platform
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from keras_ptx.config import load_config
+from keras_ptx.data import records
+from keras_ptx.input.augment import build_policy
+from keras_ptx.input.pipeline import make_dataset
+from keras_ptx.tf_setup import tf
+
+SHARDS = 4
+
+
+def radiograph(rng, size):
+    """uint8 (size, size): dark lungs in a brighter body, ribs, a bright spine, film noise."""
+    yy, xx = np.mgrid[:size, :size] / size
+    image = 170 - 60 * yy + rng.normal(0, 8)
+    for side in (-1, 1):
+        cx, cy = 0.5 + side * rng.uniform(0.18, 0.24), rng.uniform(0.42, 0.5)
+        lung = ((xx - cx) / rng.uniform(0.14, 0.18)) ** 2 + ((yy - cy) / rng.uniform(0.26, 0.32)) ** 2
+        image -= 90 * np.clip(1.2 - lung, 0, 1)
+    image += 25 * (np.sin(yy * rng.uniform(50, 60) + xx * 8) > 0.6)      # ribs
+    image += 60 * np.exp(-((xx - 0.5) / 0.05) ** 2)                        # spine
+    image = cv2.GaussianBlur(image.astype(np.float32), (0, 0), size / 200)
+    image += rng.normal(0, 4, image.shape)                                 # film noise
+    return np.clip(image, 0, 255).astype(np.uint8)
+
+
+def example(rng, index, size):
+    image = radiograph(rng, size)
+    mask = np.zeros((size, size), np.uint8)
+    positive = rng.random() < 0.22
+    if positive:
+        centre = (int(size * rng.uniform(0.2, 0.35)), int(size * rng.uniform(0.2, 0.5)))
+        axes = (int(size * rng.uniform(0.03, 0.08)), int(size * rng.uniform(0.08, 0.2)))
+        cv2.ellipse(mask, centre, axes, 0, 0, 360, 1, -1)
+    return records.Record(
+        image_png=cv2.imencode(".png", image)[1].tobytes(),
+        mask_png=cv2.imencode(".png", mask)[1].tobytes(),
+        image_id=f"bench-{index:05d}", has_pneumothorax=int(positive), n_annotations=int(positive),
+        mask_area=int(mask.sum()) * (1024 // size) ** 2, height=1024, width=1024, size=size)
+
+
+def write_shards(directory: Path, size: int, count: int, seed: int = 0) -> int:
+    rng = np.random.default_rng(seed)
+    examples = [records.serialize(example(rng, i, size)) for i in range(count)]
+    for shard in range(SHARDS):
+        path = directory / records.SHARD_PATTERN.format(split="train", index=shard, count=SHARDS)
+        with tf.io.TFRecordWriter(str(path)) as writer:
+            for serialized in examples[shard::SHARDS]:
+                writer.write(serialized)
+    return sum(len(s) for s in examples) // count
+
+
+def median_rate(run, passes):
+    """Median images/s over ``passes`` timed calls of ``run() -> images`` after one warm-up."""
+    run()
+    rates = []
+    for _ in range(passes):
+        start = time.perf_counter()
+        images = run()
+        rates.append(images / (time.perf_counter() - start))
+    return statistics.median(rates)
+
+
+def pipeline_rate(config, directory, passes):
+    ds = make_dataset(config, str(directory), "train")
+    return median_rate(lambda: sum(int(image.shape[0]) for image, _ in ds), passes)
+
+
+def raw_rate(config, directory, passes):
+    examples = [records.parse(s, config.data.image_size)
+                for s in tf.data.TFRecordDataset(records.shard_files(str(directory), "train"))]
+    pairs = [(e["image"].numpy()[..., 0], e["mask"].numpy()[..., 0]) for e in examples]
+    policy = build_policy(config.augment, config.data.image_size, seed=0)
+
+    def run():
+        for image, mask in pairs:
+            policy(image=image, mask=mask)
+        return len(pairs)
+
+    return median_rate(run, passes)
+
+
+def model_rate(config, passes):
+    import segmentation_models as sm
+    size, batch = config.data.image_size, config.train.batch_size
+    model = sm.Unet("efficientnetb0", encoder_weights=None, input_shape=(size, size, 3))
+    model.compile("adam", "binary_crossentropy")
+    x = np.random.default_rng(0).normal(size=(batch, size, size, 3)).astype(np.float32)
+    y = (np.random.default_rng(1).random((batch, size, size, 1)) > 0.9).astype(np.float32)
+
+    def run():
+        model.train_on_batch(x, y)
+        return batch
+
+    return median_rate(run, passes)
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--sizes", type=int, nargs="+", default=[256, 512])
+    parser.add_argument("--calls", type=int, nargs="+", default=[1, 2])
+    parser.add_argument("--images", type=int, default=400)
+    parser.add_argument("--batch", type=int, default=12)
+    parser.add_argument("--passes", type=int, default=3, help="timed passes per measurement")
+    parser.add_argument("--model", action="store_true", help="also time a training step")
+    args = parser.parse_args()
+
+    print(f"# input pipeline, {args.images} images in {SHARDS} shards, batch {args.batch}, "
+          f"{platform.processor() or platform.machine()}, tensorflow {tf.__version__}\n")
+    header = "| size | record bytes | calls | pipeline img/s | no-aug img/s | raw loop img/s | pipeline / raw |"
+    print(header + (" model train img/s |" if args.model else ""))
+    print("|" + "---|" * (header.count("|") - 1 + args.model))
+    for size in args.sizes:
+        with tempfile.TemporaryDirectory() as tmp:
+            directory = Path(tmp)
+            record_bytes = write_shards(directory, size, args.images)
+            base = (f"data.image_size={size}", f"train.batch_size={args.batch}")
+            config = load_config(None, base)
+            raw = raw_rate(config, directory, args.passes)
+            plain = pipeline_rate(load_config(None, (*base, "augment.enabled=false")), directory,
+                                  args.passes)
+            demand = model_rate(config, args.passes) if args.model else None
+            for calls in args.calls:
+                rate = pipeline_rate(load_config(None, (*base, f"data.num_parallel_calls={calls}")),
+                                     directory, args.passes)
+                row = (f"| {size} | {record_bytes:,} | {calls} | {rate:.0f} | {plain:.0f} | "
+                       f"{raw:.0f} | {rate / raw:.2f} |")
+                print(row + (f" {demand:.1f} |" if demand is not None else ""), flush=True)
+
+
+if __name__ == "__main__":
+    main()
