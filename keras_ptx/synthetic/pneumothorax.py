@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from keras_ptx.synthetic.anatomy import SIDES, Chest
-from keras_ptx.synthetic.raster import smoothstep, upsample
+from keras_ptx.synthetic.raster import upsample
 
 # Union area per positive image as a fraction of the image: log-normal with the real data's
 # median (~0.8%) and 10th percentile (~0.2%), clipped to the real range (~0.05% .. ~15%).
@@ -98,7 +98,7 @@ def place_lesions(rng: np.random.Generator, chest: Chest, areas) -> list[Lesion]
         sd = chest.lung_sd[side]
         depth = _fit_depth(sd, _reach(chest, side, angle, spread), max(area * pixels, 2.0))
         lesions.append(Lesion(side=side, location=location, angle=angle, spread=spread,
-                              depth=depth, darkening=float(rng.uniform(0.05, 0.14)),
+                              depth=depth, darkening=float(rng.uniform(0.03, 0.1)),
                               line=float(rng.uniform(0.05, 0.13))))
     return lesions
 
@@ -116,9 +116,8 @@ def render_lesions(image: np.ndarray, chest: Chest, lesions, line_width: float) 
     for lesion in lesions:
         sd_low = chest.lung_sd[lesion.side]
         reach_low = lesion.depth * _reach(chest, lesion.side, lesion.angle, lesion.spread)
-        lung = smoothstep(0.0, 0.02 * chest.frame.unit, sd_low)
-        removed = chest.texture + lesion.darkening * lung
-        delta_low = chest.tone(chest.density) - chest.tone(chest.density - removed)
+        removed = chest.texture + lesion.darkening     # air right up to the chest wall
+        delta_low = np.maximum(chest.tone(chest.density) - chest.tone(chest.density - removed), 0)
         ys, xs = np.nonzero((reach_low > 0) & (sd_low > -2))
         margin = 3
         box = (max(0, int((ys.min() - margin) * scale)), min(size, int((ys.max() + margin + 1) * scale)),

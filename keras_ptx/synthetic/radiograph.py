@@ -3,7 +3,8 @@
 The anatomy is drawn at a working resolution and upsampled; lesions (with their exact masks),
 devices and detector noise are added at full resolution. Every random choice comes from
 generators seeded by ``(seed, patient)`` (the patient's build) and ``(seed, index)`` (this
-exam), so an image never depends on which worker draws it or in what order.
+exam; the lesions have a stream of their own), so an image never depends on which worker draws
+it or in what order, and a positive image differs from its negative twin only in the lesions.
 """
 from __future__ import annotations
 
@@ -17,7 +18,7 @@ from keras_ptx.synthetic.devices import draw_devices
 from keras_ptx.synthetic.pneumothorax import place_lesions, render_lesions, sample_areas
 from keras_ptx.synthetic.raster import upsample
 
-PATIENT_STREAM, IMAGE_STREAM = 0, 1     # SeedSequence spawn keys, see dataset.py for others
+PATIENT_STREAM, IMAGE_STREAM, LESION_STREAM = 0, 1, 4     # SeedSequence keys (dataset.py: 2, 3)
 MIN_SIZE = 32
 
 
@@ -56,7 +57,9 @@ def generate_image(seed: int, index: int, size: int = 1024, positive: bool = Fal
                                      PATIENT_STREAM))
     rng = rng_for(seed, index, IMAGE_STREAM)
     chest = draw_chest(habitus, rng, working_resolution(size))
-    lesions = place_lesions(rng, chest, sample_areas(rng)) if positive else []
+    # Lesions draw from their own stream: a positive image is its negative twin plus the lesion.
+    lesion_rng = rng_for(seed, index, LESION_STREAM)
+    lesions = place_lesions(lesion_rng, chest, sample_areas(lesion_rng)) if positive else []
     image = upsample(chest.image, size)
     masks = render_lesions(image, chest, lesions, line_width=max(1.2, 2.5 * size / 1024))
     kept = [(lesion, mask) for lesion, mask in zip(lesions, masks) if mask.any()]
