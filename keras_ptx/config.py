@@ -50,8 +50,8 @@ class IntensityConfig:
 class DistortionConfig:
     """OneOf(ElasticTransform, GridDistortion, OpticalDistortion)."""
     p: float = 0.3
-    elastic_alpha: float = 1.0
-    elastic_sigma: float = 50.0
+    elastic_alpha: float = 120.0       # the Kaggle recipe: alpha 120, sigma 120 * 0.05
+    elastic_sigma: float = 6.0
     grid_num_steps: int = 5
     grid_distort_limit: float = 0.3
     optical_distort_limit: float = 0.05
