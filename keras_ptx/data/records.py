@@ -79,7 +79,10 @@ def serialize(record: Record) -> bytes:
         "labeled": _int(record.labeled),
     }
     assert features.keys() == FEATURES.keys()
-    return tf.train.Example(features=tf.train.Features(feature=features)).SerializeToString()
+    # Map fields serialize in a per-process order unless asked not to: the same record must
+    # always give the same bytes (resumed builds reproduce shards byte for byte).
+    example = tf.train.Example(features=tf.train.Features(feature=features))
+    return example.SerializeToString(deterministic=True)
 
 
 def parse(serialized, size: int | None = None):
