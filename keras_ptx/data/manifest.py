@@ -1,0 +1,141 @@
+"""``OUT/manifest.json``: what a build wrote, what it left out and why; and ``--verify``.
+
+The manifest holds the build options, each split's counts (images, positives, annotations)
+and shards (file, example count, sha256), every rejected input with its reason, and the input
+total (train + val + test + rejected). It has no timestamps and sorted keys, so the same
+inputs and options always give the same bytes. All I/O goes through ``tf.io.gfile``.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from collections import Counter
+from dataclasses import asdict, dataclass
+
+import numpy as np
+
+from keras_ptx.data import records
+from keras_ptx.tf_setup import tf
+
+FORMAT = 1
+_CHUNK = 1 << 22
+
+
+@dataclass(frozen=True, order=True)
+class Rejection:
+    """One input that was not written: a DICOM file (path relative to the input folder) or a
+    label entry that matches no file."""
+    input: str
+    image_id: str
+    reason: str
+    detail: str
+
+
+def to_json(obj) -> bytes:
+    return (json.dumps(obj, indent=1, sort_keys=True) + "\n").encode()
+
+
+def write_atomic(path: str, data: bytes) -> None:
+    """Write under a temporary name, then rename over ``path`` (any tf.io.gfile URL)."""
+    tmp = f"{path}.tmp-{os.getpid()}"
+    with tf.io.gfile.GFile(tmp, "wb") as f:
+        f.write(data)
+    tf.io.gfile.rename(tmp, path, overwrite=True)
+
+
+def read_json(path: str):
+    with tf.io.gfile.GFile(path, "rb") as f:
+        return json.loads(f.read())
+
+
+def sha256(path: str) -> str:
+    digest = hashlib.sha256()
+    with tf.io.gfile.GFile(path, "rb") as f:
+        while chunk := f.read(_CHUNK):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def join(out: str, name: str) -> str:
+    return f"{out.rstrip('/')}/{name}"
+
+
+def summary(manifest: dict) -> str:
+    """The table the command prints at the end of a build."""
+    rows = [("split", "images", "positives", "annotations", "shards")]
+    for split in records.SPLITS:
+        s = manifest["splits"][split]
+        rows.append((split, s["images"], s["positives"], s["annotations"], len(s["shards"])))
+    rejected = manifest["rejected"]
+    rows.append(("rejected", len(rejected), "", "", ""))
+    rows.append(("inputs", manifest["totals"]["inputs"], "", "", ""))
+    lines = ["  ".join(f"{c!s:>11}" if i else f"{c!s:<9}" for i, c in enumerate(row))
+             for row in rows]
+    for reason, n in sorted(Counter(r["reason"] for r in rejected).items()):
+        lines.append(f"  rejected {n:>6}  {reason}")
+    return "\n".join(lines)
+
+
+def verify(out: str) -> list[str]:
+    """Re-read every shard of the build in ``out``; the list of problems (empty = sound)."""
+    path = join(out, records.MANIFEST)
+    if not tf.io.gfile.exists(path):
+        return [f"{path}: no manifest (not a finished build)"]
+    try:
+        manifest = read_json(path)
+    except (ValueError, tf.errors.OpError) as exc:
+        return [f"{path}: unreadable manifest ({exc})"]
+    problems = []
+    size = manifest["options"]["image_size"]
+    seen: set[str] = set()
+    for split in records.SPLITS:
+        entry = manifest["splits"][split]
+        listed = [join(out, s["file"]) for s in entry["shards"]]
+        for stray in sorted(set(records.shard_files(out, split)) - set(listed)):
+            problems.append(f"{stray}: shard file not in the manifest")
+        totals = Counter()
+        for shard, file in zip(entry["shards"], listed):
+            problems += _verify_shard(file, shard, split, size, seen, totals)
+        for key, field in (("images", "examples"), ("positives", "has_pneumothorax"),
+                           ("annotations", "n_annotations")):
+            if totals[field] != entry[key]:
+                problems.append(f"{split}: manifest says {entry[key]} {key}, the shards hold "
+                                f"{totals[field]}")
+    counted = sum(manifest["splits"][s]["images"] for s in records.SPLITS) + len(manifest["rejected"])
+    if counted != manifest["totals"]["inputs"]:
+        problems.append(f"manifest: {manifest['totals']['inputs']} inputs, but splits + "
+                        f"rejections account for {counted}")
+    return problems
+
+
+def _verify_shard(file: str, shard: dict, split: str, size: int, seen: set[str],
+                  totals: Counter) -> list[str]:
+    if not tf.io.gfile.exists(file):
+        return [f"{file}: missing"]
+    digest = sha256(file)
+    if digest != shard["sha256"]:
+        return [f"{file}: sha256 {digest} does not match the manifest's {shard['sha256']}"]
+    problems, n = [], 0
+    try:
+        for ex in tf.data.TFRecordDataset(file).map(records.parse).as_numpy_iterator():
+            n += 1
+            image_id = ex["image_id"].decode()
+            if image_id in seen:
+                problems.append(f"{file}: image {image_id} appears more than once")
+            seen.add(image_id)
+            if ex["image"].shape != (size, size, 1) or ex["mask"].shape != (size, size, 1):
+                problems.append(f"{file}: image {image_id} is {ex['image'].shape[:2]}, "
+                                f"mask {ex['mask'].shape[:2]}; expected {size}x{size}")
+            if not np.isin(ex["mask"], (0, 1)).all():
+                problems.append(f"{file}: mask of {image_id} has values other than 0 and 1")
+            if bool(ex["labeled"]) != (split != "test"):
+                problems.append(f"{file}: image {image_id} labeled={ex['labeled']} in {split}")
+            totals["has_pneumothorax"] += int(ex["has_pneumothorax"])
+            totals["n_annotations"] += int(ex["n_annotations"])
+    except tf.errors.OpError as exc:
+        return problems + [f"{file}: example {n} cannot be read ({exc.message})"]
+    totals["examples"] += n
+    if n != shard["examples"]:
+        problems.append(f"{file}: {n} examples, the manifest says {shard['examples']}")
+    return problems
