@@ -207,7 +207,7 @@ def _ribs(frame: Frame, habitus: Habitus, inspiration: float, rng) -> np.ndarray
                 stroke(front, frame.px(_mirror(np.stack([xa, va], axis=1), side)),
                        0.016 * frame.unit)
     cortex = outer.astype(np.float32) - inner
-    return blur(0.7 * outer + 0.3 * cortex + 0.5 * front, 0.7 * frame.res / 256) / 255.0
+    return blur(0.6 * outer + 0.4 * cortex + 0.7 * front, 0.7 * frame.res / 256) / 255.0
 
 
 def _clavicles_scapulae(frame: Frame, view: str, rng, tags) -> np.ndarray:
@@ -290,12 +290,15 @@ def draw_chest(habitus: Habitus, rng: np.random.Generator, res: int) -> Chest:
     hilum_blob = sum(np.exp(-(((u - _mirror([_HILUM], s)[0][0]) / 0.05) ** 2
                               + ((v - _HILUM[1]) / 0.08) ** 2)) for s in SIDES)
 
-    bone = _ribs(frame, habitus, inspiration, rng) * rng.uniform(0.10, 0.17) \
+    bone = _ribs(frame, habitus, inspiration, rng) * rng.uniform(0.07, 0.12) \
         * (0.3 + 0.7 * smoothstep(0.04, 0.11, x))           # faint over the spine
     bone += _clavicles_scapulae(frame, view, rng, tags) * rng.uniform(0.14, 0.2)
-    spine = smoothstep(0.042, 0.030, x) * (0.9 + 0.1 * np.cos(
-        2 * math.pi * v / (0.052 * habitus.lung_height)) ** 2)
-    bone += spine * 0.1 * smoothstep(0.0, 0.05, v)
+    # vertebral bodies with darker disc spaces, pedicles as paired ovals
+    level = (v / (0.052 * habitus.lung_height)) % 1.0
+    spine = smoothstep(0.045, 0.025, x) * (0.8 + 0.2 * smoothstep(0.0, 0.15, level)
+                                          * smoothstep(1.0, 0.85, level))
+    spine += 0.5 * np.exp(-(((x - 0.03) / 0.008) ** 2 + ((level - 0.35) / 0.15) ** 2))
+    bone += spine * 0.07 * smoothstep(0.0, 0.05, v)
     trachea = smoothstep(0.022, 0.012, np.abs(u - 0.5 - 0.01)) * smoothstep(0.36, 0.30, v)
 
     heart_soft = blur(middle_mask.astype(np.float32), 2 * res / 256) * smoothstep(0.35, 0.5, v)
@@ -307,6 +310,13 @@ def draw_chest(habitus: Habitus, rng: np.random.Generator, res: int) -> Chest:
             breast = breast + smoothstep(1.05, 0.8, r) * 0.06 * habitus.breast
     density = (0.9 * soft - 0.52 * lung_air + 0.05 * heart_soft + 0.08 * hilum_blob * body
                + bone * body - 0.07 * trachea + breast * body + texture)
+    if rng.random() < 0.7:          # the gastric air bubble under the left hemidiaphragm
+        left = lungs[1]
+        cu = 0.5 + rng.uniform(0.1, 0.18)
+        dome = float(left[np.abs(left[:, 0] - cu) < 0.04, 1].max())
+        bubble = ((u - cu) / rng.uniform(0.035, 0.07)) ** 2 \
+            + ((v - dome - rng.uniform(0.04, 0.07)) / rng.uniform(0.02, 0.035)) ** 2
+        density -= smoothstep(1.3, 0.2, bubble) * rng.uniform(0.06, 0.14) * body
     if rng.random() < (0.3 if view == "AP" else 0.1):
         density += _skin_fold(frame, u, v, rng) * rng.uniform(0.04, 0.09) * body
         tags.append("skin_fold")
@@ -316,7 +326,8 @@ def draw_chest(habitus: Habitus, rng: np.random.Generator, res: int) -> Chest:
                   lung_air=lung_air.astype(np.float32), lung_sd=lung_sd,
                   lung_center=lung_center,
                   tone_low=float(rng.uniform(0.0, 0.1)), tone_high=float(rng.uniform(1.0, 1.25)),
-                  gamma=float(rng.uniform(1.1, 1.6)), shoulder=float(rng.uniform(1.2, 2.2)), sharpen=float(rng.uniform(0.1, 0.5)),
+                  gamma=float(rng.uniform(1.1, 1.6)), shoulder=float(rng.uniform(1.2, 2.2)),
+                  sharpen=float(rng.uniform(0.1, 0.5)),
                   tags=tags)
     shown = chest.tone(chest.density)
     chest.image = np.clip(shown + chest.sharpen * (shown - blur(shown, 6 * res / 256)), 0, 1)

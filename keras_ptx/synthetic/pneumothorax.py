@@ -28,6 +28,7 @@ LOCATIONS = {"apical": ((-115, -85), (25, 50), 0.37),
              "apicolateral": ((-75, -45), (30, 55), 0.36),
              "lateral": ((-35, 10), (25, 45), 0.21),
              "basal": ((35, 55), (12, 25), 0.06)}
+_MEDIAL_LIMITS = (math.radians(-135), math.radians(80))
 _WINDOW_GAP = 0.2                   # radians between two lesions on the same lung
 
 
@@ -57,13 +58,16 @@ def sample_areas(rng: np.random.Generator) -> list[float]:
 def _reach(chest: Chest, side: int, angle: float, spread: float) -> np.ndarray:
     """How far the gap may extend from the border, per pixel, per unit of depth (0..1)."""
     offset = (chest.polar_angle(side) - angle + math.pi) % (2 * math.pi) - math.pi
-    return np.clip(1.0 - (offset / spread) ** 2, 0.0, 1.0) ** 1.5
+    return np.clip(1.0 - np.abs(offset / spread) ** 3, 0.0, 1.0) ** 1.5
 
 
-def _fit_depth(sd: np.ndarray, reach: np.ndarray, target: float) -> float:
-    """Bisect the depth whose band {0 < sd < depth * reach} has ``target`` pixels."""
+def _fit_depth(sd: np.ndarray, reach: np.ndarray, target: float, spread: float) -> float:
+    """Bisect the depth whose band {0 < sd < depth * reach} has ``target`` pixels, at most a
+    share of the lung's thickness that grows with the stretch of pleura (a deep gap along a
+    short stretch would pinch into the lung's centre; along the whole border it is a
+    collapsed lung)."""
     inside = sd > 0
-    lo, hi = 0.0, float(sd.max()) * 1.2
+    lo, hi = 0.0, float(sd.max()) * min(0.85, 0.25 + 0.35 * spread)
     if np.count_nonzero(inside & (sd < hi * reach)) <= target:
         return hi
     for _ in range(18):
@@ -88,15 +92,18 @@ def place_lesions(rng: np.random.Generator, chest: Chest, areas) -> list[Lesion]
             location = names[int(rng.choice(len(names), p=odds / odds.sum()))]
             centre, width, _ = LOCATIONS[location]
             angle = math.radians(rng.uniform(*centre))
-            # large collapses run along most of the lung's outer border
-            spread = math.radians(rng.uniform(*width)) * (1.0 + min(2.0, 25.0 * area))
+            spread = math.radians(rng.uniform(*width))
+            # large collapses run down the lung's outer border, never along the mediastinum
+            lo = max(angle - spread, _MEDIAL_LIMITS[0])
+            hi = min(angle + spread * (1.0 + min(4.0, 50.0 * area)), _MEDIAL_LIMITS[1])
+            angle, spread = 0.5 * (lo + hi), 0.5 * (hi - lo)
             if all(l.side != side or abs(l.angle - angle) > l.spread + spread + _WINDOW_GAP
                    for l in lesions):
                 break
         else:
             continue                 # no room left for another separate lesion
         sd = chest.lung_sd[side]
-        depth = _fit_depth(sd, _reach(chest, side, angle, spread), max(area * pixels, 2.0))
+        depth = _fit_depth(sd, _reach(chest, side, angle, spread), max(area * pixels, 2.0), spread)
         lesions.append(Lesion(side=side, location=location, angle=angle, spread=spread,
                               depth=depth, darkening=float(rng.uniform(0.03, 0.1)),
                               line=float(rng.uniform(0.05, 0.13))))
