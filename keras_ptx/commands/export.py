@@ -1,0 +1,26 @@
+"""``bin/export``: write a training run as a TF Serving SavedModel version."""
+from __future__ import annotations
+
+import click
+
+
+@click.command(help="Export RUN_DIR's best model to EXPORT_BASE/<version>/ for TF Serving: "
+                    "signatures serving_default (encoded PNG/JPEG bytes of any size) and "
+                    "predict_image (float32 gray images on the model's grid), with decoding, "
+                    "resizing, normalisation and the run's post-processing inside the graph.")
+@click.option("--model", "run_dir", required=True,
+              type=click.Path(exists=True, file_okay=False), help="Training run directory.")
+@click.option("--out", "export_base", required=True,
+              help="TF Serving model base path (local or gs://); versions go beneath it.")
+@click.option("--version", type=click.IntRange(min=1), default=None,
+              help="Version number (default: one above the highest existing). Never overwrites.")
+def command(run_dir, export_base, version):
+    from keras_ptx.inference.postprocess import PostProcessError
+    from keras_ptx.rundir import RunDirError
+    from keras_ptx.serving.export import ExportError, export_run
+
+    try:
+        path = export_run(run_dir, export_base, version)
+    except (ExportError, RunDirError, PostProcessError) as exc:
+        raise click.ClickException(str(exc)) from None
+    click.echo(f"exported {run_dir} -> {path}")

@@ -1,0 +1,275 @@
+"""bin/export: the SavedModel runs with plain TensorFlow and agrees with the project's own path.
+
+One export of a 64x64 EfficientNet-B0 UNet++ (random weights, a triplet post-processing tuned
+to its outputs) is made through the CLI; one fresh Python process that imports only TensorFlow
+(and TF Serving's protos) loads it, runs both signatures, replays the warm-up records and
+answers a client request body the way TF Serving's REST layer would.
+"""
+import base64
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from keras_ptx.commands.export import command
+from keras_ptx.config import dump_config, load_config
+from keras_ptx.data import geometry
+from keras_ptx.inference.postprocess import PostProcess
+from keras_ptx.input.normalize import to_model_input
+from keras_ptx.model import build_model
+from keras_ptx.rundir import BEST_WEIGHTS, CONFIG, POSTPROCESS
+from keras_ptx.serving import PREDICT_IMAGE, SERVING_DEFAULT, WARMUP_FILE
+from keras_ptx.serving.client import ServingError, build_request, parse_response
+from keras_ptx.serving.export import (METADATA_FILE, from_square_tf, next_version,
+                                      to_square_tf)
+from keras_ptx.tf_setup import tf
+
+SIZE = 64
+WARMUP = 3
+# name: (height, width, encoding, colour) -- on the grid as is, padded only, shrunk, grown;
+# gray, gray stored as RGB, and a tinted colour JPEG
+IMAGES = {"square": (64, 64, ".png", "gray"), "tall": (64, 48, ".png", "gray"),
+          "wide_rgb": (48, 64, ".png", "rgb"), "big": (100, 77, ".png", "gray"),
+          "small_jpeg": (40, 30, ".jpg", "tinted")}
+EXACT = ("square", "tall", "wide_rgb")      # no resizing: the project's path is bit-comparable
+
+FRESH = r"""
+import base64, json, sys
+import numpy as np
+import tensorflow as tf
+from tensorflow_serving.apis import prediction_log_pb2
+
+export, inputs, out = sys.argv[1:4]
+model = tf.saved_model.load(export)
+names = json.loads(open(inputs + "/names.json").read())
+data = tf.constant([open(f"{inputs}/{n}", "rb").read() for n in names])
+result = {"signatures": sorted(model.signatures.keys())}
+arrays = {}
+for key, value in model.signatures["serving_default"](image_bytes=data).items():
+    arrays["serve/" + key] = value.numpy()
+squares = np.load(inputs + "/squares.npy")
+for key, value in model.signatures["predict_image"](images=tf.constant(squares)).items():
+    arrays["image/" + key] = value.numpy()
+
+replayed = []
+for record in tf.data.TFRecordDataset(export + "/assets.extra/tf_serving_warmup_requests"):
+    log = prediction_log_pb2.PredictionLog.FromString(record.numpy())
+    request = log.predict_log.request
+    feed = {k: tf.constant(tf.make_ndarray(v)) for k, v in request.inputs.items()}
+    outputs = model.signatures[request.model_spec.signature_name](**feed)
+    replayed.append({"signature": request.model_spec.signature_name,
+                     "batch": int(outputs["probabilities"].shape[0]),
+                     "outputs": sorted(outputs)})
+result["warmup"] = replayed
+
+# What TF Serving's REST layer does with the client's body: b64 -> DT_STRING, row-format answer.
+body = json.loads(open(inputs + "/request.json").read())
+feed = tf.constant([base64.b64decode(i["b64"]) for i in body["instances"]])
+outputs = {k: v.numpy() for k, v in model.signatures[body["signature_name"]](image_bytes=feed).items()}
+result["response"] = {"predictions": [{k: v[i].tolist() for k, v in outputs.items()}
+                                      for i in range(len(feed))]}
+try:
+    model.signatures["serving_default"](image_bytes=tf.constant([b"not an image"]))
+    result["bad_bytes"] = None
+except tf.errors.InvalidArgumentError as exc:
+    result["bad_bytes"] = exc.message
+result["modules"] = sorted(m for m in sys.modules
+                           if m.split(".")[0] in ("keras_ptx", "segmentation_models",
+                                                  "efficientnet", "classification_models",
+                                                  "tf_keras"))
+np.savez(out + "/arrays.npz", **arrays)
+open(out + "/result.json", "w").write(json.dumps(result))
+"""
+
+
+def _image(height, width, colour, seed):
+    rng = np.random.default_rng(seed)
+    gray = cv2.GaussianBlur(rng.random((height, width)).astype(np.float32), (0, 0), 3)
+    gray = np.round(255 * (gray - gray.min()) / (gray.max() - gray.min())).astype(np.uint8)
+    if colour == "tinted":
+        return np.stack([gray, gray // 2 + 60, 255 - gray], axis=-1)
+    return np.stack([gray] * 3, axis=-1) if colour == "rgb" else gray
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory):
+    root = tmp_path_factory.mktemp("export")
+    run, base, inputs, out = (root / name for name in ("run", "base", "inputs", "out"))
+    for path in (run, inputs, out):
+        path.mkdir()
+    config = load_config(None, [f"data.image_size={SIZE}", "model.encoder=efficientnetb0",
+                                "model.weights=none", f"export.warmup_requests={WARMUP}"])
+    dump_config(config, run / CONFIG)
+    tf.keras.utils.set_random_seed(0)
+    model = build_model(config)
+    model.save_weights(str(run / BEST_WEIGHTS))
+
+    names = []
+    for seed, (name, (height, width, ext, colour)) in enumerate(IMAGES.items()):
+        image = _image(height, width, colour, seed)
+        names.append(name + ext)
+        assert cv2.imwrite(str(inputs / names[-1]), image[..., ::-1] if image.ndim == 3 else image)
+    (inputs / "names.json").write_text(json.dumps(names))
+    grays = [cv2.imread(str(inputs / (n + IMAGES[n][2])), cv2.IMREAD_GRAYSCALE) for n in EXACT]
+    squares = np.stack([geometry.image_to_square(g, SIZE) for g in grays])[..., None]
+    np.save(inputs / "squares.npy", squares.astype(np.float32))
+    (inputs / "request.json").write_text(json.dumps(build_request(
+        [inputs / n for n in names[:2]] + [(inputs / names[4]).read_bytes()])))
+
+    # A triplet cut to this untrained network's outputs, so that every rule has work to do.
+    prob = model(to_model_input(squares), training=False)[0].numpy()
+    post = PostProcess(kind="triplet", top_threshold=float(np.quantile(prob, 0.9)),
+                       min_pixels=40 * 256, bottom_threshold=float(np.quantile(prob, 0.6)),
+                       min_area=8 * 256)
+    post.save(run / POSTPROCESS)
+
+    result = CliRunner().invoke(command, ["--model", str(run), "--out", str(base)])
+    assert result.exit_code == 0, result.output
+    export = base / "1"
+    env = {k: v for k, v in os.environ.items() if k not in ("TF_USE_LEGACY_KERAS", "SM_FRAMEWORK")}
+    subprocess.run([sys.executable, "-c", FRESH, str(export), str(inputs), str(out)],
+                   check=True, cwd=root, env=env, timeout=300)
+    return {"model": model, "post": post, "run": run, "base": base, "export": export,
+            "squares": squares,
+            "result": json.loads((out / "result.json").read_text()),
+            "arrays": dict(np.load(out / "arrays.npz"))}
+
+
+@pytest.mark.slow
+def test_export_layout_and_plain_tensorflow_load(exported):
+    export, result = exported["export"], exported["result"]
+    assert (export / "saved_model.pb").is_file() and (export / "variables").is_dir()
+    assert (export / WARMUP_FILE).is_file()
+    assert sorted(p.name for p in exported["base"].iterdir()) == ["1"]   # no staging left
+    assert result["signatures"] == sorted([SERVING_DEFAULT, PREDICT_IMAGE])
+    assert result["modules"] == []
+    meta = json.loads((export / METADATA_FILE).read_text())
+    assert meta["postprocess"] == exported["post"].to_dict()
+    assert meta["postprocess_source"] == POSTPROCESS and meta["image_size"] == SIZE
+
+
+@pytest.mark.slow
+def test_probabilities_equal_the_in_process_model(exported):
+    arrays, model = exported["arrays"], exported["model"]
+    mask, label = model(to_model_input(exported["squares"].astype(np.float32)), training=False)
+    mask, label = mask.numpy()[..., 0], label.numpy()[:, 0]
+    served = [list(IMAGES).index(n) for n in EXACT]
+    np.testing.assert_allclose(arrays["serve/probabilities"][served], mask, atol=1e-5)
+    np.testing.assert_allclose(arrays["serve/pneumothorax_probability"][served], label, atol=1e-5)
+    np.testing.assert_allclose(arrays["image/probabilities"], mask, atol=1e-5)
+    np.testing.assert_allclose(arrays["image/pneumothorax_probability"], label, atol=1e-5)
+
+
+@pytest.mark.slow
+def test_masks_equal_the_project_post_processing(exported):
+    arrays, post = exported["arrays"], exported["post"]
+    masks = arrays["serve/mask"]
+    assert masks.shape == (len(IMAGES), 100, 77) and masks.dtype == np.uint8
+    kept, removed = 0, 0
+    for i, (name, (height, width, _, _)) in enumerate(IMAGES.items()):
+        prob, cls = arrays["serve/probabilities"][i], arrays["serve/pneumothorax_probability"][i]
+        on_grid = post.apply(prob, cls, side=SIZE)
+        expected = (geometry.from_square(on_grid, height, width) >= 0.5).astype(np.uint8)
+        assert (arrays["serve/height"][i], arrays["serve/width"][i]) == (height, width)
+        np.testing.assert_array_equal(masks[i, :height, :width], expected, err_msg=name)
+        assert not masks[i, height:].any() and not masks[i, :, width:].any()
+        assert arrays["serve/has_pneumothorax"][i] == expected.any()
+        kept += int(on_grid.sum())
+        removed += int((post.apply(prob, cls, side=SIZE) != PostProcess(
+            **{**post.to_dict(), "min_area": 0}).apply(prob, cls, side=SIZE)).sum())
+    assert kept > 0 and removed > 0, "the post-processing had nothing to do: the test is blind"
+    for i, square in enumerate(arrays["image/probabilities"]):
+        expected = post.apply(square, arrays["image/pneumothorax_probability"][i], side=SIZE)
+        np.testing.assert_array_equal(arrays["image/mask"][i], expected)
+
+
+def test_square_geometry_matches_numpy_rule():
+    for seed, (height, width) in enumerate([(64, 64), (64, 48), (128, 96), (100, 77),
+                                            (40, 30), (333, 200)]):
+        gray = _image(height, width, False, seed)
+        ours = to_square_tf(tf.constant(gray[..., None], tf.float32), SIZE).numpy()[..., 0]
+        reference = geometry.image_to_square(gray, SIZE).astype(np.float32)
+        assert np.abs(ours - reference).max() <= 1.0, (height, width)
+        prob = np.random.default_rng(seed).random((SIZE, SIZE)).astype(np.float32)
+        back = from_square_tf(tf.constant(prob[..., None]), height, width).numpy()[..., 0]
+        np.testing.assert_allclose(back, geometry.from_square(prob, height, width), atol=1e-5)
+
+
+@pytest.mark.slow
+def test_warmup_records_replay(exported):
+    replayed = exported["result"]["warmup"]
+    assert len(replayed) == WARMUP
+    assert {r["signature"] for r in replayed} == {SERVING_DEFAULT, PREDICT_IMAGE}
+    assert [r["batch"] for r in replayed] == [1, 1, 2]
+    for record in replayed:
+        assert {"probabilities", "mask", "has_pneumothorax"} <= set(record["outputs"])
+
+
+@pytest.mark.slow
+def test_client_request_through_the_signature_matches_a_direct_call(exported):
+    arrays = exported["arrays"]
+    results = parse_response(json.dumps(exported["result"]["response"]))
+    assert len(results) == 3
+    for result, i in zip(results, [0, 1, 4]):
+        height, width = IMAGES[list(IMAGES)[i]][:2]
+        assert result["mask"].shape == (height, width) and result["mask"].dtype == np.uint8
+        np.testing.assert_array_equal(result["mask"], arrays["serve/mask"][i, :height, :width])
+        np.testing.assert_allclose(result["probabilities"], arrays["serve/probabilities"][i],
+                                   atol=1e-6)
+        assert result["has_pneumothorax"] == bool(arrays["serve/has_pneumothorax"][i])
+        assert result["pneumothorax_probability"] == pytest.approx(
+            float(arrays["serve/pneumothorax_probability"][i]), abs=1e-6)
+
+
+def test_client_request_body_and_errors(tmp_path):
+    path = tmp_path / "a.png"
+    path.write_bytes(b"\x89PNG fake")
+    body = build_request([path, b"raw"], signature_name=SERVING_DEFAULT)
+    assert body["signature_name"] == SERVING_DEFAULT
+    assert [base64.b64decode(i["b64"]) for i in body["instances"]] == [b"\x89PNG fake", b"raw"]
+    with pytest.raises(ServingError, match="Unknown image"):
+        parse_response('{"error": "Unknown image file format"}')
+    with pytest.raises(ServingError, match="not JSON"):
+        parse_response("<html>502</html>")
+    with pytest.raises(ValueError):
+        build_request([])
+
+
+@pytest.mark.slow
+def test_bad_image_bytes_give_a_clear_error(exported):
+    assert "image" in exported["result"]["bad_bytes"].lower()
+
+
+@pytest.mark.slow
+def test_saved_model_cli_lists_both_signatures(exported):
+    cli = Path(sys.executable).with_name("saved_model_cli")
+    shown = subprocess.run([str(cli), "show", "--all", "--dir", str(exported["export"])],
+                           capture_output=True, text=True, check=True, timeout=300).stdout
+    for text in ("signature_def['serving_default']", "signature_def['predict_image']",
+                 "inputs['image_bytes']", "inputs['images']", "DT_STRING",
+                 "outputs['mask']", "outputs['pneumothorax_probability']", "(-1, 64, 64, 1)"):
+        assert text in shown, text
+
+
+@pytest.mark.slow
+def test_versions_are_never_overwritten(exported):
+    result = CliRunner().invoke(command, ["--model", str(exported["run"]),
+                                          "--out", str(exported["base"]), "--version", "1"])
+    assert result.exit_code != 0 and "already exists" in result.output
+    assert "next free: 2" in result.output
+    result = CliRunner().invoke(command, ["--model", str(exported["run"]),
+                                          "--out", str(exported["base"]), "--version", "0"])
+    assert result.exit_code != 0
+
+
+def test_next_version_counts_integer_directories_only(tmp_path):
+    assert next_version(tmp_path / "missing") == 1
+    for name in ("1", "3", "tmp", ".7.partial-abc", "10x"):
+        (tmp_path / name).mkdir()
+    assert next_version(tmp_path) == 4
