@@ -247,8 +247,7 @@ def _skin_fold(frame: Frame, u, v, rng) -> np.ndarray:
     curve = _mirror(chaikin(pts, closed=False), side)
     line = np.zeros((frame.res, frame.res), np.uint8)
     stroke(line, frame.px(curve), 1.0)
-    dist = cv2.distanceTransform(255 - line, cv2.DIST_L2, 3) / frame.unit
-    # denser on the lateral side of the curve
+    dist = cv2.distanceTransform((line < 128).astype(np.uint8), cv2.DIST_L2, 3) / frame.unit
     lateral = np.interp(v, curve[:, 1], curve[:, 0])
     beyond = (u - lateral) * side > 0
     return (beyond * np.exp(-dist / rng.uniform(0.02, 0.06))).astype(np.float32)
@@ -318,7 +317,7 @@ def draw_chest(habitus: Habitus, rng: np.random.Generator, res: int) -> Chest:
             + ((v - dome - rng.uniform(0.04, 0.07)) / rng.uniform(0.02, 0.035)) ** 2
         density -= smoothstep(1.3, 0.2, bubble) * rng.uniform(0.06, 0.14) * body
     if rng.random() < (0.3 if view == "AP" else 0.1):
-        density += _skin_fold(frame, u, v, rng) * rng.uniform(0.04, 0.09) * body
+        density += _skin_fold(frame, u, v, rng) * rng.uniform(0.07, 0.14) * body
         tags.append("skin_fold")
 
     chest = Chest(frame=frame, view=view, habitus=habitus, u=u, v=v,
