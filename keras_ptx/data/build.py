@@ -344,6 +344,7 @@ def build(options: Options, log=print) -> dict:
                     raise BuildError(f"{out} already holds a build of other inputs or options; "
                                      "choose an empty --out")
                 log(f"{out}: already built from these inputs and options; nothing to do")
+                _remove_leftovers(out)      # of a run killed after writing the manifest
                 return manifest
             state, pending = _resume(out, plan, log)
             _write_shards(options, out, pending, pool, state)
@@ -352,8 +353,17 @@ def build(options: Options, log=print) -> dict:
                          "same command again to resume") from None
     manifest = _manifest(plan, state["shards"])
     write_atomic(manifest_path, to_json(manifest))
-    tf.io.gfile.remove(join(out, STATE))
+    _remove_leftovers(out)
     return manifest
+
+
+def _remove_leftovers(out: str, keep_state: bool = False) -> None:
+    """Delete partial temporaries of killed runs (and the state file of a finished build)."""
+    leftovers = tf.io.gfile.glob(join(out, "*.tmp-*"))
+    if not keep_state:
+        leftovers += tf.io.gfile.glob(join(out, STATE))
+    for path in leftovers:
+        tf.io.gfile.remove(path)
 
 
 def _resume(out: str, plan: Plan, log) -> tuple[dict, list[Shard]]:
@@ -367,8 +377,7 @@ def _resume(out: str, plan: Plan, log) -> tuple[dict, list[Shard]]:
             raise BuildError(f"{out} holds an unfinished build of other inputs or options; "
                              f"remove it or choose another --out")
         state = previous
-    for partial in tf.io.gfile.glob(join(out, "*.tmp-*")):
-        tf.io.gfile.remove(partial)
+    _remove_leftovers(out, keep_state=True)
     done, pending = {}, []
     for shard in plan.shards:
         entry = state["shards"].get(shard.file)
