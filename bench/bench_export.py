@@ -1,0 +1,101 @@
+#!/usr/bin/env python
+"""Latency per image of the exported SavedModel on this CPU, as TF Serving would run it.
+
+For each encoder (default B0 and B4, weights none, UNet++ at --size 256), exports the model with
+``keras_ptx.serving.export.export_model`` to a temporary base path, reloads it with
+``tf.saved_model.load`` and times its signatures at batch 1 and 16:
+
+- ``serving_default``: 1024 x 1024 gray PNGs (a SIIM radiograph's size), so the time includes
+  PNG decoding, the geometry rule, the network, post-processing and the mask back at 1024;
+- ``predict_image``: float32 images already on the 256 grid (network + post-processing).
+
+Post-processing is the winner's triplet with a component filter (the costliest rule; see
+``--post threshold`` for the plain pixel threshold). With random weights the probabilities sit
+near 0.5, so the mask covers most of the image: the component filter's worst case. Repeats alternate between all cases, so
+machine noise spreads evenly; the table gives the median ms per image. Run on a quiet machine:
+
+    .venv/bin/python bench/bench_export.py --encoders efficientnetb0 efficientnetb4 --repeats 5
+"""
+from __future__ import annotations
+
+import argparse
+import gc
+import platform
+import statistics
+import tempfile
+import time
+
+import numpy as np
+
+from keras_ptx.config import load_config
+from keras_ptx.inference.postprocess import PostProcess
+from keras_ptx.model import build_model
+from keras_ptx.serving.export import export_model
+from keras_ptx.serving.warmup import synthetic_image
+from keras_ptx.tf_setup import tf
+
+POSTS = {"triplet": PostProcess(kind="triplet", top_threshold=0.75, min_pixels=600,
+                                bottom_threshold=0.3, min_area=2000),
+         "threshold": PostProcess(kind="threshold", threshold=0.75)}
+
+
+def export_and_load(encoder: str, size: int, post: PostProcess, base: str):
+    config = load_config(None, [f"data.image_size={size}", f"model.encoder={encoder}",
+                                "model.weights=none"])
+    model = build_model(config)
+    start = time.perf_counter()
+    path = export_model(model, size, post, base)
+    seconds = time.perf_counter() - start
+    del model
+    tf.keras.backend.clear_session()
+    gc.collect()
+    return tf.saved_model.load(path), seconds
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--encoders", nargs="+", default=["efficientnetb0", "efficientnetb4"])
+    parser.add_argument("--size", type=int, default=256)
+    parser.add_argument("--batches", nargs="+", type=int, default=[1, 16])
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--post", choices=sorted(POSTS), default="triplet")
+    args = parser.parse_args()
+
+    png = tf.io.encode_png(synthetic_image(1024, 1024)[..., None]).numpy()
+    square = synthetic_image(args.size, args.size).astype(np.float32)[None, ..., None]
+    cases, exports = {}, {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for encoder in args.encoders:
+            loaded, seconds = export_and_load(encoder, args.size, POSTS[args.post], f"{tmp}/{encoder}")
+            exports[encoder] = seconds
+            for batch in args.batches:
+                serve = loaded.signatures["serving_default"]
+                image = loaded.signatures["predict_image"]
+                cases[encoder, "serving_default (1024 PNG)", batch] = (
+                    lambda s=serve, b=batch: s(image_bytes=tf.constant([png] * b)))
+                cases[encoder, f"predict_image ({args.size} float)", batch] = (
+                    lambda s=image, b=batch: s(images=tf.constant(np.repeat(square, b, 0))))
+        for run in cases.values():      # warm-up: first calls allocate and pick kernels
+            run()
+            run()
+        times = {key: [] for key in cases}
+        for _ in range(args.repeats):
+            for key, run in cases.items():
+                start = time.perf_counter()
+                run()
+                times[key].append((time.perf_counter() - start) / key[2])
+
+    print(f"SavedModel latency, {platform.processor() or platform.machine()}, "
+          f"{time.strftime('%Y-%m-%d')}, post-processing: {POSTS[args.post].describe()}, "
+          f"median of {args.repeats}\n")
+    print("| encoder | signature | batch | ms / image | min | max |")
+    print("|---|---|---:|---:|---:|---:|")
+    for (encoder, signature, batch), values in times.items():
+        ms = [1000 * v for v in values]
+        print(f"| {encoder} | {signature} | {batch} | {statistics.median(ms):.1f} | "
+              f"{min(ms):.1f} | {max(ms):.1f} |")
+    print("\nexport time: " + ", ".join(f"{e} {s:.0f} s" for e, s in exports.items()))
+
+
+if __name__ == "__main__":
+    main()
