@@ -13,9 +13,11 @@ from keras_ptx.cli import main
 from keras_ptx.data import rle
 from keras_ptx.data.annotations import load_annotations
 from keras_ptx.data.dicom import read_dicom
+from keras_ptx.synthetic.anatomy import _skin_fold
 from keras_ptx.synthetic.dataset import Options, is_positive, make_dataset, plan_image
 from keras_ptx.synthetic.dicom_writer import write_dicom
 from keras_ptx.synthetic.radiograph import generate_image
+from keras_ptx.synthetic.raster import Frame
 
 OPTIONS = Options(n_images=30, seed=3, size=128, positive_fraction=0.5, test_fraction=0.2,
                   mix_formats=True)
@@ -128,6 +130,18 @@ def test_label_statistics_near_the_real_data():
     sides = {tag.rsplit("_", 1)[1] for image in images for tag in image.tags
              if tag.startswith("ptx_")}
     assert sides == {"left", "right"}
+
+
+def test_skin_fold_is_a_one_sided_edge():
+    frame = Frame(128)
+    u, v = frame.grid()
+    fold = _skin_fold(frame, u, v, np.random.default_rng(0))
+    assert 0.9 < fold.max() <= 1.0 and fold.min() == 0.0
+    rows = np.flatnonzero(fold.max(axis=1) > 0.5)
+    assert rows.size > 64                    # a long edge, not a spot
+    row = fold[rows[rows.size // 2]]
+    peak = int(np.argmax(row))
+    assert (row[:peak] == 0).all() or (row[peak + 1:] == 0).all()    # dense on one side only
 
 
 @pytest.mark.slow

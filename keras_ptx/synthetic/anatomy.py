@@ -72,17 +72,14 @@ class Chest:
 
     ``density`` includes the lung markings ``texture``; :meth:`tone` maps density to display
     brightness in [0, 1]; ``image`` is the toned, edge-enhanced picture. ``lung_sd[side]`` is the
-    signed distance (pixels, positive inside) to that lung's border and ``lung_air`` how much
-    air each pixel's ray crosses (0..1), which a pneumothorax deepens.
+    signed distance (pixels, positive inside) to that lung's border.
     """
     frame: Frame
     view: str
-    habitus: Habitus
     u: np.ndarray
     v: np.ndarray
     density: np.ndarray
     texture: np.ndarray
-    lung_air: np.ndarray
     lung_sd: dict[int, np.ndarray]
     lung_center: dict[int, tuple[float, float]]
     tone_low: float
@@ -148,7 +145,7 @@ def _vessel_tree(rng, starts, angles, lengths, widths, levels=3):
         if n == 0:
             break
         steps = max(2, int(lengths.max() / _VESSEL_STEP))
-        heading = angles[:, None] + np.cumsum(rng.normal(0.0, 0.12, (n, steps)), axis=1)
+        heading = angles[:, None] + np.cumsum(rng.normal(0.0, 0.18, (n, steps)), axis=1)
         moves = _VESSEL_STEP * np.stack([np.cos(heading), np.sin(heading)], axis=-1)
         pts = np.concatenate([starts[:, None], starts[:, None] + np.cumsum(moves, 1)], axis=1)
         count = np.maximum(2, (lengths / _VESSEL_STEP).astype(int))
@@ -320,10 +317,9 @@ def draw_chest(habitus: Habitus, rng: np.random.Generator, res: int) -> Chest:
         density += _skin_fold(frame, u, v, rng) * rng.uniform(0.07, 0.14) * body
         tags.append("skin_fold")
 
-    chest = Chest(frame=frame, view=view, habitus=habitus, u=u, v=v,
+    chest = Chest(frame=frame, view=view, u=u, v=v,
                   density=density.astype(np.float32), texture=texture.astype(np.float32),
-                  lung_air=lung_air.astype(np.float32), lung_sd=lung_sd,
-                  lung_center=lung_center,
+                  lung_sd=lung_sd, lung_center=lung_center,
                   tone_low=float(rng.uniform(0.0, 0.1)), tone_high=float(rng.uniform(1.0, 1.25)),
                   gamma=float(rng.uniform(1.1, 1.6)), shoulder=float(rng.uniform(1.2, 2.2)),
                   sharpen=float(rng.uniform(0.1, 0.5)),
