@@ -39,7 +39,7 @@ def command(out, n_images, seed, size, positive_fraction, stage, test_fraction, 
                           positive_fraction=positive_fraction, stage=int(stage),
                           test_fraction=test_fraction, mix_formats=mix_formats)
         summary = make_dataset(out, options, workers=workers, overwrite=overwrite)
-    except (ValueError, FileExistsError) as exc:
+    except (ValueError, OSError) as exc:            # bad options, OUT taken, disk errors
         raise click.ClickException(str(exc)) from None
     counts = summary["counts"]
     click.echo(f"{out}: {counts['train']} train + {counts['test']} test images "
