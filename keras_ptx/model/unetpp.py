@@ -1,0 +1,102 @@
+"""UNet++ (Zhou et al., 2018) on an EfficientNet encoder, with deep supervision and an image head.
+
+Grid: X(i, 0) is the encoder feature at stride 2**(i+1) (i = 0..4), projected by a 1x1
+conv-BN-ReLU to its level's width so that every node of a level has the same width, as in the
+paper (the raw EfficientNet taps are 2-5x wider and would triple the decoder's cost). Each
+decoder node X(i, j), j >= 1, concatenates X(i, 0..j-1) with the bilinearly upsampled
+X(i+1, j-1) and applies conv-BN-ReLU twice. ``decoder_filters`` gives the widths of the levels
+at strides 16, 8, 4, 2 and of the full-resolution head, as segmentation_models_pytorch's
+UnetPlusPlus does (its default 256, 128, 64, 32, 16); the stride-32 projection takes the first.
+
+Heads: X(0, j) -> bilinear x2 -> conv-BN-ReLU twice -> 3x3 conv -> sigmoid, each with its own
+weights (layers ``head{j}_*``). ``mask`` comes from X(0, prune_level); with deep supervision
+``mask_1`` ... ``mask_{prune_level-1}`` come from the shallower columns; ``label`` is a sigmoid
+on the globally pooled stride-32 encoder features. Only the nodes that an output needs are
+built, so a pruned network is also a smaller one. Upsampling is bilinear because XLA has no
+gradient kernel for nearest-neighbour resizing. Final layers compute in float32 under
+mixed_float16.
+"""
+from __future__ import annotations
+
+from keras_ptx.config import Config, ModelConfig
+from keras_ptx.model.encoders import build_encoder, check_encoder_name
+from keras_ptx.model.precision import dtype_policy, resolve_mixed_precision
+from keras_ptx.tf_setup import tf
+
+DEPTH = 4                           # decoder columns; X(0, 4) is the full network's mask node
+layers = tf.keras.layers
+
+
+def output_names(model: ModelConfig) -> list[str]:
+    """The network's outputs in order: mask, then deep-supervision masks, then label."""
+    names = ["mask"]
+    if model.deep_supervision:
+        names += [f"mask_{j}" for j in range(1, model.prune_level)]
+    if model.classification_head:
+        names.append("label")
+    return names
+
+
+def check_model_config(model: ModelConfig) -> None:
+    check_encoder_name(model.encoder)
+    filters = tuple(model.decoder_filters)
+    if len(filters) != 5 or any(f <= 0 for f in filters):
+        raise ValueError(f"model.decoder_filters: expected 5 positive widths (strides 16, 8, 4, "
+                         f"2 and the full-resolution head), got {list(filters)}")
+    if not 1 <= model.prune_level <= DEPTH:
+        raise ValueError(f"model.prune_level: expected 1 to {DEPTH}, got {model.prune_level}")
+    if not 0.0 <= model.dropout < 1.0:
+        raise ValueError(f"model.dropout: expected a rate in [0, 1), got {model.dropout}")
+
+
+def build_model(config: Config) -> tf.keras.Model:
+    """The segmentation network of ``config`` (input: normalised float32 [B, S, S, 3])."""
+    model = config.model
+    check_model_config(model)
+    with dtype_policy(resolve_mixed_precision(config.train.mixed_precision)):
+        encoder = build_encoder(model.encoder, config.data.image_size, model.weights)
+        columns = model.prune_level
+        widths = tuple(reversed(model.decoder_filters[:DEPTH])) + (model.decoder_filters[0],)
+        nodes = {}
+        for i in range(columns + 1):
+            nodes[i, 0] = _conv_bn_relu(encoder.features[i], widths[i], 1, f"x{i}0_proj")
+        for j in range(1, columns + 1):
+            for i in range(columns + 1 - j):
+                up = layers.UpSampling2D(2, interpolation="bilinear", name=f"x{i}{j}_up")(
+                    nodes[i + 1, j - 1])
+                x = layers.Concatenate(name=f"x{i}{j}_concat")(
+                    [nodes[i, k] for k in range(j)] + [up])
+                x = _conv_bn_relu(x, widths[i], 3, f"x{i}{j}_conv1")
+                nodes[i, j] = _conv_bn_relu(x, widths[i], 3, f"x{i}{j}_conv2")
+
+        outputs = [_mask_head(nodes[0, columns], columns, model.decoder_filters[-1], "mask")]
+        if model.deep_supervision:
+            outputs += [_mask_head(nodes[0, j], j, model.decoder_filters[-1], f"mask_{j}")
+                        for j in range(1, columns)]
+        if model.classification_head:
+            outputs.append(_label_head(encoder.features[-1], model.dropout))
+        return tf.keras.Model(encoder.model.input, outputs if len(outputs) > 1 else outputs[0],
+                              name=f"unetpp_{model.encoder}")
+
+
+def _conv_bn_relu(x, filters, kernel, name):
+    x = layers.Conv2D(filters, kernel, padding="same", use_bias=False,
+                      kernel_initializer="he_normal", name=name)(x)
+    x = layers.BatchNormalization(name=f"{name}_bn")(x)
+    return layers.Activation("relu", name=f"{name}_relu")(x)
+
+
+def _mask_head(x, column, filters, name):
+    x = layers.UpSampling2D(2, interpolation="bilinear", name=f"head{column}_up")(x)
+    x = _conv_bn_relu(x, filters, 3, f"head{column}_conv1")
+    x = _conv_bn_relu(x, filters, 3, f"head{column}_conv2")
+    x = layers.Conv2D(1, 3, padding="same", dtype="float32", name=f"head{column}_logits")(x)
+    return layers.Activation("sigmoid", dtype="float32", name=name)(x)
+
+
+def _label_head(features, dropout):
+    x = layers.GlobalAveragePooling2D(name="label_pool")(features)
+    if dropout > 0:
+        x = layers.Dropout(dropout, name="label_dropout")(x)
+    x = layers.Dense(1, dtype="float32", name="label_logits")(x)
+    return layers.Activation("sigmoid", dtype="float32", name="label")(x)

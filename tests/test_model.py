@@ -1,0 +1,177 @@
+"""The UNet++ network: outputs, skip taps, pruning, heads, encoder weights, an XLA training step."""
+import numpy as np
+import pytest
+
+from keras_ptx.config import load_config
+from keras_ptx.model import (build_model, feature_layer_names, make_losses, make_metrics,
+                             resolve_jit_compile, resolve_mixed_precision)
+from keras_ptx.model import precision
+from keras_ptx.model.encoders import STRIDES, WeightsError, build_encoder, imagenet_weights_source
+from keras_ptx.tf_setup import tf
+
+B0 = ["model.encoder=efficientnetb0", "model.weights=none", "data.image_size=64"]
+
+
+def _config(*overrides):
+    return load_config(None, B0 + list(overrides))
+
+
+@pytest.fixture(scope="module")
+def saved_encoder(tmp_path_factory):
+    """A B0 encoder at 64x64 with random weights, and the .h5 file of its weights."""
+    encoder = build_encoder("efficientnetb0", 64, "none").model
+    path = tmp_path_factory.mktemp("weights") / "encoder.h5"
+    encoder.save_weights(str(path))
+    return encoder, path
+
+
+@pytest.fixture(scope="module")
+def full_model():
+    """B0 at 64x64 with deep supervision and the image-level head."""
+    return build_model(_config("model.deep_supervision=true", "model.classification_head=true"))
+
+
+def test_outputs_are_named_ordered_shaped_and_float32(full_model):
+    assert full_model.output_names == ["mask", "mask_1", "mask_2", "mask_3", "label"]
+    outputs = full_model(np.zeros((2, 64, 64, 3), "float32"), training=False)
+    assert [tuple(o.shape) for o in outputs] == [(2, 64, 64, 1)] * 4 + [(2, 1)]
+    for output in outputs:
+        assert output.dtype == tf.float32
+        assert np.all((output.numpy() >= 0) & (output.numpy() <= 1))
+    # Each supervised column has its own head.
+    for column in range(1, 5):
+        assert full_model.get_layer(f"head{column}_logits").output.shape[1:] == (64, 64, 1)
+
+
+def test_skip_features_are_taken_by_name_at_strides_2_to_32(full_model):
+    names = feature_layer_names("efficientnetb0")
+    assert names[-1] == "top_activation"
+    assert [full_model.get_layer(name).output.shape[1] for name in names] == \
+        [64 // stride for stride in STRIDES]
+
+
+@pytest.mark.slow
+def test_b4_at_256_has_its_skips_at_the_right_strides():
+    config = load_config(None, ["model.encoder=efficientnetb4", "model.weights=none",
+                                "data.image_size=256", "model.classification_head=false"])
+    model = build_model(config)
+    assert model.output_names == ["mask"] and model.output_shape == (None, 256, 256, 1)
+    assert [model.get_layer(name).output.shape[1] for name in feature_layer_names(
+        "efficientnetb4")] == [256 // stride for stride in STRIDES]
+
+
+def test_pruned_network_at_128_builds_only_the_columns_it_needs():
+    model = build_model(load_config(None, [
+        "model.encoder=efficientnetb0", "model.weights=none", "data.image_size=128",
+        "model.deep_supervision=true", "model.prune_level=2", "model.classification_head=false"]))
+    assert model.output_names == ["mask", "mask_1"]
+    assert model.output_shape == [(None, 128, 128, 1)] * 2
+    names = {layer.name for layer in model.layers}
+    assert {"head2_logits", "head1_logits", "x02_conv2", "x20_proj"} <= names
+    assert not names & {"head3_logits", "x03_conv1", "x30_proj", "top_activation"}
+
+
+def test_single_output_network_returns_a_tensor():
+    model = build_model(_config("model.prune_level=1", "model.classification_head=false"))
+    assert model.output_names == ["mask"]
+    prediction = model(np.zeros((1, 64, 64, 3), "float32"))
+    assert isinstance(prediction, tf.Tensor) and prediction.shape == (1, 64, 64, 1)
+
+
+@pytest.mark.parametrize("override, message", [
+    ("data.image_size=100", "multiple of 32"),
+    ("data.image_size=16", "multiple of 32"),
+    ("model.encoder=efficientnetb9", "unknown encoder"),
+    ("model.decoder_filters=[64, 32, 16]", "5 positive widths"),
+    ("model.prune_level=5", "prune_level"),
+    ("model.dropout=1.0", "dropout"),
+])
+def test_bad_model_configs_raise_clear_errors(override, message):
+    with pytest.raises(ValueError, match=message):
+        build_model(_config(override))
+
+
+def test_encoder_weights_load_from_a_local_h5_file(saved_encoder, full_model):
+    source, path = saved_encoder
+    model = build_model(_config(f"model.weights={path}", "model.prune_level=1"))
+    assert not np.allclose(full_model.get_layer("stem_conv").get_weights()[0],
+                           source.get_layer("stem_conv").get_weights()[0])
+    layers = [layer for layer in source.layers if layer.weights]
+    assert len(layers) > 100
+    for layer in layers:
+        for loaded, saved in zip(model.get_layer(layer.name).get_weights(), layer.get_weights()):
+            np.testing.assert_array_equal(loaded, saved)
+
+
+def test_missing_or_unreadable_weights_files_raise_clear_errors(tmp_path):
+    with pytest.raises(WeightsError, match="is not a file.*imagenet, none"):
+        build_model(_config(f"model.weights={tmp_path / 'missing.h5'}"))
+    broken = tmp_path / "broken.h5"
+    broken.write_bytes(b"not an HDF5 file")
+    with pytest.raises(WeightsError, match="does not hold efficientnetb0's encoder weights"):
+        build_model(_config(f"model.weights={broken}", "model.prune_level=1",
+                            "model.classification_head=false"))
+
+
+def test_imagenet_download_failure_says_how_to_supply_the_file(monkeypatch):
+    def offline(*args, **kwargs):
+        raise Exception("URL fetch failure: [Errno -3] Temporary failure in name resolution")
+
+    monkeypatch.setattr(tf.keras.utils, "get_file", offline)
+    file_name, url, _ = imagenet_weights_source("efficientnetb0")
+    assert file_name == "efficientnet-b0_weights_tf_dim_ordering_tf_kernels_autoaugment_notop.h5"
+    with pytest.raises(WeightsError) as error:
+        build_model(_config("model.weights=imagenet"))
+    assert url in str(error.value) and f"model.weights: /path/to/{file_name}" in str(error.value)
+
+
+def test_imagenet_weights_come_from_the_download_cache(monkeypatch, saved_encoder):
+    source, path = saved_encoder
+    requests = []
+    monkeypatch.setattr(tf.keras.utils, "get_file",
+                        lambda *args, **kwargs: requests.append((args, kwargs)) or str(path))
+    loaded = build_encoder("efficientnetb0", 64, "imagenet").model
+    np.testing.assert_array_equal(loaded.get_layer("top_conv").get_weights()[0],
+                                  source.get_layer("top_conv").get_weights()[0])
+    (args, kwargs), = requests
+    assert kwargs["cache_subdir"] == "models" and kwargs["file_hash"]
+
+
+def test_jit_and_mixed_precision_switches(monkeypatch):
+    assert resolve_jit_compile(True) is True and resolve_mixed_precision(False) is False
+    monkeypatch.setattr(precision, "gpu_available", lambda: False)
+    assert resolve_jit_compile("auto") is False and resolve_mixed_precision("auto") is False
+    monkeypatch.setattr(precision, "gpu_available", lambda: True)
+    assert resolve_jit_compile("auto") is True and resolve_mixed_precision("AUTO") is True
+    with pytest.raises(ValueError, match="train.jit_compile"):
+        resolve_jit_compile("yes")
+
+
+def test_mixed_float16_network_keeps_float32_outputs():
+    policy = tf.keras.mixed_precision.global_policy().name
+    model = build_model(_config("train.mixed_precision=true", "model.prune_level=1",
+                                "model.classification_head=false"))
+    assert tf.keras.mixed_precision.global_policy().name == policy
+    assert model.get_layer("x01_conv1").compute_dtype == "float16"
+    assert model.output.dtype == tf.float32
+
+
+@pytest.mark.slow
+def test_xla_training_step_runs_and_a_few_steps_fit_a_tiny_batch():
+    config = _config("model.deep_supervision=true", "model.prune_level=2",
+                     "model.classification_head=true")
+    model = build_model(config)
+    losses, loss_weights = make_losses(config)
+    model.compile(tf.keras.optimizers.Adam(1e-3), loss=losses, loss_weights=loss_weights,
+                  metrics=make_metrics(config), jit_compile=True)
+    rng = np.random.default_rng(0)
+    images = rng.normal(size=(2, 64, 64, 3)).astype("float32")
+    mask = np.zeros((2, 64, 64, 1), "float32")
+    mask[0, 16:40, 20:44] = 1
+    targets = {"mask": mask, "mask_1": mask, "label": np.array([[1.0], [0.0]], "float32")}
+    first = model.train_on_batch(images, targets, return_dict=True)
+    assert set(first) >= {"loss", "mask_loss", "mask_1_loss", "label_loss", "mask_score"}
+    assert all(np.isfinite(value) for value in first.values())
+    for _ in range(5):
+        last = model.train_on_batch(images, targets, return_dict=True)
+    assert last["loss"] < 0.8 * first["loss"]
