@@ -40,9 +40,15 @@ def main():
     """Find and outline pneumothorax on chest radiographs (SIIM-ACR) with a Keras UNet++."""
 
 
+def run_command(name: str, prog_name: str, args=None):
+    """Run one sub-command directly, with its usage line naming the script that was called."""
+    command = main.get_command(None, name)
+    command.main(args=sys.argv[1:] if args is None else args, prog_name=prog_name)
+
+
 def _runner(name):
     def run():
-        main.main(args=[name, *sys.argv[1:]], prog_name=f"keras-ptx {name}")
+        run_command(name, f"keras-ptx-{name}")
     run.__name__ = name.replace("-", "_")
     return run
 
