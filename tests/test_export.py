@@ -26,8 +26,8 @@ from keras_ptx.model import build_model
 from keras_ptx.rundir import BEST_WEIGHTS, CONFIG, POSTPROCESS
 from keras_ptx.serving import PREDICT_IMAGE, SERVING_DEFAULT, WARMUP_FILE
 from keras_ptx.serving.client import ServingError, build_request, parse_response
-from keras_ptx.serving.export import (METADATA_FILE, from_square_tf, next_version,
-                                      to_square_tf)
+from keras_ptx.serving.export import (METADATA_FILE, decode_gray_tf, from_square_tf,
+                                      next_version, to_square_tf)
 from keras_ptx.tf_setup import tf
 
 SIZE = 64
@@ -133,10 +133,14 @@ def exported(tmp_path_factory):
     assert result.exit_code == 0, result.output
     export = base / "1"
     env = {k: v for k, v in os.environ.items() if k not in ("TF_USE_LEGACY_KERAS", "SM_FRAMEWORK")}
+    cli = subprocess.Popen([str(Path(sys.executable).with_name("saved_model_cli")), "show",
+                            "--all", "--dir", str(export)], stdout=subprocess.PIPE, text=True)
     subprocess.run([sys.executable, "-c", FRESH, str(export), str(inputs), str(out)],
                    check=True, cwd=root, env=env, timeout=300)
+    shown, _ = cli.communicate(timeout=300)
+    assert cli.returncode == 0
     return {"model": model, "post": post, "run": run, "base": base, "export": export,
-            "squares": squares,
+            "squares": squares, "saved_model_cli": shown,
             "result": json.loads((out / "result.json").read_text()),
             "arrays": dict(np.load(out / "arrays.npz"))}
 
@@ -201,6 +205,20 @@ def test_square_geometry_matches_numpy_rule():
         np.testing.assert_allclose(back, geometry.from_square(prob, height, width), atol=1e-5)
 
 
+def test_decoding_converts_colour_with_itu_601_weights():
+    rng = np.random.default_rng(0)
+    gray = rng.integers(0, 256, (9, 7), dtype=np.uint8)
+    rgb = rng.integers(0, 256, (9, 7, 3), dtype=np.uint8)
+    as_png = {name: tf.io.encode_png(image).numpy() for name, image in (
+        ("gray", gray[..., None]), ("gray_rgb", np.repeat(gray[..., None], 3, -1)), ("rgb", rgb))}
+    for name in ("gray", "gray_rgb"):
+        np.testing.assert_array_equal(decode_gray_tf(as_png[name]).numpy()[..., 0], gray)
+    expected = rgb.astype(np.float64) @ [0.2989, 0.5870, 0.1140]
+    assert np.abs(decode_gray_tf(as_png["rgb"]).numpy()[..., 0] - expected).max() <= 0.5 + 1e-3
+    with pytest.raises(tf.errors.InvalidArgumentError):
+        decode_gray_tf(b"not an image")
+
+
 @pytest.mark.slow
 def test_warmup_records_replay(exported):
     replayed = exported["result"]["warmup"]
@@ -248,9 +266,7 @@ def test_bad_image_bytes_give_a_clear_error(exported):
 
 @pytest.mark.slow
 def test_saved_model_cli_lists_both_signatures(exported):
-    cli = Path(sys.executable).with_name("saved_model_cli")
-    shown = subprocess.run([str(cli), "show", "--all", "--dir", str(exported["export"])],
-                           capture_output=True, text=True, check=True, timeout=300).stdout
+    shown = exported["saved_model_cli"]
     for text in ("signature_def['serving_default']", "signature_def['predict_image']",
                  "inputs['image_bytes']", "inputs['images']", "DT_STRING",
                  "outputs['mask']", "outputs['pneumothorax_probability']", "(-1, 64, 64, 1)"):
