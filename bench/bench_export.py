@@ -44,7 +44,7 @@ def export_and_load(encoder: str, size: int, post: PostProcess, base: str):
                                 "model.weights=none"])
     model = build_model(config)
     start = time.perf_counter()
-    path = export_model(model, size, post, base)
+    path = export_model(model, post, base)
     seconds = time.perf_counter() - start
     del model
     tf.keras.backend.clear_session()

@@ -26,8 +26,8 @@ from keras_ptx.model import build_model
 from keras_ptx.rundir import BEST_WEIGHTS, CONFIG, POSTPROCESS
 from keras_ptx.serving import PREDICT_IMAGE, SERVING_DEFAULT, WARMUP_FILE
 from keras_ptx.serving.client import ServingError, build_request, parse_response
-from keras_ptx.serving.export import (METADATA_FILE, decode_gray_tf, from_square_tf,
-                                      next_version, to_square_tf)
+from keras_ptx.serving.export import (decode_gray_tf, from_square_tf,
+                                      next_version, read_metadata, to_square_tf)
 from keras_ptx.tf_setup import tf
 
 SIZE = 64
@@ -131,6 +131,7 @@ def exported(tmp_path_factory):
 
     result = CliRunner().invoke(command, ["--model", str(run), "--out", str(base)])
     assert result.exit_code == 0, result.output
+    assert "post-processing: empty unless" in result.output
     export = base / "1"
     env = {k: v for k, v in os.environ.items() if k not in ("TF_USE_LEGACY_KERAS", "SM_FRAMEWORK")}
     cli = subprocess.Popen([str(Path(sys.executable).with_name("saved_model_cli")), "show",
@@ -153,9 +154,10 @@ def test_export_layout_and_plain_tensorflow_load(exported):
     assert sorted(p.name for p in exported["base"].iterdir()) == ["1"]   # no staging left
     assert result["signatures"] == sorted([SERVING_DEFAULT, PREDICT_IMAGE])
     assert result["modules"] == []
-    meta = json.loads((export / METADATA_FILE).read_text())
+    meta = read_metadata(export)
     assert meta["postprocess"] == exported["post"].to_dict()
-    assert meta["postprocess_source"] == POSTPROCESS and meta["image_size"] == SIZE
+    assert meta["postprocess_source"] == str(exported["run"] / POSTPROCESS)
+    assert meta["image_size"] == SIZE and meta["tta"] == "none"
 
 
 @pytest.mark.slow

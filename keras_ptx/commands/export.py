@@ -14,13 +14,18 @@ import click
               help="TF Serving model base path (local or gs://); versions go beneath it.")
 @click.option("--version", type=click.IntRange(min=1), default=None,
               help="Version number (default: one above the highest existing). Never overwrites.")
-def command(run_dir, export_base, version):
-    from keras_ptx.inference.postprocess import PostProcessError
+@click.option("--tta", type=click.Choice(["none", "hflip"]), default=None,
+              help="Test-time augmentation inside the graph (default: the run's eval.tta).")
+def command(run_dir, export_base, version, tta):
+    from keras_ptx.inference.predict import PredictError
     from keras_ptx.rundir import RunDirError
-    from keras_ptx.serving.export import ExportError, export_run
+    from keras_ptx.serving.export import ExportError, export_run, read_metadata
 
     try:
-        path = export_run(run_dir, export_base, version)
-    except (ExportError, RunDirError, PostProcessError) as exc:
+        path = export_run(run_dir, export_base, version, tta)
+    except (ExportError, RunDirError, PredictError) as exc:
         raise click.ClickException(str(exc)) from None
-    click.echo(f"exported {run_dir} -> {path}")
+    meta = read_metadata(path)
+    click.echo(f"exported {run_dir} -> {path}\n  signatures: {', '.join(meta['signatures'])}\n"
+               f"  tta: {meta['tta']}\n"
+               f"  post-processing: {meta['postprocess_rule']} ({meta['postprocess_source']})")

@@ -10,22 +10,26 @@ Everything between the request and the answer is TensorFlow ops (no py_function)
 model server needs no Python, keras_ptx or segmentation-models. The signatures are described
 in :mod:`keras_ptx.serving`. Each image is decoded, converted to gray, put on the model's square
 grid by :mod:`keras_ptx.data.geometry`'s rule (:func:`to_square_tf`), normalised by
-:func:`keras_ptx.input.normalize.to_model_input`, and run through the model. Post-processing
-runs on the model's grid (``side = S``), as :func:`keras_ptx.inference.postprocess.apply_tf`
-needs a static side and its component filter costs ~40 ms per map at 256 but ~1.4 s at 1024 on
-this CPU; the binary mask is then mapped back to each input's grid (:func:`from_square_tf`,
-kept where >= 0.5).
+:func:`keras_ptx.input.normalize.to_model_input`, and run through the model as
+:class:`keras_ptx.inference.runner.Predictor` runs it (same image-level probability, optional
+hflip TTA). Post-processing (the run's rule, as ``bin/predict`` loads it) runs on the model's
+grid (``side = S``) and the binary mask is then mapped back to each input's grid
+(:func:`from_square_tf`, kept where >= 0.5): :func:`~keras_ptx.inference.postprocess.apply_tf`
+needs a static side, and its component filter costs up to ~40 ms per map at 256 but ~1.4 s at
+1024 on this CPU. ``bin/predict`` post-processes at the original size instead, so mask borders
+can differ by a pixel or so between the two.
 """
 from __future__ import annotations
 
 import json
 import uuid
-from pathlib import Path
 
 import keras_ptx
 from keras_ptx.inference.postprocess import PostProcess, apply_tf
 from keras_ptx.input.normalize import to_model_input
-from keras_ptx.rundir import POSTPROCESS, load_model
+from keras_ptx.inference.predict import load_postprocess
+from keras_ptx.inference.runner import Predictor
+from keras_ptx.rundir import load_model
 from keras_ptx.serving import (BYTES_INPUT, IMAGE_INPUT, PREDICT_IMAGE, SERVING_DEFAULT,
                                WARMUP_FILE)
 from keras_ptx.serving.warmup import write_warmup
@@ -35,7 +39,7 @@ METADATA_FILE = "assets.extra/keras_ptx_export.json"
 
 
 class ExportError(RuntimeError):
-    """An export that cannot be written (version taken, bad base path)."""
+    """An export that cannot be written (the version exists or is not a positive integer)."""
 
 
 def to_square_tf(gray, size: int):
@@ -65,18 +69,18 @@ def decode_gray_tf(data):
     return tf.round(tf.image.rgb_to_grayscale(tf.cast(rgb, tf.float32)))
 
 
-def serving_functions(model: tf.keras.Model, size: int, post: PostProcess) -> dict:
-    """The two signature functions (``tf.function`` with input signatures) around ``model``."""
+def serving_functions(predictor: Predictor, post: PostProcess) -> dict:
+    """The two signature functions (``tf.function`` with input signatures) around a model."""
+    size = predictor.size
     spec = tf.TensorSpec([size, size, 1], tf.float32)
+    if post.cls_threshold is not None and not predictor.has_label_head:
+        raise ExportError(f"the post-processing ({post.describe()}) gates on the image-level "
+                          "head, but the model has none")
 
     @tf.function(input_signature=[tf.TensorSpec([None, size, size, 1], tf.float32)])
     def infer(squares):  # one trace of the network, shared by both signatures
-        outputs = model(to_model_input(squares), training=False)
-        named = dict(zip(model.output_names, outputs if isinstance(outputs, list) else [outputs]))
-        prob = named["mask"]
-        image_prob = (named["label"][:, 0] if "label" in named
-                      else tf.reduce_max(prob, axis=[1, 2, 3]))
-        return prob, apply_tf(post, prob, image_prob, side=size), image_prob
+        prob, image_prob = predictor._run(to_model_input(squares))
+        return prob, apply_tf(post, prob[..., None], image_prob, side=size)[..., 0], image_prob
 
     @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name=BYTES_INPUT)])
     def serve(image_bytes):
@@ -93,13 +97,14 @@ def serving_functions(model: tf.keras.Model, size: int, post: PostProcess) -> di
 
         def back(args):
             square_mask, height, width = args
-            grid = from_square_tf(tf.cast(square_mask, tf.float32), height, width) >= 0.5
-            padded = tf.image.pad_to_bounding_box(tf.cast(grid, tf.uint8), 0, 0, max_h, max_w)
+            grid = from_square_tf(tf.cast(square_mask[..., None], tf.float32), height, width)
+            padded = tf.image.pad_to_bounding_box(tf.cast(grid >= 0.5, tf.uint8), 0, 0,
+                                                  max_h, max_w)
             return padded[..., 0]
 
         masks = tf.map_fn(back, (mask, heights, widths),
                           fn_output_signature=tf.TensorSpec([None, None], tf.uint8))
-        return {"probabilities": prob[..., 0], "mask": masks, "height": heights,
+        return {"probabilities": prob, "mask": masks, "height": heights,
                 "width": widths, "pneumothorax_probability": image_prob,
                 "has_pneumothorax": tf.reduce_any(masks > 0, axis=[1, 2])}
 
@@ -107,9 +112,8 @@ def serving_functions(model: tf.keras.Model, size: int, post: PostProcess) -> di
         tf.TensorSpec([None, size, size, 1], tf.float32, name=IMAGE_INPUT)])
     def predict_image(images):
         prob, mask, image_prob = infer(images)
-        return {"probabilities": prob[..., 0], "mask": mask[..., 0],
-                "pneumothorax_probability": image_prob,
-                "has_pneumothorax": tf.reduce_any(mask > 0, axis=[1, 2, 3])}
+        return {"probabilities": prob, "mask": mask, "pneumothorax_probability": image_prob,
+                "has_pneumothorax": tf.reduce_any(mask > 0, axis=[1, 2])}
 
     return {SERVING_DEFAULT: serve, PREDICT_IMAGE: predict_image}
 
@@ -141,20 +145,23 @@ def check_version_free(export_base, version: int) -> None:
                           f"{next_version(export_base)})")
 
 
-def export_model(model: tf.keras.Model, size: int, post: PostProcess, export_base,
-                 version: int | None = None, warmup_requests: int = 2,
+def export_model(model: tf.keras.Model, post: PostProcess, export_base,
+                 version: int | None = None, warmup_requests: int = 2, tta: str = "none",
                  metadata: dict | None = None) -> str:
     """Write ``model`` as ``export_base/<version>/``; returns that path.
 
     ``version`` defaults to the next free integer; an existing version is never overwritten.
+    ``tta='hflip'`` averages each map with its mirror image's, as ``bin/predict --tta hflip``.
     """
+    predictor = Predictor(model, tta)
+    size = predictor.size
     version = next_version(export_base) if version is None else version
     check_version_free(export_base, version)
     final = _version_path(export_base, version)
     staging = tf.io.gfile.join(str(export_base), f".{version}.partial-{uuid.uuid4().hex[:8]}")
     root = tf.Module()
     root.model_variables = list(model.variables)   # the checkpoint; Keras objects stay out
-    functions = serving_functions(model, size, post)
+    functions = serving_functions(predictor, post)
     for name, function in functions.items():
         setattr(root, name, function)
     try:
@@ -163,7 +170,8 @@ def export_model(model: tf.keras.Model, size: int, post: PostProcess, export_bas
         write_warmup(tf.io.gfile.join(staging, WARMUP_FILE), size, warmup_requests)
         with tf.io.gfile.GFile(tf.io.gfile.join(staging, METADATA_FILE), "w") as f:
             json.dump({"keras_ptx": keras_ptx.__version__, "version": version, "image_size": size,
-                       "postprocess": post.to_dict(), "postprocess_rule": post.describe(),
+                       "tta": tta, "postprocess": post.to_dict(),
+                       "postprocess_rule": post.describe(),
                        "signatures": sorted(functions), **(metadata or {})}, f, indent=2)
         check_version_free(export_base, version)
         tf.io.gfile.rename(staging, final)
@@ -173,21 +181,22 @@ def export_model(model: tf.keras.Model, size: int, post: PostProcess, export_bas
     return final
 
 
-def run_postprocess(run_dir, config) -> tuple[PostProcess, str]:
-    """The post-processing chosen by ``bin/evaluate`` (or else the config's pixel threshold),
-    and where it came from."""
-    path = Path(run_dir) / POSTPROCESS
-    if not path.is_file():
-        return PostProcess(kind="threshold", threshold=config.eval.threshold), "eval.threshold"
-    return PostProcess.load(path), POSTPROCESS
+def read_metadata(export_dir) -> dict:
+    """The ``keras_ptx_export.json`` of an export: run, grid size, post-processing, signatures."""
+    with tf.io.gfile.GFile(tf.io.gfile.join(str(export_dir), METADATA_FILE)) as f:
+        return json.load(f)
 
 
-def export_run(run_dir, export_base, version: int | None = None) -> str:
-    """Export the best model of a training run directory; returns the version path."""
+def export_run(run_dir, export_base, version: int | None = None, tta: str | None = None) -> str:
+    """Export the best model of a training run directory; returns the version path.
+
+    The post-processing and the test-time augmentation are those ``bin/predict`` would use:
+    RUN_DIR/postprocess.json (else ``eval.threshold``) and ``tta`` (else ``eval.tta``).
+    """
     if version is not None:
         check_version_free(export_base, version)
     config, model = load_model(run_dir)
-    post, source = run_postprocess(run_dir, config)
-    return export_model(model, config.data.image_size, post, export_base, version,
-                        config.export.warmup_requests,
+    post, source = load_postprocess(run_dir, config)
+    tta = tta or config.eval.tta
+    return export_model(model, post, export_base, version, config.export.warmup_requests, tta,
                         metadata={"run_dir": str(run_dir), "postprocess_source": source})
