@@ -54,6 +54,15 @@ def test_lovasz_hinge_has_a_gradient_that_lowers_it():
     assert float(LovaszHingeLoss()(gt, tf.sigmoid(logits))) < float(before)
 
 
+def test_lovasz_hinge_uses_the_logits_cached_by_keras_sigmoid():
+    gt = _images([0, 1])
+    logits = tf.Variable([[[[30.0], [2.0]]]])      # a confidently wrong pixel saturates float32
+    with tf.GradientTape() as tape:
+        loss = LovaszHingeLoss()(gt, tf.keras.activations.sigmoid(logits))
+    assert float(loss) == pytest.approx(31.0 * 0.5, abs=1e-3)
+    assert tape.gradient(loss, logits).numpy().ravel()[0] > 0
+
+
 def test_mask_loss_is_the_weighted_sum_and_casts_the_truth():
     config = load_config(None, ["train.loss.bce=2", "train.loss.dice=0.5"])
     gt, pr = _images([1, 0, 1, 0]), _images([0.9, 0.2, 0.6, 0.1])

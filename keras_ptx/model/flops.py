@@ -27,6 +27,18 @@ def count_flops(model: tf.keras.Model) -> int:
     return total
 
 
+def size_summary(model: tf.keras.Model) -> dict:
+    """Parameters, FLOPs per image and output shapes of ``model``, for a summary line."""
+    trainable = sum(int(np.prod(w.shape)) for w in model.trainable_weights)
+    return {"name": model.name,
+            "input_shape": tuple(model.input_shape[1:]),
+            "parameters": model.count_params(),
+            "trainable_parameters": trainable,
+            "gflops_per_image": count_flops(model) / 1e9,
+            "outputs": {name: tuple(output.shape[1:])
+                        for name, output in zip(model.output_names, model.outputs)}}
+
+
 def _leaf_layers(model):
     for layer in model.layers:
         if isinstance(layer, tf.keras.Model):

@@ -42,11 +42,19 @@ class LovaszHingeLoss(sm.base.Loss):
 
 
 def lovasz_hinge_per_image(gt, pr):
-    """[B] Lovasz hinge losses of probabilities ``pr`` against binary ``gt`` (any [B, ...] shape)."""
+    """[B] Lovasz hinge losses of probabilities ``pr`` against binary ``gt`` (any [B, ...] shape).
+
+    Uses the logits that Keras' sigmoid caches on its output when there are any (as Keras' own
+    cross-entropy does): recovered from float32 probabilities, a confidently wrong pixel
+    (|logit| > ~16) would saturate and get no gradient.
+    """
     batch = tf.shape(pr)[0]
-    pr = tf.clip_by_value(tf.reshape(tf.cast(pr, tf.float32), [batch, -1]), _EPSILON, 1 - _EPSILON)
+    logits = getattr(pr, "_keras_logits", None)
+    if logits is None:
+        pr = tf.clip_by_value(tf.cast(pr, tf.float32), _EPSILON, 1 - _EPSILON)
+        logits = tf.math.log(pr) - tf.math.log1p(-pr)
+    logits = tf.reshape(tf.cast(logits, tf.float32), [batch, -1])
     gt = tf.reshape(tf.cast(gt, tf.float32), [batch, -1])
-    logits = tf.math.log(pr) - tf.math.log1p(-pr)
     errors = 1.0 - logits * (2.0 * gt - 1.0)
     order = tf.argsort(errors, axis=1, direction="DESCENDING", stable=True)
     errors_sorted = tf.gather(errors, order, batch_dims=1)
