@@ -11,8 +11,9 @@ For each encoder (default B0 and B4, weights none, UNet++ at --size 256), export
 
 Post-processing is the winner's triplet with a component filter (the costliest rule; see
 ``--post threshold`` for the plain pixel threshold). With random weights the probabilities sit
-near 0.5, so the mask covers most of the image: the component filter's worst case. Repeats alternate between all cases, so
-machine noise spreads evenly; the table gives the median ms per image. Run on a quiet machine:
+near 0.5, so the mask covers most of the image: the component filter's worst case. Repeats
+alternate between all cases, so machine noise spreads evenly; the table gives the median ms
+per image. Run on a quiet machine:
 
     .venv/bin/python bench/bench_export.py --encoders efficientnetb0 efficientnetb4 --repeats 5
 """
@@ -66,7 +67,8 @@ def main():
     cases, exports = {}, {}
     with tempfile.TemporaryDirectory() as tmp:
         for encoder in args.encoders:
-            loaded, seconds = export_and_load(encoder, args.size, POSTS[args.post], f"{tmp}/{encoder}")
+            loaded, seconds = export_and_load(encoder, args.size, POSTS[args.post],
+                                              f"{tmp}/{encoder}")
             exports[encoder] = seconds
             for batch in args.batches:
                 serve = loaded.signatures["serving_default"]

@@ -71,7 +71,8 @@ result["warmup"] = replayed
 # What TF Serving's REST layer does with the client's body: b64 -> DT_STRING, row-format answer.
 body = json.loads(open(inputs + "/request.json").read())
 feed = tf.constant([base64.b64decode(i["b64"]) for i in body["instances"]])
-outputs = {k: v.numpy() for k, v in model.signatures[body["signature_name"]](image_bytes=feed).items()}
+signature = model.signatures[body["signature_name"]]
+outputs = {k: v.numpy() for k, v in signature(image_bytes=feed).items()}
 result["response"] = {"predictions": [{k: v[i].tolist() for k, v in outputs.items()}
                                       for i in range(len(feed))]}
 try:

@@ -43,7 +43,7 @@ class ExportError(RuntimeError):
 
 
 def to_square_tf(gray, size: int):
-    """:func:`geometry.image_to_square` in TF ops: float ``[H, W, 1]`` 0..255 -> ``[size, size, 1]``.
+    """:func:`geometry.image_to_square` in TF ops: float ``[H, W, 1]`` 0..255 -> ``[S, S, 1]``.
 
     Pads bottom/right to a square, then resizes (area when shrinking, bilinear when growing) and
     rounds to whole gray levels as the uint8 records hold; within one gray level of OpenCV.
