@@ -2,7 +2,8 @@
 
 RUN_DIR/
   config.yaml            resolved config of the run
-  checkpoints/           best.weights.h5 (best validation score), last.weights.h5, backup/
+  checkpoints/           best.weights.h5 (best validation score), last.weights.h5,
+                         backup/ (BackupAndRestore's state), swa-epoch-NNN.npz (running weight average)
   logs/                  TensorBoard event files
   history.csv            one row per epoch
   metrics.json           best epoch and its scores
@@ -25,6 +26,8 @@ HISTORY = "history.csv"
 METRICS = "metrics.json"
 BEST_WEIGHTS = "best.weights.h5"
 POSTPROCESS = "postprocess.json"
+LAST_WEIGHTS = "last.weights.h5"        # in checkpoints/, beside its own BEST_WEIGHTS
+BACKUP = "backup"                       # in checkpoints/
 EVAL = "eval"
 
 

@@ -1,0 +1,39 @@
+"""``train``: train the UNet++ of a config on TFRecords into a run directory."""
+from __future__ import annotations
+
+import click
+
+
+@click.command("train")
+@click.option("--config", "config_path", required=True, type=click.Path(dir_okay=False),
+              help="YAML config (configs/seed.yaml, strong.yaml, demo.yaml, ...).")
+@click.option("--data", "data_dir", required=True,
+              help="Folder of TFRecord shards from build-tfrecords (local or gs://).")
+@click.option("--out", "run_dir", required=True, type=click.Path(file_okay=False),
+              help="Run directory: config.yaml, checkpoints/, logs/, history.csv, metrics.json, "
+                   "best.weights.h5.")
+@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
+              help="Override a config value, e.g. --set train.epochs=5 (repeatable).")
+@click.option("--resume", is_flag=True,
+              help="Continue the backup in --out even though the config differs (e.g. more epochs).")
+@click.option("--overwrite", is_flag=True, help="Delete the run in --out and start again.")
+def command(config_path, data_dir, run_dir, overrides, resume, overwrite):
+    """Train with checkpoints, LR schedule, early stopping on the validation score,
+    TensorBoard logs and crash-safe resume.
+
+    Re-running the same command after a crash continues from the last finished epoch. Under
+    TF_CONFIG (several machines) or with several GPUs, train.strategy: auto distributes the
+    training; train.batch_size is the global batch.
+    """
+    if resume and overwrite:
+        raise click.UsageError("--resume and --overwrite exclude each other")
+    from keras_ptx.config import ConfigError, load_config
+    from keras_ptx.training import TrainingError
+    from keras_ptx.training.trainer import train
+    try:
+        config = load_config(config_path, overrides)
+        train(config, data_dir, run_dir, resume=resume, overwrite=overwrite, echo=click.echo)
+    except ConfigError as exc:
+        raise click.UsageError(str(exc)) from None
+    except TrainingError as exc:
+        raise click.ClickException(str(exc)) from None

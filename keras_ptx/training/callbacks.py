@@ -1,0 +1,134 @@
+"""Training callbacks that Keras does not ship: epoch statistics, the one-line epoch summary,
+validation overlays for TensorBoard, and early stopping that survives a resume."""
+from __future__ import annotations
+
+import math
+import time
+
+import numpy as np
+
+from keras_ptx.input.normalize import IMAGENET_MEAN, IMAGENET_STD
+from keras_ptx.tf_setup import tf
+from keras_ptx.training.resume import ResumePoint
+from keras_ptx.training.schedules import current_learning_rate
+
+
+class EpochStats(tf.keras.callbacks.Callback):
+    """Adds ``lr`` (the rate of the epoch's last step) and ``images_per_sec`` (training images
+    over training time, validation excluded) to each epoch's logs; place it first."""
+
+    def __init__(self, global_batch: int):
+        super().__init__()
+        self.global_batch = global_batch
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self._start, self._train_seconds, self._steps = time.perf_counter(), None, 0
+
+    def on_train_batch_end(self, batch, logs=None):
+        self._steps = batch + 1
+
+    def on_test_begin(self, logs=None):
+        if self._train_seconds is None:
+            self._train_seconds = time.perf_counter() - self._start
+
+    def on_epoch_end(self, epoch, logs=None):
+        seconds = self._train_seconds or time.perf_counter() - self._start
+        logs["lr"] = current_learning_rate(self.model.optimizer)
+        logs["images_per_sec"] = self._steps * self.global_batch / max(seconds, 1e-9)
+
+
+class EpochSummary(tf.keras.callbacks.Callback):
+    """Prints one line per epoch: loss, validation loss and score (with the best so far),
+    learning rate and images/s."""
+
+    def __init__(self, monitor: str, epochs: int, start: ResumePoint = ResumePoint(), echo=print):
+        super().__init__()
+        self.monitor, self.epochs, self.echo = monitor, epochs, echo
+        self.best, self.best_epoch = start.best_score, start.best_epoch
+
+    def on_epoch_end(self, epoch, logs=None):
+        logs = logs or {}
+        score = logs.get(self.monitor, math.nan)
+        if not math.isnan(score) and (self.best is None or score > self.best):
+            self.best, self.best_epoch = score, epoch
+        parts = [f"epoch {epoch + 1}/{self.epochs}", f"loss {logs.get('loss', math.nan):.4f}"]
+        if "val_loss" in logs:
+            parts.append(f"val_loss {logs['val_loss']:.4f}")
+        best = "" if self.best is None else f" (best {self.best:.4f}, epoch {self.best_epoch + 1})"
+        parts += [f"val score {score:.4f}{best}", f"lr {logs.get('lr', math.nan):.3g}",
+                  f"{logs.get('images_per_sec', math.nan):.1f} img/s"]
+        self.echo("  ".join(parts))
+
+
+class ResumableEarlyStopping(tf.keras.callbacks.EarlyStopping):
+    """``EarlyStopping`` that starts from the best score and patience count a resumed run had
+    reached (the callback's own state does not survive a restart)."""
+
+    def __init__(self, start: ResumePoint = ResumePoint(), **kwargs):
+        super().__init__(**kwargs)
+        self.start = start
+
+    def on_train_begin(self, logs=None):
+        super().on_train_begin(logs)
+        if self.start.best_score is not None:
+            self.best, self.best_epoch, self.wait = (
+                self.start.best_score, self.start.best_epoch, self.start.wait)
+
+
+class ValidationImages(tf.keras.callbacks.Callback):
+    """Each epoch, a few validation images with the true mask (green) and the predicted one
+    (red; overlap yellow) drawn into TensorBoard under ``validation/overlay``.
+
+    Every worker predicts (reading the weights is a collective under MultiWorkerMirroredStrategy);
+    only a worker with ``log_dir`` writes.
+    """
+
+    def __init__(self, images: np.ndarray, masks: np.ndarray, threshold: float, log_dir=None):
+        super().__init__()
+        self.images, self.masks, self.threshold = images, masks, threshold
+        self.writer = tf.summary.create_file_writer(str(log_dir)) if log_dir else None
+
+    def on_epoch_end(self, epoch, logs=None):
+        outputs = self.model(self.images, training=False)
+        if isinstance(outputs, dict):
+            outputs = outputs["mask"]
+        elif isinstance(outputs, (list, tuple)):
+            outputs = outputs[0]
+        if self.writer is None:
+            return
+        with self.writer.as_default():
+            tf.summary.image("validation/overlay", overlay(self.images, self.masks, outputs,
+                                                           self.threshold),
+                             step=epoch, max_outputs=len(self.images))
+        self.writer.flush()
+
+    def on_train_end(self, logs=None):
+        if self.writer is not None:
+            self.writer.close()
+
+
+def overlay(images, masks, probabilities, threshold: float):
+    """RGB [N, S, S, 3] in [0, 1]: the gray radiograph with truth in green, prediction in red."""
+    gray = tf.clip_by_value(tf.convert_to_tensor(images, tf.float32)[..., :1] * IMAGENET_STD[0]
+                            + IMAGENET_MEAN[0], 0.0, 1.0)
+    truth = tf.cast(tf.convert_to_tensor(masks) > 0.5, tf.float32)
+    pred = tf.cast(tf.cast(probabilities, tf.float32) > threshold, tf.float32)
+    colour = tf.concat([pred, truth, tf.zeros_like(truth)], axis=-1)
+    alpha = 0.5 * tf.maximum(truth, pred)
+    return tf.tile(gray, [1, 1, 1, 3]) * (1.0 - alpha) + colour * alpha
+
+
+def validation_sample(dataset, count: int, scan: int = 256) -> tuple[np.ndarray, np.ndarray]:
+    """Up to ``count`` (image, mask) pairs from the first ``scan`` examples of an evaluation
+    dataset (batches of dicts with 'image' and 'mask'), images with a mask first."""
+    images, masks = [], []
+    for batch in dataset:
+        images.append(batch["image"].numpy())
+        masks.append(batch["mask"].numpy())
+        if sum(len(b) for b in images) >= scan:
+            break
+    if not images:
+        return np.zeros((0,)), np.zeros((0,))
+    images, masks = np.concatenate(images)[:scan], np.concatenate(masks)[:scan]
+    order = np.argsort(-(masks.reshape(len(masks), -1).max(axis=1)), kind="stable")[:count]
+    return images[order], masks[order]

@@ -1,0 +1,197 @@
+"""The run directory across runs: start it, continue it after a crash, or refuse.
+
+Re-running the same command after a crash (even ``kill -9``) continues from the last finished
+epoch: Keras' ``BackupAndRestore`` keeps the model, optimizer and epoch counter in
+``checkpoints/backup/`` and ``fit`` resumes from there. What the backup does not hold comes
+from ``history.csv``: the best validation score so far (so the best checkpoint is replaced only
+by a better epoch) and early stopping's patience count. History rows of epochs after the backup
+(written just before a crash) are dropped, so the history continues instead of repeating.
+
+States of an existing RUN_DIR with the same config: a backup -> continue; a finished run
+(``metrics.json`` says so) -> nothing to do; no epoch finished -> start again; epochs in the
+history but neither backup nor result -> refuse. A different config is refused unless
+``--resume`` (continue the backup under the new config, e.g. more epochs) or ``--overwrite``
+(delete the run and start again).
+"""
+from __future__ import annotations
+
+import csv
+import math
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+from keras_ptx import rundir
+from keras_ptx.config import Config, ConfigError, dump_config, load_config
+from keras_ptx.tf_setup import tf
+from keras_ptx.training import TrainingError
+
+# BackupAndRestore writes its checkpoint under <backup_dir>/chief with this variable in it.
+_BACKUP_SUBDIR = "chief"
+_SAVED_EPOCH_KEY = "ckpt_saved_epoch/.ATTRIBUTES/VARIABLE_VALUE"
+
+
+@dataclass(frozen=True)
+class ResumePoint:
+    """Where a run continues: its first epoch (0-based) and what the earlier epochs reached."""
+    epoch: int = 0
+    best_score: float | None = None
+    best_epoch: int | None = None       # 0-based, as in history.csv
+    wait: int = 0                       # epochs since the best one
+
+
+def backup_dir(run_dir) -> Path:
+    return Path(run_dir) / rundir.CHECKPOINTS / rundir.BACKUP
+
+
+def backup_epoch(run_dir) -> int | None:
+    """The last epoch (0-based) whose end BackupAndRestore saved, or None without a backup."""
+    latest = tf.train.latest_checkpoint(str(backup_dir(run_dir) / _BACKUP_SUBDIR))
+    if latest is None:
+        return None
+    reader = tf.train.load_checkpoint(latest)
+    if not reader.has_tensor(_SAVED_EPOCH_KEY):
+        raise TrainingError(f"{latest}: a backup without its epoch counter; remove "
+                            f"{backup_dir(run_dir)} or use --overwrite")
+    epoch = int(reader.get_tensor(_SAVED_EPOCH_KEY))
+    return epoch if epoch >= 0 else None
+
+
+def read_history(run_dir) -> list[dict]:
+    """history.csv as a list of {column: float}, 'epoch' as int (0-based)."""
+    path = Path(run_dir) / rundir.HISTORY
+    if not path.is_file():
+        return []
+    with path.open(newline="") as f:
+        return [{key: int(value) if key == "epoch" else float(value or "nan")
+                 for key, value in row.items()} for row in csv.DictReader(f)]
+
+
+def best_row(history: list[dict], monitor: str) -> dict | None:
+    """The first row with the highest ``monitor`` value (NaN rows never win), as
+    ``ModelCheckpoint(save_best_only=True, mode='max')`` chooses."""
+    best = None
+    for row in history:
+        value = row.get(monitor, math.nan)
+        if not math.isnan(value) and (best is None or value > best[monitor]):
+            best = row
+    return best
+
+
+def resume_point(run_dir, monitor: str) -> ResumePoint:
+    """Where training continues in ``run_dir`` (epoch 0 without a backup)."""
+    saved = backup_epoch(run_dir)
+    if saved is None:
+        return ResumePoint()
+    epoch = saved + 1
+    history = [row for row in read_history(run_dir) if row["epoch"] < epoch]
+    best = best_row(history, monitor)
+    if best is None:
+        return ResumePoint(epoch=epoch)
+    return ResumePoint(epoch=epoch, best_score=best[monitor], best_epoch=best["epoch"],
+                       wait=saved - best["epoch"])
+
+
+def config_changes(old: Config, new: Config) -> list[str]:
+    """``key: old -> new`` for every setting that differs."""
+    before, after = _flatten(old.to_dict()), _flatten(new.to_dict())
+    return [f"{key}: {before.get(key)!r} -> {after.get(key)!r}"
+            for key in sorted(set(before) | set(after)) if before.get(key) != after.get(key)]
+
+
+def is_finished(run_dir, config: Config) -> bool:
+    """Whether ``run_dir`` holds a finished run of exactly ``config``."""
+    run = Path(run_dir)
+    if not (run / rundir.CONFIG).is_file() or backup_epoch(run) is not None:
+        return False
+    metrics = rundir.read_json(run, rundir.METRICS) or {}
+    return bool(metrics.get("completed")) and not config_changes(_saved_config(run), config)
+
+
+def prepare_run_dir(run_dir, config: Config, *, resume: bool = False,
+                    overwrite: bool = False) -> bool:
+    """Make ``run_dir`` ready to train ``config`` (the chief does this, before training).
+
+    Returns True when it already holds this finished run (nothing to do). Raises
+    :class:`TrainingError` for a directory it must not touch or a run it cannot continue.
+    """
+    run = Path(run_dir)
+    if run.exists() and not run.is_dir():
+        raise TrainingError(f"--out {run}: exists and is not a directory")
+    if overwrite and run.exists():
+        _require_run_dir(run, "delete it")
+        shutil.rmtree(run)
+    if not run.exists() or not any(run.iterdir()):
+        return _start(run, config)
+    _require_run_dir(run, "use it")
+    changes = config_changes(_saved_config(run), config)
+    if changes and not resume:
+        raise TrainingError(
+            f"--out {run}: holds a run of a different config:\n  " + "\n  ".join(changes) +
+            "\nUse --resume to continue it with the new config, --overwrite to start again, "
+            "or another --out.")
+    saved = backup_epoch(run)
+    if saved is None:
+        if is_finished(run, config):
+            return True
+        if (rundir.read_json(run, rundir.METRICS) or {}).get("completed"):
+            raise TrainingError(f"--out {run}: that run has finished, so there is no backup to "
+                                f"continue with the new config; use --overwrite to train again")
+        if read_history(run):
+            raise TrainingError(
+                f"--out {run}: has trained epochs but neither a backup to continue from nor a "
+                f"finished result ({rundir.METRICS}); use --overwrite to train again")
+        shutil.rmtree(run)
+        return _start(run, config)
+    dump_config(config, run / rundir.CONFIG)
+    _truncate_history(run, saved + 1)
+    return False
+
+
+def _start(run: Path, config: Config) -> bool:
+    (run / rundir.CHECKPOINTS).mkdir(parents=True, exist_ok=True)
+    dump_config(config, run / rundir.CONFIG)
+    return False
+
+
+def _require_run_dir(run: Path, action: str) -> None:
+    if any(run.iterdir()) and not (run / rundir.CONFIG).is_file():
+        raise TrainingError(f"--out {run}: not empty and not a run directory (no "
+                            f"{rundir.CONFIG}); refusing to {action}")
+
+
+def _saved_config(run: Path) -> Config:
+    try:
+        return load_config(run / rundir.CONFIG)
+    except ConfigError as exc:
+        raise TrainingError(f"--out {run}: its {rundir.CONFIG} no longer loads ({exc}); "
+                            f"use --overwrite or another --out") from None
+
+
+def _truncate_history(run: Path, epoch: int) -> None:
+    """Keep the history rows of epochs before ``epoch`` (the ones the backup includes)."""
+    path = run / rundir.HISTORY
+    if not path.is_file():
+        return
+    with path.open(newline="") as f:
+        reader = csv.reader(f)
+        header = next(reader, None)
+        if header is None or "epoch" not in header:
+            return
+        column = header.index("epoch")
+        rows = [row for row in reader if row and int(row[column]) < epoch]
+    tmp = path.with_name(path.name + ".tmp")
+    with tmp.open("w", newline="") as f:
+        csv.writer(f).writerows([header, *rows])
+    os.replace(tmp, path)
+
+
+def _flatten(tree: dict, prefix: str = "") -> dict:
+    flat = {}
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            flat.update(_flatten(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat

@@ -1,0 +1,312 @@
+"""One training run: checks, strategy, data, model, callbacks, ``fit``, and the run's results.
+
+Order matters under MultiWorkerMirroredStrategy, which must exist before TensorFlow runs an op:
+settings and the data directory are checked with plain file access first, then the strategy is
+created, the records are checked, the chief alone prepares RUN_DIR while the others wait at a
+barrier, and only then are the datasets and the model (inside ``strategy.scope()``) built.
+Nothing is written to RUN_DIR before every check has passed.
+
+Callbacks, in the order Keras calls them at an epoch's end: epoch statistics (lr, images/s),
+TerminateOnNaN, ModelCheckpoint (best by validation score, and last; weights), EarlyStopping on
+the validation score, ReduceLROnPlateau (``lr_schedule: plateau``), weight averaging
+(``swa_epochs``), TensorBoard overlays, CSVLogger and TensorBoard scalars (chief), the progress
+bar, the one-line summary (chief), and BackupAndRestore last, so that a backup of epoch N means
+every file of epoch N is written. Workers other than the chief write checkpoints to temporary
+directories (Keras does this itself) and nothing else.
+
+After ``fit`` every worker loads the best checkpoint (or the weight average, when it scores
+higher on the validation split), the chief saves it as RUN_DIR/best.weights.h5 and writes
+metrics.json. Epochs are 1-based in printed lines and metrics.json, 0-based in history.csv.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import statistics
+import sys
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from keras_ptx import rundir
+from keras_ptx.config import Config, ConfigError
+from keras_ptx.data import records
+from keras_ptx.input import pipeline
+from keras_ptx.model import (build_model, make_losses, make_metrics, output_names,
+                             resolve_jit_compile, resolve_mixed_precision)
+from keras_ptx.model.unetpp import check_model_config
+from keras_ptx.tf_setup import tf
+from keras_ptx.training import TrainingError
+from keras_ptx.training.averaging import WeightAveraging
+from keras_ptx.training.callbacks import (EpochStats, EpochSummary, ResumableEarlyStopping,
+                                          ValidationImages, validation_sample)
+from keras_ptx.training.resume import (ResumePoint, best_row, is_finished, prepare_run_dir,
+                                       read_history, resume_point)
+from keras_ptx.training.schedules import check_settings as check_optimizer_settings
+from keras_ptx.training.schedules import make_optimizer
+from keras_ptx.training.strategy import barrier, is_chief, make_strategy, resolve_strategy_name
+
+SAMPLE_SCAN = 256           # validation examples searched for positive cases to show
+
+
+@dataclass
+class TrainResult:
+    metrics: dict                           # as in metrics.json
+    model: tf.keras.Model | None = None     # final weights; None if the run was already finished
+
+
+def score_key(config: Config) -> str:
+    """Keras' name of the competition-score metric: prefixed by 'mask_' with several outputs."""
+    return "score" if len(output_names(config.model)) == 1 else "mask_score"
+
+
+def check_settings(config: Config) -> None:
+    """ConfigError for settings that cannot train (before anything heavy starts)."""
+    train = config.train
+    try:
+        resolve_strategy_name(train.strategy)
+        check_optimizer_settings(train)
+        check_model_config(config.model)
+        make_losses(config)
+        pipeline.positive_share_for_epoch(config, 0, train.epochs)
+        resolve_jit_compile(train.jit_compile)
+        resolve_mixed_precision(train.mixed_precision)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
+    for key, least in (("epochs", 1), ("batch_size", 1), ("swa_epochs", 0),
+                       ("tensorboard_images", 0), ("early_stopping_patience", 0)):
+        if getattr(train, key) < least:
+            raise ConfigError(f"train.{key}: must be at least {least}, got {getattr(train, key)}")
+    for key in ("steps_per_epoch", "validation_steps"):
+        if getattr(train, key) is not None and getattr(train, key) < 1:
+            raise ConfigError(f"train.{key}: must be at least 1 or null, got {getattr(train, key)}")
+
+
+def check_data_dir(data_dir: str) -> None:
+    """TrainingError for a missing or empty data directory (file access only, no TF ops)."""
+    if not tf.io.gfile.isdir(data_dir):
+        raise TrainingError(f"--data {data_dir}: no such directory")
+    if not tf.io.gfile.listdir(data_dir):
+        raise TrainingError(f"--data {data_dir}: the directory is empty; build records with "
+                            f"build-tfrecords")
+
+
+def check_records(config: Config, data_dir: str) -> None:
+    """TrainingError unless both splits' records exist and have ``data.image_size``
+    (the input pipeline's own checks; they read one record per split)."""
+    try:
+        for split in ("train", "val"):
+            pipeline.make_dataset(config, data_dir, split, training=False)
+    except ValueError as exc:
+        raise TrainingError(str(exc)) from None
+
+
+def train(config: Config, data_dir: str, run_dir, *, resume: bool = False,
+          overwrite: bool = False, callbacks=(), echo=print) -> TrainResult:
+    """Train ``config`` on the records in ``data_dir`` into ``run_dir`` (see module docstring).
+
+    ``callbacks`` are extra Keras callbacks, called before the run's own.
+    """
+    run = Path(run_dir)
+    check_settings(config)
+    check_data_dir(data_dir)
+    if not overwrite and is_finished(run, config):
+        metrics = rundir.read_json(run, rundir.METRICS)
+        echo(f"{run} already holds this finished run (best epoch {metrics['best_epoch']}, "
+             f"{metrics['monitor']} {metrics['best'][metrics['monitor']]:.4f}); nothing to do. "
+             f"Use --overwrite to train again.")
+        return TrainResult(metrics)
+
+    strategy = make_strategy(config.train.strategy)
+    check_records(config, data_dir)
+    chief = is_chief(strategy)
+    if chief:
+        prepare_run_dir(run, config, resume=resume, overwrite=overwrite)
+    barrier(strategy)                   # the chief has prepared RUN_DIR
+    monitor = "val_" + score_key(config)
+    start = resume_point(run, monitor)
+    train_data, val_data, fit_steps, steps = _datasets(config, data_dir, strategy, start)
+
+    tf.keras.utils.set_random_seed(config.train.seed)
+    with strategy.scope():
+        model = build_model(config)
+        losses, loss_weights = make_losses(config)
+        model.compile(optimizer=make_optimizer(config.train, steps), loss=losses,
+                      loss_weights=loss_weights, metrics=make_metrics(config),
+                      jit_compile=resolve_jit_compile(config.train.jit_compile))
+    own = _Callbacks(config, data_dir, run, monitor, start, chief, echo)
+    echo(_opening_line(config, strategy, steps, start))
+    model.fit(train_data, validation_data=val_data, epochs=config.train.epochs,
+              steps_per_epoch=fit_steps, validation_steps=config.train.validation_steps,
+              callbacks=[*callbacks, *own.callbacks], verbose=1 if sys.stdout.isatty() else 2)
+    barrier(strategy)                   # every worker's last epoch is written
+    metrics = _finish(model, config, run, monitor, val_data, own, chief, echo)
+    return TrainResult(metrics, model)
+
+
+def _datasets(config: Config, data_dir: str, strategy, start: ResumePoint):
+    """(train, val) distributed datasets with targets named as the model's outputs,
+    steps per epoch for ``fit`` (None: the dataset ends the epoch) and for the LR schedule."""
+    names = output_names(config.model)
+
+    def targets(image, truth):
+        return image, {name: truth["label" if name == "label" else "mask"] for name in names}
+
+    def train_fn(context):
+        return pipeline.make_dataset(config, data_dir, "train", epoch=start.epoch,
+                                     num_epochs=config.train.epochs,
+                                     input_context=context).map(targets)
+
+    def val_fn(context):
+        return pipeline.make_dataset(config, data_dir, "val", training=False,
+                                     input_context=context).map(targets)
+
+    try:
+        train_data = strategy.distribute_datasets_from_function(train_fn)
+        val_data = strategy.distribute_datasets_from_function(val_fn)
+        fit_steps = pipeline.steps_per_epoch(config, data_dir)
+    except ValueError as exc:
+        raise TrainingError(str(exc)) from None
+    if fit_steps is not None:
+        return train_data, val_data, fit_steps, fit_steps
+    count = tf.data.TFRecordDataset(records.shard_files(data_dir, "train")).reduce(
+        np.int64(0), lambda n, _: n + 1)
+    if int(count) < config.train.batch_size:
+        raise TrainingError(f"--data {data_dir}: {int(count)} training records, fewer than one "
+                            f"batch of train.batch_size={config.train.batch_size}")
+    return train_data, val_data, None, int(count) // config.train.batch_size
+
+
+class _Callbacks:
+    """The run's own callbacks (module docstring), with handles on the ones ``_finish`` reads."""
+
+    def __init__(self, config: Config, data_dir: str, run: Path, monitor: str,
+                 start: ResumePoint, chief: bool, echo):
+        train = config.train
+        checkpoints = run / rundir.CHECKPOINTS
+        keras = tf.keras.callbacks
+        self.best = keras.ModelCheckpoint(
+            str(checkpoints / rundir.BEST_WEIGHTS), monitor=monitor, mode="max",
+            save_best_only=True, save_weights_only=True, initial_value_threshold=start.best_score)
+        self.early_stopping = ResumableEarlyStopping(
+            start, monitor=monitor, mode="max", patience=train.early_stopping_patience,
+            verbose=1) if train.early_stopping_patience else None
+        self.averaging = WeightAveraging(
+            max(0, train.epochs - train.swa_epochs), checkpoints, write=chief,
+            resume_epoch=start.epoch, echo=echo) if train.swa_epochs else None
+        self.callbacks = [
+            EpochStats(train.batch_size), keras.TerminateOnNaN(), self.best,
+            keras.ModelCheckpoint(str(checkpoints / rundir.LAST_WEIGHTS), save_weights_only=True),
+        ]
+        if self.early_stopping:
+            self.callbacks.append(self.early_stopping)
+        if train.lr_schedule == "plateau":
+            self.callbacks.append(keras.ReduceLROnPlateau(
+                monitor=monitor, mode="max", factor=train.plateau_factor,
+                patience=train.plateau_patience, min_lr=train.min_learning_rate, verbose=1))
+        if self.averaging:
+            self.callbacks.append(self.averaging)
+        if train.tensorboard_images:
+            images, masks = validation_sample(
+                pipeline.make_eval_dataset(config, data_dir, "val", batch_size=32),
+                train.tensorboard_images, SAMPLE_SCAN)
+            self.callbacks.append(ValidationImages(
+                images, masks, config.eval.threshold,
+                log_dir=run / rundir.LOGS / "images" if chief else None))
+        if chief:
+            self.callbacks += [
+                keras.CSVLogger(str(run / rundir.HISTORY), append=start.epoch > 0),
+                keras.TensorBoard(str(run / rundir.LOGS), write_graph=False, profile_batch=0),
+            ]
+        self.callbacks.append(keras.ProgbarLogger(count_mode="steps"))
+        if chief:
+            self.callbacks.append(EpochSummary(monitor, train.epochs, start, echo))
+        self.callbacks.append(keras.BackupAndRestore(str(checkpoints / rundir.BACKUP)))
+
+
+def _opening_line(config: Config, strategy, steps: int, start: ResumePoint) -> str:
+    train, size = config.train, config.data.image_size
+    line = (f"training UNet++ {config.model.encoder} at {size}x{size}: {train.epochs} epochs of "
+            f"{steps} steps, global batch {train.batch_size} on {strategy.num_replicas_in_sync} "
+            f"replica(s) ({type(strategy).__name__}), XLA "
+            f"{'on' if resolve_jit_compile(train.jit_compile) else 'off'}, mixed precision "
+            f"{'on' if resolve_mixed_precision(train.mixed_precision) else 'off'}")
+    if start.epoch:
+        line += f"\ncontinuing after epoch {start.epoch} from the backup"
+        if start.best_score is not None:
+            line += f" (best val score so far {start.best_score:.4f}, epoch {start.best_epoch + 1})"
+    return line
+
+
+def _finish(model, config: Config, run: Path, monitor: str, val_data, own: _Callbacks,
+            chief: bool, echo) -> dict:
+    best_path = run / rundir.CHECKPOINTS / rundir.BEST_WEIGHTS
+    if not best_path.is_file():
+        raise TrainingError(f"no epoch ended with a finite {monitor}, so there is no best "
+                            f"checkpoint (see {run / rundir.HISTORY}); lower "
+                            f"train.learning_rate and re-run with --overwrite")
+    model.load_weights(str(best_path))
+    final, averaged = "best_epoch", None
+    if own.averaging and own.averaging.mean is not None:
+        best_weights = model.get_weights()
+        model.set_weights(own.averaging.averaged_weights(best_weights))
+        scores = model.evaluate(val_data, steps=config.train.validation_steps,
+                                return_dict=True, verbose=0)
+        averaged = {"epochs": [e + 1 for e in own.averaging.epochs],
+                    monitor: float(scores[monitor[len("val_"):]])}
+        if averaged[monitor] > own.best.best:
+            final = "swa"
+        else:
+            model.set_weights(best_weights)
+    _save_weights(model, run / rundir.BEST_WEIGHTS, chief)
+    if not chief:
+        return {}
+
+    history = read_history(run)
+    best = best_row(history, monitor)
+    stop = None
+    if any(math.isnan(row.get("loss", math.nan)) for row in history):
+        stop = "nan_loss"
+    elif own.early_stopping and own.early_stopping.stopped_epoch:
+        stop = "early_stopping"
+    speeds = [row["images_per_sec"] for row in history[1:] if "images_per_sec" in row]
+    metrics = {
+        "completed": True,
+        "monitor": monitor,
+        "best_epoch": best["epoch"] + 1,
+        "best": {key: value for key, value in best.items() if key != "epoch"},
+        "epochs_trained": len(history),
+        "stopped": stop,
+        "final_weights": final,
+        "weight_averaging": averaged,
+        "images_per_sec": statistics.median(speeds) if speeds else None,
+    }
+    _write_json(run / rundir.METRICS, metrics)
+    echo(f"best epoch {metrics['best_epoch']} of {len(history)}: {monitor} {best[monitor]:.4f}"
+         + (f"; weight average of epochs {averaged['epochs'][0]}-{averaged['epochs'][-1]}: "
+            f"{averaged[monitor]:.4f}" if averaged else "")
+         + f"\nsaved {'the weight average' if final == 'swa' else 'the best epoch'} as "
+           f"{run / rundir.BEST_WEIGHTS}")
+    return metrics
+
+
+def _save_weights(model, path: Path, chief: bool) -> None:
+    """Every worker saves (reading weights is a collective); only the chief's file is kept."""
+    if not chief:
+        scratch = tempfile.mkdtemp(prefix="keras_ptx-worker-")
+        model.save_weights(os.path.join(scratch, path.name))
+        shutil.rmtree(scratch, ignore_errors=True)
+        return
+    tmp = path.with_name("." + path.name)
+    model.save_weights(str(tmp))
+    os.replace(tmp, path)
+
+
+def _write_json(path: Path, data: dict) -> None:
+    tmp = path.with_name("." + path.name)
+    tmp.write_text(json.dumps(data, indent=1, sort_keys=True) + "\n")
+    os.replace(tmp, path)

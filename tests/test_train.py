@@ -1,0 +1,328 @@
+"""bin/train: refusals, run-directory states, schedule, averaging, an end-to-end run with a planted
+plateau, and resuming after SIGKILL (tiny 64x64 records written with the shared schema)."""
+import csv
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from keras_ptx import rundir
+from keras_ptx.commands.train import command
+from keras_ptx.config import load_config
+from keras_ptx.data import records
+from keras_ptx.tf_setup import tf
+from keras_ptx.training import TrainingError
+from keras_ptx.training.averaging import WeightAveraging
+from keras_ptx.training.resume import backup_epoch, prepare_run_dir, resume_point
+from keras_ptx.training.schedules import learning_rate_schedule
+from keras_ptx.training.strategy import cluster_size, is_chief_task, resolve_strategy_name
+
+REPO = Path(__file__).resolve().parents[1]
+TEST_CONFIG = REPO / "configs" / "test.yaml"
+# A network whose mask needs only the first encoder stages: a quarter of the tracing time.
+SLIM = ("model.prune_level=1", "model.classification_head=false")
+
+
+def write_records(directory, split, n, size=64, seed=0, shards=1):
+    """``n`` records of ``split``: noisy gray images, every other one with a bright disc that is
+    also its mask."""
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    writers = [tf.io.TFRecordWriter(str(directory / records.SHARD_PATTERN.format(
+        split=split, index=i, count=shards))) for i in range(shards)]
+    for i in range(n):
+        image = rng.integers(40, 90, (size, size), dtype=np.uint8)
+        mask = np.zeros((size, size), np.uint8)
+        if i % 2 == 0:
+            x, y = (int(v) for v in rng.integers(size // 4, 3 * size // 4, 2))
+            cv2.circle(mask, (x, y), int(rng.integers(size // 10, size // 5)), 1, -1)
+            image[mask > 0] = 200
+        positive = int(mask.any())
+        writers[i % shards].write(records.serialize(records.Record(
+            image_png=cv2.imencode(".png", image)[1].tobytes(),
+            mask_png=cv2.imencode(".png", mask)[1].tobytes(), image_id=f"{split}-{i:03d}",
+            has_pneumothorax=positive, n_annotations=positive, mask_area=int(mask.sum()),
+            height=size, width=size, size=size)))
+    for writer in writers:
+        writer.close()
+    return directory
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory):
+    directory = tmp_path_factory.mktemp("records")
+    write_records(directory, "train", 16, seed=1, shards=2)
+    write_records(directory, "val", 6, seed=2)
+    return directory
+
+
+def _run_cli(*args):
+    return CliRunner().invoke(command, [str(a) for a in args])
+
+
+# --- refusals ---------------------------------------------------------------------------------
+
+def test_refuses_missing_empty_and_incomplete_data_dirs(tmp_path):
+    base = ["--config", TEST_CONFIG, "--out", tmp_path / "run"]
+    result = _run_cli(*base, "--data", tmp_path / "nowhere")
+    assert result.exit_code == 1 and "no such directory" in result.output
+    (tmp_path / "empty").mkdir()
+    result = _run_cli(*base, "--data", tmp_path / "empty")
+    assert result.exit_code == 1 and "is empty" in result.output
+    write_records(tmp_path / "train-only", "train", 2)
+    result = _run_cli(*base, "--data", tmp_path / "train-only")
+    assert result.exit_code == 1 and "no val shards" in result.output
+    assert "Traceback" not in result.output and not (tmp_path / "run").exists()
+
+
+def test_refuses_records_of_another_size(tmp_path):
+    write_records(tmp_path / "rec32", "train", 2, size=32)
+    write_records(tmp_path / "rec32", "val", 2, size=32)
+    result = _run_cli("--config", TEST_CONFIG, "--data", tmp_path / "rec32",
+                      "--out", tmp_path / "run")
+    assert result.exit_code == 1, result.output
+    assert "32x32" in result.output and "data.image_size is 64" in result.output
+    assert not (tmp_path / "run").exists()
+
+
+def test_refuses_config_errors(data_dir, tmp_path):
+    base = ["--config", TEST_CONFIG, "--data", data_dir, "--out", tmp_path / "run"]
+    result = _run_cli(*base, "--set", "train.batchsize=3")
+    assert result.exit_code == 2 and "did you mean train.batch_size?" in result.output
+    result = _run_cli(*base, "--set", "train.lr_schedule=linear")
+    assert result.exit_code == 2 and "train.lr_schedule" in result.output
+    result = _run_cli(*base, "--set", "train.strategy=tpu")
+    assert result.exit_code == 2 and "train.strategy" in result.output
+    result = _run_cli(*base, "--resume", "--overwrite")
+    assert result.exit_code == 2 and "exclude each other" in result.output
+    assert not (tmp_path / "run").exists()
+
+
+def test_refuses_a_run_dir_of_another_config_or_no_run_dir(data_dir, tmp_path):
+    run = tmp_path / "run"
+    prepare_run_dir(run, load_config(TEST_CONFIG))
+    result = _run_cli("--config", TEST_CONFIG, "--data", data_dir, "--out", run,
+                      "--set", "train.epochs=3")
+    assert result.exit_code == 1 and "train.epochs: 2 -> 3" in result.output
+    assert "--resume" in result.output and "--overwrite" in result.output
+
+    other = tmp_path / "photos"
+    other.mkdir()
+    (other / "holiday.jpg").write_bytes(b"x")
+    for flag in ([], ["--overwrite"]):
+        result = _run_cli("--config", TEST_CONFIG, "--data", data_dir, "--out", other, *flag)
+        assert result.exit_code == 1 and "not a run directory" in result.output
+    assert (other / "holiday.jpg").exists()
+
+
+# --- run directory states, schedule, strategy, averaging (no network) ------------------------
+
+def _write_history(run, scores):
+    with open(run / rundir.HISTORY, "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["epoch", "loss", "val_score"])
+        writer.writerows([i, 1.0, s] for i, s in enumerate(scores))
+
+
+def test_backup_epoch_and_resume_point_follow_backup_and_restore(tmp_path):
+    run = tmp_path / "run"
+    config = load_config(TEST_CONFIG)
+    assert prepare_run_dir(run, config) is False and backup_epoch(run) is None
+    model = tf.keras.Sequential([tf.keras.Input((2,)), tf.keras.layers.Dense(1)])
+    model.compile("sgd", "mse")
+    backup = tf.keras.callbacks.BackupAndRestore(str(run / rundir.CHECKPOINTS / rundir.BACKUP),
+                                                 delete_checkpoint=False)
+    model.fit(np.zeros((4, 2)), np.zeros((4, 1)), epochs=3, verbose=0, callbacks=[backup])
+    assert backup_epoch(run) == 2
+    # Epochs 0-3 in the history, but the backup ends at epoch 2: epoch 3's row is dropped.
+    _write_history(run, [0.2, 0.7, 0.5, 0.9])
+    assert prepare_run_dir(run, config) is False
+    point = resume_point(run, "val_score")
+    assert (point.epoch, point.best_score, point.best_epoch, point.wait) == (3, 0.7, 1, 1)
+    with open(run / rundir.HISTORY) as f:
+        assert [row["epoch"] for row in csv.DictReader(f)] == ["0", "1", "2"]
+
+
+def test_run_dir_without_backup(tmp_path):
+    run, config = tmp_path / "run", load_config(TEST_CONFIG)
+    prepare_run_dir(run, config)
+    (run / rundir.LOGS).mkdir()
+    assert prepare_run_dir(run, config) is False        # nothing trained yet: start again
+    assert not (run / rundir.LOGS).exists()
+    _write_history(run, [0.3])
+    with pytest.raises(TrainingError, match="neither a backup"):
+        prepare_run_dir(run, config)
+    (run / rundir.METRICS).write_text(json.dumps({"completed": True}))
+    assert prepare_run_dir(run, config) is True          # finished: nothing to do
+    other = load_config(TEST_CONFIG, ["train.epochs=4"])
+    with pytest.raises(TrainingError, match="has finished"):
+        prepare_run_dir(run, other, resume=True)
+    assert prepare_run_dir(run, other, overwrite=True) is False
+    assert load_config(run / rundir.CONFIG) == other and not (run / rundir.HISTORY).exists()
+
+
+def test_cosine_schedule_warms_up_then_decays_to_the_floor():
+    train = load_config(None, ["train.epochs=10", "train.warmup_epochs=1", "train.learning_rate=1.0e-3",
+                               "train.min_learning_rate=1.0e-5"]).train
+    schedule = learning_rate_schedule(train, steps_per_epoch=10)
+    rates = [float(schedule(step)) for step in (0, 5, 10, 55, 100)]
+    assert rates[0] == pytest.approx(1e-5)
+    assert rates[1] == pytest.approx((1e-5 + 1e-3) / 2)
+    assert rates[2] == pytest.approx(1e-3)
+    assert 1e-5 < rates[3] < 1e-3
+    assert rates[4] == pytest.approx(1e-5)
+    assert learning_rate_schedule(load_config(None, ["train.lr_schedule=plateau"]).train, 10) == 1e-3
+
+
+def test_strategy_from_tf_config():
+    two = {"TF_CONFIG": json.dumps({"cluster": {"worker": ["a:1", "b:2"]},
+                                    "task": {"type": "worker", "index": 1}})}
+    assert cluster_size(two) == 2 and not is_chief_task(two)
+    assert resolve_strategy_name("auto", two) == "multi_worker"
+    assert cluster_size({}) == 1 and is_chief_task({})
+    assert resolve_strategy_name("auto", {}) == "default"      # no GPU here
+    chief = {"TF_CONFIG": json.dumps({"cluster": {"chief": ["a:1"], "worker": ["b:2"]},
+                                      "task": {"type": "worker", "index": 0}})}
+    assert not is_chief_task(chief)
+    with pytest.raises(ValueError, match="TF_CONFIG"):
+        cluster_size({"TF_CONFIG": "{not json"})
+
+
+def test_weight_averaging_is_the_mean_and_survives_a_resume(tmp_path):
+    model = tf.keras.Sequential([tf.keras.Input((1,)), tf.keras.layers.Dense(1)])
+    snapshots = []
+
+    def run(first, epochs, resume_epoch):
+        averaging = WeightAveraging(first, tmp_path, write=True, resume_epoch=resume_epoch)
+        averaging.set_model(model)
+        averaging.on_train_begin()
+        for epoch in epochs:
+            model.set_weights([np.full((1, 1), epoch, np.float32), np.zeros(1, np.float32)])
+            snapshots.append(epoch)
+            averaging.on_epoch_end(epoch)
+        return averaging
+
+    run(2, range(0, 4), 0)                        # averages epochs 2, 3; then "crashes"
+    averaging = run(2, range(4, 6), 4)            # resumes at epoch 4
+    assert averaging.epochs == [2, 3, 4, 5]
+    mean = averaging.averaged_weights(model.get_weights())
+    assert mean[0].dtype == np.float32 and mean[0][0, 0] == pytest.approx(3.5)
+    assert sorted(p.name for p in tmp_path.glob("swa-*")) == ["swa-epoch-004.npz",
+                                                              "swa-epoch-005.npz"]
+
+
+# --- training -----------------------------------------------------------------------------------
+
+class PlantScores(tf.keras.callbacks.Callback):
+    """Overrides the monitored validation score per epoch and remembers each epoch's weights."""
+
+    def __init__(self, key, scores):
+        super().__init__()
+        self.key, self.scores, self.weights = key, scores, {}
+
+    def on_epoch_end(self, epoch, logs=None):
+        logs[self.key] = self.scores[epoch]
+        self.weights[epoch] = self.model.get_weights()
+
+
+def _event_tags(log_dir):
+    tags = {}
+    for path in Path(log_dir).rglob("events.out.tfevents.*"):
+        for event in tf.compat.v1.train.summary_iterator(str(path)):
+            for value in event.summary.value:
+                tags.setdefault(value.tag, []).append(value)
+    return tags
+
+
+@pytest.mark.slow
+def test_end_to_end_run_with_planted_plateau_stops_early_and_keeps_the_best(data_dir, tmp_path):
+    from keras_ptx.training.trainer import train
+
+    run = tmp_path / "run"
+    config = load_config(TEST_CONFIG, ["train.epochs=6", "train.early_stopping_patience=2"])
+    planted = PlantScores("val_mask_score", [0.2, 0.6, 0.5, 0.4, 0.9, 0.9])
+    lines = []
+    result = train(config, str(data_dir), run, callbacks=[planted], echo=lines.append)
+
+    # Best epoch 2 (index 1), then two epochs without improvement: stops after epoch 4.
+    metrics = json.loads((run / rundir.METRICS).read_text())
+    assert metrics["stopped"] == "early_stopping" and metrics["epochs_trained"] == 4
+    assert metrics["best_epoch"] == 2 and metrics["best"]["val_mask_score"] == 0.6
+    assert metrics["monitor"] == "val_mask_score" and metrics["final_weights"] == "best_epoch"
+    with open(run / rundir.HISTORY) as f:
+        rows = list(csv.DictReader(f))
+    assert [r["epoch"] for r in rows] == ["0", "1", "2", "3"]
+    assert {"loss", "val_loss", "val_mask_score", "lr", "images_per_sec"} <= set(rows[0])
+    assert sum(line.startswith("epoch ") for line in lines) == 4
+    assert any("(best 0.6000, epoch 2)" in line for line in lines)
+
+    # The best checkpoint, the final model and RUN_DIR/best.weights.h5 hold epoch 2's weights.
+    best = planted.weights[1]
+    for got, want in zip(result.model.get_weights(), best):
+        np.testing.assert_array_equal(got, want)
+    _, reloaded = rundir.load_model(run)
+    for got, want in zip(reloaded.get_weights(), best):
+        np.testing.assert_array_equal(got, want)
+    assert not np.array_equal(planted.weights[3][0], best[0])     # it did train on
+
+    for name in (rundir.CONFIG, rundir.HISTORY, rundir.METRICS, rundir.BEST_WEIGHTS,
+                 f"{rundir.CHECKPOINTS}/{rundir.BEST_WEIGHTS}",
+                 f"{rundir.CHECKPOINTS}/{rundir.LAST_WEIGHTS}"):
+        assert (run / name).is_file(), name
+    assert load_config(run / rundir.CONFIG) == config
+    assert backup_epoch(run) is None                     # a finished run leaves no backup
+    tags = _event_tags(run / rundir.LOGS)
+    assert {"epoch_loss", "epoch_mask_score"} <= set(tags)
+    images = tags["validation/overlay"]
+    assert len(images) == 4 and images[0].metadata.plugin_data.plugin_name == "images"
+    width, height, *pngs = images[0].tensor.string_val
+    assert (int(width), int(height), len(pngs)) == (64, 64, 2)
+    assert cv2.imdecode(np.frombuffer(pngs[0], np.uint8), cv2.IMREAD_COLOR).shape == (64, 64, 3)
+
+    # The same command again: nothing to do.
+    lines.clear()
+    again = train(config, str(data_dir), run, echo=lines.append)
+    assert again.model is None and "nothing to do" in lines[0]
+
+
+def _history(run):
+    with open(run / rundir.HISTORY) as f:
+        return list(csv.DictReader(f))
+
+
+@pytest.mark.slow
+def test_killed_run_resumes_from_its_backup_and_continues_the_history(data_dir, tmp_path):
+    run = tmp_path / "run"
+    args = [str(REPO / "bin" / "train"), "--config", str(TEST_CONFIG), "--data", str(data_dir),
+            "--out", str(run), "--set", "train.epochs=3", "--set", "train.steps_per_epoch=25",
+            "--set", "train.tensorboard_images=0", *(a for s in SLIM for a in ("--set", s))]
+    backup_index = run / rundir.CHECKPOINTS / rundir.BACKUP / "chief" / "checkpoint"
+    first = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    deadline = time.monotonic() + 240
+    while not backup_index.exists():
+        assert first.poll() is None, first.stdout.read()
+        assert time.monotonic() < deadline, "no backup after epoch 1"
+        time.sleep(0.02)
+    first.send_signal(signal.SIGKILL)               # during epoch 2
+    first.wait()
+    before = _history(run)
+    assert [r["epoch"] for r in before] == ["0"] and backup_epoch(run) == 0
+
+    second = subprocess.run(args, capture_output=True, text=True, timeout=240)
+    assert second.returncode == 0, second.stdout + second.stderr
+    assert "continuing after epoch 1" in second.stdout
+    after = _history(run)
+    assert [r["epoch"] for r in after] == ["0", "1", "2"]      # as many as an uninterrupted run
+    assert after[0] == before[0]                                # continued, not restarted
+    metrics = json.loads((run / rundir.METRICS).read_text())
+    assert metrics["completed"] and metrics["epochs_trained"] == 3
+    assert float(after[1]["lr"]) < float(after[0]["lr"])       # the cosine went on decaying
