@@ -1,0 +1,35 @@
+"""``evaluate``: score a run on a TFRecord split, choose and save its post-processing."""
+from __future__ import annotations
+
+import click
+
+
+@click.command("evaluate")
+@click.option("--model", "run_dir", required=True, type=click.Path(exists=True, file_okay=False),
+              help="Training run directory (config.yaml and best.weights.h5).")
+@click.option("--data", "data_dir", required=True,
+              help="TFRecord folder from build-tfrecords (local path or tf.io.gfile URL).")
+@click.option("--split", default="val", show_default=True, help="Split to evaluate on.")
+@click.option("--tta", type=click.Choice(["none", "hflip"]), default=None,
+              help="Test-time augmentation [default: the run's eval.tta].")
+@click.option("--batch-size", type=click.IntRange(min=1), default=None,
+              help="Images per model call [default: the run's eval.batch_size].")
+@click.option("--cases", type=click.IntRange(min=0), default=4, show_default=True,
+              help="Best and worst cases drawn as overlays (each).")
+def command(run_dir, data_dir, split, tta, batch_size, cases):
+    """Run the model over a split, search the post-processing (pixel threshold, the winner's
+    triplet, gating by the image-level head) and report the competition score of each.
+
+    Writes RUN_DIR/eval/ (report.json, report.md, plots, overlays) and saves the best rule to
+    RUN_DIR/postprocess.json, which predict and export then apply.
+    """
+    from keras_ptx.inference.evaluate import EvaluateError, evaluate
+    from keras_ptx.inference.report import summary_table
+
+    try:
+        report = evaluate(run_dir, data_dir, split=split, tta=tta, batch_size=batch_size, cases=cases)
+    except EvaluateError as exc:
+        raise click.ClickException(str(exc)) from None
+    click.echo(summary_table(report))
+    click.echo(report["resolution"]["note"])
+    click.echo(f"report: {run_dir.rstrip('/')}/eval/report.md")

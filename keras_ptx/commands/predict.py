@@ -1,0 +1,38 @@
+"""``predict``: DICOMs -> submission.csv, per-image predictions and optional overlays."""
+from __future__ import annotations
+
+import click
+
+
+@click.command("predict")
+@click.option("--model", "run_dir", required=True, type=click.Path(exists=True, file_okay=False),
+              help="Training run directory (config.yaml, best.weights.h5, postprocess.json).")
+@click.option("--dicom-dir", required=True, type=click.Path(exists=True, file_okay=False),
+              help="Folder searched recursively for .dcm files.")
+@click.option("--out", required=True, type=click.Path(file_okay=False), help="Output folder.")
+@click.option("--format", "layout", type=click.Choice(["stage1", "stage2"]), default="stage1",
+              show_default=True, help="submission.csv layout of the competition's stage 1 or 2.")
+@click.option("--overlays", is_flag=True, help="Also write OUT/overlays/<ImageId>.png.")
+@click.option("--tta", type=click.Choice(["none", "hflip"]), default=None,
+              help="Test-time augmentation [default: the run's eval.tta].")
+@click.option("--batch-size", type=click.IntRange(min=1), default=None,
+              help="Images per model call [default: the run's eval.batch_size].")
+def command(run_dir, dicom_dir, out, layout, overlays, tta, batch_size):
+    """Predict a pneumothorax mask for every DICOM below DICOM_DIR at its original size.
+
+    Writes OUT/submission.csv (one row per image, relative RLE, -1 for none), predictions.csv
+    (probability and mask area per image) and errors.csv (files that could not be read, with
+    the reason). Applies the run's saved post-processing (bin/evaluate), else a 0.75 threshold.
+    """
+    from keras_ptx.inference.predict import PredictError, predict
+
+    try:
+        summary = predict(run_dir, dicom_dir, out, layout=layout, overlays=overlays, tta=tta,
+                          batch_size=batch_size, log=lambda m: click.echo(m, err=True))
+    except PredictError as exc:
+        raise click.ClickException(str(exc)) from None
+    rate = summary.images / summary.seconds if summary.seconds else 0.0
+    click.echo(f"{summary.images} images predicted ({summary.positives} with pneumothorax), "
+               f"{summary.errors} unreadable or duplicate (see {summary.out / 'errors.csv'}); "
+               f"{summary.seconds:.1f} s, {rate:.1f} images/s")
+    click.echo(f"submission: {summary.out / 'submission.csv'}")

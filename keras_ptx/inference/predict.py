@@ -1,0 +1,167 @@
+"""``bin/predict``: DICOM folder -> submission.csv, per-image predictions and optional overlays.
+
+Files are streamed in sorted order, a batch at a time: read with the project's DICOM reader,
+mapped onto the model's square grid (:func:`~keras_ptx.data.geometry.image_to_square`), run
+through the model, mapped back to each image's own size (``from_square``), post-processed with
+the run's saved rule (RUN_DIR/postprocess.json; the paper's 0.75 pixel threshold when evaluate
+has not been run) and written out row by row, so memory does not grow with the number of files.
+
+OUT/
+  submission.csv    one row per image: ImageId, relative column-major RLE or -1 (stage1/stage2)
+  predictions.csv   image_id, path, height, width, probability, mask_area_px, has_pneumothorax
+  errors.csv        path, reason: every file that could not become a prediction
+  overlays/         <image_id>.png with the predicted mask (with --overlays)
+"""
+from __future__ import annotations
+
+import csv
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Iterator
+
+import numpy as np
+from tqdm import tqdm
+
+from keras_ptx import rundir
+from keras_ptx.data import rle
+from keras_ptx.data.annotations import write_annotations
+from keras_ptx.data.dicom import DicomError, read_dicom
+from keras_ptx.data.geometry import from_square, image_to_square
+from keras_ptx.inference import plots
+from keras_ptx.inference.postprocess import PostProcess, PostProcessError
+from keras_ptx.inference.runner import Predictor
+
+SUBMISSION = "submission.csv"
+PREDICTIONS = "predictions.csv"
+ERRORS = "errors.csv"
+OVERLAYS = "overlays"
+PREDICTION_COLUMNS = ["image_id", "path", "height", "width", "probability", "mask_area_px",
+                      "has_pneumothorax"]
+
+
+class PredictError(RuntimeError):
+    """Prediction cannot start (no run, no input, unusable post-processing)."""
+
+
+@dataclass
+class Summary:
+    images: int
+    positives: int
+    errors: int
+    seconds: float
+    postprocess: PostProcess
+    postprocess_source: str          # the file it came from, or why the default was used
+    out: Path
+
+
+def dicom_files(dicom_dir) -> list[Path]:
+    """Every ``*.dcm`` file below ``dicom_dir`` (any case), sorted."""
+    root = Path(dicom_dir)
+    if not root.is_dir():
+        raise PredictError(f"{dicom_dir}: not a folder")
+    return sorted(p for p in root.rglob("*") if p.suffix.lower() == ".dcm" and p.is_file())
+
+
+def load_postprocess(run_dir, config) -> tuple[PostProcess, str]:
+    """The run's saved rule, or the config's pixel threshold (with the reason) when there is none."""
+    path = Path(run_dir) / rundir.POSTPROCESS
+    if not path.is_file():
+        return (PostProcess(threshold=config.eval.threshold),
+                f"no {rundir.POSTPROCESS} in the run (bin/evaluate has not been run): "
+                f"default pixel threshold {config.eval.threshold:g}")
+    try:
+        return PostProcess.load(path), str(path)
+    except PostProcessError as exc:
+        raise PredictError(str(exc)) from None
+
+
+def predict(run_dir, dicom_dir, out, layout: str = "stage1", overlays: bool = False,
+            tta: str | None = None, batch_size: int | None = None, progress: bool = True,
+            log: Callable[[str], None] = print) -> Summary:
+    """Predict every DICOM below ``dicom_dir`` with the run in ``run_dir``; write ``out``."""
+    start = time.perf_counter()
+    files = dicom_files(dicom_dir)
+    if not files:
+        raise PredictError(f"{dicom_dir}: no .dcm files found")
+    try:
+        config, model = rundir.load_model(run_dir)
+    except rundir.RunDirError as exc:
+        raise PredictError(str(exc)) from None
+    post, source = load_postprocess(run_dir, config)
+    log(f"post-processing: {post.describe()} ({source})")
+    predictor = Predictor(model, tta or config.eval.tta)
+    if post.cls_threshold is not None and not predictor.has_label_head:
+        raise PredictError(f"{source} gates on the image-level head, but the model has none")
+    out = Path(out)
+    if overlays:
+        (out / OVERLAYS).mkdir(parents=True, exist_ok=True)
+    out.mkdir(parents=True, exist_ok=True)
+    counts = {"images": 0, "positives": 0, "errors": 0}
+    with open(out / PREDICTIONS, "w", newline="") as pred_file, \
+            open(out / ERRORS, "w", newline="") as error_file, \
+            tqdm(total=len(files), desc="predict", unit="img", disable=not progress) as bar:
+        predictions = csv.writer(pred_file, lineterminator="\n")
+        predictions.writerow(PREDICTION_COLUMNS)
+        errors = csv.writer(error_file, lineterminator="\n")
+        errors.writerow(["path", "reason"])
+
+        def rows() -> Iterator[tuple[str, str]]:
+            for image, prob_map, probability in _predicted(files, predictor, batch_size
+                                                           or config.eval.batch_size, errors, bar, counts):
+                mask = post.apply(prob_map, probability)
+                area = int(mask.sum())
+                predictions.writerow([image.image_id, image.path, *image.pixels.shape,
+                                      f"{probability:.6f}", area, int(area > 0)])
+                if overlays:
+                    plots.save_png(out / OVERLAYS / f"{plots.safe_filename(image.image_id)}.png",
+                                   plots.overlay(image.pixels, mask, caption=
+                                                 f"p={probability:.2f} area={area}px"))
+                counts["images"] += 1
+                counts["positives"] += area > 0
+                yield image.image_id, rle.encode(mask)
+
+        write_annotations(out / SUBMISSION, rows(), layout=layout)
+    return Summary(seconds=time.perf_counter() - start, postprocess=post,
+                   postprocess_source=source, out=out, **counts)
+
+
+def _predicted(files, predictor: Predictor, batch_size: int, errors, bar, counts):
+    """(DicomImage, probability map at the image's size, image probability) per readable file.
+
+    Unreadable files and repeated ImageIds go to ``errors`` with their reason.
+    """
+    first_path: dict[str, str] = {}
+    batch = []
+    for path in files:
+        try:
+            image = read_dicom(path)
+        except DicomError as exc:
+            _reject(errors, counts, bar, exc.path, exc.reason)
+            continue
+        if image.image_id in first_path:
+            _reject(errors, counts, bar, image.path,
+                    f"duplicate ImageId {image.image_id} (first in {first_path[image.image_id]})")
+            continue
+        first_path[image.image_id] = image.path
+        batch.append(image)
+        if len(batch) == batch_size:
+            yield from _run_batch(batch, predictor, bar)
+            batch = []
+    if batch:
+        yield from _run_batch(batch, predictor, bar)
+
+
+def _reject(errors, counts, bar, path, reason):
+    errors.writerow([os.fspath(path), reason])
+    counts["errors"] += 1
+    bar.update(1)
+
+
+def _run_batch(batch, predictor: Predictor, bar):
+    squares = np.stack([image_to_square(image.pixels, predictor.size) for image in batch])
+    maps, probability = predictor.from_gray(squares)
+    for image, square_map, p in zip(batch, maps, probability):
+        yield image, from_square(square_map, *image.pixels.shape), float(p)
+        bar.update(1)

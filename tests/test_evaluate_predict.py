@@ -1,0 +1,288 @@
+"""bin/evaluate and bin/predict end to end on a tiny untrained model (64x64, B0, no weights).
+
+The model's final 1x1 convolutions are scaled up so that its probabilities spread over (0, 1)
+instead of sitting at 0.5: the maps then depend visibly on the input, and post-processing
+produces non-trivial masks. The model is built once per module and saved as a real run
+directory; the commands' loads of that directory are then served from memory (each rebuild
+costs ~10 s on this machine; rundir's own tests cover the rebuild and weight load).
+"""
+import csv
+import itertools
+import json
+import shutil
+
+import cv2
+import numpy as np
+import pydicom.data
+import pytest
+from click.testing import CliRunner
+
+from keras_ptx import rundir
+from keras_ptx.cli import main
+from keras_ptx.config import dump_config, load_config
+from keras_ptx.data import records, rle
+from keras_ptx.data.dicom import DicomError, read_dicom
+from keras_ptx.data.geometry import from_square, image_to_square, mask_to_square
+from keras_ptx.inference.postprocess import PostProcess, scale_area
+from keras_ptx.inference.runner import Predictor
+from keras_ptx.inference.search import SearchGrid
+from keras_ptx.input.normalize import to_model_input
+from keras_ptx.synthetic.dicom_writer import write_dicom
+from keras_ptx.tf_setup import tf
+
+SIZE = 64
+SHAPES = [(64, 64), (100, 80), (70, 130), (200, 200), (90, 90)]
+
+
+def _logits_layer(model, output):
+    return model.get_layer(output).input._keras_history.layer
+
+
+def _sharpen(model, output, factor):
+    """Multiply the weights of the layer that feeds ``output``'s sigmoid by ``factor``."""
+    layer = _logits_layer(model, output)
+    layer.set_weights([w * factor for w in layer.get_weights()])
+
+
+def _centre_peaks(model, squares, target=0.825):
+    """Shift the mask logits so that the median image's highest probability is ``target``."""
+    maps, _ = Predictor(model).from_gray(squares)
+    peak = np.median(maps.max(axis=(1, 2)))
+    layer = _logits_layer(model, "mask")
+    kernel, bias = layer.get_weights()
+    logit = lambda p: np.log(p / (1 - p))          # noqa: E731
+    layer.set_weights([kernel, bias + logit(target) - logit(peak)])
+
+
+def _val_squares(n=16):
+    rng = np.random.default_rng(5)
+    return np.stack([image_to_square(_radiograph(rng, (128, 128)), SIZE) for _ in range(n)])
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory, monkeypatch_module):
+    from keras_ptx.model import build_model
+
+    path = tmp_path_factory.mktemp("run")
+    config = load_config(None, [f"data.image_size={SIZE}", "model.encoder=efficientnetb0",
+                                "model.weights=none", "eval.batch_size=3"])
+    tf.keras.utils.set_random_seed(1)
+    model = build_model(config)
+    _sharpen(model, "mask", 60.0)
+    _sharpen(model, "label", 3000.0)
+    _centre_peaks(model, _val_squares())
+    dump_config(config, path / rundir.CONFIG)
+    model.save_weights(str(path / rundir.BEST_WEIGHTS))
+    real = rundir.load_model
+    monkeypatch_module.setattr(
+        rundir, "load_model", lambda d: (config, model) if d == path or str(d) == str(path) else real(d))
+    return path
+
+
+@pytest.fixture(scope="module")
+def monkeypatch_module():
+    with pytest.MonkeyPatch.context() as mp:
+        yield mp
+
+
+def _radiograph(rng, shape):
+    """Dark background, two bright 'lungs' and a random bright spot: enough structure to vary."""
+    h, w = shape
+    image = rng.normal(40, 12, shape)
+    image[h // 6: 5 * h // 6, w // 8: 3 * w // 8] += 90
+    image[h // 6: 5 * h // 6, 5 * w // 8: 7 * w // 8] += 90
+    r, c = rng.integers(0, h), rng.integers(0, w)
+    image[max(0, r - h // 8): r + h // 8, max(0, c - w // 8): c + w // 8] += 100
+    return np.clip(image, 0, 255).astype(np.uint8)
+
+
+@pytest.fixture(scope="module")
+def dicom_dir(tmp_path_factory):
+    rng = np.random.default_rng(11)
+    root = tmp_path_factory.mktemp("dicoms")
+    for k, shape in enumerate(SHAPES):
+        write_dicom(root / "study" / f"{k}.dcm", _radiograph(rng, shape), image_id=f"1.2.3.{k}",
+                    study_uid="1.2.3", series_uid="1.2.3.9", patient_id=f"p{k}", patient_name="X",
+                    photometric="MONOCHROME1" if k == 3 else "MONOCHROME2")
+    (root / "broken.dcm").write_bytes(b"DICM? no, just bytes")
+    shutil.copy(root / "study" / "0.dcm", root / "study" / "0-copy.dcm")
+    return root
+
+
+def _csv(path):
+    with open(path, newline="") as handle:
+        return list(csv.reader(handle))
+
+
+def _expected_masks(run, post, dicom_dir):
+    """Independent recomputation: model called directly, map mapped back, rule applied.
+
+    Returns image_id -> (mask, pixels within float noise of the threshold, which may go either way).
+    """
+    _, model = rundir.load_model(run)
+    masks = {}
+    for path in sorted(dicom_dir.rglob("*.dcm")):
+        try:
+            image = read_dicom(path)
+        except DicomError:
+            continue
+        square = image_to_square(image.pixels, SIZE)[None, ..., None]
+        mask_out, label_out = model(to_model_input(square), training=False)
+        full = from_square(mask_out.numpy()[0, ..., 0], *image.pixels.shape)
+        masks.setdefault(image.image_id, (post.apply(full, float(label_out.numpy()[0, 0])),
+                                          np.abs(full - post.threshold) < 1e-4))
+    return masks
+
+
+def test_predict_writes_one_decodable_row_per_image(run, dicom_dir, tmp_path):
+    _, model = rundir.load_model(run)
+    squares = np.stack([image_to_square(read_dicom(p).pixels, SIZE)
+                        for p in sorted((dicom_dir / "study").glob("[0-9].dcm"))])
+    maps, _ = Predictor(model).from_gray(squares)
+    post = PostProcess(threshold=float(np.round(np.quantile(maps, 0.7), 4)))   # ~30% positive px
+    post.save(run / rundir.POSTPROCESS)
+    try:
+        result = CliRunner().invoke(
+            main, ["predict", "--model", str(run), "--dicom-dir", str(dicom_dir),
+                   "--out", str(tmp_path / "out"), "--batch-size", "2"])
+    finally:
+        (run / rundir.POSTPROCESS).unlink()
+    assert result.exit_code == 0, result.output + result.stderr
+    assert "5 images predicted" in result.output and "2 unreadable or duplicate" in result.output
+    assert str(run / rundir.POSTPROCESS) in result.stderr
+
+    rows = _csv(tmp_path / "out" / "submission.csv")
+    assert rows[0] == ["ImageId", " EncodedPixels"]
+    ids = [r[0] for r in rows[1:]]
+    assert sorted(ids) == [f"1.2.3.{k}" for k in range(len(SHAPES))]        # one row each
+    expected = _expected_masks(run, post, dicom_dir)
+    shapes = {f"1.2.3.{k}": s for k, s in enumerate(SHAPES)}
+    decoded_area = {}
+    for image_id, value in rows[1:]:
+        assert value.startswith(" ")
+        decoded = rle.decode(value, *shapes[image_id])
+        mask, unsure = expected[image_id]
+        assert decoded.shape == mask.shape and unsure.mean() < 0.01
+        np.testing.assert_array_equal(decoded[~unsure], mask[~unsure], err_msg=image_id)
+        decoded_area[image_id] = int(decoded.sum())
+    assert 0 < sum(decoded_area.values()) < sum(h * w for h, w in SHAPES)   # masks, not all or none
+
+    predictions = {r["image_id"]: r for r in csv.DictReader(open(tmp_path / "out" / "predictions.csv"))}
+    for image_id, row in predictions.items():
+        assert (int(row["height"]), int(row["width"])) == shapes[image_id]
+        assert int(row["mask_area_px"]) == decoded_area[image_id]
+        assert int(row["has_pneumothorax"]) == int(decoded_area[image_id] > 0)
+        assert 0.0 <= float(row["probability"]) <= 1.0
+    errors = {row[0]: row[1] for row in _csv(tmp_path / "out" / "errors.csv")[1:]}
+    assert set(errors) == {str(dicom_dir / "broken.dcm"), str(dicom_dir / "study" / "0.dcm")} or \
+        set(errors) == {str(dicom_dir / "broken.dcm"), str(dicom_dir / "study" / "0-copy.dcm")}
+    assert "DICOM" in errors[str(dicom_dir / "broken.dcm")]
+    assert any("duplicate ImageId 1.2.3.0" in reason for reason in errors.values())
+
+
+def test_predict_real_radiograph_with_overlay_stage2_and_hflip(run, tmp_path):
+    source = pydicom.data.get_testdata_file("RG1_UNCR.dcm")
+    (tmp_path / "in").mkdir()
+    shutil.copy(source, tmp_path / "in" / "RG1_UNCR.dcm")
+    result = CliRunner().invoke(
+        main, ["predict", "--model", str(run), "--dicom-dir", str(tmp_path / "in"), "--out",
+               str(tmp_path / "out"), "--format", "stage2", "--overlays", "--tta", "hflip"])
+    assert result.exit_code == 0, result.output + result.stderr
+    assert "evaluate has not been run" in result.stderr and "0.75" in result.stderr
+    image = read_dicom(source)
+    rows = _csv(tmp_path / "out" / "submission.csv")
+    assert rows[0] == ["ImageId", "EncodedPixels"] and [r[0] for r in rows[1:]] == [image.image_id]
+    assert rle.decode(rows[1][1], *image.pixels.shape).shape == (1955, 1841)
+    overlay = cv2.imread(str(tmp_path / "out" / "overlays" / f"{image.image_id}.png"))
+    assert overlay.shape == (1955, 1841, 3)
+
+
+def test_hflip_averages_the_mirrored_prediction(run):
+    _, model = rundir.load_model(run)
+    x = to_model_input(np.random.default_rng(0).integers(0, 255, (2, SIZE, SIZE, 1), dtype=np.uint8))
+    maps, label = Predictor(model, "hflip")(x)
+    plain_mask, plain_label = model(x, training=False)
+    flip_mask, flip_label = model(tf.reverse(x, [2]), training=False)
+    # batch 4 and batch 2 may take different kernels: float noise, amplified by the sharpening
+    np.testing.assert_allclose(maps, ((plain_mask + tf.reverse(flip_mask, [2])) / 2).numpy()[..., 0],
+                               atol=1e-4)
+    np.testing.assert_allclose(label, ((plain_label + flip_label) / 2).numpy()[:, 0], atol=1e-3)
+    assert np.abs(maps - plain_mask.numpy()[..., 0]).max() > 0.01        # the flip mattered
+
+
+def _planted_records(data_dir, model):
+    """A val split (shared record schema) whose truth comes from the model's own maps, so that
+    evaluate must find a perfect triplet: an image is positive iff at least N of its pixels
+    exceed T, for a (T, N) of the search grid (then its truth is every pixel > 0.5), else
+    negative. No pixel threshold alone can be perfect: negatives have pixels above 0.5 too.
+    The last record is unlabeled and must be skipped. Returns the labels."""
+    squares = _val_squares()
+    n = len(squares)
+    maps, _ = Predictor(model).from_gray(squares)
+    grid = SearchGrid()
+    for top, min_pixels in itertools.product(grid.top_threshold, grid.min_pixels[1:]):
+        labels = (maps > top).sum(axis=(1, 2)) >= scale_area(min_pixels, SIZE)
+        if 3 <= labels[:-1].sum() <= n - 4 and np.abs(maps - top).min() > 1e-4:
+            break
+    else:
+        pytest.fail("no grid (top, min_pixels) splits the planted images")
+    with tf.io.TFRecordWriter(str(data_dir / records.SHARD_PATTERN.format(
+            split="val", index=0, count=1))) as writer:
+        for k, (square, prob) in enumerate(zip(squares, maps)):
+            mask = ((prob > 0.5) & labels[k]).astype(np.uint8)
+            writer.write(records.serialize(records.Record(
+                image_png=cv2.imencode(".png", square)[1].tobytes(),
+                mask_png=cv2.imencode(".png", mask)[1].tobytes(),
+                image_id=f"val.{k}", has_pneumothorax=int(labels[k]), n_annotations=int(labels[k]),
+                mask_area=int(mask.sum()) * 4, height=128, width=128, size=SIZE,
+                labeled=0 if k == n - 1 else 1)))
+    return labels[:-1]
+
+
+def test_evaluate_finds_the_planted_rule_and_writes_everything(run, tmp_path):
+    labels = _planted_records(tmp_path, rundir.load_model(run)[1])
+    result = CliRunner().invoke(main, ["evaluate", "--model", str(run), "--data", str(tmp_path),
+                                       "--cases", "2", "--batch-size", "4"])
+    try:
+        assert result.exit_code == 0, result.output + result.stderr
+        report = json.loads((run / "eval" / "report.json").read_text())
+        chosen = PostProcess.load(run / rundir.POSTPROCESS)
+    finally:
+        (run / rundir.POSTPROCESS).unlink(missing_ok=True)
+    n = len(labels)
+    assert (report["images"], report["positives"], report["unlabeled_skipped"]) == (n, labels.sum(), 1)
+    assert report["empty_baseline"] == pytest.approx(1 - labels.mean())
+    kinds = report["kinds"]
+    assert set(kinds) == {"threshold", "triplet", "gated-threshold", "gated-triplet"}
+    assert report["chosen"] == "triplet" and chosen.to_dict() == kinds["triplet"]["postprocess"]
+    assert kinds["triplet"]["score"] == pytest.approx(1.0, abs=1e-3)
+    assert kinds["triplet"]["dice_positive"] == pytest.approx(1.0, abs=1e-3)
+    assert chosen.bottom_threshold == 0.5 and chosen.min_pixels > 0
+    assert kinds["threshold"]["score"] < 0.98 and report["empty_baseline"] < 0.8
+    assert "record grid" in report["resolution"]["note"]
+    level = report["image_level"]
+    assert level["source"] == "label head" and 0.0 <= level["auc"] <= 1.0
+    for name in report["plots"]:
+        assert cv2.imread(str(run / "eval" / name)) is not None
+    assert [(c["case"], c["rank"]) for c in report["cases"]] == [("best", 1), ("best", 2),
+                                                                 ("worst", 1), ("worst", 2)]
+    for case in report["cases"]:
+        assert cv2.imread(str(run / "eval" / case["file"])).shape == (512, 512, 3)
+    markdown = (run / "eval" / "report.md").read_text()
+    assert "all empty (baseline)" in markdown and "triplet (chosen)" in markdown
+    assert "triplet *" in result.output
+
+
+def test_clear_errors_for_missing_inputs(run, dicom_dir, tmp_path):
+    result = CliRunner().invoke(
+        main, ["evaluate", "--model", str(run), "--data", str(tmp_path)])
+    assert result.exit_code == 1 and "no val shards" in result.stderr
+    (tmp_path / "empty").mkdir()
+    result = CliRunner().invoke(
+        main, ["predict", "--model", str(run), "--dicom-dir", str(tmp_path / "empty"), "--out",
+               str(tmp_path / "out")])
+    assert result.exit_code == 1 and "no .dcm files" in result.stderr
+    result = CliRunner().invoke(
+        main, ["predict", "--model", str(tmp_path), "--dicom-dir", str(dicom_dir), "--out",
+               str(tmp_path / "out")])
+    assert result.exit_code == 1 and "not a training run directory" in result.stderr
