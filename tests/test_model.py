@@ -74,7 +74,7 @@ def test_b4_at_256_has_its_skips_at_the_right_strides():
         "efficientnetb4")] == [256 // stride for stride in STRIDES]
 
 
-def test_pruned_network_at_128_builds_only_the_columns_it_needs():
+def test_pruned_network_at_128_builds_only_the_columns_it_needs(full_model, tmp_path):
     model = build_model(load_config(None, [
         "model.encoder=efficientnetb0", "model.weights=none", "data.image_size=128",
         "model.deep_supervision=true", "model.prune_level=2", "model.classification_head=false"]))
@@ -83,6 +83,13 @@ def test_pruned_network_at_128_builds_only_the_columns_it_needs():
     names = {layer.name for layer in model.layers}
     assert {"head2_logits", "head1_logits", "x02_conv2", "x20_proj"} <= names
     assert not names & {"head3_logits", "x03_conv1", "x30_proj", "top_activation"}
+    # Weights of the full network (any input size) load into the pruned one by layer name.
+    full_model.save_weights(str(tmp_path / "full.h5"))
+    model.load_weights(str(tmp_path / "full.h5"), by_name=True)
+    for name in ("head2_logits", "x02_conv2", "x20_proj", "stem_conv"):
+        for pruned, full in zip(model.get_layer(name).get_weights(),
+                                full_model.get_layer(name).get_weights()):
+            np.testing.assert_array_equal(pruned, full)
 
 
 def test_single_output_network_returns_a_tensor():

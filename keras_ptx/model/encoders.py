@@ -7,13 +7,16 @@ holding the encoder's weights (such as that same official file, fetched elsewher
 """
 from __future__ import annotations
 
+import contextlib
+import io
 from dataclasses import dataclass
 from pathlib import Path
 
-import efficientnet.model as efficientnet_model
-import segmentation_models as sm
-
 from keras_ptx.tf_setup import tf
+
+with contextlib.redirect_stdout(io.StringIO()):     # it announces its framework on stdout
+    import segmentation_models as sm
+import efficientnet.model as efficientnet_model
 
 ENCODERS = tuple(f"efficientnetb{i}" for i in range(8))
 STRIDES = (2, 4, 8, 16, 32)

@@ -2,7 +2,7 @@
 
 Grid: X(i, 0) is the encoder feature at stride 2**(i+1) (i = 0..4), projected by a 1x1
 conv-BN-ReLU to its level's width so that every node of a level has the same width, as in the
-paper (the raw EfficientNet taps are 2-5x wider and would triple the decoder's cost). Each
+paper (the raw EfficientNet taps are 2-5x wider: B0 at 256 would cost ~25 GFLOPs, not 17). Each
 decoder node X(i, j), j >= 1, concatenates X(i, 0..j-1) with the bilinearly upsampled
 X(i+1, j-1) and applies conv-BN-ReLU twice. ``decoder_filters`` gives the widths of the levels
 at strides 16, 8, 4, 2 and of the full-resolution head, as segmentation_models_pytorch's
@@ -12,7 +12,8 @@ Heads: X(0, j) -> bilinear x2 -> conv-BN-ReLU twice -> 3x3 conv -> sigmoid, each
 weights (layers ``head{j}_*``). ``mask`` comes from X(0, prune_level); with deep supervision
 ``mask_1`` ... ``mask_{prune_level-1}`` come from the shallower columns; ``label`` is a sigmoid
 on the globally pooled stride-32 encoder features. Only the nodes that an output needs are
-built, so a pruned network is also a smaller one. Upsampling is bilinear because XLA has no
+built, so a pruned network is also a smaller one; the full network's weights load into it by
+layer name (``load_weights(h5_path, by_name=True)``). Upsampling is bilinear because XLA has no
 gradient kernel for nearest-neighbour resizing. Final layers compute in float32 under
 mixed_float16.
 """
