@@ -6,10 +6,12 @@ to its outputs) is made through the CLI; one fresh Python process that imports o
 answers a client request body the way TF Serving's REST layer would.
 """
 import base64
+import http.server
 import json
 import os
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import cv2
@@ -25,7 +27,7 @@ from keras_ptx.input.normalize import to_model_input
 from keras_ptx.model import build_model
 from keras_ptx.rundir import BEST_WEIGHTS, CONFIG, POSTPROCESS
 from keras_ptx.serving import PREDICT_IMAGE, SERVING_DEFAULT, WARMUP_FILE
-from keras_ptx.serving.client import ServingError, build_request, parse_response
+from keras_ptx.serving.client import ServingError, build_request, parse_response, predict
 from keras_ptx.serving.export import (decode_gray_tf, from_square_tf,
                                       next_version, read_metadata, to_square_tf)
 from keras_ptx.tf_setup import tf
@@ -260,6 +262,45 @@ def test_client_request_body_and_errors(tmp_path):
         parse_response("<html>502</html>")
     with pytest.raises(ValueError):
         build_request([])
+
+
+def test_client_predict_posts_json_and_reports_server_errors():
+    seen = []
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_POST(self):
+            body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+            seen.append((self.path, body))
+            if body["signature_name"] == "missing":
+                status, answer = 400, {"error": "Serving signature name: missing not found"}
+            else:
+                status, answer = 200, {"predictions": [
+                    {"mask": [[1, 0], [0, 0]], "height": 1, "width": 2,
+                     "probabilities": [[0.5]], "pneumothorax_probability": 0.9,
+                     "has_pneumothorax": True}] * len(body["instances"])}
+            data = json.dumps(answer).encode()
+            self.send_response(status)
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    url = f"http://127.0.0.1:{server.server_address[1]}/v1/models/ptx:predict"
+    try:
+        results = predict(url, [b"one", b"two"])
+        assert seen[0][0] == "/v1/models/ptx:predict" and len(seen[0][1]["instances"]) == 2
+        assert results[1]["mask"].tolist() == [[1, 0]] and results[1]["has_pneumothorax"] is True
+        with pytest.raises(ServingError, match="missing not found"):
+            predict(url, [b"one"], signature_name="missing")
+    finally:
+        server.shutdown()
+        server.server_close()
+    with pytest.raises(ServingError, match="cannot reach"):
+        predict(url, [b"one"], timeout=5)
 
 
 @pytest.mark.slow
