@@ -61,7 +61,10 @@ def evaluate(run_dir, data_dir: str, split: str = "val", tta: str | None = None,
     except rundir.RunDirError as exc:
         raise EvaluateError(str(exc)) from None
     tta = tta or config.eval.tta
-    predictor = Predictor(model, tta)
+    try:
+        predictor = Predictor(model, tta)
+    except ValueError as exc:
+        raise EvaluateError(str(exc)) from None
 
     def dataset():
         try:

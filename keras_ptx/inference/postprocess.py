@@ -14,7 +14,8 @@ by ``(side / 1024) ** 2`` for a map whose square side is ``side`` (the record si
 record grid, ``max(height, width)`` on an original radiograph). All comparisons are made in
 float32. :func:`PostProcess.apply` (numpy, one map) and :func:`apply_tf` (TensorFlow ops, a
 batch, for the SavedModel) give identical masks; the TF component filter labels components
-exactly by max-label propagation with pointer jumping, iterated until nothing changes.
+exactly with a parallel union-find (hook onto the largest neighbouring root, jump pointers),
+iterated until nothing changes.
 """
 from __future__ import annotations
 
@@ -186,10 +187,13 @@ def apply_tf(post: PostProcess, prob_maps, cls_prob=None, side=None):
 def _component_areas_tf(mask):
     """For each pixel of a boolean ``[B, H, W, 1]`` mask, the area of its 8-connected component.
 
-    Every foreground pixel starts with its own label (1-based flat index within its image, kept
-    in float32, exact up to 4096 x 4096); each step takes the 3x3 maximum over foreground
-    neighbours, then jumps each label to the label held by the pixel it names (that pixel is
-    in the same component). At the fixed point every component carries its largest index.
+    Parallel union-find on a parent array over each image's pixels (1-based flat indices, held
+    in float32, exact up to 4096 x 4096; index 0 is the background). Pointers only ever grow
+    and stay inside a component. Each round hooks every pixel's current root onto the largest
+    root among its 8 neighbours (3x3 max-pool, segment max), then shortcuts pointers by
+    jumping four times. At the fixed point every pointer is a root and neighbours share roots, so
+    each component has exactly one root: its largest index. Rounds grow roughly with the log
+    of a component's extent, not its length.
     """
     from keras_ptx.tf_setup import tf
 
@@ -197,18 +201,24 @@ def _component_areas_tf(mask):
     batch, n = shape[0], shape[1] * shape[2]
     ids = tf.reshape(tf.range(1, n + 1, dtype=tf.int32), [1, shape[1], shape[2], 1])
     zeros = tf.zeros_like(mask, dtype=tf.float32)
-    start = tf.where(mask, tf.cast(tf.broadcast_to(ids, shape), tf.float32), zeros)
+    own = tf.where(mask, tf.cast(tf.broadcast_to(ids, shape), tf.float32), zeros)
+    start = tf.concat([tf.zeros([batch, 1]), tf.reshape(own, [batch, n])], axis=1)
+    offset = tf.range(batch)[:, None] * (n + 1)            # parent arrays side by side
 
-    def step(labels, _):
-        grown = tf.where(mask, tf.nn.max_pool2d(labels, 3, 1, "SAME"), zeros)
-        table = tf.concat([tf.zeros([batch, 1]), tf.reshape(grown, [batch, n])], axis=1)
-        index = tf.reshape(tf.cast(grown, tf.int32), [batch, n])
-        jumped = tf.reshape(tf.gather(table, index, batch_dims=1), shape)
-        new = tf.maximum(grown, jumped)
-        return new, tf.reduce_any(tf.not_equal(new, labels))
+    def jump(parent):
+        return tf.gather(parent, tf.cast(parent, tf.int32), batch_dims=1)
 
-    labels, _ = tf.while_loop(lambda _, changed: changed, step, (start, tf.constant(True)))
-    segment = tf.reshape(tf.cast(labels, tf.int32), [batch, n])
-    segment = segment + tf.range(batch)[:, None] * (n + 1)
+    def step(parent, _):
+        labels = tf.reshape(parent[:, 1:], shape)
+        neighbour = tf.where(mask, tf.nn.max_pool2d(labels, 3, 1, "SAME"), zeros)
+        roots = tf.cast(tf.reshape(labels, [batch, n]), tf.int32) + offset
+        hook = tf.math.unsorted_segment_max(tf.reshape(neighbour, [-1]), tf.reshape(roots, [-1]),
+                                            batch * (n + 1))
+        hooked = tf.maximum(parent, tf.reshape(hook, [batch, n + 1]))
+        new = jump(jump(jump(jump(hooked))))
+        return new, tf.reduce_any(tf.not_equal(new, parent))
+
+    parent, _ = tf.while_loop(lambda _, changed: changed, step, (start, tf.constant(True)))
+    segment = tf.cast(parent[:, 1:], tf.int32) + offset
     counts = tf.math.unsorted_segment_sum(tf.ones_like(segment), segment, batch * (n + 1))
     return tf.reshape(tf.gather(counts, segment), shape)

@@ -91,7 +91,12 @@ def predict(run_dir, dicom_dir, out, layout: str = "stage1", overlays: bool = Fa
         raise PredictError(str(exc)) from None
     post, source = load_postprocess(run_dir, config)
     log(f"post-processing: {post.describe()} ({source})")
-    predictor = Predictor(model, tta or config.eval.tta)
+    try:
+        predictor = Predictor(model, tta or config.eval.tta)
+    except ValueError as exc:
+        raise PredictError(str(exc)) from None
+    log("image-level probability: " + ("the label head" if predictor.has_label_head
+                                       else "the maximum pixel probability (no label head)"))
     if post.cls_threshold is not None and not predictor.has_label_head:
         raise PredictError(f"{source} gates on the image-level head, but the model has none")
     out = Path(out)
