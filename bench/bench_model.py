@@ -16,7 +16,8 @@ this CPU is slow to compile (minutes for B4) and to run; --jit off skips it. The
 ~2.2-2.5 images/s training, ~100-130 ms/image inference. Run on a quiet machine:
 
     .venv/bin/python bench/bench_model.py --repeats 5
-    .venv/bin/python bench/bench_model.py --encoders efficientnetb0 --jit off --repeats 9
+    .venv/bin/python bench/bench_model.py --encoders efficientnetb0 --jit off --repeats 9 \
+        --decoder-filters 256,128,64,32,16 128,64,32,16,16
 """
 from __future__ import annotations
 
@@ -35,10 +36,10 @@ from keras_ptx.tf_setup import tf
 SWITCH = {"off": [False], "on": [True], "both": [False, True]}
 
 
-def make_case(encoder, size, batch, deep_supervision, jit):
+def make_case(encoder, filters, size, batch, deep_supervision, jit):
     """Build one compiled network; return (info, train_step, infer_step) closures."""
     config = load_config(None, [f"model.encoder={encoder}", "model.weights=none",
-                                f"data.image_size={size}",
+                                f"data.image_size={size}", f"model.decoder_filters=[{filters}]",
                                 f"model.deep_supervision={str(deep_supervision).lower()}",
                                 "train.mixed_precision=false"])
     model = build_model(config)
@@ -51,11 +52,14 @@ def make_case(encoder, size, batch, deep_supervision, jit):
     targets = {name: mask for name in model.output_names if name.startswith("mask")}
     targets["label"] = mask.max(axis=(1, 2))
     single = tf.constant(images[:1])
-    forward = tf.function(lambda x: model(x, training=False), jit_compile=jit)
+    deployed = [i for i, name in enumerate(model.output_names) if name in ("mask", "label")]
+    # A deployed network keeps mask and label: the deep-supervision heads are left out.
+    forward = tf.function(lambda x: [tf.nest.flatten(model(x, training=False))[i]
+                                     for i in deployed], jit_compile=jit)
     info = {"params": model.count_params(), "gflops": count_flops(model) / 1e9}
     return (info,
             lambda: model.train_on_batch(images, targets),
-            lambda: [t.numpy() for t in tf.nest.flatten(forward(single))])
+            lambda: [t.numpy() for t in forward(single)])
 
 
 def timed(run):
@@ -67,6 +71,8 @@ def timed(run):
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--encoders", nargs="+", default=["efficientnetb0", "efficientnetb4"])
+    parser.add_argument("--decoder-filters", nargs="+", default=["256,128,64,32,16"],
+                        help="decoder widths to compare, e.g. 256,128,64,32,16 128,64,32,16,16")
     parser.add_argument("--size", type=int, default=256)
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--repeats", type=int, default=5, help="timed rounds over all cases")
@@ -75,13 +81,13 @@ def main():
     args = parser.parse_args()
 
     cases = {}
-    for encoder, ds, jit in itertools.product(args.encoders, SWITCH[args.deep_supervision],
-                                              SWITCH[args.jit]):
-        info, train, infer = make_case(encoder, args.size, args.batch, ds, jit)
+    for key in itertools.product(args.encoders, args.decoder_filters,
+                                 SWITCH[args.deep_supervision], SWITCH[args.jit]):
+        info, train, infer = make_case(*key[:2], args.size, args.batch, *key[2:])
         info["first train s"] = timed(train)
         info["first infer s"] = timed(infer)
-        cases[encoder, ds, jit] = info, train, infer
-        print(f"built {encoder} deep_supervision={ds} jit={jit}: first step "
+        cases[key] = info, train, infer
+        print(f"built {key}: first step "
               f"{info['first train s']:.0f} s, first forward {info['first infer s']:.0f} s",
               flush=True)
 
@@ -95,14 +101,14 @@ def main():
     print(f"\nUNet++ speed, {platform.processor() or platform.machine()}, "
           f"{time.strftime('%Y-%m-%d')}, {args.size}x{args.size}, training batch {args.batch}, "
           f"inference batch 1, median of {args.repeats}\n")
-    print("| encoder | deep sup. | XLA | params (M) | GFLOPs/image | train images/s | "
-          "infer ms/image | first train step s | first forward s |")
-    print("|---|---|---|---:|---:|---:|---:|---:|---:|")
+    print("| encoder | decoder filters | deep sup. | XLA | params (M) | GFLOPs/image | "
+          "train images/s | infer ms/image | first train step s | first forward s |")
+    print("|---|---|---|---|---:|---:|---:|---:|---:|---:|")
     for key, (info, _, _) in cases.items():
-        encoder, ds, jit = key
+        encoder, filters, ds, jit = key
         rate = args.batch / statistics.median(train_s[key])
         ms = 1000 * statistics.median(infer_s[key])
-        print(f"| {encoder} | {'on' if ds else 'off'} | {'on' if jit else 'off'} | "
+        print(f"| {encoder} | {filters} | {'on' if ds else 'off'} | {'on' if jit else 'off'} | "
               f"{info['params'] / 1e6:.2f} | {info['gflops']:.1f} | {rate:.2f} | {ms:.0f} | "
               f"{info['first train s']:.0f} | {info['first infer s']:.1f} |")
 

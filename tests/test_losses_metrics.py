@@ -35,8 +35,9 @@ def test_bce_dice_focal_match_hand_computed_values():
 def test_lovasz_hinge_matches_hand_computed_values_per_image():
     gt = _images([1, 0], [1, 1], [0, 0])
     pr = tf.constant(_sigmoid([[2, 1], [3, 0], [-3, 1]]).astype("float32")[:, None, :, None])
-    # errors 1 - logit * sign, sorted descending, weighted by the Lovasz gradient of the Jaccard loss:
-    # [2, -1] with grad [.5, .5] -> 1;  [1, -2] with [.5, .5] -> .5;  empty: [2, -2] with [1, 0] -> 2.
+    # Errors 1 - logit * sign, sorted descending, weighted by the Lovasz gradient of the Jaccard
+    # loss: [2, -1] with grad [.5, .5] -> 1;  [1, -2] with [.5, .5] -> .5;
+    # empty image: [2, -2] with [1, 0] -> 2.
     expected = (1.0 + 0.5 + 2.0) / 3
     assert float(LovaszHingeLoss()(gt, pr)) == pytest.approx(expected, abs=1e-4)
     compiled = tf.function(lambda g, p: LovaszHingeLoss()(g, p), jit_compile=True)

@@ -6,6 +6,6 @@ from keras_ptx.model.metrics import CompetitionScore, PerImageIoU, make_metrics
 from keras_ptx.model.precision import resolve_jit_compile, resolve_mixed_precision
 from keras_ptx.model.unetpp import build_model, output_names
 
-__all__ = ["ENCODERS", "WeightsError", "build_encoder", "feature_layer_names", "count_flops", "size_summary",
-           "make_losses", "CompetitionScore", "PerImageIoU", "make_metrics",
+__all__ = ["ENCODERS", "WeightsError", "build_encoder", "feature_layer_names", "count_flops",
+           "size_summary", "make_losses", "CompetitionScore", "PerImageIoU", "make_metrics",
            "resolve_jit_compile", "resolve_mixed_precision", "build_model", "output_names"]

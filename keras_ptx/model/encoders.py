@@ -36,7 +36,8 @@ class Encoder:
 
 def check_encoder_name(name: str) -> None:
     if name not in ENCODERS:
-        raise ValueError(f"model.encoder: unknown encoder {name!r}; choose one of {', '.join(ENCODERS)}")
+        raise ValueError(f"model.encoder: unknown encoder {name!r}; "
+                         f"choose one of {', '.join(ENCODERS)}")
 
 
 def feature_layer_names(name: str) -> tuple[str, ...]:
@@ -62,7 +63,8 @@ def resolve_weights(name: str, weights: str) -> str | None:
     file_name, url, file_hash = imagenet_weights_source(name)
     if weights == "imagenet":
         try:
-            return tf.keras.utils.get_file(file_name, url, cache_subdir="models", file_hash=file_hash)
+            return tf.keras.utils.get_file(file_name, url, cache_subdir="models",
+                                           file_hash=file_hash)
         except Exception as exc:  # get_file raises a bare Exception for network failures
             raise WeightsError(
                 f"could not download the ImageNet weights of {name} ({exc}). Without network "
@@ -80,8 +82,9 @@ def resolve_weights(name: str, weights: str) -> str | None:
 def build_encoder(name: str, image_size: int, weights: str = "none") -> Encoder:
     """Build ``name`` for square ``image_size`` inputs (a multiple of 32) and load its weights."""
     if image_size < 32 or image_size % 32:
-        raise ValueError(f"data.image_size: {image_size} is not a positive multiple of 32 "
-                         f"(the encoder halves the size five times); try {max(32, image_size // 32 * 32)}")
+        nearest = max(32, image_size // 32 * 32)
+        raise ValueError(f"data.image_size: {image_size} is not a positive multiple of 32 (the "
+                         f"encoder halves the size five times); try {nearest}")
     weights_file = resolve_weights(name, weights)
     backbone = sm.Backbones.get_backbone(
         name, input_shape=(image_size, image_size, 3), weights=None, include_top=False,

@@ -71,7 +71,8 @@ def lovasz_hinge_per_image(gt, pr):
 def mask_loss(loss: LossConfig) -> MaskLoss:
     for key in ("bce", "dice", "focal", "lovasz", "classifier"):
         if getattr(loss, key) < 0:
-            raise ValueError(f"train.loss.{key}: a weight cannot be negative, got {getattr(loss, key)}")
+            raise ValueError(f"train.loss.{key}: a weight cannot be negative, "
+                             f"got {getattr(loss, key)}")
     return MaskLoss([(loss.bce, sm.losses.BinaryCELoss()),
                      (loss.dice, sm.losses.DiceLoss()),
                      (loss.focal, sm.losses.BinaryFocalLoss()),
