@@ -34,6 +34,11 @@ SIZE = 64
 SHAPES = [(64, 64), (100, 80), (70, 130), (200, 200), (90, 90)]
 
 
+def _config():
+    return load_config(None, [f"data.image_size={SIZE}", "model.encoder=efficientnetb0",
+                              "model.weights=none", "eval.batch_size=3"])
+
+
 def _logits_layer(model, output):
     return model.get_layer(output).input._keras_history.layer
 
@@ -64,8 +69,7 @@ def run(tmp_path_factory, monkeypatch_module):
     from keras_ptx.model import build_model
 
     path = tmp_path_factory.mktemp("run")
-    config = load_config(None, [f"data.image_size={SIZE}", "model.encoder=efficientnetb0",
-                                "model.weights=none", "eval.batch_size=3"])
+    config = _config()
     tf.keras.utils.set_random_seed(1)
     model = build_model(config)
     _sharpen(model, "mask", 60.0)
@@ -286,3 +290,32 @@ def test_clear_errors_for_missing_inputs(run, dicom_dir, tmp_path):
         main, ["predict", "--model", str(tmp_path), "--dicom-dir", str(dicom_dir), "--out",
                str(tmp_path / "out")])
     assert result.exit_code == 1 and "not a training run directory" in result.stderr
+
+
+def _headless_model():
+    """A tiny stand-in network with only a mask output (no image-level head)."""
+    inputs = tf.keras.Input((SIZE, SIZE, 3))
+    x = tf.keras.layers.Conv2D(1, 3, padding="same", name="logits",
+                               kernel_initializer=tf.keras.initializers.GlorotUniform(seed=3))(inputs)
+    model = tf.keras.Model(inputs, tf.keras.layers.Activation("sigmoid", name="mask")(x))
+    _sharpen(model, "mask", 4.0)
+    _centre_peaks(model, _val_squares())
+    return model
+
+
+def test_without_a_label_head(dicom_dir, tmp_path, monkeypatch):
+    model = _headless_model()
+    monkeypatch.setattr(rundir, "load_model", lambda d: (_config(), model))
+    _planted_records(tmp_path, model)
+    result = CliRunner().invoke(main, ["evaluate", "--model", str(tmp_path), "--data", str(tmp_path),
+                                       "--cases", "0"])
+    assert result.exit_code == 0, result.output + result.stderr
+    report = json.loads((tmp_path / "eval" / "report.json").read_text())
+    assert set(report["kinds"]) == {"threshold", "triplet"} and report["cases"] == []
+    assert report["image_level"]["source"] == "maximum pixel probability"
+    assert report["kinds"]["triplet"]["score"] == pytest.approx(1.0, abs=1e-3)
+
+    PostProcess(cls_threshold=0.5).save(tmp_path / rundir.POSTPROCESS)
+    result = CliRunner().invoke(main, ["predict", "--model", str(tmp_path), "--dicom-dir",
+                                       str(dicom_dir), "--out", str(tmp_path / "out")])
+    assert result.exit_code == 1 and "the model has none" in result.stderr
