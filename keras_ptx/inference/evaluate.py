@@ -108,19 +108,11 @@ def evaluate(run_dir, data_dir: str, split: str = "val", tta: str | None = None,
         "image_level": {
             "source": "label head" if predictor.has_label_head else "maximum pixel probability",
             **classification_metrics(image_prob, labels, 0.5)},
-        "plots": [],
-        "cases": [],
     }
     if chosen.post.cls_threshold is not None:
         report["image_level"]["at_chosen_gate"] = classification_metrics(
             image_prob, labels, chosen.post.cls_threshold)
-    for name, result in results.items():
-        path = plots.plot_profiles(out / f"score_{name}.png", f"{name}: best score at each value",
-                                   result.profiles)
-        report["plots"].append(path.name)
-    fpr, tpr, _ = roc_curve(image_prob, labels)
-    plots.plot_roc(out / ROC_PNG, fpr, tpr, report["image_level"]["auc"])
-    report["plots"].append(ROC_PNG)
+    report["plots"] = _plot(out, results, image_prob, labels, report["image_level"]["auc"])
     report["cases"] = _draw_cases(seen, chosen, dataset(), out / CASES, cases)
     (out / REPORT_JSON).write_text(json.dumps(report, indent=2) + "\n")
     (out / REPORT_MD).write_text(report_md.to_markdown(report))
@@ -141,6 +133,17 @@ def _run_model(predictor: Predictor, dataset, cache: MapCache, split: str, progr
                 seen.mask_area += batch["mask_area"].numpy()[labeled].tolist()
             bar.update(len(labeled))
     return seen
+
+
+def _plot(out: Path, results, image_prob, labels, auc) -> list[str]:
+    """Score-against-parameter charts of each kind and the image-level ROC; their file names."""
+    names = []
+    for name, result in results.items():
+        names.append(plots.plot_profiles(out / f"score_{name}.png",
+                                         f"{name}: best score at each value", result.profiles).name)
+    fpr, tpr, _ = roc_curve(image_prob, labels)
+    names.append(plots.plot_roc(out / ROC_PNG, fpr, tpr, auc).name)
+    return names
 
 
 def _area_stats(areas: np.ndarray) -> dict | None:
