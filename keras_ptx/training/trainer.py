@@ -20,6 +20,7 @@ metrics.json. Epochs are 1-based in printed lines and metrics.json, 0-based in h
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
@@ -129,7 +130,7 @@ def train(config: Config, data_dir: str, run_dir, *, resume: bool = False,
     barrier(strategy)                   # the chief has prepared RUN_DIR
     monitor = "val_" + score_key(config)
     start = resume_point(run, monitor)
-    train_data, val_data, fit_steps, steps = _datasets(config, data_dir, strategy, start)
+    train_data, val_data, steps = _datasets(config, data_dir, strategy, start)
 
     tf.keras.utils.set_random_seed(config.train.seed)
     with strategy.scope():
@@ -141,7 +142,7 @@ def train(config: Config, data_dir: str, run_dir, *, resume: bool = False,
     own = _Callbacks(config, data_dir, run, monitor, start, chief, echo)
     echo(_opening_line(config, strategy, steps, start))
     model.fit(train_data, validation_data=val_data, epochs=config.train.epochs,
-              steps_per_epoch=fit_steps, validation_steps=config.train.validation_steps,
+              steps_per_epoch=steps,
               callbacks=[*callbacks, *own.callbacks], verbose=1 if sys.stdout.isatty() else 2)
     barrier(strategy)                   # every worker's last epoch is written
     metrics = _finish(model, config, run, monitor, val_data, own, chief, echo)
@@ -149,36 +150,47 @@ def train(config: Config, data_dir: str, run_dir, *, resume: bool = False,
 
 
 def _datasets(config: Config, data_dir: str, strategy, start: ResumePoint):
-    """(train, val) distributed datasets with targets named as the model's outputs,
-    steps per epoch for ``fit`` (None: the dataset ends the epoch) and for the LR schedule."""
+    """(train, val, steps per epoch).
+
+    Training: ``distribute_datasets_from_function``, so each worker reads its own files at the
+    per-replica batch; Keras runs distributed datasets for a fixed number of steps without
+    restarting them, so the stream is endless and an epoch is ``steps`` global batches (one
+    pass over the split unless ``train.steps_per_epoch`` says otherwise). Validation: a plain
+    dataset that Keras distributes and restarts each epoch, which is what gives every
+    validation image exactly once per epoch, partial batches included (its first
+    ``train.validation_steps`` batches, if set); workers take alternate batches.
+    """
     names = output_names(config.model)
 
     def targets(image, truth):
         return image, {name: truth["label" if name == "label" else "mask"] for name in names}
 
-    def train_fn(context):
-        return pipeline.make_dataset(config, data_dir, "train", epoch=start.epoch,
-                                     num_epochs=config.train.epochs,
-                                     input_context=context).map(targets)
-
-    def val_fn(context):
-        return pipeline.make_dataset(config, data_dir, "val", training=False,
-                                     input_context=context).map(targets)
-
     try:
-        train_data = strategy.distribute_datasets_from_function(train_fn)
-        val_data = strategy.distribute_datasets_from_function(val_fn)
-        fit_steps = pipeline.steps_per_epoch(config, data_dir)
+        steps = pipeline.steps_per_epoch(config, data_dir) or _one_pass(config, data_dir)
+        endless = dataclasses.replace(config, train=dataclasses.replace(
+            config.train, steps_per_epoch=steps))
+        train_data = strategy.distribute_datasets_from_function(
+            lambda context: pipeline.make_dataset(
+                endless, data_dir, "train", epoch=start.epoch, num_epochs=config.train.epochs,
+                input_context=context).map(targets))
+        val_data = pipeline.make_dataset(config, data_dir, "val", training=False).map(targets)
     except ValueError as exc:
         raise TrainingError(str(exc)) from None
-    if fit_steps is not None:
-        return train_data, val_data, fit_steps, fit_steps
-    count = tf.data.TFRecordDataset(records.shard_files(data_dir, "train")).reduce(
-        np.int64(0), lambda n, _: n + 1)
-    if int(count) < config.train.batch_size:
-        raise TrainingError(f"--data {data_dir}: {int(count)} training records, fewer than one "
+    if config.train.validation_steps:
+        val_data = val_data.repeat().take(config.train.validation_steps).apply(
+            tf.data.experimental.assert_cardinality(config.train.validation_steps))
+    options = tf.data.Options()     # workers split the batches (the split may be a single file)
+    options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
+    return train_data, val_data.with_options(options), steps
+
+
+def _one_pass(config: Config, data_dir: str) -> int:
+    count = int(tf.data.TFRecordDataset(records.shard_files(data_dir, "train")).reduce(
+        np.int64(0), lambda n, _: n + 1))
+    if count < config.train.batch_size:
+        raise TrainingError(f"--data {data_dir}: {count} training records, fewer than one "
                             f"batch of train.batch_size={config.train.batch_size}")
-    return train_data, val_data, None, int(count) // config.train.batch_size
+    return count // config.train.batch_size
 
 
 class _Callbacks:
@@ -249,13 +261,12 @@ def _finish(model, config: Config, run: Path, monitor: str, val_data, own: _Call
         raise TrainingError(f"no epoch ended with a finite {monitor}, so there is no best "
                             f"checkpoint (see {run / rundir.HISTORY}); lower "
                             f"train.learning_rate and re-run with --overwrite")
-    model.load_weights(str(best_path))
+    _load_weights(model, best_path, config)
     final, averaged = "best_epoch", None
     if own.averaging and own.averaging.mean is not None:
         best_weights = model.get_weights()
         model.set_weights(own.averaging.averaged_weights(best_weights))
-        scores = model.evaluate(val_data, steps=config.train.validation_steps,
-                                return_dict=True, verbose=0)
+        scores = model.evaluate(val_data, return_dict=True, verbose=0)
         averaged = {"epochs": [e + 1 for e in own.averaging.epochs],
                     monitor: float(scores[monitor[len("val_"):]])}
         if averaged[monitor] > own.best.best:
@@ -292,6 +303,19 @@ def _finish(model, config: Config, run: Path, monitor: str, val_data, own: _Call
          + f"\nsaved {'the weight average' if final == 'swa' else 'the best epoch'} as "
            f"{run / rundir.BEST_WEIGHTS}")
     return metrics
+
+
+def _load_weights(model, path: Path, config: Config) -> None:
+    """``model.load_weights`` for a model of any strategy: tf-keras cannot assign values read
+    from an h5 file to the sync-on-read variables (BatchNorm statistics) of a distributed
+    model, so those get the weights through a plain twin."""
+    if resolve_strategy_name(config.train.strategy) == "default":
+        model.load_weights(str(path))
+        return
+    twin = build_model(dataclasses.replace(config, model=dataclasses.replace(
+        config.model, weights="none")))
+    twin.load_weights(str(path))
+    model.set_weights(twin.get_weights())
 
 
 def _save_weights(model, path: Path, chief: bool) -> None:
