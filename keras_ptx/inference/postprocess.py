@@ -28,6 +28,8 @@ from typing import Optional
 import numpy as np
 from scipy import ndimage
 
+from keras_ptx import rundir
+
 REFERENCE_SIDE = 1024
 KINDS = ("threshold", "triplet")
 _EIGHT_CONNECTED = np.ones((3, 3), dtype=bool)
@@ -222,3 +224,13 @@ def _component_areas_tf(mask):
     segment = tf.cast(parent[:, 1:], tf.int32) + offset
     counts = tf.math.unsorted_segment_sum(tf.ones_like(segment), segment, batch * (n + 1))
     return tf.reshape(tf.gather(counts, segment), shape)
+
+
+def load_for_run(run_dir, config) -> tuple[PostProcess, str]:
+    """The run's saved rule, or the config's pixel threshold (with the reason) when there is none."""
+    path = Path(run_dir) / rundir.POSTPROCESS
+    if not path.is_file():
+        return (PostProcess(threshold=config.eval.threshold),
+                f"no {rundir.POSTPROCESS} in the run (bin/evaluate has not been run): "
+                f"default pixel threshold {config.eval.threshold:g}")
+    return PostProcess.load(path), str(path)

@@ -30,7 +30,7 @@ from keras_ptx.data.annotations import write_annotations
 from keras_ptx.data.dicom import DicomError, read_dicom
 from keras_ptx.data.geometry import from_square, image_to_square
 from keras_ptx.inference import plots
-from keras_ptx.inference.postprocess import PostProcess, PostProcessError
+from keras_ptx.inference.postprocess import PostProcess, PostProcessError, load_for_run
 from keras_ptx.inference.runner import Predictor
 
 SUBMISSION = "submission.csv"
@@ -64,19 +64,6 @@ def dicom_files(dicom_dir) -> list[Path]:
     return sorted(p for p in root.rglob("*") if p.suffix.lower() == ".dcm" and p.is_file())
 
 
-def load_postprocess(run_dir, config) -> tuple[PostProcess, str]:
-    """The run's saved rule, or the config's pixel threshold (with the reason) when there is none."""
-    path = Path(run_dir) / rundir.POSTPROCESS
-    if not path.is_file():
-        return (PostProcess(threshold=config.eval.threshold),
-                f"no {rundir.POSTPROCESS} in the run (bin/evaluate has not been run): "
-                f"default pixel threshold {config.eval.threshold:g}")
-    try:
-        return PostProcess.load(path), str(path)
-    except PostProcessError as exc:
-        raise PredictError(str(exc)) from None
-
-
 def predict(run_dir, dicom_dir, out, layout: str = "stage1", overlays: bool = False,
             tta: str | None = None, batch_size: int | None = None, progress: bool = True,
             log: Callable[[str], None] = print) -> Summary:
@@ -89,7 +76,10 @@ def predict(run_dir, dicom_dir, out, layout: str = "stage1", overlays: bool = Fa
         config, model = rundir.load_model(run_dir)
     except rundir.RunDirError as exc:
         raise PredictError(str(exc)) from None
-    post, source = load_postprocess(run_dir, config)
+    try:
+        post, source = load_for_run(run_dir, config)
+    except PostProcessError as exc:
+        raise PredictError(str(exc)) from None
     log(f"post-processing: {post.describe()} ({source})")
     try:
         predictor = Predictor(model, tta or config.eval.tta)

@@ -28,9 +28,9 @@ class Predictor:
         self.has_label_head = "label" in self.names
         self.size = int(model.input_shape[1])
         spec = tf.TensorSpec([None, self.size, self.size, 3], tf.float32)
-        self._normalised = tf.function(self._run, input_signature=[spec])
+        self._normalised = tf.function(self.run_tf, input_signature=[spec])
         gray = tf.TensorSpec([None, self.size, self.size, 1], tf.uint8)
-        self._gray = tf.function(lambda g: self._run(to_model_input(g)), input_signature=[gray])
+        self._gray = tf.function(lambda g: self.run_tf(to_model_input(g)), input_signature=[gray])
 
     def _outputs(self, x):
         out = self.model(x, training=False)
@@ -40,7 +40,8 @@ class Predictor:
             return dict(zip(self.names, out))
         return {"mask": out}
 
-    def _run(self, x):
+    def run_tf(self, x):
+        """Graph version: normalised ``[B, S, S, 3]`` -> (maps ``[B, S, S]``, image prob ``[B]``)."""
         n = tf.shape(x)[0]
         if self.tta == "hflip":
             out = self._outputs(tf.concat([x, tf.reverse(x, axis=[2])], axis=0))

@@ -25,9 +25,8 @@ import json
 import uuid
 
 import keras_ptx
-from keras_ptx.inference.postprocess import PostProcess, apply_tf
+from keras_ptx.inference.postprocess import PostProcess, apply_tf, load_for_run
 from keras_ptx.input.normalize import to_model_input
-from keras_ptx.inference.predict import load_postprocess
 from keras_ptx.inference.runner import Predictor
 from keras_ptx.rundir import load_model
 from keras_ptx.serving import (BYTES_INPUT, IMAGE_INPUT, PREDICT_IMAGE, SERVING_DEFAULT,
@@ -79,7 +78,7 @@ def serving_functions(predictor: Predictor, post: PostProcess) -> dict:
 
     @tf.function(input_signature=[tf.TensorSpec([None, size, size, 1], tf.float32)])
     def infer(squares):  # one trace of the network, shared by both signatures
-        prob, image_prob = predictor._run(to_model_input(squares))
+        prob, image_prob = predictor.run_tf(to_model_input(squares))
         return prob, apply_tf(post, prob[..., None], image_prob, side=size)[..., 0], image_prob
 
     @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name=BYTES_INPUT)])
@@ -196,7 +195,7 @@ def export_run(run_dir, export_base, version: int | None = None, tta: str | None
     if version is not None:
         check_version_free(export_base, version)
     config, model = load_model(run_dir)
-    post, source = load_postprocess(run_dir, config)
+    post, source = load_for_run(run_dir, config)
     tta = tta or config.eval.tta
     return export_model(model, post, export_base, version, config.export.warmup_requests, tta,
                         metadata={"run_dir": str(run_dir), "postprocess_source": source})
