@@ -37,3 +37,7 @@ def command(config_path, data_dir, run_dir, overrides, resume, overwrite):
         raise click.UsageError(str(exc)) from None
     except TrainingError as exc:
         raise click.ClickException(str(exc)) from None
+    except KeyboardInterrupt:
+        click.echo("\ninterrupted; run the same command again to continue from the last "
+                   "finished epoch", err=True)
+        raise SystemExit(130) from None

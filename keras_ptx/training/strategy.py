@@ -75,5 +75,9 @@ def barrier(strategy: tf.distribute.Strategy) -> None:
     epoch's callbacks.
     """
     if isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
-        strategy.reduce(tf.distribute.ReduceOp.SUM,
-                        strategy.run(lambda: tf.constant(1.0)), axis=None)
+        strategy.reduce(tf.distribute.ReduceOp.SUM, _ones(strategy), axis=None)
+
+
+@tf.function
+def _ones(strategy):
+    return strategy.run(lambda: tf.constant(1.0))

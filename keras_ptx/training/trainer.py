@@ -37,8 +37,8 @@ from keras_ptx import rundir
 from keras_ptx.config import Config, ConfigError
 from keras_ptx.data import records
 from keras_ptx.input import pipeline
-from keras_ptx.model import (build_model, make_losses, make_metrics, output_names,
-                             resolve_jit_compile, resolve_mixed_precision)
+from keras_ptx.model import (WeightsError, build_model, make_losses, make_metrics,
+                             output_names, resolve_jit_compile, resolve_mixed_precision)
 from keras_ptx.model.unetpp import check_model_config
 from keras_ptx.tf_setup import tf
 from keras_ptx.training import TrainingError
@@ -134,7 +134,10 @@ def train(config: Config, data_dir: str, run_dir, *, resume: bool = False,
 
     tf.keras.utils.set_random_seed(config.train.seed)
     with strategy.scope():
-        model = build_model(config)
+        try:
+            model = build_model(config)
+        except WeightsError as exc:
+            raise TrainingError(str(exc)) from None
         losses, loss_weights = make_losses(config)
         model.compile(optimizer=make_optimizer(config.train, steps), loss=losses,
                       loss_weights=loss_weights, metrics=make_metrics(config),
