@@ -104,6 +104,8 @@ def check_records(config: Config, data_dir: str) -> None:
             pipeline.make_dataset(config, data_dir, split, training=False)
     except ValueError as exc:
         raise TrainingError(str(exc)) from None
+    except tf.errors.OpError as exc:
+        raise TrainingError(f"--data {data_dir}: unreadable records ({exc.message})") from None
 
 
 def train(config: Config, data_dir: str, run_dir, *, resume: bool = False,
@@ -283,7 +285,7 @@ def _finish(model, config: Config, run: Path, monitor: str, val_data, own: _Call
     history = read_history(run)
     best = best_row(history, monitor)
     stop = None
-    if any(math.isnan(row.get("loss", math.nan)) for row in history):
+    if any(math.isnan(row.get("loss", 0.0)) for row in history):
         stop = "nan_loss"
     elif own.early_stopping and own.early_stopping.stopped_epoch:
         stop = "early_stopping"
