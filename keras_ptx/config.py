@@ -109,7 +109,7 @@ class TrainConfig:
     warmup_epochs: float = 1.0
     plateau_factor: float = 0.5
     plateau_patience: int = 3
-    early_stopping_patience: int = 10
+    early_stopping_patience: int = 10      # 0 = no early stopping
     loss: LossConfig = field(default_factory=LossConfig)
     metric_threshold: float = 0.5       # pixel threshold of the streaming competition metric
     jit_compile: Union[bool, str] = "auto"      # auto = on with a GPU, off on CPU
@@ -251,6 +251,11 @@ def _coerce(tp, value, path):
     elif tp is float:
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             return float(value)
+        if isinstance(value, str):      # YAML 1.1 reads 1e-4 (no dot) as a string
+            try:
+                return float(value)
+            except ValueError:
+                pass
     elif tp is str:
         if isinstance(value, str):
             return value

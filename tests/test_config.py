@@ -148,3 +148,8 @@ def test_dump_then_load_round_trips(tmp_path):
     config = load_config(None, ["train.batch_size=3", "model.decoder_filters=[32, 16]"])
     dump_config(config, tmp_path / "saved.yaml")
     assert load_config(tmp_path / "saved.yaml") == config
+
+
+def test_exponent_without_a_dot_is_a_number():
+    # YAML 1.1 (PyYAML) reads 1e-4 as a string; a float field still takes it.
+    assert load_config(None, ["train.learning_rate=1e-4"]).train.learning_rate == 1e-4

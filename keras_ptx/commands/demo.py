@@ -70,9 +70,12 @@ def _real_radiograph(folder: Path) -> Path:
               default=REPO_CONFIGS / "demo.yaml", show_default=True, help="Training config.")
 @click.option("--n-images", type=int, default=800, show_default=True, help="Synthetic training images.")
 @click.option("--dicom-size", type=int, default=1024, show_default=True, help="Synthetic DICOM side (SIIM: 1024).")
+@click.option("--positive-fraction", type=float, default=0.5, show_default=True,
+              help="Share of synthetic images with a pneumothorax (SIIM: 0.22; more teaches faster).")
 @click.option("--workers", type=int, default=2, show_default=True)
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="Config overrides for training.")
-def command(workdir: Path, config_path: Path, n_images: int, dicom_size: int, workers: int, overrides):
+def command(workdir: Path, config_path: Path, n_images: int, dicom_size: int, positive_fraction: float, workers: int,
+            overrides):
     """Run the whole workflow on a synthetic SIIM-like dataset and print how well it learned."""
     from keras_ptx.config import load_config
 
@@ -82,7 +85,8 @@ def command(workdir: Path, config_path: Path, n_images: int, dicom_size: int, wo
     sets = [a for o in overrides for a in ("--set", o)]
     _stage("synthetic data", synth / "synthetic.json",
            ["make-synthetic", str(synth), "--n-images", str(n_images), "--size", str(dicom_size),
-            "--workers", str(workers), "--test-fraction", "0.05"])
+            "--positive-fraction", str(positive_fraction), "--workers", str(workers),
+            "--test-fraction", "0.05"])
     _stage("TFRecords", records / "manifest.json",
            ["build-tfrecords", "--dicom-dir", str(synth / "dicom-images-train"),
             "--labels", str(synth / "train-rle.csv"), "--out", str(records),
