@@ -17,7 +17,7 @@ demo: $(STAMP)
 	$(VENV)/bin/keras-ptx demo --workdir demo-run
 
 test: $(STAMP)
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q --durations=10
 
 test-fast: $(STAMP)
 	$(PY) -m pytest -q -m "not slow"
