@@ -1,0 +1,29 @@
+"""keras_ptx runs on tf-keras (Keras 2) and refuses clearly when Keras 3 got there first."""
+import os
+import subprocess
+import sys
+
+
+def _run(code: str, **env):
+    environ = {k: v for k, v in os.environ.items() if k != "TF_USE_LEGACY_KERAS"}
+    environ.update(env)
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          env=environ, timeout=120)
+
+
+def test_importing_keras_ptx_first_gives_tf_keras():
+    result = _run("import keras_ptx.tf_setup as s; print(s.tf.keras.layers.Layer.__module__)")
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.strip().startswith("tf_keras.")
+
+
+def test_keras3_loaded_before_keras_ptx_is_refused_with_a_clear_error():
+    result = _run("import tensorflow, keras\nimport keras_ptx")
+    assert result.returncode != 0
+    assert "KerasVersionError" in result.stderr
+    assert "Import keras_ptx before tensorflow" in result.stderr
+
+
+def test_legacy_keras_switched_off_is_refused():
+    result = _run("import keras_ptx", TF_USE_LEGACY_KERAS="0")
+    assert "KerasVersionError" in result.stderr and "TF_USE_LEGACY_KERAS" in result.stderr
