@@ -68,7 +68,7 @@ def _real_radiograph(folder: Path) -> Path:
               show_default=True, help="Where every stage writes its outputs.")
 @click.option("--config", "config_path", type=click.Path(dir_okay=False, path_type=Path),
               default=REPO_CONFIGS / "demo.yaml", show_default=True, help="Training config.")
-@click.option("--n-images", type=int, default=800, show_default=True, help="Synthetic training images.")
+@click.option("--n-images", type=int, default=1500, show_default=True, help="Synthetic training images.")
 @click.option("--dicom-size", type=int, default=1024, show_default=True, help="Synthetic DICOM side (SIIM: 1024).")
 @click.option("--positive-fraction", type=float, default=0.5, show_default=True,
               help="Share of synthetic images with a pneumothorax (SIIM: 0.22; more teaches faster).")
