@@ -2,7 +2,9 @@
 
 A pneumothorax is air between the chest wall and a collapsed lung. It is drawn as the band of
 lung within ``reach`` pixels of the lung border along one stretch of pleura (apical, lateral or
-basal), ``reach`` tapering to zero at both ends of the stretch. Inside the band the lung
+basal), ``reach`` tapering to zero at both ends of the stretch; one larger than such a band can
+hold is the whole lung shrunk toward its hilum, the gap along its apical, lateral and basal
+border (fading toward the mediastinum). Inside the band the lung
 markings vanish and the air deepens (darker); just beyond it a thin bright visceral pleural
 line bounds the collapsed lung. The mask of each annotation is computed once at full
 resolution from the upsampled fields, and the same boolean mask darkens the image, so the
@@ -13,6 +15,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+import cv2
 import numpy as np
 
 from keras_ptx.synthetic.anatomy import SIDES, Chest
@@ -30,6 +33,7 @@ LOCATIONS = {"apical": ((-115, -85), (25, 50), 0.37),
              "basal": ((35, 55), (12, 25), 0.06)}
 _MEDIAL_LIMITS = (math.radians(-135), math.radians(80))
 _WINDOW_GAP = 0.2                   # radians between two lesions on the same lung
+MAX_COLLAPSE = 0.55                 # the collapsed lung keeps at least ~45% of its height
 
 
 @dataclass(frozen=True)
@@ -41,6 +45,7 @@ class Lesion:
     depth: float                    # widest gap, working-resolution pixels
     darkening: float                # extra air density in the gap
     line: float                     # brightness of the visceral pleural line
+    collapse: float = 0.0           # > 0: the whole lung shrunk by this share toward the hilum
 
     @property
     def tag(self) -> str:
@@ -55,28 +60,67 @@ def sample_areas(rng: np.random.Generator) -> list[float]:
     return sorted((total * rng.dirichlet(np.full(n, 2.0))).tolist(), reverse=True)
 
 
+def _offset(chest: Chest, side: int, angle: float, spread: float) -> np.ndarray:
+    """Per pixel, |angle from the stretch's centre| / its half-width."""
+    return np.abs(((chest.polar_angle(side) - angle + math.pi) % (2 * math.pi) - math.pi) / spread)
+
+
 def _reach(chest: Chest, side: int, angle: float, spread: float) -> np.ndarray:
     """How far the gap may extend from the border, per pixel, per unit of depth (0..1)."""
-    offset = (chest.polar_angle(side) - angle + math.pi) % (2 * math.pi) - math.pi
-    return np.clip(1.0 - np.abs(offset / spread) ** 3, 0.0, 1.0) ** 1.5
+    return np.clip(1.0 - _offset(chest, side, angle, spread) ** 3, 0.0, 1.0) ** 1.5
+
+
+def _collapsed_sd(chest: Chest, side: int, collapse: float) -> np.ndarray:
+    """Signed distance to the lung shrunk by ``collapse`` (0..1) toward its hilum (the most
+    medial lung pixel at the lung centre's height): the collapsed lung's outline keeps the
+    lung's shape, so the gap runs along the whole apical, lateral and basal border."""
+    sd = chest.lung_sd[side]
+    cu, cv = chest.lung_center[side]
+    near = (sd > 0) & (np.abs(chest.v - cv) < 0.03)
+    flat = np.flatnonzero(near)[np.argmin((side * (chest.u - cu))[near])]
+    hy, hx = divmod(int(flat), sd.shape[1])
+    k = 1.0 - collapse
+    ys, xs = np.indices(sd.shape, dtype=np.float32)
+    return k * cv2.remap(sd, hx + (xs - hx) / k, hy + (ys - hy) / k, cv2.INTER_LINEAR,
+                         borderMode=cv2.BORDER_REPLICATE)
+
+
+def _collapse_reach(chest: Chest, side: int, collapse: float) -> np.ndarray:
+    """The gap around a collapsed lung, fading out toward the mediastinum."""
+    angle, spread = 0.5 * sum(_MEDIAL_LIMITS), 0.5 * (_MEDIAL_LIMITS[1] - _MEDIAL_LIMITS[0])
+    fade = np.clip(4.0 * (1.0 - _offset(chest, side, angle, spread)), 0.0, 1.0)
+    return (chest.lung_sd[side] - _collapsed_sd(chest, side, collapse)) * fade
+
+
+def _bisect(pixels, hi: float, target: float) -> float:
+    """The smallest x in (0, hi] with ``pixels(x) >= target`` (``pixels`` grows with x), or
+    ``hi`` if even that falls short."""
+    lo = 0.0
+    if pixels(hi) <= target:
+        return hi
+    for _ in range(18):
+        mid = 0.5 * (lo + hi)
+        if pixels(mid) < target:
+            lo = mid
+        else:
+            hi = mid
+    return hi
 
 
 def _fit_depth(sd: np.ndarray, reach: np.ndarray, target: float, spread: float) -> float:
     """Bisect the depth whose band {0 < sd < depth * reach} has ``target`` pixels, at most a
     share of the lung's thickness that grows with the stretch of pleura (a deep gap along a
-    short stretch would pinch into the lung's centre; along the whole border it is a
-    collapsed lung)."""
+    short stretch would pinch into the lung's centre)."""
     inside = sd > 0
-    lo, hi = 0.0, float(sd.max()) * min(0.85, 0.25 + 0.35 * spread)
-    if np.count_nonzero(inside & (sd < hi * reach)) <= target:
-        return hi
-    for _ in range(18):
-        mid = 0.5 * (lo + hi)
-        if np.count_nonzero(inside & (sd < mid * reach)) < target:
-            lo = mid
-        else:
-            hi = mid
-    return hi
+    return _bisect(lambda depth: np.count_nonzero(inside & (sd < depth * reach)),
+                   float(sd.max()) * min(0.85, 0.25 + 0.35 * spread), target)
+
+
+def _gap_reach(chest: Chest, lesion: Lesion) -> np.ndarray:
+    """Per pixel, how far from the border the gap extends: it is {0 < sd < reach}."""
+    if lesion.collapse:
+        return _collapse_reach(chest, lesion.side, lesion.collapse)
+    return lesion.depth * _reach(chest, lesion.side, lesion.angle, lesion.spread)
 
 
 def place_lesions(rng: np.random.Generator, chest: Chest, areas) -> list[Lesion]:
@@ -103,10 +147,19 @@ def place_lesions(rng: np.random.Generator, chest: Chest, areas) -> list[Lesion]
         else:
             continue                 # no room left for another separate lesion
         sd = chest.lung_sd[side]
-        depth = _fit_depth(sd, _reach(chest, side, angle, spread), max(area * pixels, 2.0), spread)
+        target = max(area * pixels, 2.0)
+        reach = _reach(chest, side, angle, spread)
+        depth = _fit_depth(sd, reach, target, spread)
+        collapse = 0.0
+        if np.count_nonzero((sd > 0) & (sd < depth * reach)) < 0.95 * target:
+            # more than a band along one stretch can hold: the whole lung collapses
+            inside = sd > 0
+            collapse = _bisect(lambda c: np.count_nonzero(
+                inside & (sd < _collapse_reach(chest, side, c))), MAX_COLLAPSE, target)
+            angle, spread = 0.5 * sum(_MEDIAL_LIMITS), 0.5 * (_MEDIAL_LIMITS[1] - _MEDIAL_LIMITS[0])
         lesions.append(Lesion(side=side, location=location, angle=angle, spread=spread,
                               depth=depth, darkening=float(rng.uniform(0.03, 0.1)),
-                              line=float(rng.uniform(0.05, 0.13))))
+                              line=float(rng.uniform(0.05, 0.13)), collapse=collapse))
     return lesions
 
 
@@ -122,7 +175,7 @@ def render_lesions(image: np.ndarray, chest: Chest, lesions, line_width: float) 
     masks = []
     for lesion in lesions:
         sd_low = chest.lung_sd[lesion.side]
-        reach_low = lesion.depth * _reach(chest, lesion.side, lesion.angle, lesion.spread)
+        reach_low = _gap_reach(chest, lesion)
         removed = chest.texture + lesion.darkening     # air right up to the chest wall
         delta_low = np.maximum(chest.tone(chest.density) - chest.tone(chest.density - removed), 0)
         ys, xs = np.nonzero((reach_low > 0) & (sd_low > -2))
