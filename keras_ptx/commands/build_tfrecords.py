@@ -21,7 +21,7 @@ import click
 @click.option("--seed", type=int, default=42, show_default=True)
 @click.option("--shard-size", type=int, default=None,
               help="Examples per shard [default: ~150 MB shards for the image size].")
-@click.option("--workers", type=int, default=os.cpu_count() or 1, show_default=True,
+@click.option("--workers", type=int, default=os.cpu_count() or 1, show_default="all cores",
               help="Decoding processes.")
 @click.option("--strict", is_flag=True, help="Exit non-zero if any input is rejected.")
 @click.option("--verify", "verify_dir", metavar="OUT",

@@ -67,15 +67,17 @@ def _real_radiograph(folder: Path) -> Path:
 @click.option("--workdir", type=click.Path(file_okay=False, path_type=Path), default=Path("demo-run"),
               show_default=True, help="Where every stage writes its outputs.")
 @click.option("--config", "config_path", type=click.Path(dir_okay=False, path_type=Path),
-              default=REPO_CONFIGS / "demo.yaml", show_default=True, help="Training config.")
+              default=REPO_CONFIGS / "demo.yaml", show_default="configs/demo.yaml",
+              help="Training config.")
 @click.option("--n-images", type=int, default=1500, show_default=True, help="Synthetic training images.")
 @click.option("--dicom-size", type=int, default=1024, show_default=True, help="Synthetic DICOM side (SIIM: 1024).")
 @click.option("--positive-fraction", type=float, default=0.5, show_default=True,
               help="Share of synthetic images with a pneumothorax (SIIM: 0.22; more teaches faster).")
-@click.option("--workers", type=int, default=2, show_default=True)
+@click.option("--workers", type=int, default=2, show_default=True,
+              help="Processes for the synthetic data and the records.")
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="Config overrides for training.")
-def command(workdir: Path, config_path: Path, n_images: int, dicom_size: int, positive_fraction: float, workers: int,
-            overrides):
+def command(workdir: Path, config_path: Path, n_images: int, dicom_size: int,
+            positive_fraction: float, workers: int, overrides):
     """Run the whole workflow on a synthetic SIIM-like dataset and print how well it learned."""
     from keras_ptx.config import load_config
 
