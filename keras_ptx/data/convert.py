@@ -11,6 +11,7 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
+from keras_ptx.data import rle
 from keras_ptx.data.annotations import union_mask
 from keras_ptx.data.dicom import DicomError, DicomHeader, read_dicom, read_dicom_header
 from keras_ptx.data.geometry import image_to_square, mask_to_square
@@ -43,10 +44,11 @@ def header(path: str) -> DicomHeader | Failure:
 
 
 def check_label(task: tuple[tuple[str, ...], int, int]) -> Failure | None:
-    """None if the RLE rows decode on a ``height`` x ``width`` grid, else why not."""
+    """None if the RLE rows are valid on a ``height`` x ``width`` grid, else why not."""
     rles, height, width = task
     try:
-        union_mask(rles, height, width)
+        for text in rles:
+            rle.runs(text, height, width)
     except ValueError as exc:
         return Failure(MALFORMED_LABEL, str(exc))
     return None

@@ -119,10 +119,14 @@ def _dataset(path: str, stop_before_pixels: bool) -> pydicom.Dataset:
         raise DicomError(path, "not a regular file" if os.path.exists(path) else "no such file")
     try:
         return pydicom.dcmread(path, stop_before_pixels=stop_before_pixels)
-    except InvalidDicomError:
-        pass                        # no preamble / file meta: maybe a bare dataset
+    except InvalidDicomError:       # no preamble / file meta: maybe a bare dataset
+        return _bare_dataset(path, stop_before_pixels)
     except Exception as exc:        # noqa: BLE001
         raise DicomError(path, f"corrupt DICOM ({type(exc).__name__}: {exc})") from exc
+
+
+def _bare_dataset(path: str, stop_before_pixels: bool) -> pydicom.Dataset:
+    """A file without preamble and file meta, accepted only if it names its SOPInstanceUID."""
     try:
         ds = pydicom.dcmread(path, force=True, stop_before_pixels=stop_before_pixels)
     except Exception as exc:        # noqa: BLE001

@@ -49,13 +49,15 @@ def is_empty(rle: str) -> bool:
     return text in ("", EMPTY)
 
 
-def decode(rle: str, height: int, width: int, relative: bool = True) -> np.ndarray:
-    """Decode one RLE string into a uint8 {0,1} mask of shape (height, width)."""
+def runs(rle: str, height: int, width: int, relative: bool = True) -> tuple[np.ndarray, np.ndarray]:
+    """Absolute (starts, ends) of a valid RLE on a ``height`` x ``width`` grid, or ValueError.
+
+    Every rule of :func:`decode` without painting the mask (the build checks labels this way).
+    """
     if height <= 0 or width <= 0:
         raise ValueError(f"mask size must be positive, got {height}x{width}")
-    n = height * width
     if is_empty(rle):
-        return np.zeros((height, width), dtype=np.uint8)
+        return np.zeros(0, np.int64), np.zeros(0, np.int64)
     starts, lengths = parse_runs(rle)
     if relative:
         ends = np.cumsum(starts + lengths)
@@ -68,11 +70,19 @@ def decode(rle: str, height: int, width: int, relative: bool = True) -> np.ndarr
         if overlap.size:
             i = int(order[overlap[0] + 1])
             raise ValueError(f"RLE run {i} (token {2 * i}) overlaps an earlier run")
+    n = height * width
     past = np.flatnonzero(ends > n)
     if past.size:
         i = int(past[0])
         raise ValueError(f"RLE run {i} (token {2 * i}) ends at pixel {ends[i]}, past the "
                          f"{height}x{width} image ({n} pixels)")
+    return starts, ends
+
+
+def decode(rle: str, height: int, width: int, relative: bool = True) -> np.ndarray:
+    """Decode one RLE string into a uint8 {0,1} mask of shape (height, width)."""
+    starts, ends = runs(rle, height, width, relative)
+    n = height * width
     edges = np.zeros(n + 1, dtype=np.int32)
     np.add.at(edges, starts, 1)
     np.add.at(edges, ends, -1)

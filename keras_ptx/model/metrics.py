@@ -7,6 +7,8 @@ Both compile under XLA (only reductions and element-wise ops).
 """
 from __future__ import annotations
 
+import abc
+
 from keras_ptx.config import Config
 from keras_ptx.model.unetpp import output_names
 from keras_ptx.tf_setup import tf
@@ -44,8 +46,9 @@ class _PerImageScore(tf.keras.metrics.Metric):
         return {**super().get_config(), "threshold": self.threshold}
 
     @staticmethod
+    @abc.abstractmethod
     def _score(intersection, pred_area, true_area):
-        raise NotImplementedError
+        """Per-image score from the areas (each a [B] tensor)."""
 
 
 class CompetitionScore(_PerImageScore):
