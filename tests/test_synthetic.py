@@ -134,10 +134,10 @@ def test_label_statistics_near_the_real_data():
 
 def test_large_pneumothoraces_reach_the_real_top_of_the_range():
     # The log-normal asks for up to 15%; a band along one stretch of pleura holds ~7% at most,
-    # so the largest ones must collapse the whole lung toward the hilum.
+    # so the largest ones must collapse the whole (bigger) lung toward the hilum.
     images = [generate_image(11, index, 128, positive=True) for index in range(300)]
     areas = np.array([image.union.mean() for image in images])
-    assert areas.max() >= 0.10
+    assert areas.max() >= 0.125
     assert 0.004 < np.median(areas) < 0.016
     biggest = images[int(np.argmax(areas))]
     assert sum(tag.startswith("ptx_") for tag in biggest.tags) == len(biggest.masks)

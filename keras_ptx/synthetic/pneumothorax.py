@@ -3,9 +3,8 @@
 A pneumothorax is air between the chest wall and a collapsed lung. It is drawn as the band of
 lung within ``reach`` pixels of the lung border along one stretch of pleura (apical, lateral or
 basal), ``reach`` tapering to zero at both ends of the stretch; one larger than such a band can
-hold is the whole lung shrunk toward its hilum, the gap along its apical, lateral and basal
-border (fading toward the mediastinum). Inside the band the lung
-markings vanish and the air deepens (darker); just beyond it a thin bright visceral pleural
+hold is the whole lung (the bigger one) shrunk toward its hilum, the gap running round all of
+its border but the mediastinal side. Inside the band the lung markings vanish and the air deepens (darker); just beyond it a thin bright visceral pleural
 line bounds the collapsed lung. The mask of each annotation is computed once at full
 resolution from the upsampled fields, and the same boolean mask darkens the image, so the
 label is exactly the region drawn.
@@ -32,8 +31,10 @@ LOCATIONS = {"apical": ((-115, -85), (25, 50), 0.37),
              "lateral": ((-35, 10), (25, 45), 0.21),
              "basal": ((35, 55), (12, 25), 0.06)}
 _MEDIAL_LIMITS = (math.radians(-135), math.radians(80))
+# A near-complete collapse leaves air all round the lung but at the hilum and mediastinum.
+_COLLAPSE_LIMITS = (math.radians(-160), math.radians(115))
 _WINDOW_GAP = 0.2                   # radians between two lesions on the same lung
-MAX_COLLAPSE = 0.55                 # the collapsed lung keeps at least ~45% of its height
+MAX_COLLAPSE = 0.7                  # the collapsed lung keeps at least ~30% of its height
 
 
 @dataclass(frozen=True)
@@ -85,9 +86,15 @@ def _collapsed_sd(chest: Chest, side: int, collapse: float) -> np.ndarray:
                          borderMode=cv2.BORDER_REPLICATE)
 
 
+def _collapse_window() -> tuple[float, float]:
+    """(centre, half-width) of the stretch of pleura a collapsed lung pulls away from."""
+    lo, hi = _COLLAPSE_LIMITS
+    return 0.5 * (lo + hi), 0.5 * (hi - lo)
+
+
 def _collapse_reach(chest: Chest, side: int, collapse: float) -> np.ndarray:
     """The gap around a collapsed lung, fading out toward the mediastinum."""
-    angle, spread = 0.5 * sum(_MEDIAL_LIMITS), 0.5 * (_MEDIAL_LIMITS[1] - _MEDIAL_LIMITS[0])
+    angle, spread = _collapse_window()
     fade = np.clip(4.0 * (1.0 - _offset(chest, side, angle, spread)), 0.0, 1.0)
     return (chest.lung_sd[side] - _collapsed_sd(chest, side, collapse)) * fade
 
@@ -130,6 +137,9 @@ def place_lesions(rng: np.random.Generator, chest: Chest, areas) -> list[Lesion]
     lesions: list[Lesion] = []
     first_side = int(rng.choice(SIDES))
     pixels = chest.frame.res ** 2
+    lung_pixels = {side: np.count_nonzero(chest.lung_sd[side] > 0) for side in SIDES}
+    if areas and areas[0] * pixels > 0.5 * lung_pixels[first_side]:
+        first_side = max(SIDES, key=lung_pixels.get)     # a big collapse needs the bigger lung
     for area in areas:
         for _ in range(40):
             side = first_side if (not lesions or rng.random() < 0.6) else -first_side
@@ -156,7 +166,7 @@ def place_lesions(rng: np.random.Generator, chest: Chest, areas) -> list[Lesion]
             inside = sd > 0
             collapse = _bisect(lambda c: np.count_nonzero(
                 inside & (sd < _collapse_reach(chest, side, c))), MAX_COLLAPSE, target)
-            angle, spread = 0.5 * sum(_MEDIAL_LIMITS), 0.5 * (_MEDIAL_LIMITS[1] - _MEDIAL_LIMITS[0])
+            angle, spread = _collapse_window()
         lesions.append(Lesion(side=side, location=location, angle=angle, spread=spread,
                               depth=depth, darkening=float(rng.uniform(0.03, 0.1)),
                               line=float(rng.uniform(0.05, 0.13)), collapse=collapse))
