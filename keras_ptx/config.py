@@ -26,7 +26,7 @@ class DataConfig:
     shuffle_buffer: int = 512
     cache: bool = False                 # keep decoded records in memory
     deterministic: bool = False         # fixed order and augmentation stream (reproducible)
-    num_parallel_calls: int = 2         # parallel augmentation calls (0 = AUTOTUNE)
+    num_parallel_calls: int = 2         # parallel augmentation calls, a batch each (0 = AUTOTUNE)
     positive_share: Optional[float] = None      # share of positive images per epoch; None = natural
     positive_share_end: Optional[float] = None  # if set, share falls linearly to this by the last epoch
     seed: int = 42

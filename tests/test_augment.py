@@ -24,6 +24,10 @@ def _square():
     return image, mask
 
 
+def _batch(image, mask, n):
+    return tf.constant(np.stack([image] * n)), tf.constant(np.stack([mask] * n))
+
+
 def _iou(a, b):
     return (a & b).sum() / max((a | b).sum(), 1)
 
@@ -65,11 +69,12 @@ def test_mask_moves_with_the_image(index, name):
     assert type(transform).__name__ == name
     augment = GraphAugmenter(lambda: A.Compose([transform]))
     image, mask = _square()
+    seeds = np.arange(4)
+    images, masks = (t.numpy() for t in augment(*_batch(image, mask, len(seeds)), seeds))
+    assert images.shape == masks.shape == (4, SIZE, SIZE, 1) and masks.dtype == np.uint8
+    assert set(np.unique(masks)) <= {0, 1}                        # nearest for masks
     moved = []
-    for seed in range(4):
-        new_image, new_mask = (t.numpy() for t in augment(tf.constant(image), tf.constant(mask), seed))
-        assert new_image.shape == new_mask.shape == (SIZE, SIZE, 1) and new_mask.dtype == np.uint8
-        assert set(np.unique(new_mask)) <= {0, 1}                 # nearest for masks
+    for seed, new_image, new_mask in zip(seeds, images, masks):
         bright, labelled = new_image[..., 0] > 155, new_mask[..., 0] > 0
         assert _iou(bright, labelled) > 0.9, (name, seed)
         moved.append(_iou(labelled, mask[..., 0] > 0))
@@ -103,9 +108,19 @@ def test_reseeded_transforms_draw_independently():
 
 def test_graph_augmenter_in_a_parallel_map_is_deterministic():
     augment = GraphAugmenter(lambda: build_policy(STRONG, SIZE))
-    image, mask = _square()
-    ds = tf.data.Dataset.range(8).map(lambda s: augment(image, mask, s), num_parallel_calls=2)
-    assert ds.element_spec[0].shape.as_list() == [SIZE, SIZE, 1]
+    images, masks = _batch(*_square(), 3)
+    ds = tf.data.Dataset.range(24).batch(3).map(lambda s: augment(images, masks, s),
+                                                num_parallel_calls=2)
+    assert ds.element_spec[0].shape.as_list() == [3, SIZE, SIZE, 1]
     first, second = ([i.numpy() for i, _ in ds] for _ in range(2))
     for a, b in zip(first, second):
         np.testing.assert_array_equal(a, b)
+
+
+def test_an_example_comes_out_the_same_whatever_its_batch():
+    augment = GraphAugmenter(lambda: build_policy(STRONG, SIZE))
+    images, masks = _batch(*_square(), 3)
+    together = augment(images, masks, np.array([5, 6, 7]))[0].numpy()
+    alone = augment(images[:1], masks[:1], np.array([6]))[0].numpy()
+    np.testing.assert_array_equal(together[1], alone[0])
+    assert not np.array_equal(together[0], together[1])

@@ -81,6 +81,18 @@ def test_training_batches_have_model_shapes_and_dtypes(data_dir, cache):
     assert -2.2 < float(tf.reduce_min(image)) and float(tf.reduce_max(image)) < 2.7
 
 
+def test_a_positive_cropped_clear_of_its_lesion_is_labelled_negative(data_dir):
+    directory, _ = data_dir
+    config = _config("augment.random_sized_crop.p=1.0", "augment.random_sized_crop.min_fraction=0.3",
+                     "augment.random_sized_crop.max_fraction=0.35", "data.positive_share=0.5")
+    labels, present = [], []
+    for _, targets in make_dataset(config, str(directory), "train").take(6):
+        labels += targets["label"].numpy()[:, 0].tolist()
+        present += (targets["mask"].numpy().max(axis=(1, 2, 3)) > 0).tolist()
+    assert labels == [float(p) for p in present]
+    assert 0 < sum(present) < len(present) / 2          # half were positive, most crops missed
+
+
 def test_to_model_input_matches_the_encoder_preprocessing():
     import segmentation_models as sm
     gray = np.random.default_rng(0).integers(0, 256, (2, 8, 8, 1), dtype=np.uint8)

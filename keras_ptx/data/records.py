@@ -85,9 +85,14 @@ def serialize(record: Record) -> bytes:
     return example.SerializeToString(deterministic=True)
 
 
-def parse(serialized, size: int | None = None):
-    """Parse one serialized example in the graph; decode image and mask to uint8 [S, S, 1]."""
-    ex = tf.io.parse_single_example(serialized, FEATURES)
+def parse(serialized, size: int | None = None, keys=None):
+    """Parse one serialized example in the graph; decode image and mask to uint8 [S, S, 1].
+
+    ``keys`` (default: every feature, which must include image and mask) limits the parse to
+    what the caller reads: training needs only image, mask and has_pneumothorax.
+    """
+    spec = FEATURES if keys is None else {key: FEATURES[key] for key in keys}
+    ex = tf.io.parse_single_example(serialized, spec)
     image = tf.io.decode_png(ex["image"], channels=1)
     mask = tf.io.decode_png(ex["mask"], channels=1)
     if size is not None:

@@ -4,7 +4,7 @@
 ``albumentations.Compose`` that works on uint8 gray images and 0/1 masks of ``size`` x
 ``size``; every geometric transform moves the mask with the image (nearest-neighbour for
 masks). :class:`GraphAugmenter` runs such a policy inside a ``tf.data`` map through
-``tf.numpy_function``, one policy copy per thread, seeded per example.
+``tf.numpy_function``, one call per batch, one policy copy per thread, seeded per example.
 
 Seeding: albumentations 2.0.8's ``Compose(seed=s)`` / ``set_random_seed(s)`` gives *every*
 transform its own generator started from the same ``s``, so their "apply?" draws coincide
@@ -62,35 +62,40 @@ def reseed(policy: A.BaseCompose, seed: int) -> None:
 
 
 class GraphAugmenter:
-    """Apply an albumentations policy to ``(image, mask, seed)`` tensors in a tf.data map.
+    """Apply an albumentations policy to batches ``(images, masks, seeds)`` in a tf.data map.
 
-    ``make_policy`` is called once per tf.data thread (policies are not thread-safe); each
-    example's policy stream is restarted from its own ``seed``, so the result does not depend
-    on which thread runs it or in what order. Images and masks are uint8 [S, S, 1].
+    One ``tf.numpy_function`` call per batch (uint8 [B, S, S, 1] images and masks, int64 [B]
+    seeds) loops over its examples, so the Python/GIL hand-over is paid once per batch rather
+    than once per image. ``make_policy`` is called once per tf.data thread (policies are not
+    thread-safe); each example's policy stream is restarted from its own seed, so its result
+    depends neither on the thread, nor on the order, nor on the other examples of its batch.
     """
 
     def __init__(self, make_policy: Callable[[], A.BaseCompose]):
         self._make_policy = make_policy
         self._local = threading.local()
 
-    def _apply(self, image: np.ndarray, mask: np.ndarray, seed) -> tuple[np.ndarray, np.ndarray]:
+    def _apply(self, images: np.ndarray, masks: np.ndarray, seeds) -> tuple[np.ndarray, np.ndarray]:
         policy = getattr(self._local, "policy", None)
         if policy is None:
             policy = self._local.policy = self._make_policy()
-        reseed(policy, seed)
-        out = policy(image=image[..., 0], mask=mask[..., 0])
-        return out["image"][..., None], out["mask"][..., None]
+        new_images, new_masks = np.empty_like(images), np.empty_like(masks)
+        for i, seed in enumerate(seeds):
+            reseed(policy, seed)
+            out = policy(image=images[i, ..., 0], mask=masks[i, ..., 0])
+            new_images[i, ..., 0], new_masks[i, ..., 0] = out["image"], out["mask"]
+        return new_images, new_masks
 
-    def __call__(self, image, mask, seed):
-        new_image, new_mask = tf.numpy_function(
-            self._apply, [image, mask, seed], [tf.uint8, tf.uint8], stateful=False,
+    def __call__(self, images, masks, seeds):
+        new_images, new_masks = tf.numpy_function(
+            self._apply, [images, masks, seeds], [tf.uint8, tf.uint8], stateful=False,
             name="albumentations")
-        new_image.set_shape(image.shape)
-        new_mask.set_shape(mask.shape)
-        return new_image, new_mask
+        new_images.set_shape(images.shape)
+        new_masks.set_shape(masks.shape)
+        return new_images, new_masks
 
 
 def graph_augmenter(config: AugmentConfig, size: int) -> GraphAugmenter:
-    """The configured policy, ready to map over ``(image, mask, seed)``."""
+    """The configured policy, ready to map over batches ``(images, masks, seeds)``."""
     build_policy(config, size)  # fail on a bad config now, not inside a tf.data thread
     return GraphAugmenter(lambda: build_policy(config, size))

@@ -1,9 +1,10 @@
 """tf.data pipelines from TFRecord shards to model batches (training, validation, evaluation).
 
 Training: shard files per worker -> shuffle files -> interleaved parallel reads -> (optional
-class-balanced sampling) -> shuffle -> decode (:func:`keras_ptx.data.records.parse`) ->
-albumentations via ``tf.numpy_function`` (:mod:`keras_ptx.input.augment`) -> batch (drop
-remainder) -> gray-to-RGB ImageNet normalisation (:mod:`keras_ptx.input.normalize`) -> prefetch.
+class-balanced sampling) -> shuffle -> decode image, mask and label only
+(:func:`keras_ptx.data.records.parse`) -> batch (drop remainder) -> albumentations via one
+``tf.numpy_function`` call per batch (:mod:`keras_ptx.input.augment`) -> gray-to-RGB ImageNet
+normalisation (:mod:`keras_ptx.input.normalize`) -> prefetch.
 Evaluation: the same without shuffling, augmentation or dropped examples, in a fixed order.
 
 Positive share. With ``data.positive_share`` set, training examples are drawn from two endless
@@ -39,6 +40,7 @@ from keras_ptx.tf_setup import tf
 AUTOTUNE = tf.data.AUTOTUNE
 READ_CYCLE = 8              # files read at once; fixed so the order does not depend on the host
 EVAL_KEYS = ("image_id", "height", "width", "mask_area", "labeled")
+TRAIN_KEYS = ("image", "mask", "has_pneumothorax")
 
 
 def make_dataset(config: Config, data_dir: str, split: str, *, training: bool | None = None,
@@ -68,19 +70,20 @@ def make_dataset(config: Config, data_dir: str, split: str, *, training: bool | 
             ds = ds.repeat()
     else:
         ds = _balanced(config, data_dir, files, input_context, first, num_epochs, batch, seed)
+    ds = ds.map(_pair, num_parallel_calls=AUTOTUNE)
     if not config.augment.enabled:
-        ds = ds.map(_pair, num_parallel_calls=AUTOTUNE)
-    else:
-        augment = graph_augmenter(config.augment, config.data.image_size)
+        return _finish(ds.batch(batch, drop_remainder=True), deterministic)
+    augment = graph_augmenter(config.augment, config.data.image_size)
 
-        def augmented(example, example_seed):
-            image, mask, label = _pair(example)
-            return (*augment(image, mask, example_seed), label)
+    def augmented(pairs, seeds):
+        images, masks, labels = pairs
+        new_images, new_masks = augment(images, masks, seeds)
+        return new_images, new_masks, labels * _kept(masks, new_masks)
 
-        seeds = tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True)
-        ds = tf.data.Dataset.zip((ds, seeds)).map(
-            augmented, num_parallel_calls=config.data.num_parallel_calls or AUTOTUNE)
-    return _finish(ds.batch(batch, drop_remainder=True), deterministic)
+    seeds = tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True)
+    ds = tf.data.Dataset.zip((ds, seeds)).batch(batch, drop_remainder=True).map(
+        augmented, num_parallel_calls=config.data.num_parallel_calls or AUTOTUNE)
+    return _finish(ds, deterministic)
 
 
 def make_eval_dataset(config: Config, data_dir: str, split: str,
@@ -186,8 +189,8 @@ def _serialized(files, input_context, shuffle_seed, deterministic) -> tf.data.Da
                          num_parallel_calls=AUTOTUNE, deterministic=deterministic)
 
 
-def _parse(config: Config):
-    return functools.partial(records.parse, size=config.data.image_size)
+def _parse(config: Config, keys=None):
+    return functools.partial(records.parse, size=config.data.image_size, keys=keys)
 
 
 def _examples(files, config: Config, input_context) -> tf.data.Dataset:
@@ -204,7 +207,7 @@ def _shuffled_examples(serialized, config: Config, seed: int) -> tf.data.Dataset
             return ds
         return ds.shuffle(config.data.shuffle_buffer, seed=seed, reshuffle_each_iteration=True)
 
-    parse = _parse(config)
+    parse = _parse(config, TRAIN_KEYS)
     if config.data.cache:
         return shuffle(serialized.map(parse, num_parallel_calls=AUTOTUNE).cache())
     return shuffle(serialized).map(parse, num_parallel_calls=AUTOTUNE)
@@ -259,6 +262,14 @@ def _pair(example):
     """(uint8 image, uint8 mask, float32 [1] label) of a decoded example."""
     label = tf.cast(example["has_pneumothorax"] > 0, tf.float32)[None]
     return example["image"], example["mask"], label
+
+
+def _kept(masks, new_masks):
+    """float32 [B, 1]: 0 where augmentation cut every mask pixel out of the image (a crop or
+    a distortion), so the label head is not told to find a lesion that is no longer there."""
+    def present(m):
+        return tf.reduce_max(m, axis=[1, 2, 3]) > 0
+    return tf.cast(present(new_masks) | ~present(masks), tf.float32)[:, None]
 
 
 def _to_model_batch(image, mask, label):
