@@ -23,6 +23,7 @@ class ConfigError(ValueError):
 @dataclass
 class DataConfig:
     image_size: int = 256               # records and model input are image_size x image_size
+    train_crop: int = 0                 # train on crops of this side (lesion-centred on positives); 0 = whole
     shuffle_buffer: int = 512
     cache: bool = False                 # keep decoded records in memory
     deterministic: bool = False         # fixed order and augmentation stream (reproducible)
@@ -111,7 +112,8 @@ class TrainConfig:
     plateau_patience: int = 3
     early_stopping_patience: int = 10      # 0 = no early stopping
     loss: LossConfig = field(default_factory=LossConfig)
-    metric_threshold: float = 0.5       # pixel threshold of the streaming competition metric
+    # pixel threshold of the streaming competition metric; a list: the best score over them
+    metric_threshold: Union[float, tuple[float, ...]] = 0.5
     jit_compile: Union[bool, str] = "auto"      # auto = on with a GPU, off on CPU
     mixed_precision: Union[bool, str] = "auto"  # auto = mixed_float16 with a GPU
     strategy: str = "auto"              # auto | default | mirrored | multi_worker

@@ -140,6 +140,20 @@ def test_threshold_and_sample_weight():
     assert float(weighted.result()) == pytest.approx((1 + 2 / 3) / 2)
 
 
+def test_several_thresholds_report_the_best_mean():
+    best = CompetitionScore(threshold=[0.5, 0.85])
+    best.update_state(_batch(TRUTH), _batch(PRED))
+    means = []
+    for threshold in (0.5, 0.85):
+        single = CompetitionScore(threshold=threshold)
+        single.update_state(_batch(TRUTH), _batch(PRED))
+        means.append(float(single.result()))
+    assert means[0] != means[1]
+    assert float(best.result()) == pytest.approx(max(means), abs=1e-6)
+    config = load_config(None, ["train.metric_threshold=[0.3, 0.5, 0.7]"])
+    assert make_metrics(config)["mask"][0].threshold == (0.3, 0.5, 0.7)
+
+
 def test_score_under_a_distribution_strategy():
     strategy = tf.distribute.MirroredStrategy(["/cpu:0"])
     with strategy.scope():

@@ -93,6 +93,19 @@ def test_a_positive_cropped_clear_of_its_lesion_is_labelled_negative(data_dir):
     assert 0 < sum(present) < len(present) / 2          # half were positive, most crops missed
 
 
+@pytest.mark.parametrize("augment", [True, False])
+def test_training_crops_hold_the_lesion_of_a_positive(data_dir, augment):
+    directory, _ = data_dir
+    config = _config("data.train_crop=32", f"augment.enabled={augment}", "data.positive_share=0.5")
+    ds = make_dataset(config, str(directory), "train")
+    assert ds.element_spec[0].shape.as_list() == [8, 32, 32, 3]
+    for _, targets in ds.take(4):
+        present = targets["mask"].numpy().max(axis=(1, 2, 3)) > 0
+        np.testing.assert_array_equal(targets["label"].numpy()[:, 0], present)
+        assert targets["mask"].shape[1:] == (32, 32, 1)
+    assert make_dataset(config, str(directory), "val").element_spec[0].shape[1] == SIZE
+
+
 def test_to_model_input_matches_the_encoder_preprocessing():
     import segmentation_models as sm
     gray = np.random.default_rng(0).integers(0, 256, (2, 8, 8, 1), dtype=np.uint8)

@@ -102,6 +102,8 @@ def test_refuses_config_errors(data_dir, tmp_path):
     assert result.exit_code == 2 and "train.lr_schedule" in result.output
     result = _run_cli(*base, "--set", "train.strategy=tpu")
     assert result.exit_code == 2 and "train.strategy" in result.output
+    result = _run_cli(*base, "--set", "data.train_crop=48")
+    assert result.exit_code == 2 and "data.train_crop: 48 must be a multiple of 32" in result.output
     result = _run_cli(*base, "--resume", "--overwrite")
     assert result.exit_code == 2 and "exclude each other" in result.output
     assert not (tmp_path / "run").exists()
@@ -292,6 +294,21 @@ def test_end_to_end_run_with_planted_plateau_stops_early_and_keeps_the_best(data
     lines.clear()
     again = train(config, str(data_dir), run, echo=lines.append)
     assert again.model is None and "nothing to do" in lines[0]
+
+
+def test_trains_on_crops_and_validates_on_whole_images(data_dir, tmp_path):
+    from keras_ptx.training.trainer import train
+
+    run, lines = tmp_path / "run", []
+    config = load_config(TEST_CONFIG, ["train.epochs=1", "data.train_crop=32", *SLIM])
+    result = train(config, str(data_dir), run, echo=lines.append)
+    assert "at 64x64 on 32x32 crops" in lines[0]
+    assert result.model.input_shape == (None, None, None, 3)
+    assert 0.0 <= float(_history(run)[0]["val_score"]) <= 1.0      # one output: no "mask_" prefix
+    _, reloaded = rundir.load_model(run)                 # the whole-image model for inference
+    assert reloaded.input_shape == (None, 64, 64, 3)
+    for got, want in zip(reloaded.get_weights(), result.model.get_weights()):
+        np.testing.assert_array_equal(got, want)
 
 
 def _history(run):

@@ -26,15 +26,21 @@ from keras_ptx.config import AugmentConfig
 from keras_ptx.tf_setup import tf
 
 
-def build_policy(config: AugmentConfig, size: int, seed: int | None = None) -> A.Compose:
-    """The paper's policy with every probability and parameter taken from ``config``."""
+def build_policy(config: AugmentConfig, size: int, seed: int | None = None,
+                 train_crop: int = 0) -> A.Compose:
+    """The paper's policy with every probability and parameter taken from ``config`` (none of
+    it when ``config.enabled`` is false); with ``train_crop``, a last crop of that side that
+    holds mask pixels whenever the image has some (``CropNonEmptyMaskIfExists``)."""
     intensity, distortion, crop = config.intensity, config.distortion, config.random_sized_crop
     nearest = {"mask_interpolation": cv2.INTER_NEAREST}
     crop_range = (max(1, int(crop.min_fraction * size)), min(size, int(crop.max_fraction * size)))
     if crop_range[0] > crop_range[1]:
         raise ValueError(f"augment.random_sized_crop: min_fraction {crop.min_fraction} is above "
                          f"max_fraction {crop.max_fraction}")
-    policy = A.Compose([
+    if train_crop and (train_crop % 32 or not 32 <= train_crop <= size):
+        raise ValueError(f"data.train_crop: {train_crop} must be a multiple of 32 (the encoder "
+                         f"halves it five times) up to data.image_size ({size}), or 0")
+    transforms = [
         A.HorizontalFlip(p=config.horizontal_flip.p),
         A.OneOf([
             A.RandomBrightnessContrast(brightness_limit=intensity.brightness_limit,
@@ -49,7 +55,10 @@ def build_policy(config: AugmentConfig, size: int, seed: int | None = None) -> A
             A.OpticalDistortion(distort_limit=distortion.optical_distort_limit, p=1.0, **nearest),
         ], p=distortion.p),
         A.RandomSizedCrop(min_max_height=crop_range, size=(size, size), p=crop.p, **nearest),
-    ])
+    ] if config.enabled else []
+    if train_crop:
+        transforms.append(A.CropNonEmptyMaskIfExists(height=train_crop, width=train_crop))
+    policy = A.Compose(transforms)
     if seed is not None:
         reseed(policy, seed)
     return policy
@@ -71,15 +80,18 @@ class GraphAugmenter:
     depends neither on the thread, nor on the order, nor on the other examples of its batch.
     """
 
-    def __init__(self, make_policy: Callable[[], A.BaseCompose]):
+    def __init__(self, make_policy: Callable[[], A.BaseCompose], out_size: int | None = None):
         self._make_policy = make_policy
+        self._out_size = out_size             # None: the policy keeps the input size
         self._local = threading.local()
 
     def _apply(self, images: np.ndarray, masks: np.ndarray, seeds) -> tuple[np.ndarray, np.ndarray]:
         policy = getattr(self._local, "policy", None)
         if policy is None:
             policy = self._local.policy = self._make_policy()
-        new_images, new_masks = np.empty_like(images), np.empty_like(masks)
+        side = self._out_size or images.shape[1]
+        new_images = np.empty((len(images), side, side, 1), images.dtype)
+        new_masks = np.empty((len(masks), side, side, 1), masks.dtype)
         for i, seed in enumerate(seeds):
             reseed(policy, seed)
             out = policy(image=images[i, ..., 0], mask=masks[i, ..., 0])
@@ -90,12 +102,14 @@ class GraphAugmenter:
         new_images, new_masks = tf.numpy_function(
             self._apply, [images, masks, seeds], [tf.uint8, tf.uint8], stateful=False,
             name="albumentations")
-        new_images.set_shape(images.shape)
-        new_masks.set_shape(masks.shape)
+        side = self._out_size or images.shape[1]
+        new_images.set_shape([images.shape[0], side, side, 1])
+        new_masks.set_shape([masks.shape[0], side, side, 1])
         return new_images, new_masks
 
 
-def graph_augmenter(config: AugmentConfig, size: int) -> GraphAugmenter:
+def graph_augmenter(config: AugmentConfig, size: int, train_crop: int = 0) -> GraphAugmenter:
     """The configured policy, ready to map over batches ``(images, masks, seeds)``."""
-    build_policy(config, size)  # fail on a bad config now, not inside a tf.data thread
-    return GraphAugmenter(lambda: build_policy(config, size))
+    build_policy(config, size, train_crop=train_crop)  # fail now, not inside a tf.data thread
+    return GraphAugmenter(lambda: build_policy(config, size, train_crop=train_crop),
+                          train_crop or None)

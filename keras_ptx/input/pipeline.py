@@ -46,7 +46,8 @@ TRAIN_KEYS = ("image", "mask", "has_pneumothorax")
 def make_dataset(config: Config, data_dir: str, split: str, *, training: bool | None = None,
                  epoch: int | None = None, num_epochs: int | None = None,
                  input_context: tf.distribute.InputContext | None = None) -> tf.data.Dataset:
-    """Batches ``(image [B,S,S,3] float32, {'mask': [B,S,S,1] float32, 'label': [B,1] float32})``.
+    """Batches ``(image [B,S,S,3] float32, {'mask': [B,S,S,1] float32, 'label': [B,1] float32})``
+    (in training, S is ``data.train_crop`` when that is set).
 
     ``training`` defaults to ``split == 'train'``; ``epoch`` is the first epoch this dataset
     feeds (for resuming) and ``num_epochs`` the length of the positive-share schedule (default
@@ -71,9 +72,9 @@ def make_dataset(config: Config, data_dir: str, split: str, *, training: bool | 
     else:
         ds = _balanced(config, data_dir, files, input_context, first, num_epochs, batch, seed)
     ds = ds.map(_pair, num_parallel_calls=AUTOTUNE)
-    if not config.augment.enabled:
+    if not config.augment.enabled and not config.data.train_crop:
         return _finish(ds.batch(batch, drop_remainder=True), deterministic)
-    augment = graph_augmenter(config.augment, config.data.image_size)
+    augment = graph_augmenter(config.augment, config.data.image_size, config.data.train_crop)
 
     def augmented(pairs, seeds):
         images, masks, labels = pairs

@@ -79,15 +79,18 @@ def resolve_weights(name: str, weights: str) -> str | None:
     return str(path)
 
 
-def build_encoder(name: str, image_size: int, weights: str = "none") -> Encoder:
-    """Build ``name`` for square ``image_size`` inputs (a multiple of 32) and load its weights."""
+def build_encoder(name: str, image_size: int, weights: str = "none",
+                  any_size: bool = False) -> Encoder:
+    """Build ``name`` for square ``image_size`` inputs (a multiple of 32), or with
+    ``any_size`` for inputs of any multiple-of-32 height and width, and load its weights."""
     if image_size < 32 or image_size % 32:
         nearest = max(32, image_size // 32 * 32)
         raise ValueError(f"data.image_size: {image_size} is not a positive multiple of 32 (the "
                          f"encoder halves the size five times); try {nearest}")
     weights_file = resolve_weights(name, weights)
     backbone = sm.Backbones.get_backbone(
-        name, input_shape=(image_size, image_size, 3), weights=None, include_top=False,
+        name, input_shape=(None, None, 3) if any_size else (image_size, image_size, 3),
+        weights=None, include_top=False,
         backend=tf.keras.backend, layers=tf.keras.layers, models=tf.keras.models,
         utils=tf.keras.utils)
     if weights_file is not None:

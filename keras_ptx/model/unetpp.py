@@ -50,12 +50,14 @@ def check_model_config(model: ModelConfig) -> None:
         raise ValueError(f"model.dropout: expected a rate in [0, 1), got {model.dropout}")
 
 
-def build_model(config: Config) -> tf.keras.Model:
-    """The segmentation network of ``config`` (input: normalised float32 [B, S, S, 3])."""
+def build_model(config: Config, any_size: bool = False) -> tf.keras.Model:
+    """The segmentation network of ``config`` (input: normalised float32 [B, S, S, 3], S =
+    ``data.image_size``; with ``any_size``, any multiple-of-32 height and width, e.g. training
+    crops and whole validation images through one model)."""
     model = config.model
     check_model_config(model)
     with dtype_policy(resolve_mixed_precision(config.train.mixed_precision)):
-        encoder = build_encoder(model.encoder, config.data.image_size, model.weights)
+        encoder = build_encoder(model.encoder, config.data.image_size, model.weights, any_size)
         columns = model.prune_level
         widths = tuple(reversed(model.decoder_filters[:DEPTH])) + (model.decoder_filters[0],)
         nodes = {}

@@ -37,6 +37,7 @@ from keras_ptx import rundir
 from keras_ptx.config import Config, ConfigError
 from keras_ptx.data import records
 from keras_ptx.input import pipeline
+from keras_ptx.input.augment import build_policy
 from keras_ptx.model import (WeightsError, build_model, make_losses, make_metrics,
                              output_names, resolve_jit_compile, resolve_mixed_precision)
 from keras_ptx.model.unetpp import check_model_config
@@ -74,6 +75,7 @@ def check_settings(config: Config) -> None:
         check_model_config(config.model)
         make_losses(config)
         pipeline.positive_share_for_epoch(config, 0, train.epochs)
+        build_policy(config.augment, config.data.image_size, train_crop=config.data.train_crop)
         resolve_jit_compile(train.jit_compile)
         resolve_mixed_precision(train.mixed_precision)
     except ValueError as exc:
@@ -137,7 +139,7 @@ def train(config: Config, data_dir: str, run_dir, *, resume: bool = False,
     tf.keras.utils.set_random_seed(config.train.seed)
     with strategy.scope():
         try:
-            model = build_model(config)
+            model = build_model(config, any_size=bool(config.data.train_crop))
         except WeightsError as exc:
             raise TrainingError(str(exc)) from None
         losses, loss_weights = make_losses(config)
@@ -246,8 +248,9 @@ class _Callbacks:
 
 
 def _opening_line(config: Config, strategy, steps: int, start: ResumePoint) -> str:
-    train, size = config.train, config.data.image_size
-    line = (f"training UNet++ {config.model.encoder} at {size}x{size}: {train.epochs} epochs of "
+    train, size, crop = config.train, config.data.image_size, config.data.train_crop
+    line = (f"training UNet++ {config.model.encoder} at {size}x{size}"
+            f"{f' on {crop}x{crop} crops' if crop else ''}: {train.epochs} epochs of "
             f"{steps} steps, global batch {train.batch_size} on {strategy.num_replicas_in_sync} "
             f"replica(s) ({type(strategy).__name__}), XLA "
             f"{'on' if resolve_jit_compile(train.jit_compile) else 'off'}, mixed precision "
