@@ -6,7 +6,8 @@ with a pneumothorax-like mask, PNG-encoded through the shared record schema) int
 then measures, as medians over a few full passes:
 
 - pipeline: ``make_dataset(config, dir, 'train')`` with the default policy, 1 and 2 parallel
-  augmentation calls (read, decode, augment, batch, normalise, prefetch);
+  augmentation calls, each augmenting one batch (read, decode, batch, augment, normalise,
+  prefetch);
 - no-aug: the same pipeline with ``augment.enabled=false`` (what everything but albumentations
   costs);
 - raw loop: the same albumentations policy called in a plain Python loop on the same decoded
@@ -17,7 +18,7 @@ Goals (issue 5): pipeline >= 0.9x raw at 1 call; 2 calls >= 1.6x one call on 2 c
 Unet-EfficientNetB0, weights none) at the same size and batch, in images/s. Prints Markdown
 for BENCHMARKS.md. Run on a quiet machine:
 
-    .venv/bin/python bench/bench_pipeline.py --sizes 256 512 --images 400
+    .venv/bin/python bench/bench_pipeline.py --sizes 256 512 --images 600 --model
 """
 from __future__ import annotations
 
@@ -81,23 +82,25 @@ def write_shards(directory: Path, size: int, count: int, seed: int = 0) -> int:
     return sum(len(s) for s in examples) // count
 
 
-def median_rate(run, passes):
-    """Median images/s over ``passes`` timed calls of ``run() -> images`` after one warm-up."""
-    run()
-    rates = []
-    for _ in range(passes):
-        start = time.perf_counter()
-        images = run()
-        rates.append(images / (time.perf_counter() - start))
-    return statistics.median(rates)
+def median_rates(runs: dict, passes: int) -> dict:
+    """Median images/s of each ``run() -> images`` over ``passes`` rounds after one warm-up
+    round; every round runs the cases one after another, so machine noise hits them alike."""
+    rates = {name: [] for name in runs}
+    for round_ in range(passes + 1):
+        for name, run in runs.items():
+            start = time.perf_counter()
+            images = run()
+            if round_:
+                rates[name].append(images / (time.perf_counter() - start))
+    return {name: statistics.median(values) for name, values in rates.items()}
 
 
-def pipeline_rate(config, directory, passes):
+def pipeline_run(config, directory):
     ds = make_dataset(config, str(directory), "train")
-    return median_rate(lambda: sum(int(image.shape[0]) for image, _ in ds), passes)
+    return lambda: sum(int(image.shape[0]) for image, _ in ds)
 
 
-def raw_rate(config, directory, passes):
+def raw_run(config, directory):
     examples = [records.parse(s, config.data.image_size)
                 for s in tf.data.TFRecordDataset(records.shard_files(str(directory), "train"))]
     pairs = [(e["image"].numpy()[..., 0], e["mask"].numpy()[..., 0]) for e in examples]
@@ -108,10 +111,10 @@ def raw_rate(config, directory, passes):
             policy(image=image, mask=mask)
         return len(pairs)
 
-    return median_rate(run, passes)
+    return run
 
 
-def model_rate(config, passes):
+def model_run(config):
     import segmentation_models as sm
     size, batch = config.data.image_size, config.train.batch_size
     model = sm.Unet("efficientnetb0", encoder_weights=None, input_shape=(size, size, 3))
@@ -123,14 +126,14 @@ def model_rate(config, passes):
         model.train_on_batch(x, y)
         return batch
 
-    return median_rate(run, passes)
+    return run
 
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--sizes", type=int, nargs="+", default=[256, 512])
     parser.add_argument("--calls", type=int, nargs="+", default=[1, 2])
-    parser.add_argument("--images", type=int, default=400)
+    parser.add_argument("--images", type=int, default=600)
     parser.add_argument("--batch", type=int, default=12)
     parser.add_argument("--passes", type=int, default=3, help="timed passes per measurement")
     parser.add_argument("--model", action="store_true", help="also time a training step")
@@ -138,7 +141,8 @@ def main():
 
     print(f"# input pipeline, {args.images} images in {SHARDS} shards, batch {args.batch}, "
           f"{platform.processor() or platform.machine()}, tensorflow {tf.__version__}\n")
-    header = "| size | record bytes | calls | pipeline img/s | no-aug img/s | raw loop img/s | pipeline / raw |"
+    header = ("| size | record bytes | calls | pipeline img/s | vs first | no-aug img/s | "
+              "raw loop img/s | pipeline / raw |")
     print(header + (" model train img/s |" if args.model else ""))
     print("|" + "---|" * (header.count("|") - 1 + args.model))
     for size in args.sizes:
@@ -147,17 +151,21 @@ def main():
             record_bytes = write_shards(directory, size, args.images)
             base = (f"data.image_size={size}", f"train.batch_size={args.batch}")
             config = load_config(None, base)
-            raw = raw_rate(config, directory, args.passes)
-            plain = pipeline_rate(load_config(None, (*base, "augment.enabled=false")), directory,
-                                  args.passes)
-            demand = model_rate(config, args.passes) if args.model else None
+            runs = {"raw": raw_run(config, directory),
+                    "plain": pipeline_run(load_config(None, (*base, "augment.enabled=false")),
+                                          directory)}
             for calls in args.calls:
-                rate = pipeline_rate(load_config(None, (*base, f"data.num_parallel_calls={calls}")),
-                                     directory, args.passes)
-                row = (f"| {size} | {record_bytes:,} | {calls} | {rate:.0f} | {plain:.0f} | "
-                       f"{raw:.0f} | {rate / raw:.2f} |")
-                print(row + (f" {demand:.1f} |" if demand is not None else ""), flush=True)
-
+                runs[calls] = pipeline_run(
+                    load_config(None, (*base, f"data.num_parallel_calls={calls}")), directory)
+            if args.model:
+                runs["model"] = model_run(config)
+            rates = median_rates(runs, args.passes)
+            for calls in args.calls:
+                row = (f"| {size} | {record_bytes:,} | {calls} | {rates[calls]:.0f} | "
+                       f"{rates[calls] / rates[args.calls[0]]:.2f}x | "
+                       f"{rates['plain']:.0f} | {rates['raw']:.0f} | "
+                       f"{rates[calls] / rates['raw']:.2f} |")
+                print(row + (f" {rates['model']:.1f} |" if args.model else ""), flush=True)
 
 if __name__ == "__main__":
     main()

@@ -22,7 +22,7 @@ class ConfigError(ValueError):
 
 @dataclass
 class DataConfig:
-    image_size: int = 256               # records and model input are image_size x image_size
+    image_size: int = 256               # records (and model input, but for train_crop) are S x S
     train_crop: int = 0                 # train on crops of this side (lesion-centred on positives); 0 = whole
     shuffle_buffer: int = 512
     cache: bool = False                 # keep decoded records in memory
@@ -111,6 +111,7 @@ class TrainConfig:
     plateau_factor: float = 0.5
     plateau_patience: int = 3
     early_stopping_patience: int = 10      # 0 = no early stopping
+    monitor: str = "score"              # best epoch by: score (val competition score) | loss (val loss)
     loss: LossConfig = field(default_factory=LossConfig)
     # pixel threshold of the streaming competition metric; a list: the best score over them
     metric_threshold: Union[float, tuple[float, ...]] = 0.5

@@ -141,17 +141,20 @@ def test_threshold_and_sample_weight():
 
 
 def test_several_thresholds_report_the_best_mean():
-    best = CompetitionScore(threshold=[0.5, 0.85])
+    best = CompetitionScore(threshold=[0.85, 0.5])          # the best is not the first
     best.update_state(_batch(TRUTH), _batch(PRED))
     means = []
-    for threshold in (0.5, 0.85):
+    for threshold in (0.85, 0.5):
         single = CompetitionScore(threshold=threshold)
         single.update_state(_batch(TRUTH), _batch(PRED))
         means.append(float(single.result()))
-    assert means[0] != means[1]
+    assert means[0] < means[1]
     assert float(best.result()) == pytest.approx(max(means), abs=1e-6)
     config = load_config(None, ["train.metric_threshold=[0.3, 0.5, 0.7]"])
     assert make_metrics(config)["mask"][0].threshold == (0.3, 0.5, 0.7)
+    for bad in ([], [0.5, 1.5]):
+        with pytest.raises(ValueError, match="train.metric_threshold: expected one or more"):
+            CompetitionScore(threshold=bad)
 
 
 def test_score_under_a_distribution_strategy():

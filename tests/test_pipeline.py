@@ -104,6 +104,9 @@ def test_training_crops_hold_the_lesion_of_a_positive(data_dir, augment):
         np.testing.assert_array_equal(targets["label"].numpy()[:, 0], present)
         assert targets["mask"].shape[1:] == (32, 32, 1)
     assert make_dataset(config, str(directory), "val").element_spec[0].shape[1] == SIZE
+    only_positives = _config("data.train_crop=32", "augment.enabled=false", "data.positive_share=1.0")
+    for _, targets in make_dataset(only_positives, str(directory), "train").take(3):
+        assert targets["mask"].numpy().max(axis=(1, 2, 3)).all()    # every crop holds its lesion
 
 
 def test_to_model_input_matches_the_encoder_preprocessing():

@@ -175,8 +175,15 @@ def _planted_split():
     return np.stack(maps), np.stack(truths), np.array(cls, np.float32)
 
 
+# The grid the planted split is designed against (each planted detail punishes one neighbour
+# value on it); the default grid is wider.
+PLANTED_GRID = SearchGrid(top_threshold=(0.5, 0.6, 0.7, 0.75, 0.8, 0.85, 0.9),
+                          min_pixels=(0, 250, 500, 1000, 1500, 2000, 3000, 4000),
+                          bottom_threshold=(0.2, 0.3, 0.4, 0.5), min_area=(0, 250, 500, 1000, 2000))
+
+
 def _cache(maps, truths, cls):
-    cache = MapCache(SearchGrid(), SIDE)
+    cache = MapCache(PLANTED_GRID, SIDE)
     for start in range(0, len(maps), 5):          # batches of 5, the last one short
         cache.add(maps[start:start + 5, ..., None], truths[start:start + 5], cls[start:start + 5])
     return cache

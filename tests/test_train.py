@@ -21,7 +21,8 @@ from keras_ptx.data import records
 from keras_ptx.tf_setup import tf
 from keras_ptx.training import TrainingError
 from keras_ptx.training.averaging import WeightAveraging
-from keras_ptx.training.resume import backup_epoch, prepare_run_dir, resume_point
+from keras_ptx.training.callbacks import EpochSummary
+from keras_ptx.training.resume import Monitor, backup_epoch, best_row, prepare_run_dir, resume_point
 from keras_ptx.training.schedules import learning_rate_schedule
 from keras_ptx.training.strategy import cluster_size, is_chief_task, resolve_strategy_name
 
@@ -104,6 +105,10 @@ def test_refuses_config_errors(data_dir, tmp_path):
     assert result.exit_code == 2 and "train.strategy" in result.output
     result = _run_cli(*base, "--set", "data.train_crop=48")
     assert result.exit_code == 2 and "data.train_crop: 48 must be a multiple of 32" in result.output
+    result = _run_cli(*base, "--set", "train.metric_threshold=[]")
+    assert result.exit_code == 2 and "train.metric_threshold: expected one or more" in result.output
+    result = _run_cli(*base, "--set", "train.monitor=dice")
+    assert result.exit_code == 2 and "train.monitor: expected score or loss" in result.output
     result = _run_cli(*base, "--resume", "--overwrite")
     assert result.exit_code == 2 and "exclude each other" in result.output
     assert not (tmp_path / "run").exists()
@@ -116,6 +121,10 @@ def test_refuses_a_run_dir_of_another_config_or_no_run_dir(data_dir, tmp_path):
                       "--set", "train.epochs=3")
     assert result.exit_code == 1 and "train.epochs: 2 -> 3" in result.output
     assert "--resume" in result.output and "--overwrite" in result.output
+    result = _run_cli("--config", TEST_CONFIG, "--data", data_dir, "--out", run, "--resume",
+                      "--set", "train.monitor=loss")
+    assert result.exit_code == 1 and "train.monitor: 'score' -> 'loss'" in result.output
+    assert "chosen by the old setting" in result.output
 
     other = tmp_path / "photos"
     other.mkdir()
@@ -148,8 +157,10 @@ def test_backup_epoch_and_resume_point_follow_backup_and_restore(tmp_path):
     # Epochs 0-3 in the history, but the backup ends at epoch 2: epoch 3's row is dropped.
     _write_history(run, [0.2, 0.7, 0.5, 0.9])
     assert prepare_run_dir(run, config) is False
-    point = resume_point(run, "val_score")
+    point = resume_point(run, Monitor("val_score"))
     assert (point.epoch, point.best_score, point.best_epoch, point.wait) == (3, 0.7, 1, 1)
+    point = resume_point(run, Monitor("val_score", "min"))
+    assert (point.best_score, point.best_epoch, point.wait) == (0.2, 0, 2)
     with open(run / rundir.HISTORY) as f:
         assert [row["epoch"] for row in csv.DictReader(f)] == ["0", "1", "2"]
 
@@ -309,6 +320,18 @@ def test_trains_on_crops_and_validates_on_whole_images(data_dir, tmp_path):
     assert reloaded.input_shape == (None, 64, 64, 3)
     for got, want in zip(reloaded.get_weights(), result.model.get_weights()):
         np.testing.assert_array_equal(got, want)
+
+
+def test_monitoring_the_validation_loss_keeps_the_lowest():
+    history = [{"epoch": e, "val_loss": v, "val_score": s}
+               for e, (v, s) in enumerate([(0.9, 0.5), (0.6, 0.2), (0.7, 0.3)])]
+    assert best_row(history, Monitor("val_loss", "min"))["epoch"] == 1
+    assert best_row(history, Monitor("val_score"))["epoch"] == 0
+    lines = []
+    summary = EpochSummary(Monitor("val_loss", "min"), "val_score", 3, echo=lines.append)
+    for row in history:
+        summary.on_epoch_end(row["epoch"], {"loss": 1.0, **row})
+    assert "val_loss 0.7000 (best 0.6000, epoch 2)" in lines[-1] and "val score 0.3000" in lines[-1]
 
 
 def _history(run):

@@ -18,7 +18,7 @@ import click
               help="Continue the backup in --out even though the config differs (e.g. more epochs).")
 @click.option("--overwrite", is_flag=True, help="Delete the run in --out and start again.")
 def command(config_path, data_dir, run_dir, overrides, resume, overwrite):
-    """Train with checkpoints, LR schedule, early stopping on the validation score,
+    """Train with checkpoints, LR schedule, early stopping on train.monitor,
     TensorBoard logs and crash-safe resume.
 
     Re-running the same command after a crash continues from the last finished epoch. Under

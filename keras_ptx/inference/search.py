@@ -22,6 +22,7 @@ from keras_ptx.inference.postprocess import PostProcess, scale_area
 from keras_ptx.inference.score import dice_from_counts
 
 _STEPS = tuple(round(0.05 * i, 2) for i in range(1, 20))      # 0.05 ... 0.95
+_HIGH = (0.97, 0.99)                # networks trained with a Dice loss are often this sure
 # components within one image only: no connectivity along the batch axis
 _BATCH_EIGHT_CONNECTED = np.zeros((3, 3, 3), dtype=bool)
 _BATCH_EIGHT_CONNECTED[1] = True
@@ -30,11 +31,11 @@ _BATCH_EIGHT_CONNECTED[1] = True
 @dataclass(frozen=True)
 class SearchGrid:
     """Candidate values; pixel counts at 1024 x 1024 as in the competition."""
-    threshold: tuple[float, ...] = _STEPS
-    top_threshold: tuple[float, ...] = (0.5, 0.6, 0.7, 0.75, 0.8, 0.85, 0.9)
-    min_pixels: tuple[int, ...] = (0, 250, 500, 1000, 1500, 2000, 3000, 4000)
-    bottom_threshold: tuple[float, ...] = (0.2, 0.3, 0.4, 0.5)
-    min_area: tuple[int, ...] = (0, 250, 500, 1000, 2000)
+    threshold: tuple[float, ...] = _STEPS + _HIGH
+    top_threshold: tuple[float, ...] = (0.5, 0.6, 0.7, 0.75, 0.8, 0.85, 0.9, 0.95) + _HIGH
+    min_pixels: tuple[int, ...] = (0, 250, 500, 1000, 1500, 2000, 3000, 4000, 6000, 8000)
+    bottom_threshold: tuple[float, ...] = (0.2, 0.3, 0.4, 0.5, 0.6, 0.7)
+    min_area: tuple[int, ...] = (0, 250, 500, 1000, 2000, 3000, 4000, 6000)
     cls_threshold: tuple[float, ...] = _STEPS
 
     def pixel_thresholds(self) -> np.ndarray:

@@ -1,7 +1,7 @@
 """EfficientNet encoders from segmentation-models' backbone registry, tapped by layer name.
 
-``build_encoder(name, image_size, weights)`` returns the backbone and its features at strides
-2, 4, 8, 16 and 32. Weights: ``"imagenet"`` (the efficientnet package's own file, downloaded
+``build_encoder(name, image_size, weights, any_size)`` returns the backbone and its features at
+strides 2, 4, 8, 16 and 32. Weights: ``"imagenet"`` (the efficientnet package's own file, downloaded
 once into ~/.keras/models), ``"none"`` (random initialisation) or the path of a local .h5 file
 holding the encoder's weights (such as that same official file, fetched elsewhere).
 """

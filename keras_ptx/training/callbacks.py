@@ -9,7 +9,7 @@ import numpy as np
 
 from keras_ptx.input.normalize import IMAGENET_MEAN, IMAGENET_STD
 from keras_ptx.tf_setup import tf
-from keras_ptx.training.resume import ResumePoint
+from keras_ptx.training.resume import Monitor, ResumePoint
 from keras_ptx.training.schedules import current_learning_rate
 
 
@@ -38,31 +38,33 @@ class EpochStats(tf.keras.callbacks.Callback):
 
 
 class EpochSummary(tf.keras.callbacks.Callback):
-    """Prints one line per epoch: loss, validation loss and score (with the best so far),
-    learning rate and images/s."""
+    """Prints one line per epoch: loss, validation loss and score (the monitored one with the
+    best so far), learning rate and images/s."""
 
-    def __init__(self, monitor: str, epochs: int, start: ResumePoint = ResumePoint(), echo=print):
+    def __init__(self, monitor: Monitor, score: str, epochs: int,
+                 start: ResumePoint = ResumePoint(), echo=print):
         super().__init__()
-        self.monitor, self.epochs, self.echo = monitor, epochs, echo
+        self.monitor, self.score, self.epochs, self.echo = monitor, score, epochs, echo
         self.best, self.best_epoch = start.best_score, start.best_epoch
 
     def on_epoch_end(self, epoch, logs=None):
         logs = logs or {}
-        score = logs.get(self.monitor, math.nan)
-        if not math.isnan(score) and (self.best is None or score > self.best):
-            self.best, self.best_epoch = score, epoch
-        parts = [f"epoch {epoch + 1}/{self.epochs}", f"loss {logs.get('loss', math.nan):.4f}"]
-        if "val_loss" in logs:
-            parts.append(f"val_loss {logs['val_loss']:.4f}")
+        value = logs.get(self.monitor.key, math.nan)
+        if not math.isnan(value) and (self.best is None or self.monitor.better(value, self.best)):
+            self.best, self.best_epoch = value, epoch
         best = "" if self.best is None else f" (best {self.best:.4f}, epoch {self.best_epoch + 1})"
-        parts += [f"val score {score:.4f}{best}", f"lr {logs.get('lr', math.nan):.3g}",
+        columns = {"val_loss": "val_loss", self.score: "val score"}
+        parts = [f"epoch {epoch + 1}/{self.epochs}", f"loss {logs.get('loss', math.nan):.4f}"]
+        parts += [f"{label} {logs.get(key, math.nan):.4f}{best if key == self.monitor.key else ''}"
+                  for key, label in columns.items() if key in logs or key == self.monitor.key]
+        parts += [f"lr {logs.get('lr', math.nan):.3g}",
                   f"{logs.get('images_per_sec', math.nan):.1f} img/s"]
         self.echo("  ".join(parts))
 
 
 class ResumableEarlyStopping(tf.keras.callbacks.EarlyStopping):
-    """``EarlyStopping`` that starts from the best score and patience count a resumed run had
-    reached (the callback's own state does not survive a restart)."""
+    """``EarlyStopping`` that starts from the best monitored value and patience count a resumed
+    run had reached (the callback's own state does not survive a restart)."""
 
     def __init__(self, start: ResumePoint = ResumePoint(), **kwargs):
         super().__init__(**kwargs)

@@ -3,8 +3,8 @@
 Re-running the same command after a crash (even ``kill -9``) continues from the last finished
 epoch: Keras' ``BackupAndRestore`` keeps the model, optimizer and epoch counter in
 ``checkpoints/backup/`` and ``fit`` resumes from there. What the backup does not hold comes
-from ``history.csv``: the best validation score so far (so the best checkpoint is replaced only
-by a better epoch) and early stopping's patience count. History rows of epochs after the backup
+from ``history.csv``: the best ``train.monitor`` value so far (so the best checkpoint is
+replaced only by a better epoch) and early stopping's patience count. History rows of epochs after the backup
 (written just before a crash) are dropped, so the history continues instead of repeating.
 
 States of an existing RUN_DIR with the same config: a backup -> continue; a finished run
@@ -30,6 +30,21 @@ from keras_ptx.training import TrainingError
 # BackupAndRestore writes its checkpoint under <backup_dir>/chief with this variable in it.
 _BACKUP_SUBDIR = "chief"
 _SAVED_EPOCH_KEY = "ckpt_saved_epoch/.ATTRIBUTES/VARIABLE_VALUE"
+
+
+# Settings that decide which epoch is best: a resumed run must keep them.
+BEST_EPOCH_KEYS = ("train.monitor:", "train.metric_threshold:")
+
+
+@dataclass(frozen=True)
+class Monitor:
+    """What picks the best epoch: a history.csv column and whether higher ('max') or lower
+    ('min') is better."""
+    key: str
+    mode: str = "max"
+
+    def better(self, value: float, than: float) -> bool:
+        return value > than if self.mode == "max" else value < than
 
 
 @dataclass(frozen=True)
@@ -68,18 +83,18 @@ def read_history(run_dir) -> list[dict]:
                  for key, value in row.items()} for row in csv.DictReader(f)]
 
 
-def best_row(history: list[dict], monitor: str) -> dict | None:
-    """The first row with the highest ``monitor`` value (NaN rows never win), as
-    ``ModelCheckpoint(save_best_only=True, mode='max')`` chooses."""
+def best_row(history: list[dict], monitor: Monitor) -> dict | None:
+    """The first row with the best ``monitor`` value (NaN rows never win), as
+    ``ModelCheckpoint(save_best_only=True)`` chooses."""
     best = None
     for row in history:
-        value = row.get(monitor, math.nan)
-        if not math.isnan(value) and (best is None or value > best[monitor]):
+        value = row.get(monitor.key, math.nan)
+        if not math.isnan(value) and (best is None or monitor.better(value, best[monitor.key])):
             best = row
     return best
 
 
-def resume_point(run_dir, monitor: str) -> ResumePoint:
+def resume_point(run_dir, monitor: Monitor) -> ResumePoint:
     """Where training continues in ``run_dir`` (epoch 0 without a backup)."""
     saved = backup_epoch(run_dir)
     if saved is None:
@@ -89,7 +104,7 @@ def resume_point(run_dir, monitor: str) -> ResumePoint:
     best = best_row(history, monitor)
     if best is None:
         return ResumePoint(epoch=epoch)
-    return ResumePoint(epoch=epoch, best_score=best[monitor], best_epoch=best["epoch"],
+    return ResumePoint(epoch=epoch, best_score=best[monitor.key], best_epoch=best["epoch"],
                        wait=saved - best["epoch"])
 
 
@@ -131,6 +146,11 @@ def prepare_run_dir(run_dir, config: Config, *, resume: bool = False,
             f"--out {run}: holds a run of a different config:\n  " + "\n  ".join(changes) +
             "\nUse --resume to continue it with the new config, --overwrite to start again, "
             "or another --out.")
+    fixed = [c for c in changes if c.startswith(BEST_EPOCH_KEYS)]
+    if fixed:
+        raise TrainingError(
+            f"--out {run}: its best checkpoint was chosen by the old setting, so a resumed run "
+            f"cannot change it:\n  " + "\n  ".join(fixed) + "\nUse --overwrite to start again.")
     saved = backup_epoch(run)
     if saved is None:
         if is_finished(run, config):

@@ -7,15 +7,15 @@ barrier, and only then are the datasets and the model (inside ``strategy.scope()
 Nothing is written to RUN_DIR before every check has passed.
 
 Callbacks, in the order Keras calls them at an epoch's end: epoch statistics (lr, images/s),
-TerminateOnNaN, ModelCheckpoint (best by validation score, and last; weights), EarlyStopping on
-the validation score, ReduceLROnPlateau (``lr_schedule: plateau``), weight averaging
-(``swa_epochs``), TensorBoard overlays, CSVLogger and TensorBoard scalars (chief), the progress
+TerminateOnNaN, ModelCheckpoint (best by ``train.monitor``, the validation score or loss; and
+last; weights), EarlyStopping on the same, ReduceLROnPlateau (``lr_schedule: plateau``), weight
+averaging (``swa_epochs``), TensorBoard overlays, CSVLogger and TensorBoard scalars (chief), the progress
 bar, the one-line summary (chief), and BackupAndRestore last, so that a backup of epoch N means
 every file of epoch N is written. Workers other than the chief write checkpoints to temporary
 directories (Keras does this itself) and nothing else.
 
-After ``fit`` every worker loads the best checkpoint (or the weight average, when it scores
-higher on the validation split), the chief saves it as RUN_DIR/best.weights.h5 and writes
+After ``fit`` every worker loads the best checkpoint (or the weight average, when it does
+better on the validation split), the chief saves it as RUN_DIR/best.weights.h5 and writes
 metrics.json. Epochs are 1-based in printed lines and metrics.json, 0-based in history.csv.
 """
 from __future__ import annotations
@@ -40,13 +40,14 @@ from keras_ptx.input import pipeline
 from keras_ptx.input.augment import build_policy
 from keras_ptx.model import (WeightsError, build_model, make_losses, make_metrics,
                              output_names, resolve_jit_compile, resolve_mixed_precision)
+from keras_ptx.model.metrics import thresholds
 from keras_ptx.model.unetpp import check_model_config
 from keras_ptx.tf_setup import tf
 from keras_ptx.training import TrainingError
 from keras_ptx.training.averaging import WeightAveraging
 from keras_ptx.training.callbacks import (EpochStats, EpochSummary, ResumableEarlyStopping,
                                           ValidationImages, validation_sample)
-from keras_ptx.training.resume import (ResumePoint, best_row, is_finished, prepare_run_dir,
+from keras_ptx.training.resume import (Monitor, ResumePoint, best_row, is_finished, prepare_run_dir,
                                        read_history, resume_point)
 from keras_ptx.training.schedules import check_settings as check_optimizer_settings
 from keras_ptx.training.schedules import make_optimizer
@@ -66,13 +67,24 @@ def score_key(config: Config) -> str:
     return "score" if len(output_names(config.model)) == 1 else "mask_score"
 
 
+def make_monitor(config: Config) -> Monitor:
+    """What picks the best epoch, early stopping and plateau decay (``train.monitor``)."""
+    if config.train.monitor == "loss":
+        return Monitor("val_loss", "min")
+    if config.train.monitor == "score":
+        return Monitor("val_" + score_key(config), "max")
+    raise ConfigError(f"train.monitor: expected score or loss, got {config.train.monitor!r}")
+
+
 def check_settings(config: Config) -> None:
     """ConfigError for settings that cannot train (before anything heavy starts)."""
     train = config.train
+    make_monitor(config)
     try:
         resolve_strategy_name(train.strategy)
         check_optimizer_settings(train)
         check_model_config(config.model)
+        thresholds(train.metric_threshold)
         make_losses(config)
         pipeline.positive_share_for_epoch(config, 0, train.epochs)
         build_policy(config.augment, config.data.image_size, train_crop=config.data.train_crop)
@@ -132,7 +144,7 @@ def train(config: Config, data_dir: str, run_dir, *, resume: bool = False,
     if chief:
         prepare_run_dir(run, config, resume=resume, overwrite=overwrite)
     barrier(strategy)                   # the chief has prepared RUN_DIR
-    monitor = "val_" + score_key(config)
+    monitor = make_monitor(config)
     start = resume_point(run, monitor)
     train_data, val_data, steps = _datasets(config, data_dir, strategy, start)
 
@@ -203,16 +215,16 @@ def _one_pass(config: Config, data_dir: str) -> int:
 class _Callbacks:
     """The run's own callbacks (module docstring), with handles on the ones ``_finish`` reads."""
 
-    def __init__(self, config: Config, data_dir: str, run: Path, monitor: str,
+    def __init__(self, config: Config, data_dir: str, run: Path, monitor: Monitor,
                  start: ResumePoint, chief: bool, echo):
         train = config.train
         checkpoints = run / rundir.CHECKPOINTS
         keras = tf.keras.callbacks
         self.best = keras.ModelCheckpoint(
-            str(checkpoints / rundir.BEST_WEIGHTS), monitor=monitor, mode="max",
+            str(checkpoints / rundir.BEST_WEIGHTS), monitor=monitor.key, mode=monitor.mode,
             save_best_only=True, save_weights_only=True, initial_value_threshold=start.best_score)
         self.early_stopping = ResumableEarlyStopping(
-            start, monitor=monitor, mode="max", patience=train.early_stopping_patience,
+            start, monitor=monitor.key, mode=monitor.mode, patience=train.early_stopping_patience,
             verbose=1) if train.early_stopping_patience else None
         self.averaging = WeightAveraging(
             max(0, train.epochs - train.swa_epochs), checkpoints, write=chief,
@@ -225,7 +237,7 @@ class _Callbacks:
             self.callbacks.append(self.early_stopping)
         if train.lr_schedule == "plateau":
             self.callbacks.append(keras.ReduceLROnPlateau(
-                monitor=monitor, mode="max", factor=train.plateau_factor,
+                monitor=monitor.key, mode=monitor.mode, factor=train.plateau_factor,
                 patience=train.plateau_patience, min_lr=train.min_learning_rate, verbose=1))
         if self.averaging:
             self.callbacks.append(self.averaging)
@@ -243,7 +255,8 @@ class _Callbacks:
             ]
         self.callbacks.append(keras.ProgbarLogger(count_mode="steps"))
         if chief:
-            self.callbacks.append(EpochSummary(monitor, train.epochs, start, echo))
+            self.callbacks.append(EpochSummary(monitor, "val_" + score_key(config), train.epochs,
+                                               start, echo))
         self.callbacks.append(keras.BackupAndRestore(str(checkpoints / rundir.BACKUP)))
 
 
@@ -258,15 +271,15 @@ def _opening_line(config: Config, strategy, steps: int, start: ResumePoint) -> s
     if start.epoch:
         line += f"\ncontinuing after epoch {start.epoch} from the backup"
         if start.best_score is not None:
-            line += f" (best val score so far {start.best_score:.4f}, epoch {start.best_epoch + 1})"
+            line += f" (best {start.best_score:.4f} so far, epoch {start.best_epoch + 1})"
     return line
 
 
-def _finish(model, config: Config, run: Path, monitor: str, val_data, own: _Callbacks,
+def _finish(model, config: Config, run: Path, monitor: Monitor, val_data, own: _Callbacks,
             chief: bool, echo) -> dict:
     best_path = run / rundir.CHECKPOINTS / rundir.BEST_WEIGHTS
     if not best_path.is_file():
-        raise TrainingError(f"no epoch ended with a finite {monitor}, so there is no best "
+        raise TrainingError(f"no epoch ended with a finite {monitor.key}, so there is no best "
                             f"checkpoint (see {run / rundir.HISTORY}); lower "
                             f"train.learning_rate and re-run with --overwrite")
     _load_weights(model, best_path, config)
@@ -276,8 +289,8 @@ def _finish(model, config: Config, run: Path, monitor: str, val_data, own: _Call
         model.set_weights(own.averaging.averaged_weights(best_weights))
         scores = model.evaluate(val_data, return_dict=True, verbose=0)
         averaged = {"epochs": [e + 1 for e in own.averaging.epochs],
-                    monitor: float(scores[monitor[len("val_"):]])}
-        if averaged[monitor] > own.best.best:
+                    monitor.key: float(scores[monitor.key[len("val_"):]])}
+        if monitor.better(averaged[monitor.key], own.best.best):
             final = "swa"
         else:
             model.set_weights(best_weights)
@@ -295,7 +308,7 @@ def _finish(model, config: Config, run: Path, monitor: str, val_data, own: _Call
     speeds = [row["images_per_sec"] for row in history[1:] if "images_per_sec" in row]
     metrics = {
         "completed": True,
-        "monitor": monitor,
+        "monitor": monitor.key,
         "best_epoch": best["epoch"] + 1,
         "best": {key: value for key, value in best.items() if key != "epoch"},
         "epochs_trained": len(history),
@@ -305,9 +318,9 @@ def _finish(model, config: Config, run: Path, monitor: str, val_data, own: _Call
         "images_per_sec": statistics.median(speeds) if speeds else None,
     }
     _write_json(run / rundir.METRICS, metrics)
-    echo(f"best epoch {metrics['best_epoch']} of {len(history)}: {monitor} {best[monitor]:.4f}"
+    echo(f"best epoch {metrics['best_epoch']} of {len(history)}: {monitor.key} {best[monitor.key]:.4f}"
          + (f"; weight average of epochs {averaged['epochs'][0]}-{averaged['epochs'][-1]}: "
-            f"{averaged[monitor]:.4f}" if averaged else "")
+            f"{averaged[monitor.key]:.4f}" if averaged else "")
          + f"\nsaved {'the weight average' if final == 'swa' else 'the best epoch'} as "
            f"{run / rundir.BEST_WEIGHTS}")
     return metrics
