@@ -3,11 +3,12 @@
 
 For each size, writes N chest-like records (smooth anatomy-like shading plus film noise, ~22%
 with a pneumothorax-like mask, PNG-encoded through the shared record schema) into 4 shards,
-then measures, as medians over a few full passes:
+then measures, as medians over a few rounds of N images each (the cases take turns in every
+round):
 
 - pipeline: ``make_dataset(config, dir, 'train')`` with the default policy, 1 and 2 parallel
   augmentation calls, each augmenting one batch (read, decode, batch, augment, normalise,
-  prefetch);
+  prefetch), in the steady state of training's endless stream;
 - no-aug: the same pipeline with ``augment.enabled=false`` (what everything but albumentations
   costs);
 - raw loop: the same albumentations policy called in a plain Python loop on the same decoded
@@ -95,9 +96,13 @@ def median_rates(runs: dict, passes: int) -> dict:
     return {name: statistics.median(values) for name, values in rates.items()}
 
 
-def pipeline_run(config, directory):
-    ds = make_dataset(config, str(directory), "train")
-    return lambda: sum(int(image.shape[0]) for image, _ in ds)
+def pipeline_run(config, directory, images):
+    """Steady state, as in training: one endless stream (``steps_per_epoch`` set), so the
+    shuffle buffer fills once (in the warm-up round), not at every timed pass."""
+    config = load_config(None, (*config, "train.steps_per_epoch=1"))
+    batches = iter(make_dataset(config, str(directory), "train"))
+    steps = max(1, images // config.train.batch_size)
+    return lambda: sum(int(next(batches)[0].shape[0]) for _ in range(steps))
 
 
 def raw_run(config, directory):
@@ -152,11 +157,10 @@ def main():
             base = (f"data.image_size={size}", f"train.batch_size={args.batch}")
             config = load_config(None, base)
             runs = {"raw": raw_run(config, directory),
-                    "plain": pipeline_run(load_config(None, (*base, "augment.enabled=false")),
-                                          directory)}
+                    "plain": pipeline_run((*base, "augment.enabled=false"), directory, args.images)}
             for calls in args.calls:
-                runs[calls] = pipeline_run(
-                    load_config(None, (*base, f"data.num_parallel_calls={calls}")), directory)
+                runs[calls] = pipeline_run((*base, f"data.num_parallel_calls={calls}"), directory,
+                                           args.images)
             if args.model:
                 runs["model"] = model_run(config)
             rates = median_rates(runs, args.passes)
