@@ -3,8 +3,8 @@
 
 For each size, writes N chest-like records (smooth anatomy-like shading plus film noise, ~22%
 with a pneumothorax-like mask, PNG-encoded through the shared record schema) into 4 shards,
-then measures, as medians over a few rounds of N images each (the cases take turns in every
-round):
+then measures, as medians over a few rounds of N images each (each case alone, the cases in
+turn forward then backward):
 
 - pipeline: ``make_dataset(config, dir, 'train')`` with the default policy, 1 and 2 parallel
   augmentation calls, each augmenting one batch (read, decode, batch, augment, normalise,
@@ -24,6 +24,7 @@ for BENCHMARKS.md. Run on a quiet machine:
 from __future__ import annotations
 
 import argparse
+import gc
 import platform
 import statistics
 import tempfile
@@ -83,29 +84,42 @@ def write_shards(directory: Path, size: int, count: int, seed: int = 0) -> int:
     return sum(len(s) for s in examples) // count
 
 
-def median_rates(runs: dict, passes: int) -> dict:
-    """Median images/s of each ``run() -> images`` over ``passes`` rounds after one warm-up
-    round; every round runs the cases one after another, so machine noise hits them alike."""
-    rates = {name: [] for name in runs}
-    for round_ in range(passes + 1):
-        for name, run in runs.items():
-            start = time.perf_counter()
-            images = run()
-            if round_:
+def median_rates(cases: dict, passes: int) -> dict:
+    """Median images/s of each case over 2 x ``passes`` timed rounds.
+
+    A case is a factory returning ``run() -> images``. Each case runs alone: one warm-up
+    round (which fills a pipeline's shuffle buffer), its timed rounds, then its iterator is
+    dropped, so no background prefetching steals from the next case. The cases run in turn,
+    forward then backward, so drifting machine noise hits them alike.
+    """
+    rates = {name: [] for name in cases}
+    for order in (list(cases), list(reversed(cases))):
+        for name in order:
+            run = cases[name]()
+            run()
+            for _ in range(passes):
+                start = time.perf_counter()
+                images = run()
                 rates[name].append(images / (time.perf_counter() - start))
+            del run
+            gc.collect()
     return {name: statistics.median(values) for name, values in rates.items()}
 
 
-def pipeline_run(config, directory, images):
+def pipeline_case(config, directory, images):
     """Steady state, as in training: one endless stream (``steps_per_epoch`` set), so the
-    shuffle buffer fills once (in the warm-up round), not at every timed pass."""
+    shuffle buffer fills once (in the warm-up round), not at every timed round."""
     config = load_config(None, (*config, "train.steps_per_epoch=1"))
-    batches = iter(make_dataset(config, str(directory), "train"))
     steps = max(1, images // config.train.batch_size)
-    return lambda: sum(int(next(batches)[0].shape[0]) for _ in range(steps))
+
+    def start():
+        batches = iter(make_dataset(config, str(directory), "train"))
+        return lambda: sum(int(next(batches)[0].shape[0]) for _ in range(steps))
+
+    return start
 
 
-def raw_run(config, directory):
+def raw_case(config, directory):
     examples = [records.parse(s, config.data.image_size)
                 for s in tf.data.TFRecordDataset(records.shard_files(str(directory), "train"))]
     pairs = [(e["image"].numpy()[..., 0], e["mask"].numpy()[..., 0]) for e in examples]
@@ -116,10 +130,10 @@ def raw_run(config, directory):
             policy(image=image, mask=mask)
         return len(pairs)
 
-    return run
+    return lambda: run
 
 
-def model_run(config):
+def model_case(config):
     import segmentation_models as sm
     size, batch = config.data.image_size, config.train.batch_size
     model = sm.Unet("efficientnetb0", encoder_weights=None, input_shape=(size, size, 3))
@@ -131,7 +145,7 @@ def model_run(config):
         model.train_on_batch(x, y)
         return batch
 
-    return run
+    return lambda: run
 
 
 def main():
@@ -142,6 +156,8 @@ def main():
     parser.add_argument("--batch", type=int, default=12)
     parser.add_argument("--passes", type=int, default=3, help="timed passes per measurement")
     parser.add_argument("--model", action="store_true", help="also time a training step")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="config override for every pipeline case, e.g. data.cache=true")
     args = parser.parse_args()
 
     print(f"# input pipeline, {args.images} images in {SHARDS} shards, batch {args.batch}, "
@@ -154,16 +170,16 @@ def main():
         with tempfile.TemporaryDirectory() as tmp:
             directory = Path(tmp)
             record_bytes = write_shards(directory, size, args.images)
-            base = (f"data.image_size={size}", f"train.batch_size={args.batch}")
+            base = (f"data.image_size={size}", f"train.batch_size={args.batch}", *args.overrides)
             config = load_config(None, base)
-            runs = {"raw": raw_run(config, directory),
-                    "plain": pipeline_run((*base, "augment.enabled=false"), directory, args.images)}
+            cases = {"raw": raw_case(config, directory),
+                     "plain": pipeline_case((*base, "augment.enabled=false"), directory, args.images)}
             for calls in args.calls:
-                runs[calls] = pipeline_run((*base, f"data.num_parallel_calls={calls}"), directory,
-                                           args.images)
+                cases[calls] = pipeline_case((*base, f"data.num_parallel_calls={calls}"), directory,
+                                             args.images)
             if args.model:
-                runs["model"] = model_run(config)
-            rates = median_rates(runs, args.passes)
+                cases["model"] = model_case(config)
+            rates = median_rates(cases, args.passes)
             for calls in args.calls:
                 row = (f"| {size} | {record_bytes:,} | {calls} | {rates[calls]:.0f} | "
                        f"{rates[calls] / rates[args.calls[0]]:.2f}x | "
