@@ -97,18 +97,15 @@ def test_refuses_records_of_another_size(tmp_path):
 
 def test_refuses_config_errors(data_dir, tmp_path):
     base = ["--config", TEST_CONFIG, "--data", data_dir, "--out", tmp_path / "run"]
-    result = _run_cli(*base, "--set", "train.batchsize=3")
-    assert result.exit_code == 2 and "did you mean train.batch_size?" in result.output
-    result = _run_cli(*base, "--set", "train.lr_schedule=linear")
-    assert result.exit_code == 2 and "train.lr_schedule" in result.output
-    result = _run_cli(*base, "--set", "train.strategy=tpu")
-    assert result.exit_code == 2 and "train.strategy" in result.output
-    result = _run_cli(*base, "--set", "data.train_crop=48")
-    assert result.exit_code == 2 and "data.train_crop: 48 must be a multiple of 32" in result.output
-    result = _run_cli(*base, "--set", "train.metric_threshold=[]")
-    assert result.exit_code == 2 and "train.metric_threshold: expected one or more" in result.output
-    result = _run_cli(*base, "--set", "train.monitor=dice")
-    assert result.exit_code == 2 and "train.monitor: expected score or loss" in result.output
+    for override, message in [
+            ("train.batchsize=3", "did you mean train.batch_size?"),
+            ("train.lr_schedule=linear", "train.lr_schedule"),
+            ("train.strategy=tpu", "train.strategy"),
+            ("data.train_crop=48", "data.train_crop: 48 must be a multiple of 32"),
+            ("train.metric_threshold=[]", "train.metric_threshold: expected one or more"),
+            ("train.monitor=dice", "train.monitor: expected score or loss")]:
+        result = _run_cli(*base, "--set", override)
+        assert result.exit_code == 2 and message in result.output, override
     result = _run_cli(*base, "--resume", "--overwrite")
     assert result.exit_code == 2 and "exclude each other" in result.output
     assert not (tmp_path / "run").exists()

@@ -89,14 +89,11 @@ class GraphAugmenter:
         policy = getattr(self._local, "policy", None)
         if policy is None:
             policy = self._local.policy = self._make_policy()
-        side = self._out_size or images.shape[1]
-        new_images = np.empty((len(images), side, side, 1), images.dtype)
-        new_masks = np.empty((len(masks), side, side, 1), masks.dtype)
-        for i, seed in enumerate(seeds):
+        outs = []
+        for image, mask, seed in zip(images, masks, seeds):
             reseed(policy, seed)
-            out = policy(image=images[i, ..., 0], mask=masks[i, ..., 0])
-            new_images[i, ..., 0], new_masks[i, ..., 0] = out["image"], out["mask"]
-        return new_images, new_masks
+            outs.append(policy(image=image[..., 0], mask=mask[..., 0]))
+        return tuple(np.stack([out[key] for out in outs])[..., None] for key in ("image", "mask"))
 
     def __call__(self, images, masks, seeds):
         new_images, new_masks = tf.numpy_function(

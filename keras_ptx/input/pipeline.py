@@ -71,7 +71,6 @@ def make_dataset(config: Config, data_dir: str, split: str, *, training: bool | 
             ds = ds.repeat()
     else:
         ds = _balanced(config, data_dir, files, input_context, first, num_epochs, batch, seed)
-    ds = ds.map(_pair, num_parallel_calls=AUTOTUNE)
     if not config.augment.enabled and not config.data.train_crop:
         return _finish(ds.batch(batch, drop_remainder=True), deterministic)
     augment = graph_augmenter(config.augment, config.data.image_size, config.data.train_crop)
@@ -190,8 +189,14 @@ def _serialized(files, input_context, shuffle_seed, deterministic) -> tf.data.Da
                          num_parallel_calls=AUTOTUNE, deterministic=deterministic)
 
 
-def _parse(config: Config, keys=None):
-    return functools.partial(records.parse, size=config.data.image_size, keys=keys)
+def _parse(config: Config):
+    return functools.partial(records.parse, size=config.data.image_size)
+
+
+def _training_pair(config: Config):
+    """serialized -> (image, mask, label), parsing only the features training reads."""
+    size = config.data.image_size
+    return lambda serialized: _pair(records.parse(serialized, size, TRAIN_KEYS))
 
 
 def _examples(files, config: Config, input_context) -> tf.data.Dataset:
@@ -202,13 +207,14 @@ def _examples(files, config: Config, input_context) -> tf.data.Dataset:
 
 
 def _shuffled_examples(serialized, config: Config, seed: int) -> tf.data.Dataset:
-    """Decode and shuffle (with ``data.cache``: keep decoded examples, shuffle from memory)."""
+    """Decoded (image, mask, label) triples, shuffled (with ``data.cache``: kept in memory
+    and shuffled from there)."""
     def shuffle(ds):
         if config.data.shuffle_buffer <= 1:
             return ds
         return ds.shuffle(config.data.shuffle_buffer, seed=seed, reshuffle_each_iteration=True)
 
-    parse = _parse(config, TRAIN_KEYS)
+    parse = _training_pair(config)
     if config.data.cache:
         return shuffle(serialized.map(parse, num_parallel_calls=AUTOTUNE).cache())
     return shuffle(serialized).map(parse, num_parallel_calls=AUTOTUNE)

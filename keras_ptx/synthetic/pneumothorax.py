@@ -4,8 +4,8 @@ A pneumothorax is air between the chest wall and a collapsed lung. It is drawn a
 lung within ``reach`` pixels of the lung border along one stretch of pleura (apical, lateral or
 basal), ``reach`` tapering to zero at both ends of the stretch; one larger than such a band can
 hold is the whole lung (the bigger one) shrunk toward its hilum, the gap running round all of
-its border but the mediastinal side. Inside the band the lung markings vanish and the air deepens (darker); just beyond it a thin bright visceral pleural
-line bounds the collapsed lung. The mask of each annotation is computed once at full
+its border but the mediastinal side. Inside the band the lung markings vanish and the air
+deepens (darker); just beyond it a thin bright visceral pleural line bounds the collapsed lung. The mask of each annotation is computed once at full
 resolution from the upsampled fields, and the same boolean mask darkens the image, so the
 label is exactly the region drawn.
 """
@@ -157,13 +157,13 @@ def place_lesions(rng: np.random.Generator, chest: Chest, areas) -> list[Lesion]
         else:
             continue                 # no room left for another separate lesion
         sd = chest.lung_sd[side]
+        inside = sd > 0
         target = max(area * pixels, 2.0)
         reach = _reach(chest, side, angle, spread)
         depth = _fit_depth(sd, reach, target, spread)
         collapse = 0.0
-        if np.count_nonzero((sd > 0) & (sd < depth * reach)) < 0.95 * target:
+        if np.count_nonzero(inside & (sd < depth * reach)) < 0.95 * target:
             # more than a band along one stretch can hold: the whole lung collapses
-            inside = sd > 0
             collapse = _bisect(lambda c: np.count_nonzero(
                 inside & (sd < _collapse_reach(chest, side, c))), MAX_COLLAPSE, target)
             angle, spread = _collapse_window()

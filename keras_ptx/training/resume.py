@@ -4,8 +4,9 @@ Re-running the same command after a crash (even ``kill -9``) continues from the 
 epoch: Keras' ``BackupAndRestore`` keeps the model, optimizer and epoch counter in
 ``checkpoints/backup/`` and ``fit`` resumes from there. What the backup does not hold comes
 from ``history.csv``: the best ``train.monitor`` value so far (so the best checkpoint is
-replaced only by a better epoch) and early stopping's patience count. History rows of epochs after the backup
-(written just before a crash) are dropped, so the history continues instead of repeating.
+replaced only by a better epoch) and early stopping's patience count. History rows of epochs
+after the backup (written just before a crash) are dropped, so the history continues instead
+of repeating. A resumed run may change its config, but not what picks the best epoch.
 
 States of an existing RUN_DIR with the same config: a backup -> continue; a finished run
 (``metrics.json`` says so) -> nothing to do; no epoch finished -> start again; epochs in the

@@ -9,8 +9,8 @@ Nothing is written to RUN_DIR before every check has passed.
 Callbacks, in the order Keras calls them at an epoch's end: epoch statistics (lr, images/s),
 TerminateOnNaN, ModelCheckpoint (best by ``train.monitor``, the validation score or loss; and
 last; weights), EarlyStopping on the same, ReduceLROnPlateau (``lr_schedule: plateau``), weight
-averaging (``swa_epochs``), TensorBoard overlays, CSVLogger and TensorBoard scalars (chief), the progress
-bar, the one-line summary (chief), and BackupAndRestore last, so that a backup of epoch N means
+averaging (``swa_epochs``), TensorBoard overlays, CSVLogger and TensorBoard scalars (chief), the
+progress bar, the one-line summary (chief), and BackupAndRestore last, so that a backup of epoch N means
 every file of epoch N is written. Workers other than the chief write checkpoints to temporary
 directories (Keras does this itself) and nothing else.
 
@@ -47,8 +47,8 @@ from keras_ptx.training import TrainingError
 from keras_ptx.training.averaging import WeightAveraging
 from keras_ptx.training.callbacks import (EpochStats, EpochSummary, ResumableEarlyStopping,
                                           ValidationImages, validation_sample)
-from keras_ptx.training.resume import (Monitor, ResumePoint, best_row, is_finished, prepare_run_dir,
-                                       read_history, resume_point)
+from keras_ptx.training.resume import (Monitor, ResumePoint, best_row, is_finished,
+                                       prepare_run_dir, read_history, resume_point)
 from keras_ptx.training.schedules import check_settings as check_optimizer_settings
 from keras_ptx.training.schedules import make_optimizer
 from keras_ptx.training.strategy import barrier, is_chief, make_strategy, resolve_strategy_name
@@ -318,7 +318,8 @@ def _finish(model, config: Config, run: Path, monitor: Monitor, val_data, own: _
         "images_per_sec": statistics.median(speeds) if speeds else None,
     }
     _write_json(run / rundir.METRICS, metrics)
-    echo(f"best epoch {metrics['best_epoch']} of {len(history)}: {monitor.key} {best[monitor.key]:.4f}"
+    echo(f"best epoch {metrics['best_epoch']} of {len(history)}: "
+         f"{monitor.key} {best[monitor.key]:.4f}"
          + (f"; weight average of epochs {averaged['epochs'][0]}-{averaged['epochs'][-1]}: "
             f"{averaged[monitor.key]:.4f}" if averaged else "")
          + f"\nsaved {'the weight average' if final == 'swa' else 'the best epoch'} as "
