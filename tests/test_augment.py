@@ -107,7 +107,8 @@ def test_reseeded_transforms_draw_independently():
 
 
 def test_graph_augmenter_in_a_parallel_map_is_deterministic():
-    augment = GraphAugmenter(lambda: build_policy(STRONG, SIZE))
+    built = []
+    augment = GraphAugmenter(lambda: built.append(1) or build_policy(STRONG, SIZE))
     images, masks = _batch(*_square(), 3)
     ds = tf.data.Dataset.range(24).batch(3).map(lambda s: augment(images, masks, s),
                                                 num_parallel_calls=2)
@@ -115,6 +116,8 @@ def test_graph_augmenter_in_a_parallel_map_is_deterministic():
     first, second = ([i.numpy() for i, _ in ds] for _ in range(2))
     for a, b in zip(first, second):
         np.testing.assert_array_equal(a, b)
+    # 16 batches, at most 2 at once: each policy is built once, not once per batch
+    assert len(built) <= 2
 
 
 def test_an_example_comes_out_the_same_whatever_its_batch():

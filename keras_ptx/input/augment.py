@@ -15,7 +15,6 @@ draw independently and the same seed still gives the same result.
 from __future__ import annotations
 
 import random
-import threading
 from typing import Callable
 
 import albumentations as A
@@ -75,24 +74,34 @@ class GraphAugmenter:
 
     One ``tf.numpy_function`` call per batch (uint8 [B, S, S, 1] images and masks, int64 [B]
     seeds) loops over its examples, so the Python/GIL hand-over is paid once per batch rather
-    than once per image. ``make_policy`` is called once per tf.data thread (policies are not
-    thread-safe); each example's policy stream is restarted from its own seed, so its result
-    depends neither on the thread, nor on the order, nor on the other examples of its batch.
+    than once per image. Policies are not thread-safe: each call borrows one from a free list
+    and returns it, so there are as many as calls ever ran at once, each built once
+    (``threading.local`` would not do: TensorFlow's threads get a fresh Python thread state
+    per call, which rebuilt the policy, ~1 ms, for every batch). Each example's policy stream
+    is restarted from its own seed, so its result depends neither on the thread, nor on the
+    order, nor on the other examples of its batch.
     """
 
     def __init__(self, make_policy: Callable[[], A.BaseCompose], out_size: int | None = None):
         self._make_policy = make_policy
         self._out_size = out_size             # None: the policy keeps the input size
-        self._local = threading.local()
+        self._idle: list[A.BaseCompose] = []  # list.pop/append are atomic under the GIL
+
+    def _borrow(self) -> A.BaseCompose:
+        try:
+            return self._idle.pop()
+        except IndexError:
+            return self._make_policy()
 
     def _apply(self, images: np.ndarray, masks: np.ndarray, seeds) -> tuple[np.ndarray, np.ndarray]:
-        policy = getattr(self._local, "policy", None)
-        if policy is None:
-            policy = self._local.policy = self._make_policy()
-        outs = []
-        for image, mask, seed in zip(images, masks, seeds):
-            reseed(policy, seed)
-            outs.append(policy(image=image[..., 0], mask=mask[..., 0]))
+        policy = self._borrow()
+        try:
+            outs = []
+            for image, mask, seed in zip(images, masks, seeds):
+                reseed(policy, seed)
+                outs.append(policy(image=image[..., 0], mask=mask[..., 0]))
+        finally:
+            self._idle.append(policy)
         return tuple(np.stack([out[key] for out in outs])[..., None] for key in ("image", "mask"))
 
     def __call__(self, images, masks, seeds):
