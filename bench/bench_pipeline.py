@@ -17,9 +17,11 @@ turn forward then backward):
 Goals (issue 5): pipeline >= 0.9x raw at 1 call; 2 calls >= 1.6x one call on 2 cores.
 ``--model`` adds the training demand of a stand-in network (segmentation-models'
 Unet-EfficientNetB0, weights none) at the same size and batch, in images/s. Prints Markdown
-for BENCHMARKS.md. Run on a quiet machine:
+for BENCHMARKS.md. Run on a quiet machine, once with records decoded every epoch and once
+with them cached (``data.cache: auto``, the default, caches these small sets):
 
-    .venv/bin/python bench/bench_pipeline.py --sizes 256 512 --images 600 --model
+    .venv/bin/python bench/bench_pipeline.py --sizes 256 512 --images 600 --model --set data.cache=false
+    .venv/bin/python bench/bench_pipeline.py --sizes 256 512 --images 600 --set data.cache=true
 """
 from __future__ import annotations
 

@@ -25,7 +25,7 @@ class DataConfig:
     image_size: int = 256               # records (and model input, but for train_crop) are S x S
     train_crop: int = 0                 # train on crops of this side (lesion-centred on positives); 0 = whole
     shuffle_buffer: int = 512
-    cache: bool = False                 # keep decoded records in memory
+    cache: Union[bool, str] = "auto"    # keep decoded records in memory; auto = when they fit
     deterministic: bool = False         # fixed order and augmentation stream (reproducible)
     num_parallel_calls: int = 2         # parallel augmentation calls, a batch each (0 = AUTOTUNE)
     positive_share: Optional[float] = None      # share of positive images per epoch; None = natural

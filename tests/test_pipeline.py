@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 
 from keras_ptx.config import load_config
-from keras_ptx.data import records
+from keras_ptx.data import manifest, records
+from keras_ptx.input import cache
 from keras_ptx.input.normalize import to_model_input
 from keras_ptx.input.pipeline import (make_dataset, make_eval_dataset, positive_share_for_epoch,
                                       steps_per_epoch)
@@ -242,3 +243,27 @@ def test_missing_shards_are_a_clear_error(tmp_path):
         make_dataset(_config(), str(tmp_path), "train")
     with pytest.raises(ValueError, match="no val shards in"):
         make_eval_dataset(_config(), str(tmp_path), "val")
+
+
+def test_cache_auto_keeps_a_split_in_memory_only_when_it_fits(data_dir, tmp_path, monkeypatch):
+    directory, _ = data_dir
+    need = 40 * SIZE * SIZE * 2                         # train: 40 decoded images and masks
+    data = _config().data
+    assert data.cache == "auto"
+    for free, fits in ((4 * need, True), (4 * need - 1, False)):
+        monkeypatch.setattr(cache, "available_memory", lambda free=free: free)
+        plan = cache.plan(data, str(directory), "train")       # no manifest: records counted
+        assert plan.cache is fits, plan.reason
+    assert "more than 25% of it" in plan.reason
+    for forced in (True, False):
+        assert cache.plan(_config(f"data.cache={forced}").data, str(directory), "train").cache is forced
+    with pytest.raises(ValueError, match="data.cache: expected true, false or auto"):
+        cache.plan(_config("data.cache=sometimes").data, str(directory), "train")
+
+    # a build's manifest is trusted for the count (here one that claims far more records)
+    built = tmp_path / "built"
+    built.mkdir()
+    manifest.write_atomic(str(built / records.MANIFEST),
+                          manifest.to_json({"splits": {"train": {"images": 10_000}}}))
+    assert cache.plan(data, str(built), "train").reason.startswith(
+        f"auto: {10_000 * need / 40 / 1e9:.2f} GB decoded")

@@ -103,7 +103,8 @@ def test_refuses_config_errors(data_dir, tmp_path):
             ("train.strategy=tpu", "train.strategy"),
             ("data.train_crop=48", "data.train_crop: 48 must be a multiple of 32"),
             ("train.metric_threshold=[]", "train.metric_threshold: expected one or more"),
-            ("train.monitor=dice", "train.monitor: expected score or loss")]:
+            ("train.monitor=dice", "train.monitor: expected score or loss"),
+            ("data.cache=sometimes", "data.cache: expected true, false or auto")]:
         result = _run_cli(*base, "--set", override)
         assert result.exit_code == 2 and message in result.output, override
     result = _run_cli(*base, "--resume", "--overwrite")
@@ -311,6 +312,7 @@ def test_trains_on_crops_and_validates_on_whole_images(data_dir, tmp_path):
     config = load_config(TEST_CONFIG, ["train.epochs=1", "data.train_crop=32", *SLIM])
     result = train(config, str(data_dir), run, echo=lines.append)
     assert "at 64x64 on 32x32 crops" in lines[0]
+    assert lines[1].startswith("decoded records kept in memory: train yes (auto: 0.00 GB decoded")
     assert result.model.input_shape == (None, None, None, 3)
     assert 0.0 <= float(_history(run)[0]["val_score"]) <= 1.0      # one output: no "mask_" prefix
     _, reloaded = rundir.load_model(run)                 # the whole-image model for inference

@@ -6,6 +6,8 @@ class-balanced sampling) -> shuffle -> decode image, mask and label only
 ``tf.numpy_function`` call per batch (:mod:`keras_ptx.input.augment`) -> gray-to-RGB ImageNet
 normalisation (:mod:`keras_ptx.input.normalize`) -> prefetch.
 Evaluation: the same without shuffling, augmentation or dropped examples, in a fixed order.
+Decoded records are kept in memory after the first pass when ``data.cache`` says so
+(:mod:`keras_ptx.input.cache`; ``auto`` when they fit).
 
 Positive share. With ``data.positive_share`` set, training examples are drawn from two endless
 per-class streams (filtered on ``has_pneumothorax``) by ``sample_from_datasets``. With
@@ -33,6 +35,7 @@ import numpy as np
 
 from keras_ptx.config import Config
 from keras_ptx.data import records
+from keras_ptx.input import cache
 from keras_ptx.input.augment import graph_augmenter
 from keras_ptx.input.normalize import to_model_input
 from keras_ptx.tf_setup import tf
@@ -55,10 +58,11 @@ def make_dataset(config: Config, data_dir: str, split: str, *, training: bool | 
     is the per-replica share of ``train.batch_size`` and this worker reads only its shard.
     """
     training = split == "train" if training is None else training
-    files = _checked_files(config, data_dir, split)
+    files = checked_files(config, data_dir, split)
+    cached = cache.plan(config.data, data_dir, split).cache
     batch = _batch_size(config.train.batch_size, input_context)
     if not training:
-        ds = _examples(files, config, input_context).map(_pair, num_parallel_calls=AUTOTUNE)
+        ds = _examples(files, config, input_context, cached).map(_pair, num_parallel_calls=AUTOTUNE)
         return _finish(ds.batch(batch), deterministic=True)
 
     first, num_epochs = epoch or 0, num_epochs or config.train.epochs
@@ -66,11 +70,12 @@ def make_dataset(config: Config, data_dir: str, split: str, *, training: bool | 
     deterministic = config.data.deterministic
     if positive_share_for_epoch(config, first, num_epochs) is None:
         serialized = _serialized(files, input_context, seed, deterministic)
-        ds = _shuffled_examples(serialized, config, seed)
+        ds = _shuffled_examples(serialized, config, seed, cached)
         if config.train.steps_per_epoch:
             ds = ds.repeat()
     else:
-        ds = _balanced(config, data_dir, files, input_context, first, num_epochs, batch, seed)
+        ds = _balanced(config, data_dir, files, input_context, first, num_epochs, batch, seed,
+                       cached)
     if not config.augment.enabled and not config.data.train_crop:
         return _finish(ds.batch(batch, drop_remainder=True), deterministic)
     augment = graph_augmenter(config.augment, config.data.image_size, config.data.train_crop)
@@ -88,14 +93,15 @@ def make_dataset(config: Config, data_dir: str, split: str, *, training: bool | 
 
 def make_eval_dataset(config: Config, data_dir: str, split: str,
                       batch_size: int | None = None) -> tf.data.Dataset:
-    """Every example of ``split`` once, in a fixed order, as batches of dicts.
+    """Every example of ``split`` once, in a fixed order, as batches of dicts (never cached:
+    a dataset's cache serves only that dataset's later passes).
 
     Keys: ``image`` (normalised, float32 [B,S,S,3]), ``mask`` (float32 [B,S,S,1]), ``label``
     (float32 [B,1]), ``image_id`` (string [B]), ``height``, ``width`` (original DICOM grid),
     ``mask_area`` (pixels on that grid) and ``labeled`` (0 for records without ground truth),
     all int64 [B].
     """
-    files = _checked_files(config, data_dir, split)
+    files = checked_files(config, data_dir, split)
 
     def to_dict(example):
         image, mask, label = _pair(example)
@@ -106,7 +112,7 @@ def make_eval_dataset(config: Config, data_dir: str, split: str,
         return {**batch, "image": to_model_input(batch["image"]),
                 "mask": tf.cast(batch["mask"], tf.float32)}
 
-    ds = _examples(files, config, None).map(to_dict, num_parallel_calls=AUTOTUNE)
+    ds = _examples(files, config, None, cached=False).map(to_dict, num_parallel_calls=AUTOTUNE)
     ds = ds.batch(batch_size or config.eval.batch_size).map(normalise, num_parallel_calls=AUTOTUNE)
     return _with_determinism(ds.prefetch(AUTOTUNE), True)
 
@@ -144,8 +150,9 @@ def _one_pass(config: Config, total: int) -> int:
     return config.train.steps_per_epoch or max(1, total // config.train.batch_size)
 
 
-def _checked_files(config: Config, data_dir: str, split: str) -> list[str]:
-    """The split's shards, after checking there are some and that their size is the config's."""
+def checked_files(config: Config, data_dir: str, split: str) -> list[str]:
+    """The split's shards, after checking there are some and that their size is the config's
+    (ValueError naming the problem; reads one record)."""
     files = records.shard_files(data_dir, split)
     if not files:
         raise ValueError(f"no {split} shards in {data_dir} (expected files like "
@@ -199,23 +206,23 @@ def _training_pair(config: Config):
     return lambda serialized: _pair(records.parse(serialized, size, TRAIN_KEYS))
 
 
-def _examples(files, config: Config, input_context) -> tf.data.Dataset:
+def _examples(files, config: Config, input_context, cached: bool) -> tf.data.Dataset:
     """Decoded examples in a fixed order (evaluation)."""
     ds = _serialized(files, input_context, None, True)
     ds = ds.map(_parse(config), num_parallel_calls=AUTOTUNE)
-    return ds.cache() if config.data.cache else ds
+    return ds.cache() if cached else ds
 
 
-def _shuffled_examples(serialized, config: Config, seed: int) -> tf.data.Dataset:
-    """Decoded (image, mask, label) triples, shuffled (with ``data.cache``: kept in memory
-    and shuffled from there)."""
+def _shuffled_examples(serialized, config: Config, seed: int, cached: bool) -> tf.data.Dataset:
+    """Decoded (image, mask, label) triples, shuffled (``cached``: kept in memory and
+    shuffled from there)."""
     def shuffle(ds):
         if config.data.shuffle_buffer <= 1:
             return ds
         return ds.shuffle(config.data.shuffle_buffer, seed=seed, reshuffle_each_iteration=True)
 
     parse = _training_pair(config)
-    if config.data.cache:
+    if cached:
         return shuffle(serialized.map(parse, num_parallel_calls=AUTOTUNE).cache())
     return shuffle(serialized).map(parse, num_parallel_calls=AUTOTUNE)
 
@@ -236,7 +243,7 @@ def _class_counts(files) -> tuple[int, int]:
 
 
 def _balanced(config: Config, data_dir: str, files, input_context, first_epoch: int,
-              num_epochs: int, batch: int, seed: int) -> tf.data.Dataset:
+              num_epochs: int, batch: int, seed: int, cached: bool) -> tf.data.Dataset:
     """Endless stream drawing positives at the scheduled share from per-class streams."""
     shares = [positive_share_for_epoch(config, e, num_epochs)
               for e in range(first_epoch, max(num_epochs, first_epoch + 1))]
@@ -250,7 +257,7 @@ def _balanced(config: Config, data_dir: str, files, input_context, first_epoch: 
     for positive in (True, False):
         serialized = _serialized(files, input_context, seed, config.data.deterministic).filter(
             lambda s, positive=positive: tf.equal(_has_pneumothorax(s), positive))
-        streams.append(_shuffled_examples(serialized, config, seed).repeat())
+        streams.append(_shuffled_examples(serialized, config, seed, cached).repeat())
 
     weights = [[s, 1.0 - s] for s in shares]
     if len(weights) == 1:

@@ -31,12 +31,10 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
-
 from keras_ptx import rundir
 from keras_ptx.config import Config, ConfigError
 from keras_ptx.data import records
-from keras_ptx.input import pipeline
+from keras_ptx.input import cache, pipeline
 from keras_ptx.input.augment import build_policy
 from keras_ptx.model import (WeightsError, build_model, make_losses, make_metrics,
                              output_names, resolve_jit_compile, resolve_mixed_precision)
@@ -88,6 +86,7 @@ def check_settings(config: Config) -> None:
         make_losses(config)
         pipeline.positive_share_for_epoch(config, 0, train.epochs)
         build_policy(config.augment, config.data.image_size, train_crop=config.data.train_crop)
+        cache.check_setting(config.data.cache)
         resolve_jit_compile(train.jit_compile)
         resolve_mixed_precision(train.mixed_precision)
     except ValueError as exc:
@@ -115,7 +114,7 @@ def check_records(config: Config, data_dir: str) -> None:
     (the input pipeline's own checks; they read one record per split)."""
     try:
         for split in ("train", "val"):
-            pipeline.make_dataset(config, data_dir, split, training=False)
+            pipeline.checked_files(config, data_dir, split)
     except ValueError as exc:
         raise TrainingError(str(exc)) from None
     except tf.errors.OpError as exc:
@@ -146,7 +145,7 @@ def train(config: Config, data_dir: str, run_dir, *, resume: bool = False,
     barrier(strategy)                   # the chief has prepared RUN_DIR
     monitor = make_monitor(config)
     start = resume_point(run, monitor)
-    train_data, val_data, steps = _datasets(config, data_dir, strategy, start)
+    train_data, val_data, steps, caching = _datasets(config, data_dir, strategy, start)
 
     tf.keras.utils.set_random_seed(config.train.seed)
     with strategy.scope():
@@ -160,6 +159,7 @@ def train(config: Config, data_dir: str, run_dir, *, resume: bool = False,
                       jit_compile=resolve_jit_compile(config.train.jit_compile))
     own = _Callbacks(config, data_dir, run, monitor, start, chief, echo)
     echo(_opening_line(config, strategy, steps, start))
+    echo(caching)
     model.fit(train_data, validation_data=val_data, epochs=config.train.epochs,
               steps_per_epoch=steps,
               callbacks=[*callbacks, *own.callbacks], verbose=1 if sys.stdout.isatty() else 2)
@@ -169,7 +169,7 @@ def train(config: Config, data_dir: str, run_dir, *, resume: bool = False,
 
 
 def _datasets(config: Config, data_dir: str, strategy, start: ResumePoint):
-    """(train, val, steps per epoch).
+    """(train, val, steps per epoch, a line saying which splits are cached and why).
 
     Training: ``distribute_datasets_from_function``, so each worker reads its own files at the
     per-replica batch; Keras runs distributed datasets for a fixed number of steps without
@@ -178,21 +178,28 @@ def _datasets(config: Config, data_dir: str, strategy, start: ResumePoint):
     dataset that Keras distributes and restarts each epoch, which is what gives every
     validation image exactly once per epoch, partial batches included (its first
     ``train.validation_steps`` batches, if set); workers take alternate batches.
+    ``data.cache: auto`` is settled here, once per split, so the log says what was done.
     """
     names = output_names(config.model)
+    plans = {split: cache.plan(config.data, data_dir, split) for split in ("train", "val")}
+
+    def settled(cfg: Config, split: str) -> Config:
+        return dataclasses.replace(cfg, data=dataclasses.replace(cfg.data,
+                                                                 cache=plans[split].cache))
 
     def targets(image, truth):
         return image, {name: truth["label" if name == "label" else "mask"] for name in names}
 
     try:
         steps = pipeline.steps_per_epoch(config, data_dir) or _one_pass(config, data_dir)
-        endless = dataclasses.replace(config, train=dataclasses.replace(
-            config.train, steps_per_epoch=steps))
+        endless = settled(dataclasses.replace(config, train=dataclasses.replace(
+            config.train, steps_per_epoch=steps)), "train")
         train_data = strategy.distribute_datasets_from_function(
             lambda context: pipeline.make_dataset(
                 endless, data_dir, "train", epoch=start.epoch, num_epochs=config.train.epochs,
                 input_context=context).map(targets))
-        val_data = pipeline.make_dataset(config, data_dir, "val", training=False).map(targets)
+        val_data = pipeline.make_dataset(settled(config, "val"), data_dir, "val",
+                                         training=False).map(targets)
     except ValueError as exc:
         raise TrainingError(str(exc)) from None
     if config.train.validation_steps:
@@ -200,12 +207,13 @@ def _datasets(config: Config, data_dir: str, strategy, start: ResumePoint):
             tf.data.experimental.assert_cardinality(config.train.validation_steps))
     options = tf.data.Options()     # workers split the batches (the split may be a single file)
     options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
-    return train_data, val_data.with_options(options), steps
+    caching = "decoded records kept in memory: " + ", ".join(
+        f"{split} {'yes' if p.cache else 'no'} ({p.reason})" for split, p in plans.items())
+    return train_data, val_data.with_options(options), steps, caching
 
 
 def _one_pass(config: Config, data_dir: str) -> int:
-    count = int(tf.data.TFRecordDataset(records.shard_files(data_dir, "train")).reduce(
-        np.int64(0), lambda n, _: n + 1))
+    count = records.count(records.shard_files(data_dir, "train"))
     if count < config.train.batch_size:
         raise TrainingError(f"--data {data_dir}: {count} training records, fewer than one "
                             f"batch of train.batch_size={config.train.batch_size}")

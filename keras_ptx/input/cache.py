@@ -1,0 +1,64 @@
+"""``data.cache``: whether a split's decoded records are kept in memory after the first pass.
+
+Decoding a record's two PNGs costs more CPU than augmenting it (BENCHMARKS.md), so a cached
+split feeds the model about twice as fast. ``auto`` (the default) caches a split when its
+decoded images and masks (``records x S x S x 2`` bytes) take at most :data:`AUTO_SHARE` of the
+memory available when the pipeline is built; ``true`` and ``false`` force it either way.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+from keras_ptx.config import DataConfig
+from keras_ptx.data import manifest, records
+from keras_ptx.tf_setup import tf
+
+AUTO_SHARE = 0.25       # train and val cached together stay under half the free memory
+
+
+@dataclass(frozen=True)
+class CachePlan:
+    cache: bool
+    reason: str         # for the run's log, e.g. "auto: 1.4 GB decoded, 20.1 GB available"
+
+
+def check_setting(value) -> None:
+    """ValueError unless ``data.cache`` is true, false or auto."""
+    if not isinstance(value, bool) and value != "auto":
+        raise ValueError(f"data.cache: expected true, false or auto, got {value!r}")
+
+
+def plan(data: DataConfig, data_dir: str, split: str) -> CachePlan:
+    """Whether to cache ``split`` of the records in ``data_dir``, by ``data.cache``."""
+    check_setting(data.cache)
+    if isinstance(data.cache, bool):
+        return CachePlan(data.cache, f"data.cache={str(data.cache).lower()}")
+    need = _record_count(data_dir, split) * data.image_size ** 2 * 2
+    have = available_memory()
+    fits = need <= AUTO_SHARE * have
+    return CachePlan(fits, f"auto: {need / 1e9:.2f} GB decoded, {have / 1e9:.1f} GB available"
+                           f"{'' if fits else f', more than {AUTO_SHARE:.0%} of it'}")
+
+
+def available_memory() -> int:
+    """Bytes the kernel could hand out now (MemAvailable; free pages where that is unknown)."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+
+
+def _record_count(data_dir: str, split: str) -> int:
+    """From the build's manifest when there is one, else by reading the shards."""
+    path = manifest.join(data_dir, records.MANIFEST)
+    if tf.io.gfile.exists(path):
+        try:
+            return int(manifest.read_json(path)["splits"][split]["images"])
+        except (ValueError, KeyError, TypeError, tf.errors.OpError):
+            pass                        # an unreadable manifest: count the records themselves
+    return records.count(records.shard_files(data_dir, split))
