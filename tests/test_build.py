@@ -1,6 +1,7 @@
 """bin/build-tfrecords: real DICOMs and label CSVs in, TFRecord shards + manifest out."""
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
@@ -218,6 +219,36 @@ def test_verify_fails_on_tampered_missing_or_stray_shards(built, tmp_path):
     problems = verify(str(out))
     assert any(p.endswith(f"{shard.name}: missing") for p in problems)
     assert any("val-00009-of-00010.tfrecord: shard file not in the manifest" in p for p in problems)
+
+
+def test_a_negative_with_mask_pixels_fails_verify_and_is_what_training_skips(built, tmp_path):
+    """Training decodes no mask for negatives (they are built empty); verify guards that."""
+    out = tmp_path / "copy"
+    shutil.copytree(built[0], out)
+    manifest = json.loads((out / records.MANIFEST).read_text())
+    entry = manifest["splits"]["train"]["shards"][0]
+    shard = out / entry["file"]
+    serialized = [s.numpy() for s in tf.data.TFRecordDataset(str(shard))]
+    parsed = [records.parse(s) for s in serialized]
+    negative = next(i for i, ex in enumerate(parsed) if not ex["has_pneumothorax"])
+    example = tf.train.Example.FromString(serialized[negative])
+    mark = np.zeros(parsed[negative]["mask"].shape[:2], np.uint8)
+    mark[:4, :4] = 1
+    example.features.feature["mask"].bytes_list.value[0] = tf.io.encode_png(mark[..., None]).numpy()
+    serialized[negative] = example.SerializeToString()
+    with tf.io.TFRecordWriter(str(shard)) as writer:
+        for s in serialized:
+            writer.write(s)
+    entry["sha256"] = hashlib.sha256(shard.read_bytes()).hexdigest()
+    (out / records.MANIFEST).write_text(json.dumps(manifest))
+
+    image_id = parsed[negative]["image_id"].numpy().decode()
+    assert verify(str(out)) == [f"{shard}: image {image_id} has no pneumothorax but mask pixels"]
+    assert records.parse(serialized[negative])["mask"].numpy().sum() == 16
+    assert records.parse(serialized[negative], negatives_empty=True)["mask"].numpy().sum() == 0
+    positive = next(i for i, ex in enumerate(parsed) if ex["has_pneumothorax"])
+    np.testing.assert_array_equal(
+        records.parse(serialized[positive], negatives_empty=True)["mask"], parsed[positive]["mask"])
 
 
 # --- bad inputs ------------------------------------------------------------------------------

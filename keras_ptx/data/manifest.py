@@ -129,6 +129,8 @@ def _verify_shard(file: str, shard: dict, split: str, size: int, seen: set[str],
                                 f"mask {ex['mask'].shape[:2]}; expected {size}x{size}")
             if not np.isin(ex["mask"], (0, 1)).all():
                 problems.append(f"{file}: mask of {image_id} has values other than 0 and 1")
+            if not ex["has_pneumothorax"] and ex["mask"].any():
+                problems.append(f"{file}: image {image_id} has no pneumothorax but mask pixels")
             if bool(ex["labeled"]) != (split != "test"):
                 problems.append(f"{file}: image {image_id} labeled={ex['labeled']} in {split}")
             totals["has_pneumothorax"] += int(ex["has_pneumothorax"])

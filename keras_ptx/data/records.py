@@ -86,16 +86,24 @@ def serialize(record: Record) -> bytes:
     return example.SerializeToString(deterministic=True)
 
 
-def parse(serialized, size: int | None = None, keys=None):
+def parse(serialized, size: int | None = None, keys=None, *, negatives_empty: bool = False):
     """Parse one serialized example in the graph; decode image and mask to uint8 [S, S, 1].
 
     ``keys`` (default: every feature, which must include image and mask) limits the parse to
     what the caller reads: training needs only image, mask and has_pneumothorax.
+    ``negatives_empty`` skips decoding the mask of a record without pneumothorax (zeros
+    instead): a build writes those masks empty, ``verify`` checks it, and TensorFlow's PNG
+    decoder spends a third of an image's decoding time on an empty 256 px mask.
     """
     spec = FEATURES if keys is None else {key: FEATURES[key] for key in keys}
     ex = tf.io.parse_single_example(serialized, spec)
     image = tf.io.decode_png(ex["image"], channels=1)
-    mask = tf.io.decode_png(ex["mask"], channels=1)
+    if negatives_empty:
+        mask = tf.cond(ex["has_pneumothorax"] > 0,
+                       lambda: tf.io.decode_png(ex["mask"], channels=1),
+                       lambda: tf.zeros_like(image))
+    else:
+        mask = tf.io.decode_png(ex["mask"], channels=1)
     if size is not None:
         image.set_shape([size, size, 1])
         mask.set_shape([size, size, 1])

@@ -197,13 +197,14 @@ def _serialized(files, input_context, shuffle_seed, deterministic) -> tf.data.Da
 
 
 def _parse(config: Config):
-    return functools.partial(records.parse, size=config.data.image_size)
+    return functools.partial(records.parse, size=config.data.image_size, negatives_empty=True)
 
 
 def _training_pair(config: Config):
     """serialized -> (image, mask, label), parsing only the features training reads."""
     size = config.data.image_size
-    return lambda serialized: _pair(records.parse(serialized, size, TRAIN_KEYS))
+    return lambda serialized: _pair(records.parse(serialized, size, TRAIN_KEYS,
+                                                  negatives_empty=True))
 
 
 def _examples(files, config: Config, input_context, cached: bool) -> tf.data.Dataset:
