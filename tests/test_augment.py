@@ -1,10 +1,11 @@
 """The albumentations policy: configured as asked, masks move with images, seeds reproduce."""
 import albumentations as A
+import cv2
 import numpy as np
 import pytest
 
 from keras_ptx.config import AugmentConfig, CropConfig, DistortionConfig, FlipConfig, IntensityConfig
-from keras_ptx.input.augment import GraphAugmenter, build_policy, reseed
+from keras_ptx.input.augment import GraphAugmenter, build_policy, graph_augmenter, reseed
 from keras_ptx.tf_setup import tf
 
 SIZE = 64
@@ -127,3 +128,10 @@ def test_an_example_comes_out_the_same_whatever_its_batch():
     alone = augment(images[:1], masks[:1], np.array([6]))[0].numpy()
     np.testing.assert_array_equal(together[1], alone[0])
     assert not np.array_equal(together[0], together[1])
+
+
+def test_graph_augmenter_switches_opencv_threads_off():
+    """tf.data runs the calls in parallel; OpenCV's own pool would only compete with them."""
+    cv2.setNumThreads(2)
+    graph_augmenter(AugmentConfig(), SIZE)
+    assert cv2.getNumThreads() == 1
