@@ -12,7 +12,9 @@ turn forward then backward):
 - no-aug: the same pipeline with ``augment.enabled=false`` (what everything but albumentations
   costs);
 - raw loop: the same albumentations policy called in a plain Python loop on the same decoded
-  uint8 images (no TensorFlow at all): the ceiling for one augmentation call.
+  uint8 images (no TensorFlow at all): the ceiling for one augmentation call;
+- raw, 2 threads: two such loops in two Python threads, each on half the images: the ceiling
+  for two calls, which share one interpreter lock as the pipeline's calls do.
 
 Goals (issue 5): pipeline >= 0.9x raw at 1 call; 2 calls >= 1.6x one call on 2 cores.
 ``--model`` adds the training demand of a stand-in network (segmentation-models'
@@ -30,6 +32,7 @@ import gc
 import platform
 import statistics
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -121,15 +124,23 @@ def pipeline_case(config, directory, images):
     return start
 
 
-def raw_case(config, directory):
+def raw_case(config, directory, threads=1):
     examples = [records.parse(s, config.data.image_size)
                 for s in tf.data.TFRecordDataset(records.shard_files(str(directory), "train"))]
     pairs = [(e["image"].numpy()[..., 0], e["mask"].numpy()[..., 0]) for e in examples]
-    policy = build_policy(config.augment, config.data.image_size, seed=0)
+    policies = [build_policy(config.augment, config.data.image_size, seed=i) for i in range(threads)]
+
+    def loop(policy, share):
+        for image, mask in share:
+            policy(image=image, mask=mask)
 
     def run():
-        for image, mask in pairs:
-            policy(image=image, mask=mask)
+        workers = [threading.Thread(target=loop, args=(policy, pairs[i::threads]))
+                   for i, policy in enumerate(policies)]
+        for worker in workers:
+            worker.start()
+        for worker in workers:
+            worker.join()
         return len(pairs)
 
     return lambda: run
@@ -161,11 +172,12 @@ def main():
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="config override for every pipeline case, e.g. data.cache=true")
     args = parser.parse_args()
+    cv2.setNumThreads(0)    # as the pipeline's graph_augmenter does: the same for every case
 
     print(f"# input pipeline, {args.images} images in {SHARDS} shards, batch {args.batch}, "
           f"{platform.processor() or platform.machine()}, tensorflow {tf.__version__}\n")
     header = ("| size | record bytes | calls | pipeline img/s | vs first | no-aug img/s | "
-              "raw loop img/s | pipeline / raw |")
+              "raw loop img/s | pipeline / raw | raw, 2 threads img/s | pipeline / raw 2 threads |")
     print(header + (" model train img/s |" if args.model else ""))
     print("|" + "---|" * (header.count("|") - 1 + args.model))
     for size in args.sizes:
@@ -175,6 +187,7 @@ def main():
             base = (f"data.image_size={size}", f"train.batch_size={args.batch}", *args.overrides)
             config = load_config(None, base)
             cases = {"raw": raw_case(config, directory),
+                     "raw2": raw_case(config, directory, threads=2),
                      "plain": pipeline_case((*base, "augment.enabled=false"), directory, args.images)}
             for calls in args.calls:
                 cases[calls] = pipeline_case((*base, f"data.num_parallel_calls={calls}"), directory,
@@ -186,7 +199,8 @@ def main():
                 row = (f"| {size} | {record_bytes:,} | {calls} | {rates[calls]:.0f} | "
                        f"{rates[calls] / rates[args.calls[0]]:.2f}x | "
                        f"{rates['plain']:.0f} | {rates['raw']:.0f} | "
-                       f"{rates[calls] / rates['raw']:.2f} |")
+                       f"{rates[calls] / rates['raw']:.2f} | {rates['raw2']:.0f} | "
+                       f"{rates[calls] / rates['raw2']:.2f} |")
                 print(row + (f" {rates['model']:.1f} |" if args.model else ""), flush=True)
 
 if __name__ == "__main__":
