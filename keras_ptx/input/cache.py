@@ -1,7 +1,7 @@
 """``data.cache``: whether a split's decoded records are kept in memory after the first pass.
 
-Decoding a record's two PNGs costs more CPU than augmenting it (BENCHMARKS.md), so a cached
-split feeds the model about twice as fast. ``auto`` (the default) caches a split when its
+Decoding a record's PNGs costs more CPU than augmenting it, so a cached split yields
+1.3-1.6x the augmented images per second (BENCHMARKS.md). ``auto`` (the default) caches a split when its
 decoded images and masks (``records x S x S x 2`` bytes) take at most :data:`AUTO_SHARE` of the
 memory available when the pipeline is built; ``true`` and ``false`` force it either way.
 """
