@@ -20,9 +20,10 @@ Goals (issue 5): pipeline >= 0.9x raw at 1 call; 2 calls >= 1.6x one call on 2 c
 ``--model`` adds the training demand of a stand-in network (segmentation-models'
 Unet-EfficientNetB0, weights none) at the same size and batch, in images/s. Prints Markdown
 for BENCHMARKS.md. Run on a quiet machine, once with records decoded every epoch and once
-with them cached (``data.cache: auto``, the default, caches these small sets):
+with them cached (set explicitly: ``auto``, the default, depends on free memory):
 
-    .venv/bin/python bench/bench_pipeline.py --sizes 256 512 --images 600 --model --set data.cache=false
+    .venv/bin/python bench/bench_pipeline.py --sizes 256 512 --images 600 --model \
+        --set data.cache=false
     .venv/bin/python bench/bench_pipeline.py --sizes 256 512 --images 600 --set data.cache=true
 """
 from __future__ import annotations
@@ -128,7 +129,8 @@ def raw_case(config, directory, threads=1):
     examples = [records.parse(s, config.data.image_size)
                 for s in tf.data.TFRecordDataset(records.shard_files(str(directory), "train"))]
     pairs = [(e["image"].numpy()[..., 0], e["mask"].numpy()[..., 0]) for e in examples]
-    policies = [build_policy(config.augment, config.data.image_size, seed=i) for i in range(threads)]
+    policies = [build_policy(config.augment, config.data.image_size, seed=i)
+                for i in range(threads)]
 
     def loop(policy, share):
         for image, mask in share:

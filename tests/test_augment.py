@@ -132,6 +132,10 @@ def test_an_example_comes_out_the_same_whatever_its_batch():
 
 def test_graph_augmenter_switches_opencv_threads_off():
     """tf.data runs the calls in parallel; OpenCV's own pool would only compete with them."""
+    before = cv2.getNumThreads()
     cv2.setNumThreads(2)
-    graph_augmenter(AugmentConfig(), SIZE)
-    assert cv2.getNumThreads() == 1
+    try:
+        graph_augmenter(AugmentConfig(), SIZE)
+        assert cv2.getNumThreads() == 1
+    finally:
+        cv2.setNumThreads(before)

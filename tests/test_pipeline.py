@@ -256,7 +256,8 @@ def test_cache_auto_keeps_a_split_in_memory_only_when_it_fits(data_dir, tmp_path
         assert plan.cache is fits, plan.reason
     assert "more than 25% of it" in plan.reason
     for forced in (True, False):
-        assert cache.plan(_config(f"data.cache={forced}").data, str(directory), "train").cache is forced
+        plan = cache.plan(_config(f"data.cache={forced}").data, str(directory), "train")
+        assert plan.cache is forced
     with pytest.raises(ValueError, match="data.cache: expected true, false or auto"):
         cache.plan(_config("data.cache=sometimes").data, str(directory), "train")
 
@@ -267,3 +268,12 @@ def test_cache_auto_keeps_a_split_in_memory_only_when_it_fits(data_dir, tmp_path
                           manifest.to_json({"splits": {"train": {"images": 10_000}}}))
     assert cache.plan(data, str(built), "train").reason.startswith(
         f"auto: {10_000 * need / 40 / 1e9:.2f} GB decoded")
+
+
+def test_available_memory_respects_a_container_limit(monkeypatch):
+    files = {"/sys/fs/cgroup/memory.max": 8 << 30, "/sys/fs/cgroup/memory.current": 6 << 30}
+    monkeypatch.setattr(cache, "_meminfo_available", lambda: 20 << 30)
+    monkeypatch.setattr(cache, "_read_int", files.get)
+    assert cache.available_memory() == 2 << 30
+    monkeypatch.setattr(cache, "_read_int", lambda path: None)   # no limit ('max') or no cgroup
+    assert cache.available_memory() == 20 << 30

@@ -309,10 +309,12 @@ def test_trains_on_crops_and_validates_on_whole_images(data_dir, tmp_path):
     from keras_ptx.training.trainer import train
 
     run, lines = tmp_path / "run", []
-    config = load_config(TEST_CONFIG, ["train.epochs=1", "data.train_crop=32", *SLIM])
+    config = load_config(TEST_CONFIG, ["train.epochs=1", "data.train_crop=32",
+                                       "train.validation_steps=1", *SLIM])
     result = train(config, str(data_dir), run, echo=lines.append)
     assert "at 64x64 on 32x32 crops" in lines[0]
     assert lines[1].startswith("decoded records kept in memory: train yes (auto: 0.00 GB decoded")
+    assert lines[1].endswith("val no (train.validation_steps reads part of it)")
     assert result.model.input_shape == (None, None, None, 3)
     assert 0.0 <= float(_history(run)[0]["val_score"]) <= 1.0      # one output: no "mask_" prefix
     _, reloaded = rundir.load_model(run)                 # the whole-image model for inference

@@ -2,9 +2,10 @@
 
 One ``tf.train.Example`` per radiograph. Images and masks are single-channel PNGs of
 ``size`` x ``size`` made with :mod:`keras_ptx.data.geometry`; masks hold 0/1 values (the
-union of the image's annotations). ``mask_area``, ``height`` and ``width`` refer to the
-original DICOM grid. Unknown sex/view are empty strings, unknown age and fold -1.
-No patient name or ID is ever stored.
+union of the image's annotations), all 0 when ``has_pneumothorax`` is 0: readers may rely on
+that (``parse(negatives_empty=True)``) and ``build-tfrecords --verify`` checks it.
+``mask_area``, ``height`` and ``width`` refer to the original DICOM grid. Unknown sex/view
+are empty strings, unknown age and fold -1. No patient name or ID is ever stored.
 """
 from __future__ import annotations
 
@@ -95,6 +96,8 @@ def parse(serialized, size: int | None = None, keys=None, *, negatives_empty: bo
     instead): a build writes those masks empty, ``verify`` checks it, and TensorFlow's PNG
     decoder spends a third of an image's decoding time on an empty 256 px mask.
     """
+    if keys is not None and negatives_empty:
+        keys = {*keys, "has_pneumothorax"}
     spec = FEATURES if keys is None else {key: FEATURES[key] for key in keys}
     ex = tf.io.parse_single_example(serialized, spec)
     image = tf.io.decode_png(ex["image"], channels=1)

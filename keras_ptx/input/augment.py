@@ -4,7 +4,8 @@
 ``albumentations.Compose`` that works on uint8 gray images and 0/1 masks of ``size`` x
 ``size``; every geometric transform moves the mask with the image (nearest-neighbour for
 masks). :class:`GraphAugmenter` runs such a policy inside a ``tf.data`` map through
-``tf.numpy_function``, one call per batch, one policy copy per thread, seeded per example.
+``tf.numpy_function``, one call per batch, each call borrowing a policy of its own from a
+free list, seeded per example.
 
 Seeding: albumentations 2.0.8's ``Compose(seed=s)`` / ``set_random_seed(s)`` gives *every*
 transform its own generator started from the same ``s``, so their "apply?" draws coincide

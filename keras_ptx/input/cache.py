@@ -1,9 +1,12 @@
 """``data.cache``: whether a split's decoded records are kept in memory after the first pass.
 
-Decoding a record's PNGs costs more CPU than augmenting it, so a cached split yields
-1.3-1.6x the augmented images per second (BENCHMARKS.md). ``auto`` (the default) caches a split when its
-decoded images and masks (``records x S x S x 2`` bytes) take at most :data:`AUTO_SHARE` of the
-memory available when the pipeline is built; ``true`` and ``false`` force it either way.
+Decoding a record's PNGs costs about as much CPU as augmenting it, so a cached split yields
+1.2-1.6x the augmented images per second (BENCHMARKS.md). ``auto`` (the default) caches a
+split when its decoded images and masks (``records x S x S x 2`` bytes) take at most
+:data:`AUTO_SHARE` of the memory available when the pipeline is built (a container's limit
+counts); ``true`` and ``false`` force it either way. A cached split keeps its first pass's
+file order (later epochs reshuffle within the shuffle buffer), so for runs that must
+repeat exactly, set ``data.cache`` rather than leave it to the machine's free memory.
 """
 from __future__ import annotations
 
@@ -20,7 +23,7 @@ AUTO_SHARE = 0.25       # train and val cached together stay under half the free
 @dataclass(frozen=True)
 class CachePlan:
     cache: bool
-    reason: str         # for the run's log, e.g. "auto: 1.4 GB decoded, 20.1 GB available"
+    reason: str         # for the run's log, e.g. "auto: 1.40 GB decoded, 20.1 GB available"
 
 
 def check_setting(value) -> None:
@@ -42,7 +45,21 @@ def plan(data: DataConfig, data_dir: str, split: str) -> CachePlan:
 
 
 def available_memory() -> int:
-    """Bytes the kernel could hand out now (MemAvailable; free pages where that is unknown)."""
+    """Bytes this process could still get: the host's MemAvailable (free pages where that is
+    unknown), or less when a container's memory limit (cgroup v2 or v1) leaves less."""
+    host = _meminfo_available()
+    if host is None:
+        host = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    for limit, usage in (("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory.current"),
+                         ("/sys/fs/cgroup/memory/memory.limit_in_bytes",
+                          "/sys/fs/cgroup/memory/memory.usage_in_bytes")):
+        cap, used = _read_int(limit), _read_int(usage)
+        if cap is not None and used is not None:
+            return max(0, min(host, cap - used))
+    return host
+
+
+def _meminfo_available() -> int | None:
     try:
         with open("/proc/meminfo") as f:
             for line in f:
@@ -50,7 +67,16 @@ def available_memory() -> int:
                     return int(line.split()[1]) * 1024
     except OSError:
         pass
-    return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    return None
+
+
+def _read_int(path: str) -> int | None:
+    """The integer in a one-line file; None when missing or 'max' (no limit)."""
+    try:
+        with open(path) as f:
+            return int(f.read().strip())
+    except (OSError, ValueError):
+        return None
 
 
 def _record_count(data_dir: str, split: str) -> int:

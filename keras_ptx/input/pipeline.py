@@ -21,7 +21,9 @@ the trainer builds the dataset once and calls::
     model.fit(ds, initial_epoch=initial_epoch, epochs=epochs,
               steps_per_epoch=steps_per_epoch(config, data_dir))
 
-Reproducibility. Every random choice (file order, shuffle, class sampling, augmentation) is
+Reproducibility. A cached split keeps its first pass's file order, so ``data.cache: auto``
+(which depends on free memory) should be pinned to true or false for runs that must repeat
+exactly. Every random choice (file order, shuffle, class sampling, augmentation) is
 seeded from ``data.seed`` and ``epoch``; augmentation gets one seed per example from
 ``Dataset.random``, so its result does not depend on thread scheduling. ``data.deterministic``
 additionally fixes the element order (parallel reads and maps keep their order), which makes two

@@ -178,10 +178,10 @@ def _datasets(config: Config, data_dir: str, strategy, start: ResumePoint):
     dataset that Keras distributes and restarts each epoch, which is what gives every
     validation image exactly once per epoch, partial batches included (its first
     ``train.validation_steps`` batches, if set); workers take alternate batches.
-    ``data.cache: auto`` is settled here, once per split, so the log says what was done.
+    ``data.cache: auto`` is settled here, once per split, so the log says what was done; a
+    validation cut short by ``train.validation_steps`` never completes a cache, so it has none.
     """
     names = output_names(config.model)
-    plans = {split: cache.plan(config.data, data_dir, split) for split in ("train", "val")}
 
     def settled(cfg: Config, split: str) -> Config:
         return dataclasses.replace(cfg, data=dataclasses.replace(cfg.data,
@@ -191,6 +191,9 @@ def _datasets(config: Config, data_dir: str, strategy, start: ResumePoint):
         return image, {name: truth["label" if name == "label" else "mask"] for name in names}
 
     try:
+        plans = {split: cache.plan(config.data, data_dir, split) for split in ("train", "val")}
+        if config.train.validation_steps and plans["val"].cache:
+            plans["val"] = cache.CachePlan(False, "train.validation_steps reads part of it")
         steps = pipeline.steps_per_epoch(config, data_dir) or _one_pass(config, data_dir)
         endless = settled(dataclasses.replace(config, train=dataclasses.replace(
             config.train, steps_per_epoch=steps)), "train")
@@ -202,6 +205,8 @@ def _datasets(config: Config, data_dir: str, strategy, start: ResumePoint):
                                          training=False).map(targets)
     except ValueError as exc:
         raise TrainingError(str(exc)) from None
+    except tf.errors.OpError as exc:
+        raise TrainingError(f"--data {data_dir}: unreadable records ({exc.message})") from None
     if config.train.validation_steps:
         val_data = val_data.repeat().take(config.train.validation_steps).apply(
             tf.data.experimental.assert_cardinality(config.train.validation_steps))
