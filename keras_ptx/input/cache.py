@@ -60,14 +60,14 @@ def available_memory() -> int:
 
 
 def _meminfo_available() -> int | None:
+    """MemAvailable from /proc/meminfo; None where the kernel does not report it."""
     try:
         with open("/proc/meminfo") as f:
-            for line in f:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
+            lines = f.readlines()
     except OSError:
-        pass
-    return None
+        return None
+    found = [line.split()[1] for line in lines if line.startswith("MemAvailable:")]
+    return int(found[0]) * 1024 if found else None
 
 
 def _read_int(path: str) -> int | None:
@@ -80,11 +80,17 @@ def _read_int(path: str) -> int | None:
 
 
 def _record_count(data_dir: str, split: str) -> int:
-    """From the build's manifest when there is one, else by reading the shards."""
+    """From the build's manifest when it says, else by reading the shards."""
+    listed = _manifest_count(data_dir, split)
+    return listed if listed is not None else records.count(records.shard_files(data_dir, split))
+
+
+def _manifest_count(data_dir: str, split: str) -> int | None:
+    """The split's record count in the build's manifest; None when there is no readable one."""
     path = manifest.join(data_dir, records.MANIFEST)
-    if tf.io.gfile.exists(path):
-        try:
-            return int(manifest.read_json(path)["splits"][split]["images"])
-        except (ValueError, KeyError, TypeError, tf.errors.OpError):
-            pass                        # an unreadable manifest: count the records themselves
-    return records.count(records.shard_files(data_dir, split))
+    if not tf.io.gfile.exists(path):
+        return None
+    try:
+        return int(manifest.read_json(path)["splits"][split]["images"])
+    except (ValueError, KeyError, TypeError, tf.errors.OpError):
+        return None
