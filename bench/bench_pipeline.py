@@ -42,7 +42,7 @@ import numpy as np
 
 from keras_ptx.config import load_config
 from keras_ptx.data import records
-from keras_ptx.input.augment import build_policy
+from keras_ptx.input.policy import build_policy
 from keras_ptx.input.pipeline import make_dataset
 from keras_ptx.tf_setup import tf
 
@@ -167,6 +167,9 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--sizes", type=int, nargs="+", default=[256, 512])
     parser.add_argument("--calls", type=int, nargs="+", default=[1, 2])
+    parser.add_argument("--augment-in", nargs="+", choices=["processes", "threads"],
+                        default=["processes", "threads"], help="where the calls augment "
+                        "(data.augment_processes true / false)")
     parser.add_argument("--images", type=int, default=600)
     parser.add_argument("--batch", type=int, default=12)
     parser.add_argument("--passes", type=int, default=3, help="timed passes per measurement")
@@ -178,8 +181,8 @@ def main():
 
     print(f"# input pipeline, {args.images} images in {SHARDS} shards, batch {args.batch}, "
           f"{platform.processor() or platform.machine()}, tensorflow {tf.__version__}\n")
-    header = ("| size | record bytes | calls | pipeline img/s | vs first | no-aug img/s | "
-              "raw loop img/s | pipeline / raw | raw, 2 threads img/s | pipeline / raw 2 threads |")
+    header = ("| size | record bytes | augment in | calls | pipeline img/s | vs 1 call | "
+              "no-aug img/s | raw loop img/s | pipeline / raw | raw, 2 threads img/s |")
     print(header + (" model train img/s |" if args.model else ""))
     print("|" + "---|" * (header.count("|") - 1 + args.model))
     for size in args.sizes:
@@ -191,19 +194,21 @@ def main():
             cases = {"raw": raw_case(config, directory),
                      "raw2": raw_case(config, directory, threads=2),
                      "plain": pipeline_case((*base, "augment.enabled=false"), directory, args.images)}
-            for calls in args.calls:
-                cases[calls] = pipeline_case((*base, f"data.num_parallel_calls={calls}"), directory,
-                                             args.images)
+            runs = [(where, calls) for where in args.augment_in for calls in args.calls]
+            for where, calls in runs:
+                cases[where, calls] = pipeline_case(
+                    (*base, f"data.num_parallel_calls={calls}",
+                     f"data.augment_processes={where == 'processes'}"), directory, args.images)
             if args.model:
                 cases["model"] = model_case(config)
             rates = median_rates(cases, args.passes)
-            for calls in args.calls:
-                row = (f"| {size} | {record_bytes:,} | {calls} | {rates[calls]:.0f} | "
-                       f"{rates[calls] / rates[args.calls[0]]:.2f}x | "
-                       f"{rates['plain']:.0f} | {rates['raw']:.0f} | "
-                       f"{rates[calls] / rates['raw']:.2f} | {rates['raw2']:.0f} | "
-                       f"{rates[calls] / rates['raw2']:.2f} |")
+            for where, calls in runs:
+                rate = rates[where, calls]
+                row = (f"| {size} | {record_bytes:,} | {where} | {calls} | {rate:.0f} | "
+                       f"{rate / rates[where, args.calls[0]]:.2f}x | {rates['plain']:.0f} | "
+                       f"{rates['raw']:.0f} | {rate / rates['raw']:.2f} | {rates['raw2']:.0f} |")
                 print(row + (f" {rates['model']:.1f} |" if args.model else ""), flush=True)
+
 
 if __name__ == "__main__":
     main()

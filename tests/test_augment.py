@@ -1,11 +1,18 @@
-"""The albumentations policy: configured as asked, masks move with images, seeds reproduce."""
+"""The albumentations policy: configured as asked, masks move with images, seeds reproduce,
+and worker processes give exactly what threads give."""
+import functools
+import os
+import signal
+
 import albumentations as A
 import cv2
 import numpy as np
 import pytest
 
 from keras_ptx.config import AugmentConfig, CropConfig, DistortionConfig, FlipConfig, IntensityConfig
-from keras_ptx.input.augment import GraphAugmenter, build_policy, graph_augmenter, reseed
+from keras_ptx.input import workers
+from keras_ptx.input.augment import GraphAugmenter, graph_augmenter
+from keras_ptx.input.policy import build_policy, reseed
 from keras_ptx.tf_setup import tf
 
 SIZE = 64
@@ -139,3 +146,86 @@ def test_graph_augmenter_switches_opencv_threads_off():
         assert cv2.getNumThreads() == 1
     finally:
         cv2.setNumThreads(before)
+
+
+@pytest.fixture
+def fresh_workers():
+    workers.shutdown()
+    yield
+    workers.shutdown()
+
+
+def _random_batch(n, side=SIZE, seed=0):
+    rng = np.random.default_rng(seed)
+    images = cv2.GaussianBlur(rng.integers(0, 256, (n * side, side), dtype=np.uint8), (5, 5), 0)
+    masks = (rng.random((n, side, side, 1)) > 0.8).astype(np.uint8)
+    return images.reshape(n, side, side, 1), masks
+
+
+@pytest.mark.parametrize("train_crop", [0, 32])
+def test_worker_processes_give_exactly_what_threads_give(fresh_workers, train_crop):
+    make = functools.partial(build_policy, STRONG, SIZE, train_crop=train_crop)
+    images, masks = _random_batch(6)
+    seeds = np.arange(10, 16)
+    in_threads = GraphAugmenter(make, train_crop or None)._apply(images, masks, seeds)
+    in_processes = GraphAugmenter(make, train_crop or None, processes=True)
+    for _ in range(2):                       # the second call reuses the worker and its buffer
+        result = in_processes._apply(images, masks, seeds)
+        for a, b in zip(in_threads, result):
+            assert a.shape == (6, train_crop or SIZE, train_crop or SIZE, 1)
+            np.testing.assert_array_equal(a, b)
+    assert len(workers._started) == 1
+
+
+def test_parallel_calls_get_a_worker_each_and_stay_deterministic(fresh_workers):
+    augment = GraphAugmenter(functools.partial(build_policy, STRONG, SIZE), processes=True)
+    images, masks = _batch(*_square(), 3)
+    ds = tf.data.Dataset.range(24).batch(3).map(lambda s: augment(images, masks, s),
+                                                num_parallel_calls=2)
+    first, second = ([i.numpy() for i, _ in ds] for _ in range(2))
+    for a, b in zip(first, second):
+        np.testing.assert_array_equal(a, b)
+    assert 1 <= len(workers._started) <= 2
+
+
+def test_a_failing_policy_reports_the_workers_traceback_and_the_worker_carries_on(fresh_workers):
+    # a 64 px crop of 32 px images: albumentations raises inside the worker
+    augment = GraphAugmenter(functools.partial(build_policy, AugmentConfig(), 64, train_crop=64),
+                             64, processes=True)
+    augment._apply(*_random_batch(2, side=64), np.arange(2))
+    worker = workers._started[0]
+    with pytest.raises(workers.AugmentWorkerError, match=r"(?s)failed in worker process.*Error"):
+        augment._apply(*_random_batch(2, side=32), np.arange(2))
+    augment._apply(*_random_batch(2, side=64), np.arange(2))
+    assert workers._started == [worker]
+
+
+def test_a_killed_worker_is_a_clear_error_and_the_next_call_starts_another(fresh_workers):
+    augment = GraphAugmenter(functools.partial(build_policy, STRONG, SIZE), processes=True)
+    images, masks = _random_batch(2)
+    augment._apply(images, masks, np.arange(2))
+    victim = workers._started[0]
+    os.kill(victim.process.pid, signal.SIGKILL)
+    victim.process.wait()
+    with pytest.raises(workers.AugmentWorkerError, match=r"died \(exit code -9: killed"):
+        augment._apply(images, masks, np.arange(2))
+    assert victim not in workers._started
+    augment._apply(images, masks, np.arange(2))
+    assert len(workers._started) == 1 and workers._started[0] is not victim
+
+
+def test_a_bigger_batch_gets_a_worker_with_a_bigger_buffer(fresh_workers):
+    augment = GraphAugmenter(functools.partial(build_policy, STRONG, SIZE), processes=True)
+    augment._apply(*_random_batch(2), np.arange(2))
+    small = workers._started[0]
+    images, masks = _random_batch(5)
+    expected = GraphAugmenter(functools.partial(build_policy, STRONG, SIZE))._apply(
+        images, masks, np.arange(5))
+    for a, b in zip(expected, augment._apply(images, masks, np.arange(5))):
+        np.testing.assert_array_equal(a, b)
+    assert small.process.poll() is not None and workers._started[0] is not small
+
+
+def test_processes_need_a_policy_factory_that_pickles():
+    with pytest.raises(TypeError, match="must pickle"):
+        GraphAugmenter(lambda: build_policy(STRONG, SIZE), processes=True)

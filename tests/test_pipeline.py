@@ -8,7 +8,7 @@ import pytest
 from keras_ptx.config import load_config
 from keras_ptx.data import manifest, records
 from keras_ptx.input import cache
-from keras_ptx.input.normalize import to_model_input
+from keras_ptx.input.normalize import fused_to_model_input, to_model_input
 from keras_ptx.input.pipeline import (make_dataset, make_eval_dataset, positive_share_for_epoch,
                                       steps_per_epoch)
 from keras_ptx.tf_setup import tf
@@ -116,6 +116,7 @@ def test_to_model_input_matches_the_encoder_preprocessing():
     expected = sm.get_preprocessing("efficientnetb0")(np.repeat(gray, 3, axis=-1).astype(np.float32))
     np.testing.assert_allclose(to_model_input(gray).numpy(), expected, rtol=1e-5, atol=1e-5)
     np.testing.assert_allclose(to_model_input(gray.astype(np.float32)).numpy(), expected, atol=1e-5)
+    np.testing.assert_allclose(fused_to_model_input(gray).numpy(), expected, rtol=1e-5, atol=1e-5)
     with pytest.raises(ValueError, match="one gray channel"):
         to_model_input(np.zeros((8, 8, 3), np.uint8))
 
@@ -125,7 +126,7 @@ def test_validation_is_not_augmented_and_keeps_record_order(data_dir, cache):
     directory, splits = data_dir
     config = _config("augment.horizontal_flip.p=1.0", "augment.random_sized_crop.p=1.0", f"data.cache={cache}")
     images = np.concatenate([b[0].numpy() for b in make_dataset(config, str(directory), "val")])
-    expected = to_model_input(np.stack([image for _, image in splits["val"]])[..., None]).numpy()
+    expected = fused_to_model_input(np.stack([image for _, image in splits["val"]])[..., None]).numpy()
     np.testing.assert_array_equal(images, expected)
     ids = [i.decode() for b in make_eval_dataset(config, str(directory), "val")
            for i in b["image_id"].numpy()]
@@ -192,16 +193,18 @@ def test_same_seed_in_deterministic_mode_gives_identical_batches(data_dir):
                 "augment.distortion.p=0.9", "augment.random_sized_crop.p=0.5", "augment.intensity.p=0.9")
     first, second = _batches(_config(*settings), directory), _batches(_config(*settings), directory)
     other = _batches(_config(*settings, "data.seed=7"), directory)
-    for (image_a, mask_a), (image_b, mask_b) in zip(first, second):
-        np.testing.assert_array_equal(image_a, image_b)
-        np.testing.assert_array_equal(mask_a, mask_b)
+    in_threads = _batches(_config(*settings, "data.augment_processes=false"), directory)
+    for run in (second, in_threads):
+        for (image_a, mask_a), (image_b, mask_b) in zip(first, run):
+            np.testing.assert_array_equal(image_a, image_b)
+            np.testing.assert_array_equal(mask_a, mask_b)
     assert not np.array_equal(first[0][0], other[0][0])
 
 
 def test_augmentation_changes_training_images(data_dir):
     directory, splits = data_dir
     config = _config("augment.intensity.p=1.0", "data.deterministic=true")
-    originals = {_digest(image) for image in to_model_input(
+    originals = {_digest(image) for image in fused_to_model_input(
         np.stack([image for _, image in splits["train"]])[..., None]).numpy()}
     seen = [_digest(image) for image, _ in _batches(config, directory, n=2) for image in image]
     assert not originals.intersection(seen)
@@ -211,7 +214,7 @@ def test_augmentation_changes_training_images(data_dir):
 def test_two_workers_get_disjoint_shards_covering_the_split(data_dir, split):
     directory, splits = data_dir
     config = _config()
-    everything = {_digest(image) for image in to_model_input(
+    everything = {_digest(image) for image in fused_to_model_input(
         np.stack([image for _, image in splits[split]])[..., None]).numpy()}
     parts = []
     for worker in range(2):

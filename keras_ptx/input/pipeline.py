@@ -39,7 +39,7 @@ from keras_ptx.config import Config
 from keras_ptx.data import records
 from keras_ptx.input import cache
 from keras_ptx.input.augment import graph_augmenter
-from keras_ptx.input.normalize import to_model_input
+from keras_ptx.input.normalize import fused_to_model_input, to_model_input
 from keras_ptx.tf_setup import tf
 
 AUTOTUNE = tf.data.AUTOTUNE
@@ -80,16 +80,18 @@ def make_dataset(config: Config, data_dir: str, split: str, *, training: bool | 
                        cached)
     if not config.augment.enabled and not config.data.train_crop:
         return _finish(ds.batch(batch, drop_remainder=True), deterministic)
-    augment = graph_augmenter(config.augment, config.data.image_size, config.data.train_crop)
+    augment = graph_augmenter(config.augment, config.data.image_size, config.data.train_crop,
+                              config.data.augment_processes)
 
     def augmented(pairs, seeds):
         images, masks, labels = pairs
-        new_images, new_masks = augment(images, masks, seeds)
-        return new_images, new_masks, labels * _kept(masks, new_masks)
+        return (*augment(images, masks, seeds), labels, masks)
 
+    # The augmentation calls do nothing else (batches are assembled ahead of them, and labels
+    # fixed after them, in stages of their own), so with one call it is never idle for long.
     seeds = tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True)
-    ds = tf.data.Dataset.zip((ds, seeds)).batch(batch, drop_remainder=True).map(
-        augmented, num_parallel_calls=config.data.num_parallel_calls or AUTOTUNE)
+    ds = tf.data.Dataset.zip((ds, seeds)).batch(batch, drop_remainder=True).prefetch(AUTOTUNE)
+    ds = ds.map(augmented, num_parallel_calls=config.data.num_parallel_calls or AUTOTUNE)
     return _finish(ds, deterministic)
 
 
@@ -289,8 +291,12 @@ def _kept(masks, new_masks):
     return tf.cast(present(new_masks) | ~present(masks), tf.float32)[:, None]
 
 
-def _to_model_batch(image, mask, label):
-    return to_model_input(image), {"mask": tf.cast(mask, tf.float32), "label": label}
+def _to_model_batch(image, mask, label, original_mask=None):
+    """Model batch from uint8 image and mask batches; given the masks from before augmentation,
+    labels whose lesion augmentation cut away become 0."""
+    if original_mask is not None:
+        label = label * _kept(original_mask, mask)
+    return fused_to_model_input(image), {"mask": tf.cast(mask, tf.float32), "label": label}
 
 
 def _finish(batches: tf.data.Dataset, deterministic: bool) -> tf.data.Dataset:

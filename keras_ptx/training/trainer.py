@@ -35,7 +35,7 @@ from keras_ptx import rundir
 from keras_ptx.config import Config, ConfigError
 from keras_ptx.data import records
 from keras_ptx.input import cache, pipeline
-from keras_ptx.input.augment import build_policy
+from keras_ptx.input.policy import build_policy
 from keras_ptx.model import (WeightsError, build_model, make_losses, make_metrics,
                              output_names, resolve_jit_compile, resolve_mixed_precision)
 from keras_ptx.model.metrics import thresholds
