@@ -323,6 +323,21 @@ def test_trains_on_crops_and_validates_on_whole_images(data_dir, tmp_path):
         np.testing.assert_array_equal(got, want)
 
 
+def test_a_failing_augmentation_worker_is_a_training_error(data_dir, tmp_path, monkeypatch):
+    from keras_ptx.input import workers
+    from keras_ptx.training.trainer import train
+
+    def broken(*_):
+        raise workers.AugmentWorkerError("augmentation worker process 1 died (exit code -9)")
+
+    monkeypatch.setattr(workers._Worker, "run", broken)
+    config = load_config(TEST_CONFIG, ["train.epochs=1", "train.validation_steps=1",
+                                       "augment.enabled=true", *SLIM])
+    with pytest.raises(TrainingError, match=r"^augmentation stopped training: augmentation worker "
+                                            r"process 1 died \(exit code -9\)$"):
+        train(config, str(data_dir), tmp_path / "run", echo=lambda line: None)
+
+
 def test_monitoring_the_validation_loss_keeps_the_lowest():
     history = [{"epoch": e, "val_loss": v, "val_score": s}
                for e, (v, s) in enumerate([(0.9, 0.5), (0.6, 0.2), (0.7, 0.3)])]

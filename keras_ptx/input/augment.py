@@ -8,6 +8,7 @@ for without holding the interpreter lock, so parallel calls really run in parall
 from __future__ import annotations
 
 import functools
+import os
 import pickle
 from typing import Callable
 
@@ -41,6 +42,9 @@ class GraphAugmenter:
         self._make_policy = make_policy
         self._out_size = out_size             # None: the policy keeps the input size
         self._idle: list[A.BaseCompose] = []  # list.pop/append are atomic under the GIL
+        if processes and os.name != "posix":
+            raise ValueError("augmentation in worker processes needs a POSIX system (Linux, "
+                             "macOS); set data.augment_processes=false")
         self._factory = _pickled(make_policy) if processes else None
 
     def _in_thread(self, images, masks, seeds, out_side):

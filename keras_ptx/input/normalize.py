@@ -1,8 +1,8 @@
 """Gray radiograph -> encoder input in TensorFlow ops (training, evaluation and export share it).
 
-:func:`to_model_input` is the portable form (evaluation, inference, SavedModels);
+:func:`to_model_input` is the portable form (``bin/evaluate``, inference, SavedModels);
 :func:`fused_to_model_input` is the same arithmetic compiled by XLA for the training
-pipeline, which runs it for every image of every epoch.
+pipeline (training and its validation), which runs it for every image of every epoch.
 
 The EfficientNet encoders of segmentation-models expect RGB scaled to [0, 1] minus the ImageNet
 mean, divided by its standard deviation (``efficientnet.model.preprocess_input``, "torch" mode).

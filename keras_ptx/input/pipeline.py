@@ -2,9 +2,10 @@
 
 Training: shard files per worker -> shuffle files -> interleaved parallel reads -> (optional
 class-balanced sampling) -> shuffle -> decode image, mask and label only
-(:func:`keras_ptx.data.records.parse`) -> batch (drop remainder) -> albumentations via one
-``tf.numpy_function`` call per batch (:mod:`keras_ptx.input.augment`) -> gray-to-RGB ImageNet
-normalisation (:mod:`keras_ptx.input.normalize`) -> prefetch.
+(:func:`keras_ptx.data.records.parse`) -> batch (drop remainder) -> prefetch -> albumentations
+via one ``tf.numpy_function`` call per batch, in worker processes by default
+(:mod:`keras_ptx.input.augment`) -> labels of lesions cut away set to 0, gray-to-RGB ImageNet
+normalisation compiled by XLA (:mod:`keras_ptx.input.normalize`) -> prefetch.
 Evaluation: the same without shuffling, augmentation or dropped examples, in a fixed order.
 Decoded records are kept in memory after the first pass when ``data.cache`` says so
 (:mod:`keras_ptx.input.cache`; ``auto`` when they fit).

@@ -7,14 +7,14 @@ a worker process (``python -m keras_ptx.input.workers``, which imports albumenta
 TensorFlow) and waits for it without holding the lock.
 
 - Pixels travel through a shared buffer per worker (an anonymous file both map, handed over
-  as a descriptor, so nothing is left on disk): inputs in, outputs back, one copy each way.
-  Only a small header goes through the pipe. A worker whose buffer is too small for a batch
-  is replaced by a bigger one.
+  as a descriptor, so nothing is left on disk): the caller copies inputs in, the worker writes
+  outputs there, and the caller copies them out. Only a small header goes through the pipe.
 - The policy travels as a pickled factory (e.g. ``functools.partial(build_policy, ...)``);
   each worker builds it once and keeps it.
-- Workers are shared by the whole process: a call borrows an idle one or starts a new one, so
-  there are as many as calls ever ran at once, each started once (~1 s). They end when their
-  pipe closes: at exit, when :func:`shutdown` runs, or when this process dies.
+- Workers are shared by the whole process: a call borrows an idle one or starts a new one
+  (~1 s), so there are as many as calls ever ran at once. One whose buffer is too small for a
+  batch, or that died, is replaced. They end when their pipe closes: at exit, when
+  :func:`shutdown` runs, or when this process dies; Ctrl-C is left to this process.
 - A failure in the policy comes back as :class:`AugmentWorkerError` carrying the worker's
   traceback, and the worker carries on; a worker that dies (killed, out of memory) is dropped
   and named with its exit code.
@@ -26,9 +26,11 @@ import contextlib
 import mmap
 import os
 import pickle
+import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import traceback
 from pathlib import Path
 
@@ -46,11 +48,11 @@ class AugmentWorkerError(RuntimeError):
 
 
 def _shared_file(nbytes: int) -> int:
-    """A descriptor of an anonymous file of ``nbytes`` (memfd on Linux, else an unlinked
-    temporary file): nothing is left behind, however the processes end."""
-    if hasattr(os, "memfd_create"):
+    """A descriptor of an anonymous file of ``nbytes`` (memfd where the system has it, else an
+    unlinked temporary file): nothing is left behind, however the processes end."""
+    try:
         fd = os.memfd_create("keras_ptx-augment")
-    else:
+    except (AttributeError, OSError):      # not Linux, or a sandbox that refuses memfd
         fd, path = tempfile.mkstemp(prefix="keras_ptx-augment-")
         os.unlink(path)
     try:
@@ -91,7 +93,7 @@ class _Worker:
         try:
             self.buffer = mmap.mmap(fd, nbytes)
             self.process = subprocess.Popen(
-                [sys.executable, "-m", __name__, str(fd), str(nbytes)], stdin=subprocess.PIPE,
+                [sys.executable, "-P", "-m", __name__, str(fd), str(nbytes)], stdin=subprocess.PIPE,
                 stdout=subprocess.PIPE, env=env, pass_fds=(fd,))
         except OSError as error:
             raise AugmentWorkerError(f"cannot start an augmentation worker process: {error}") from error
@@ -110,8 +112,8 @@ class _Worker:
                         self.process.stdin, protocol=pickle.HIGHEST_PROTOCOL)
             self.process.stdin.flush()
             status, detail = pickle.load(self.process.stdout)
-        except (OSError, EOFError, pickle.UnpicklingError) as error:
-            code = self.process.wait()
+        except (OSError, ValueError, EOFError, pickle.UnpicklingError) as error:   # ValueError:
+            code = self.process.wait()                                           # shut down
             raise AugmentWorkerError(
                 f"augmentation worker process {self.process.pid} died (exit code {code}"
                 f"{': killed, perhaps for lack of memory' if code == -9 else ''}); "
@@ -132,7 +134,8 @@ class _Worker:
         self.process.stdout.close()
 
 
-_idle: list[_Worker] = []   # list.pop/append are atomic under the interpreter lock
+_lock = threading.Lock()
+_idle: list[_Worker] = []
 _started: list[_Worker] = []
 
 
@@ -140,39 +143,52 @@ def augment(factory: bytes, images: np.ndarray, masks: np.ndarray, seeds: np.nda
             out_side: int) -> tuple[np.ndarray, np.ndarray]:
     """Augment a uint8 [B, S, S, 1] batch in a worker process with the policy that the pickled
     ``factory`` builds; returns images and masks of [B, out_side, out_side, 1]."""
-    nbytes = _layout_bytes(images.shape[0], images.shape[1], out_side)
+    worker = _borrow(_layout_bytes(images.shape[0], images.shape[1], out_side))
     try:
-        worker = _idle.pop()
-    except IndexError:
+        return worker.run(factory, images, masks, seeds, out_side)
+    finally:
+        _give_back(worker)
+
+
+def _borrow(nbytes: int) -> _Worker:
+    """An idle, live worker whose buffer holds ``nbytes``, or a new one."""
+    with _lock:
+        worker = _idle.pop() if _idle else None
+    if worker is not None and (worker.nbytes < nbytes or worker.process.poll() is not None):
+        _retire(worker)                 # too small for this batch, or died while idle
         worker = None
-    if worker is None or worker.nbytes < nbytes:   # none idle, or its buffer is too small
-        if worker is not None:
-            _retire(worker)
+    if worker is None:
         worker = _Worker(nbytes)
-        _started.append(worker)
-    try:
-        result = worker.run(factory, images, masks, seeds, out_side)
-    except AugmentWorkerError:
-        if worker.process.poll() is not None:   # dead: drop it; alive: only this batch failed
-            _retire(worker)
-        else:
+        with _lock:
+            _started.append(worker)
+    return worker
+
+
+def _give_back(worker: _Worker):
+    """Back to the idle list if alive and not shut down meanwhile; retired otherwise."""
+    if worker.process.poll() is not None:
+        _retire(worker)
+        return
+    with _lock:
+        if worker in _started:
             _idle.append(worker)
-        raise
-    _idle.append(worker)
-    return result
 
 
 def _retire(worker: _Worker):
-    _started.remove(worker)
+    with _lock:
+        if worker in _started:
+            _started.remove(worker)
     worker.close()
 
 
 def shutdown():
-    """End every worker process (they are started again when needed)."""
-    while _started:
-        worker = _started.pop()
-        if worker in _idle:
-            _idle.remove(worker)
+    """End every worker process (they are started again when needed). A call in flight on one
+    fails with :class:`AugmentWorkerError`."""
+    with _lock:
+        ending = list(_started)
+        _started.clear()
+        _idle.clear()
+    for worker in ending:
         worker.close()
 
 
@@ -199,11 +215,15 @@ def _serve(buffer: mmap.mmap, requests, replies):
             reply = ("ok", None)
         except Exception:   # reported to the caller, which raises it there
             reply = ("error", traceback.format_exc())
-        pickle.dump(reply, replies, protocol=pickle.HIGHEST_PROTOCOL)
-        replies.flush()
+        try:
+            pickle.dump(reply, replies, protocol=pickle.HIGHEST_PROTOCOL)
+            replies.flush()
+        except BrokenPipeError:         # the caller is gone
+            return
 
 
 if __name__ == "__main__":
+    signal.signal(signal.SIGINT, signal.SIG_IGN)   # Ctrl-C is the caller's; EOF ends a worker
     _fd, _nbytes = int(sys.argv[1]), int(sys.argv[2])
     _buffer = mmap.mmap(_fd, _nbytes)
     os.close(_fd)

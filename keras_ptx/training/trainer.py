@@ -36,6 +36,7 @@ from keras_ptx.config import Config, ConfigError
 from keras_ptx.data import records
 from keras_ptx.input import cache, pipeline
 from keras_ptx.input.policy import build_policy
+from keras_ptx.input.workers import AugmentWorkerError
 from keras_ptx.model import (WeightsError, build_model, make_losses, make_metrics,
                              output_names, resolve_jit_compile, resolve_mixed_precision)
 from keras_ptx.model.metrics import thresholds
@@ -160,9 +161,16 @@ def train(config: Config, data_dir: str, run_dir, *, resume: bool = False,
     own = _Callbacks(config, data_dir, run, monitor, start, chief, echo)
     echo(_opening_line(config, strategy, steps, start))
     echo(caching)
-    model.fit(train_data, validation_data=val_data, epochs=config.train.epochs,
-              steps_per_epoch=steps,
-              callbacks=[*callbacks, *own.callbacks], verbose=1 if sys.stdout.isatty() else 2)
+    try:
+        model.fit(train_data, validation_data=val_data, epochs=config.train.epochs,
+                  steps_per_epoch=steps,
+                  callbacks=[*callbacks, *own.callbacks], verbose=1 if sys.stdout.isatty() else 2)
+    except tf.errors.OpError as exc:      # keep only the worker's own message
+        marker = f"{AugmentWorkerError.__module__}.{AugmentWorkerError.__name__}: "
+        if marker not in exc.message:
+            raise
+        detail = exc.message.rsplit(marker, 1)[1].split("\n\n\t [[", 1)[0].strip()
+        raise TrainingError(f"augmentation stopped training: {detail}") from None
     barrier(strategy)                   # every worker's last epoch is written
     metrics = _finish(model, config, run, monitor, val_data, own, chief, echo)
     return TrainResult(metrics, model)
