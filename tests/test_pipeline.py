@@ -268,7 +268,7 @@ def test_cache_auto_keeps_a_split_in_memory_only_when_it_fits(data_dir, tmp_path
     built = tmp_path / "built"
     built.mkdir()
     manifest.write_atomic(str(built / records.MANIFEST),
-                          manifest.to_json({"splits": {"train": {"images": 10_000}}}))
+                          manifest.to_json({"splits": {"train": {"images": 10_000, "positives": 0}}}))
     assert cache.plan(data, str(built), "train").reason.startswith(
         f"auto: {10_000 * need / 40 / 1e9:.2f} GB decoded")
 

@@ -61,6 +61,28 @@ def join(out: str, name: str) -> str:
     return f"{out.rstrip('/')}/{name}"
 
 
+def split_counts(data_dir: str, split: str) -> tuple[int, int]:
+    """(records, positive records) of ``split``: from the build's manifest when ``data_dir``
+    has a readable one (the build counted them; ``--verify`` checks the shards against it),
+    else by reading the shards' labels."""
+    listed = _listed_counts(data_dir, split)
+    if listed is not None:
+        return listed
+    return records.label_counts(records.shard_files(data_dir, split))
+
+
+def _listed_counts(data_dir: str, split: str) -> tuple[int, int] | None:
+    """The split's counts in the build's manifest; None when there is no readable one."""
+    path = join(data_dir, records.MANIFEST)
+    if not tf.io.gfile.exists(path):
+        return None
+    try:
+        entry = read_json(path)["splits"][split]
+        return int(entry["images"]), int(entry["positives"])
+    except (ValueError, KeyError, TypeError, tf.errors.OpError):
+        return None
+
+
 def summary(manifest: dict) -> str:
     """The table the command prints at the end of a build."""
     rows = [("split", "images", "positives", "annotations", "shards")]

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import numpy as np
 import tensorflow as tf
 
 SPLITS = ("train", "val", "test")
@@ -114,9 +113,20 @@ def parse(serialized, size: int | None = None, keys=None, *, negatives_empty: bo
     return ex
 
 
-def count(files) -> int:
-    """Records in ``files`` (read through, not parsed)."""
-    return int(tf.data.TFRecordDataset(files).reduce(np.int64(0), lambda n, _: n + 1))
+def is_positive(serialized):
+    """Whether a serialized example has a pneumothorax, parsing nothing else (bool scalar)."""
+    label = {"has_pneumothorax": FEATURES["has_pneumothorax"]}
+    return tf.io.parse_single_example(serialized, label)["has_pneumothorax"] > 0
+
+
+def label_counts(files) -> tuple[int, int]:
+    """(records, positive records) in ``files``, reading only the label."""
+    labels = tf.data.TFRecordDataset(files, num_parallel_reads=tf.data.AUTOTUNE).map(
+        lambda s: tf.cast(is_positive(s), tf.int64), num_parallel_calls=tf.data.AUTOTUNE)
+    total, positives = labels.batch(4096).reduce(
+        (tf.constant(0, tf.int64), tf.constant(0, tf.int64)),
+        lambda acc, b: (acc[0] + tf.size(b, tf.int64), acc[1] + tf.reduce_sum(b)))
+    return int(total), int(positives)
 
 
 def shard_files(data_dir: str, split: str) -> list[str]:

@@ -14,8 +14,7 @@ import os
 from dataclasses import dataclass
 
 from keras_ptx.config import DataConfig
-from keras_ptx.data import manifest, records
-from keras_ptx.tf_setup import tf
+from keras_ptx.data import manifest
 
 AUTO_SHARE = 0.25       # train and val cached together stay under half the free memory
 
@@ -37,7 +36,7 @@ def plan(data: DataConfig, data_dir: str, split: str) -> CachePlan:
     check_setting(data.cache)
     if isinstance(data.cache, bool):
         return CachePlan(data.cache, f"data.cache={str(data.cache).lower()}")
-    need = _record_count(data_dir, split) * data.image_size ** 2 * 2
+    need = manifest.split_counts(data_dir, split)[0] * data.image_size ** 2 * 2
     have = available_memory()
     fits = need <= AUTO_SHARE * have
     return CachePlan(fits, f"auto: {need / 1e9:.2f} GB decoded, {have / 1e9:.1f} GB available"
@@ -76,21 +75,4 @@ def _read_int(path: str) -> int | None:
         with open(path) as f:
             return int(f.read().strip())
     except (OSError, ValueError):
-        return None
-
-
-def _record_count(data_dir: str, split: str) -> int:
-    """From the build's manifest when it says, else by reading the shards."""
-    listed = _manifest_count(data_dir, split)
-    return listed if listed is not None else records.count(records.shard_files(data_dir, split))
-
-
-def _manifest_count(data_dir: str, split: str) -> int | None:
-    """The split's record count in the build's manifest; None when there is no readable one."""
-    path = manifest.join(data_dir, records.MANIFEST)
-    if not tf.io.gfile.exists(path):
-        return None
-    try:
-        return int(manifest.read_json(path)["splits"][split]["images"])
-    except (ValueError, KeyError, TypeError, tf.errors.OpError):
         return None

@@ -37,7 +37,7 @@ import functools
 import numpy as np
 
 from keras_ptx.config import Config
-from keras_ptx.data import records
+from keras_ptx.data import manifest, records
 from keras_ptx.input import cache
 from keras_ptx.input.augment import graph_augmenter
 from keras_ptx.input.normalize import fused_to_model_input, to_model_input
@@ -77,8 +77,8 @@ def make_dataset(config: Config, data_dir: str, split: str, *, training: bool | 
         if config.train.steps_per_epoch:
             ds = ds.repeat()
     else:
-        ds = _balanced(config, data_dir, files, input_context, first, num_epochs, batch, seed,
-                       cached)
+        ds = _balanced(config, data_dir, split, files, input_context, first, num_epochs, batch,
+                       seed, cached)
     if not config.augment.enabled and not config.data.train_crop:
         return _finish(ds.batch(batch, drop_remainder=True), deterministic)
     augment = graph_augmenter(config.augment, config.data.image_size, config.data.train_crop,
@@ -147,7 +147,7 @@ def steps_per_epoch(config: Config, data_dir: str, split: str = "train") -> int 
     when class-balanced sampling makes the stream endless, or None (the dataset ends itself)."""
     if config.train.steps_per_epoch or config.data.positive_share is None:
         return config.train.steps_per_epoch
-    total, _ = _class_counts(records.shard_files(data_dir, split))
+    total, _ = manifest.split_counts(data_dir, split)
     return _one_pass(config, total)
 
 
@@ -201,15 +201,15 @@ def _serialized(files, input_context, shuffle_seed, deterministic) -> tf.data.Da
                          num_parallel_calls=AUTOTUNE, deterministic=deterministic)
 
 
-def _parse(config: Config):
-    return functools.partial(records.parse, size=config.data.image_size, negatives_empty=True)
+def _parse(config: Config, keys=None):
+    return functools.partial(records.parse, size=config.data.image_size, keys=keys,
+                             negatives_empty=True)
 
 
 def _training_pair(config: Config):
     """serialized -> (image, mask, label), parsing only the features training reads."""
-    size = config.data.image_size
-    return lambda serialized: _pair(records.parse(serialized, size, TRAIN_KEYS,
-                                                  negatives_empty=True))
+    parse = _parse(config, TRAIN_KEYS)
+    return lambda serialized: _pair(parse(serialized))
 
 
 def _examples(files, config: Config, input_context, cached: bool) -> tf.data.Dataset:
@@ -233,36 +233,22 @@ def _shuffled_examples(serialized, config: Config, seed: int, cached: bool) -> t
     return shuffle(serialized).map(parse, num_parallel_calls=AUTOTUNE)
 
 
-def _has_pneumothorax(serialized):
-    label = {"has_pneumothorax": records.FEATURES["has_pneumothorax"]}
-    return tf.io.parse_single_example(serialized, label)["has_pneumothorax"] > 0
-
-
-def _class_counts(files) -> tuple[int, int]:
-    """(records, positive records) over ``files``, reading only the label."""
-    labels = tf.data.TFRecordDataset(files, num_parallel_reads=READ_CYCLE).map(
-        lambda s: tf.cast(_has_pneumothorax(s), tf.int64), num_parallel_calls=AUTOTUNE)
-    total, positives = labels.batch(4096).reduce(
-        (tf.constant(0, tf.int64), tf.constant(0, tf.int64)),
-        lambda acc, b: (acc[0] + tf.size(b, tf.int64), acc[1] + tf.reduce_sum(b)))
-    return int(total), int(positives)
-
-
-def _balanced(config: Config, data_dir: str, files, input_context, first_epoch: int,
-              num_epochs: int, batch: int, seed: int, cached: bool) -> tf.data.Dataset:
+def _balanced(config: Config, data_dir: str, split: str, files, input_context,
+              first_epoch: int, num_epochs: int, batch: int, seed: int,
+              cached: bool) -> tf.data.Dataset:
     """Endless stream drawing positives at the scheduled share from per-class streams."""
     shares = [positive_share_for_epoch(config, e, num_epochs)
               for e in range(first_epoch, max(num_epochs, first_epoch + 1))]
-    total, positives = _class_counts(files)
+    total, positives = manifest.split_counts(data_dir, split)
     for wanted, have, kind in ((max(shares), positives, "positive"),
                                (1 - min(shares), total - positives, "negative")):
         if wanted > 0 and have == 0:
-            raise ValueError(f"data.positive_share asks for {kind} examples but the train shards "
+            raise ValueError(f"data.positive_share asks for {kind} examples but the {split} shards "
                              f"in {data_dir} have none ({positives} of {total} positive)")
     streams = []
     for positive in (True, False):
         serialized = _serialized(files, input_context, seed, config.data.deterministic).filter(
-            lambda s, positive=positive: tf.equal(_has_pneumothorax(s), positive))
+            lambda s, positive=positive: tf.equal(records.is_positive(s), positive))
         streams.append(_shuffled_examples(serialized, config, seed, cached).repeat())
 
     weights = [[s, 1.0 - s] for s in shares]

@@ -67,19 +67,23 @@ def _shared_file(nbytes: int) -> int:
     return fd
 
 
+def _layout(batch: int, side: int, out_side: int) -> list[tuple[int, ...]]:
+    """Shapes of images, masks, out images and out masks, laid end to end in a buffer."""
+    return [(batch, side, side, 1)] * 2 + [(batch, out_side, out_side, 1)] * 2
+
+
+def _layout_bytes(batch: int, side: int, out_side: int) -> int:
+    return sum(int(np.prod(shape)) for shape in _layout(batch, side, out_side))
+
+
 def _views(buffer, batch: int, side: int, out_side: int) -> list[np.ndarray]:
-    """images, masks, out images, out masks: uint8 views laid end to end in ``buffer``."""
-    shapes = [(batch, side, side, 1)] * 2 + [(batch, out_side, out_side, 1)] * 2
+    """uint8 views of :func:`_layout` in ``buffer``."""
     views, offset = [], 0
-    for shape in shapes:
+    for shape in _layout(batch, side, out_side):
         count = int(np.prod(shape))
         views.append(np.frombuffer(buffer, np.uint8, count, offset).reshape(shape))
         offset += count
     return views
-
-
-def _layout_bytes(batch: int, side: int, out_side: int) -> int:
-    return 2 * batch * (side * side + out_side * out_side)
 
 
 class _Worker:

@@ -33,7 +33,7 @@ from pathlib import Path
 
 from keras_ptx import rundir
 from keras_ptx.config import Config, ConfigError
-from keras_ptx.data import records
+from keras_ptx.data import manifest
 from keras_ptx.input import cache, pipeline
 from keras_ptx.input.policy import build_policy
 from keras_ptx.input.workers import AugmentWorkerError
@@ -226,7 +226,7 @@ def _datasets(config: Config, data_dir: str, strategy, start: ResumePoint):
 
 
 def _one_pass(config: Config, data_dir: str) -> int:
-    count = records.count(records.shard_files(data_dir, "train"))
+    count, _ = manifest.split_counts(data_dir, "train")
     if count < config.train.batch_size:
         raise TrainingError(f"--data {data_dir}: {count} training records, fewer than one "
                             f"batch of train.batch_size={config.train.batch_size}")
