@@ -3,6 +3,7 @@ and worker processes give exactly what threads give."""
 import functools
 import os
 import signal
+import threading
 
 import albumentations as A
 import cv2
@@ -10,7 +11,7 @@ import numpy as np
 import pytest
 
 from keras_ptx.config import AugmentConfig, CropConfig, DistortionConfig, FlipConfig, IntensityConfig
-from keras_ptx.input import workers
+from keras_ptx.input import augment as augment_module, workers
 from keras_ptx.input.augment import GraphAugmenter, graph_augmenter
 from keras_ptx.input.policy import build_policy, reseed
 from keras_ptx.tf_setup import tf
@@ -249,3 +250,28 @@ def test_shutdown_during_a_call_is_a_clear_error_and_the_pool_recovers(fresh_wor
 def test_processes_need_a_policy_factory_that_pickles():
     with pytest.raises(TypeError, match="must pickle"):
         GraphAugmenter(lambda: build_policy(STRONG, SIZE), processes=True)
+
+
+def test_exit_refuses_new_calls_and_waits_for_running_ones():
+    calls = augment_module._CallsInFlight()
+    entered, release = threading.Event(), threading.Event()
+
+    def call():
+        with calls.running():
+            entered.set()
+            release.wait()
+
+    running = threading.Thread(target=call)
+    running.start()
+    entered.wait()
+    closing = threading.Thread(target=calls.close)
+    closing.start()
+    closing.join(0.3)
+    assert closing.is_alive()               # waits for the running call
+    release.set()
+    closing.join(10)
+    running.join(10)
+    assert not closing.is_alive()
+    with pytest.raises(RuntimeError, match="exiting"):
+        with calls.running():
+            pass

@@ -1,5 +1,8 @@
 """The tf.data input pipeline on small real TFRecord shards written with the shared schema."""
 import hashlib
+import subprocess
+import sys
+import textwrap
 
 import cv2
 import numpy as np
@@ -199,6 +202,27 @@ def test_same_seed_in_deterministic_mode_gives_identical_batches(data_dir):
             np.testing.assert_array_equal(image_a, image_b)
             np.testing.assert_array_equal(mask_a, mask_b)
     assert not np.array_equal(first[0][0], other[0][0])
+
+
+LIVE_ITERATOR_AT_EXIT = textwrap.dedent("""
+    import sys
+    from keras_ptx.config import load_config
+    from keras_ptx.input.pipeline import make_dataset
+    config = load_config(None, ("data.image_size=%d", "train.batch_size=4", "data.cache=true",
+                                "data.num_parallel_calls=2", "data.augment_processes=" + sys.argv[2],
+                                "train.steps_per_epoch=1"))
+    batches = iter(make_dataset(config, sys.argv[1], "train"))
+    next(batches)
+""") % SIZE
+
+
+@pytest.mark.parametrize("processes", [True, False])
+def test_a_script_ending_with_a_live_training_iterator_exits(data_dir, processes):
+    """Augmentation calls still pending when the interpreter finalises used to hang the exit
+    (3 runs in 4 without the exit handler of keras_ptx.input.augment)."""
+    result = subprocess.run([sys.executable, "-c", LIVE_ITERATOR_AT_EXIT, str(data_dir[0]),
+                             str(processes)], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr[-2000:]
 
 
 def test_augmentation_changes_training_images(data_dir):

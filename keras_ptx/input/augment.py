@@ -7,9 +7,13 @@ for without holding the interpreter lock, so parallel calls really run in parall
 """
 from __future__ import annotations
 
+import atexit
+import contextlib
 import functools
 import os
 import pickle
+import threading
+import time
 from typing import Callable
 
 import albumentations as A
@@ -61,9 +65,10 @@ class GraphAugmenter:
 
     def _apply(self, images: np.ndarray, masks: np.ndarray, seeds) -> tuple[np.ndarray, np.ndarray]:
         out_side = self._out_size or images.shape[1]
-        if self._factory is None:
-            return self._in_thread(images, masks, seeds, out_side)
-        return workers.augment(self._factory, images, masks, seeds, out_side)
+        with _calls.running():
+            if self._factory is None:
+                return self._in_thread(images, masks, seeds, out_side)
+            return workers.augment(self._factory, images, masks, seeds, out_side)
 
     def __call__(self, images, masks, seeds):
         new_images, new_masks = tf.numpy_function(
@@ -73,6 +78,51 @@ class GraphAugmenter:
         new_images.set_shape([images.shape[0], side, side, 1])
         new_masks.set_shape([masks.shape[0], side, side, 1])
         return new_images, new_masks
+
+
+class _CallsInFlight:
+    """Counts augmentation calls; :meth:`close` refuses new ones and waits for the rest."""
+
+    def __init__(self):
+        self._changed = threading.Condition()
+        self._running = self._started = 0
+        self._closed = False
+
+    @contextlib.contextmanager
+    def running(self):
+        with self._changed:
+            if self._closed:
+                raise RuntimeError("augmentation refused: the interpreter is exiting")
+            self._running += 1
+            self._started += 1
+        try:
+            yield
+        finally:
+            with self._changed:
+                self._running -= 1
+                self._changed.notify_all()
+
+    def close(self, timeout: float = 30.0, quiet: float = 0.05):
+        """Refuse new calls, then wait (up to ``timeout`` s) until none has run for ``quiet`` s:
+        a call may have entered Python just before the refusal and not yet counted itself."""
+        deadline = time.monotonic() + timeout
+        with self._changed:
+            self._closed = True
+            while time.monotonic() < deadline:
+                started = self._started
+                self._changed.wait_for(lambda: self._running == 0, deadline - time.monotonic())
+                self._changed.wait(quiet)      # releases the lock (and the GIL) meanwhile
+                if self._running == 0 and self._started == started:
+                    return
+
+
+_calls = _CallsInFlight()
+
+
+@atexit.register    # after workers' own handler is registered, so it runs before it
+def _close_at_exit():
+    _calls.close()
+    workers.shutdown()
 
 
 def _pickled(make_policy) -> bytes:
