@@ -175,6 +175,7 @@ def test_worker_processes_give_exactly_what_threads_give(fresh_workers, train_cr
         for a, b in zip(in_threads, result):
             assert a.shape == (6, train_crop or SIZE, train_crop or SIZE, 1)
             np.testing.assert_array_equal(a, b)
+            assert a.ctypes.data % 64 == 0 and b.ctypes.data % 64 == 0   # TF adopts, not copies
     assert len(workers._started) == 1
 
 

@@ -56,7 +56,7 @@ class GraphAugmenter:
             policy = self._idle.pop()
         except IndexError:
             policy = self._make_policy()
-        outs = [np.empty((len(images), out_side, out_side, 1), np.uint8) for _ in range(2)]
+        outs = [workers.aligned_empty((len(images), out_side, out_side, 1)) for _ in range(2)]
         try:
             augment_batch(policy, images, masks, seeds, *outs)
         finally:

@@ -67,6 +67,15 @@ def _shared_file(nbytes: int) -> int:
     return fd
 
 
+def aligned_empty(shape: tuple[int, ...], alignment: int = 64) -> np.ndarray:
+    """An uninitialised uint8 array starting on an ``alignment``-byte boundary: TensorFlow
+    adopts such a ``numpy_function`` result as it is, where it copies a less aligned one."""
+    nbytes = int(np.prod(shape))
+    raw = np.empty(nbytes + alignment, np.uint8)
+    start = -raw.ctypes.data % alignment
+    return raw[start:start + nbytes].reshape(shape)
+
+
 def _layout(batch: int, side: int, out_side: int) -> list[tuple[int, ...]]:
     """Shapes of images, masks, out images and out masks, laid end to end in a buffer."""
     return [(batch, side, side, 1)] * 2 + [(batch, out_side, out_side, 1)] * 2
@@ -125,7 +134,10 @@ class _Worker:
         if status != "ok":
             raise AugmentWorkerError(f"augmentation failed in worker process "
                                      f"{self.process.pid}:\n{detail}")
-        return out_images.copy(), out_masks.copy()
+        outs = aligned_empty(out_images.shape), aligned_empty(out_masks.shape)
+        np.copyto(outs[0], out_images)
+        np.copyto(outs[1], out_masks)
+        return outs
 
     def close(self):
         with contextlib.suppress(BrokenPipeError):   # dead with a request unread, as subprocess does
