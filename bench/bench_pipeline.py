@@ -7,8 +7,8 @@ then measures, as medians over a few rounds of N images each (each case alone, t
 turn forward then backward):
 
 - pipeline: ``make_dataset(config, dir, 'train')`` with the default policy, 1 and 2 parallel
-  augmentation calls, each augmenting one batch (read, decode, batch, augment, normalise,
-  prefetch), in the steady state of training's endless stream;
+  augmentation calls, each augmenting ``--batches-per-call`` batches (read, decode, batch,
+  augment, normalise, prefetch), in the steady state of training's endless stream;
 - no-aug: the same pipeline with ``augment.enabled=false`` (what everything but albumentations
   costs);
 - raw loop: the same albumentations policy called in a plain Python loop on the same decoded
@@ -170,6 +170,8 @@ def main():
     parser.add_argument("--augment-in", nargs="+", choices=["processes", "threads"],
                         default=["processes", "threads"], help="where the calls augment "
                         "(data.augment_processes true / false)")
+    parser.add_argument("--batches-per-call", type=int, nargs="+", default=[4],
+                        help="data.batches_per_call values to compare")
     parser.add_argument("--images", type=int, default=600)
     parser.add_argument("--batch", type=int, default=12)
     parser.add_argument("--passes", type=int, default=3, help="timed passes per measurement")
@@ -181,7 +183,7 @@ def main():
 
     print(f"# input pipeline, {args.images} images in {SHARDS} shards, batch {args.batch}, "
           f"{platform.processor() or platform.machine()}, tensorflow {tf.__version__}\n")
-    header = ("| size | record bytes | augment in | calls | pipeline img/s | vs 1 call | "
+    header = ("| size | record bytes | augment in | batches / call | calls | pipeline img/s | vs 1 call | "
               "no-aug img/s | raw loop img/s | pipeline / raw | raw, 2 threads img/s |")
     print(header + (" model train img/s |" if args.model else ""))
     print("|" + "---|" * (header.count("|") - 1 + args.model))
@@ -194,18 +196,19 @@ def main():
             cases = {"raw": raw_case(config, directory),
                      "raw2": raw_case(config, directory, threads=2),
                      "plain": pipeline_case((*base, "augment.enabled=false"), directory, args.images)}
-            runs = [(where, calls) for where in args.augment_in for calls in args.calls]
-            for where, calls in runs:
-                cases[where, calls] = pipeline_case(
-                    (*base, f"data.num_parallel_calls={calls}",
+            runs = [(where, per_call, calls) for where in args.augment_in
+                    for per_call in args.batches_per_call for calls in args.calls]
+            for where, per_call, calls in runs:
+                cases[where, per_call, calls] = pipeline_case(
+                    (*base, f"data.num_parallel_calls={calls}", f"data.batches_per_call={per_call}",
                      f"data.augment_processes={where == 'processes'}"), directory, args.images)
             if args.model:
                 cases["model"] = model_case(config)
             rates = median_rates(cases, args.passes)
-            for where, calls in runs:
-                rate = rates[where, calls]
-                row = (f"| {size} | {record_bytes:,} | {where} | {calls} | {rate:.0f} | "
-                       f"{rate / rates[where, args.calls[0]]:.2f}x | {rates['plain']:.0f} | "
+            for where, per_call, calls in runs:
+                rate = rates[where, per_call, calls]
+                row = (f"| {size} | {record_bytes:,} | {where} | {per_call} | {calls} | {rate:.0f} | "
+                       f"{rate / rates[where, per_call, args.calls[0]]:.2f}x | {rates['plain']:.0f} | "
                        f"{rates['raw']:.0f} | {rate / rates['raw']:.2f} | {rates['raw2']:.0f} |")
                 print(row + (f" {rates['model']:.1f} |" if args.model else ""), flush=True)
 

@@ -197,11 +197,26 @@ def test_same_seed_in_deterministic_mode_gives_identical_batches(data_dir):
     first, second = _batches(_config(*settings), directory), _batches(_config(*settings), directory)
     other = _batches(_config(*settings, "data.seed=7"), directory)
     in_threads = _batches(_config(*settings, "data.augment_processes=false"), directory)
-    for run in (second, in_threads):
+    one_per_call = _batches(_config(*settings, "data.batches_per_call=1"), directory)
+    for run in (second, in_threads, one_per_call):
         for (image_a, mask_a), (image_b, mask_b) in zip(first, run):
             np.testing.assert_array_equal(image_a, image_b)
             np.testing.assert_array_equal(mask_a, mask_b)
     assert not np.array_equal(first[0][0], other[0][0])
+
+
+@pytest.mark.parametrize("per_call", [1, 3])
+def test_an_epoch_keeps_every_full_batch_whatever_the_batches_per_call(data_dir, per_call):
+    config = _config("data.shuffle_buffer=1", "data.deterministic=true",
+                     f"data.batches_per_call={per_call}")      # 40 records, batch 8: 3 + 2 per call
+    batches = list(make_dataset(config, str(data_dir[0]), "train"))
+    assert len(batches) == 5
+    assert all(image.shape == (8, SIZE, SIZE, 3) for image, _ in batches)
+
+
+def test_batches_per_call_below_one_is_a_clear_error(data_dir):
+    with pytest.raises(ValueError, match="batches_per_call must be at least 1"):
+        make_dataset(_config("data.batches_per_call=0"), str(data_dir[0]), "train")
 
 
 LIVE_ITERATOR_AT_EXIT = textwrap.dedent("""

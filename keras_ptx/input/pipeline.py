@@ -2,10 +2,11 @@
 
 Training: shard files per worker -> shuffle files -> interleaved parallel reads -> (optional
 class-balanced sampling) -> shuffle -> decode image, mask and label only
-(:func:`keras_ptx.data.records.parse`) -> batch (drop remainder) -> prefetch -> albumentations
-via one ``tf.numpy_function`` call per batch, in worker processes by default
-(:mod:`keras_ptx.input.augment`) -> labels of lesions cut away set to 0, gray-to-RGB ImageNet
-normalisation compiled by XLA (:mod:`keras_ptx.input.normalize`) -> prefetch.
+(:func:`keras_ptx.data.records.parse`) -> batch (drop remainder) -> groups of
+``data.batches_per_call`` batches -> prefetch -> albumentations via one ``tf.numpy_function``
+call per group, in worker processes by default (:mod:`keras_ptx.input.augment`) -> batches
+again -> labels of lesions cut away set to 0, gray-to-RGB ImageNet normalisation compiled by XLA
+(:mod:`keras_ptx.input.normalize`) -> prefetch.
 Evaluation: the same without shuffling, augmentation or dropped examples, in a fixed order.
 Decoded records are kept in memory after the first pass when ``data.cache`` says so
 (:mod:`keras_ptx.input.cache`; ``auto`` when they fit).
@@ -89,11 +90,28 @@ def make_dataset(config: Config, data_dir: str, split: str, *, training: bool | 
         return (*augment(images, masks, seeds), labels, masks)
 
     # The augmentation calls do nothing else (batches are assembled ahead of them, and labels
-    # fixed after them, in stages of their own), so with one call it is never idle for long.
+    # fixed after them, in stages of their own), so with one call it is never idle for long;
+    # each call takes several batches, which shares its fixed cost (the hand-over) among more
+    # images. Every example's augmentation follows its own seed, so batches do not depend on it.
+    per_call = config.data.batches_per_call
+    if per_call < 1:
+        raise ValueError(f"data.batches_per_call must be at least 1, got {per_call}")
     seeds = tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True)
-    ds = tf.data.Dataset.zip((ds, seeds)).batch(batch, drop_remainder=True).prefetch(AUTOTUNE)
+    ds = tf.data.Dataset.zip((ds, seeds)).batch(batch, drop_remainder=True)
+    ds = ds.batch(per_call).map(_merge_batches).prefetch(AUTOTUNE)
     ds = ds.map(augmented, num_parallel_calls=config.data.num_parallel_calls or AUTOTUNE)
+    ds = ds.map(functools.partial(_split_batches, batch=batch)).unbatch()
     return _finish(ds, deterministic)
+
+
+def _merge_batches(*parts):
+    """[k, B, ...] -> [k * B, ...], every tensor of a nested structure."""
+    return tf.nest.map_structure(lambda t: tf.reshape(t, [-1, *t.shape[2:]]), parts)
+
+
+def _split_batches(*parts, batch: int):
+    """[k * B, ...] -> [k, B, ...], so that ``unbatch`` gives batches again."""
+    return tuple(tf.reshape(t, [-1, batch, *t.shape[1:]]) for t in parts)
 
 
 def make_eval_dataset(config: Config, data_dir: str, split: str,
