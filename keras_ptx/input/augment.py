@@ -85,16 +85,17 @@ class _CallsInFlight:
 
     def __init__(self):
         self._changed = threading.Condition()
-        self._running = self._started = 0
+        self._running = self._entered = 0     # calls running now; calls ever begun, refused too
         self._closed = False
 
     @contextlib.contextmanager
     def running(self):
         with self._changed:
+            self._entered += 1
+            self._changed.notify_all()
             if self._closed:
                 raise RuntimeError("augmentation refused: the interpreter is exiting")
             self._running += 1
-            self._started += 1
         try:
             yield
         finally:
@@ -102,24 +103,30 @@ class _CallsInFlight:
                 self._running -= 1
                 self._changed.notify_all()
 
-    def close(self, timeout: float = 30.0, quiet: float = 0.05):
-        """Refuse new calls, then wait (up to ``timeout`` s) until none has run for ``quiet`` s:
-        a call may have entered Python just before the refusal and not yet counted itself."""
+    def close(self, timeout: float = 30.0, quiet: float = 0.25):
+        """Refuse new calls, then wait (up to ``timeout`` s) until none runs and none has begun
+        for ``quiet`` s. tf.data stops starting calls once its buffers hold their refusals, so
+        this narrows the danger to an upstream stage that needs more than ``quiet`` s for one
+        element; it cannot close it."""
         deadline = time.monotonic() + timeout
         with self._changed:
             self._closed = True
-            while time.monotonic() < deadline:
-                started = self._started
-                self._changed.wait_for(lambda: self._running == 0, deadline - time.monotonic())
-                self._changed.wait(quiet)      # releases the lock (and the GIL) meanwhile
-                if self._running == 0 and self._started == started:
+            if not self._entered:             # never used: nothing to wait for
+                return
+            seen, since = -1, 0.0
+            while (now := time.monotonic()) < deadline:
+                if self._running or self._entered != seen:
+                    seen, since = self._entered, now
+                elif now - since >= quiet:
                     return
+                self._changed.wait(min(quiet, deadline - now))   # wakes on each call's start/end
 
 
 _calls = _CallsInFlight()
 
 
-@atexit.register    # after workers' own handler is registered, so it runs before it
+# Registered after workers' own handler, so it runs first; that one then finds nothing to end.
+@atexit.register
 def _close_at_exit():
     _calls.close()
     workers.shutdown()

@@ -62,6 +62,9 @@ def make_dataset(config: Config, data_dir: str, split: str, *, training: bool | 
     is the per-replica share of ``train.batch_size`` and this worker reads only its shard.
     """
     training = split == "train" if training is None else training
+    if config.data.batches_per_call < 1:
+        raise ValueError(f"data.batches_per_call must be at least 1, got "
+                         f"{config.data.batches_per_call}")
     files = checked_files(config, data_dir, split)
     cached = cache.plan(config.data, data_dir, split).cache
     batch = _batch_size(config.train.batch_size, input_context)
@@ -94,8 +97,6 @@ def make_dataset(config: Config, data_dir: str, split: str, *, training: bool | 
     # each call takes several batches, which shares its fixed cost (the hand-over) among more
     # images. Every example's augmentation follows its own seed, so batches do not depend on it.
     per_call = config.data.batches_per_call
-    if per_call < 1:
-        raise ValueError(f"data.batches_per_call must be at least 1, got {per_call}")
     seeds = tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True)
     ds = tf.data.Dataset.zip((ds, seeds)).batch(batch, drop_remainder=True)
     ds = ds.batch(per_call).map(_merge_batches).prefetch(AUTOTUNE)
