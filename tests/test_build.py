@@ -1,6 +1,7 @@
 """bin/build-tfrecords: real DICOMs and label CSVs in, TFRecord shards + manifest out."""
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -379,8 +380,14 @@ def test_kill_9_then_resume_gives_the_uninterrupted_dataset(dataset, built, tmp_
             assert time.monotonic() < deadline, "the build never reached the second shard"
             time.sleep(0.05)
     finally:
-        os.killpg(child.pid, signal.SIGKILL)
+        # kill -9 of the build's own process, as a user or the OOM killer would; then SIGTERM
+        # for its workers, which multiprocessing's resource tracker ignores, so it outlives
+        # them and removes the pool's semaphores (a SIGKILL to the whole process group killed
+        # it too and left them in /dev/shm, ~5 per run)
+        os.kill(child.pid, signal.SIGKILL)
         child.wait()
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(child.pid, signal.SIGTERM)
     first = sorted(out.glob("*.tfrecord"))
     assert len(first) == 1 and list(out.glob("*.tmp-*")) and not (out / "manifest.json").exists()
     kept = first[0].stat().st_mtime_ns
