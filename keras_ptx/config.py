@@ -27,7 +27,7 @@ class DataConfig:
     shuffle_buffer: int = 512
     cache: Union[bool, str] = "auto"    # keep decoded records in memory; auto = when they fit
     deterministic: bool = False         # fixed order and augmentation stream (reproducible)
-    num_parallel_calls: int = 2         # parallel augmentation calls (0 = AUTOTUNE)
+    num_parallel_calls: int = 2         # augmenting at once: worker processes or threads (0 = AUTOTUNE)
     batches_per_call: int = 4           # batches each augmentation call augments (shares its fixed cost)
     augment_processes: bool = True      # each call augments in a worker process (no GIL); false = in threads
     positive_share: Optional[float] = None      # share of positive images per epoch; None = natural

@@ -191,6 +191,57 @@ def test_parallel_calls_get_a_worker_each_and_stay_deterministic(fresh_workers):
     assert len(workers._started) == 2
 
 
+@pytest.mark.parametrize("streams", [1, 2])
+def test_each_worker_serves_two_calls_in_order(fresh_workers, streams):
+    """``streams`` workers, two calls in flight on each, give what threads give."""
+    make = functools.partial(build_policy, STRONG, SIZE)
+    images, masks = _random_batch(3)
+    in_processes = GraphAugmenter(make, processes=True, streams=streams)
+    assert in_processes.parallel_calls == 2 * streams
+
+    def augmented(augmenter, calls):
+        ds = tf.data.Dataset.range(36).batch(3).map(lambda s: augmenter(images, masks, s),
+                                                    num_parallel_calls=calls)
+        return [(i.numpy(), m.numpy()) for i, m in ds]
+
+    expected = augmented(GraphAugmenter(make), 1)
+    for got in (augmented(in_processes, in_processes.parallel_calls), augmented(in_processes, 1)):
+        for (image_a, mask_a), (image_b, mask_b) in zip(expected, got):
+            np.testing.assert_array_equal(image_a, image_b)
+            np.testing.assert_array_equal(mask_a, mask_b)
+    assert len(workers._started) == streams
+
+
+def test_calls_queue_on_the_first_workers_whatever_else_the_pool_holds(fresh_workers):
+    started = [workers._borrow(1), workers._borrow(1)]    # two workers, as 2 streams left them
+    for worker in started:
+        workers._give_back(worker)
+    held = [workers._borrow(1, 1), workers._borrow(1, 1)]
+    assert held[0] is held[1] is started[0] and started[0].holders == 2
+    third = workers._borrow(1, 2)                          # 2 streams: the other worker
+    assert third is started[1]
+    for worker in (*held, third):
+        workers._give_back(worker)
+    assert [w.holders for w in workers._started] == [0, 0]
+
+
+def test_a_worker_that_dies_fails_both_calls_it_holds(fresh_workers):
+    augment = GraphAugmenter(functools.partial(build_policy, STRONG, SIZE), processes=True,
+                             streams=1)
+    images, masks = _random_batch(2)
+    augment._apply(images, masks, np.arange(2))
+    first, second = workers._borrow(1, 1), workers._borrow(1, 1)
+    assert first is second and first.holders == 2
+    os.kill(first.process.pid, signal.SIGKILL)
+    for _ in range(2):
+        with pytest.raises(workers.AugmentWorkerError, match="died"):
+            first.run(augment._factory, images, masks, np.arange(2), SIZE)
+        workers._give_back(first)
+    assert workers._started == []
+    augment._apply(images, masks, np.arange(2))          # a new worker takes over
+    assert len(workers._started) == 1 and workers._started[0] is not first
+
+
 def test_a_failing_policy_reports_the_workers_traceback_and_the_worker_carries_on(fresh_workers):
     # a 64 px crop of 32 px images: albumentations raises inside the worker
     augment = GraphAugmenter(functools.partial(build_policy, AugmentConfig(), 64, train_crop=64),
@@ -243,7 +294,7 @@ def test_shutdown_during_a_call_is_a_clear_error_and_the_pool_recovers(fresh_wor
     with pytest.raises(workers.AugmentWorkerError, match="died"):
         worker.run(augment._factory, images, masks, np.arange(2), SIZE)
     workers._give_back(worker)
-    assert workers._idle == [] and workers._started == []
+    assert workers._started == []
     augment._apply(images, masks, np.arange(2))
     assert len(workers._started) == 1
 

@@ -34,6 +34,11 @@ class GraphAugmenter:
     policy stream restarts from its own seed (:func:`~keras_ptx.input.policy.augment_batch`),
     so threads and processes give the same result.
 
+    ``streams`` is how many augment at once: threads, or worker processes (None: as many as
+    tf.data's autotuned calls); :attr:`parallel_calls` is the matching ``num_parallel_calls``
+    for the map, :data:`~keras_ptx.input.workers.SLOTS` calls per worker process, so each
+    worker has its next batch while tf.data is between calls.
+
     ``make_policy`` builds a policy; with ``processes`` it must pickle (a module-level function
     or a ``functools.partial`` of one). In threads, policies are not thread-safe: each call
     borrows one from a free list and returns it, so there are as many as calls ever ran at once,
@@ -42,8 +47,11 @@ class GraphAugmenter:
     """
 
     def __init__(self, make_policy: Callable[[], A.BaseCompose], out_size: int | None = None,
-                 processes: bool = False):
+                 processes: bool = False, streams: int | None = None):
         self._make_policy = make_policy
+        self._streams = streams
+        self.parallel_calls = (tf.data.AUTOTUNE if streams is None
+                               else streams * (workers.SLOTS if processes else 1))
         self._out_size = out_size             # None: the policy keeps the input size
         self._idle: list[A.BaseCompose] = []  # list.pop/append are atomic under the GIL
         if processes and os.name != "posix":
@@ -68,7 +76,7 @@ class GraphAugmenter:
         with _calls.running():
             if self._factory is None:
                 return self._in_thread(images, masks, seeds, out_side)
-            return workers.augment(self._factory, images, masks, seeds, out_side)
+            return workers.augment(self._factory, images, masks, seeds, out_side, self._streams)
 
     def __call__(self, images, masks, seeds):
         new_images, new_masks = tf.numpy_function(
@@ -141,7 +149,7 @@ def _pickled(make_policy) -> bytes:
 
 
 def graph_augmenter(config: AugmentConfig, size: int, train_crop: int = 0,
-                    processes: bool = False) -> GraphAugmenter:
+                    processes: bool = False, streams: int | None = None) -> GraphAugmenter:
     """The configured policy, ready to map over batches ``(images, masks, seeds)``.
 
     Switches OpenCV's own thread pool off for the process (``cv2.setNumThreads(0)``, as
@@ -152,4 +160,4 @@ def graph_augmenter(config: AugmentConfig, size: int, train_crop: int = 0,
     build_policy(config, size, train_crop=train_crop)  # fail now, not inside a tf.data thread
     cv2.setNumThreads(0)
     return GraphAugmenter(functools.partial(build_policy, config, size, train_crop=train_crop),
-                          train_crop or None, processes)
+                          train_crop or None, processes, streams)

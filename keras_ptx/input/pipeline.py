@@ -86,7 +86,7 @@ def make_dataset(config: Config, data_dir: str, split: str, *, training: bool | 
     if not config.augment.enabled and not config.data.train_crop:
         return _finish(ds.batch(batch, drop_remainder=True), deterministic)
     augment = graph_augmenter(config.augment, config.data.image_size, config.data.train_crop,
-                              config.data.augment_processes)
+                              config.data.augment_processes, config.data.num_parallel_calls or None)
 
     def augmented(pairs, seeds):
         images, masks, labels = pairs
@@ -100,7 +100,7 @@ def make_dataset(config: Config, data_dir: str, split: str, *, training: bool | 
     seeds = tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True)
     ds = tf.data.Dataset.zip((ds, seeds)).batch(batch, drop_remainder=True)
     ds = ds.batch(per_call).map(_merge_batches).prefetch(AUTOTUNE)
-    ds = ds.map(augmented, num_parallel_calls=config.data.num_parallel_calls or AUTOTUNE)
+    ds = ds.map(augmented, num_parallel_calls=augment.parallel_calls)
     ds = ds.map(functools.partial(_split_batches, batch=batch)).unbatch()
     return _finish(ds, deterministic)
 

@@ -11,10 +11,14 @@ TensorFlow) and waits for it without holding the lock.
   outputs there, and the caller copies them out. Only a small header goes through the pipe.
 - The policy travels as a pickled factory (e.g. ``functools.partial(build_policy, ...)``);
   each worker builds it once and keeps it.
-- Workers are shared by the whole process: a call borrows an idle one or starts a new one
-  (~1 s), so there are as many as calls ever ran at once. One whose buffer is too small for a
-  batch, or that died, is replaced. They end when their pipe closes: at exit, when
-  :func:`shutdown` runs, or when this process dies; Ctrl-C is left to this process.
+- Each worker has :data:`SLOTS` buffer slots and serves its calls in order, so a second call
+  can hand over its batch while the first is computed: the worker then never waits for
+  tf.data between calls. :func:`augment` takes ``streams``, the workers wanted: a call uses
+  only the first ``streams`` workers of the pool, takes an idle one, else (with that many
+  running) queues behind one, else starts one (~1 s). With ``streams`` None every call that
+  finds no idle worker starts one. Workers are shared by the whole process. One whose buffer is too small for a batch, or that died, is replaced.
+  They end when their pipe closes: at exit, when :func:`shutdown` runs, or when this process
+  dies; Ctrl-C is left to this process.
 - A failure in the policy comes back as :class:`AugmentWorkerError` carrying the worker's
   traceback, and the worker carries on; a worker that dies (killed, out of memory) is dropped
   and named with its exit code.
@@ -85,9 +89,9 @@ def _layout_bytes(batch: int, side: int, out_side: int) -> int:
     return sum(int(np.prod(shape)) for shape in _layout(batch, side, out_side))
 
 
-def _views(buffer, batch: int, side: int, out_side: int) -> list[np.ndarray]:
-    """uint8 views of :func:`_layout` in ``buffer``."""
-    views, offset = [], 0
+def _views(buffer, offset: int, batch: int, side: int, out_side: int) -> list[np.ndarray]:
+    """uint8 views of :func:`_layout` in ``buffer`` from ``offset`` on."""
+    views = []
     for shape in _layout(batch, side, out_side):
         count = int(np.prod(shape))
         views.append(np.frombuffer(buffer, np.uint8, count, offset).reshape(shape))
@@ -95,13 +99,20 @@ def _views(buffer, batch: int, side: int, out_side: int) -> list[np.ndarray]:
     return views
 
 
-class _Worker:
-    """One worker process and the shared buffer it maps (used by one call at a time)."""
+SLOTS = 2     # calls one worker holds at once: one computed, the next waiting in its slot
 
-    def __init__(self, nbytes: int):
+
+class _Worker:
+    """One worker process and the shared buffer it maps: :data:`SLOTS` slots of ``slot_bytes``,
+    request ``n`` in slot ``n % SLOTS``. The pool lets at most :data:`SLOTS` calls hold it; as
+    replies come in order and a call reads its own only after the one before has copied its
+    results out, a slot is free again by the time a call is let in to reuse it."""
+
+    def __init__(self, slot_bytes: int):
         package_root = str(Path(__file__).resolve().parents[2])
         env = {**WORKER_MALLOC, **os.environ, "PYTHONPATH": os.pathsep.join(
             filter(None, [package_root, os.environ.get("PYTHONPATH")]))}
+        nbytes = SLOTS * slot_bytes
         fd = _shared_file(nbytes)
         try:
             self.buffer = mmap.mmap(fd, nbytes)
@@ -112,32 +123,67 @@ class _Worker:
             raise AugmentWorkerError(f"cannot start an augmentation worker process: {error}") from error
         finally:
             os.close(fd)
-        self.nbytes = nbytes
+        self.slot_bytes = slot_bytes
+        self.holders = 0                    # calls holding it (the pool's lock guards this)
+        self._send = threading.Lock()       # requests go out in order...
+        self._turn = threading.Condition()  # ...and their replies are read in the same order
+        self._sent = self._read = 0
+        self.failure: str | None = None     # why it can answer no more
+
+    def usable(self) -> bool:
+        return self.failure is None and self.process.poll() is None
 
     def run(self, factory: bytes, images: np.ndarray, masks: np.ndarray, seeds: np.ndarray,
             out_side: int) -> tuple[np.ndarray, np.ndarray]:
         batch, side = images.shape[:2]
-        in_images, in_masks, out_images, out_masks = _views(self.buffer, batch, side, out_side)
-        np.copyto(in_images, images)
-        np.copyto(in_masks, masks)
+        with self._send:
+            n = self._sent
+            self._sent += 1
+            offset = n % SLOTS * self.slot_bytes
+            in_images, in_masks, out_images, out_masks = _views(self.buffer, offset, batch, side,
+                                                                out_side)
+            np.copyto(in_images, images)
+            np.copyto(in_masks, masks)
+            try:
+                pickle.dump((factory, offset, batch, side, out_side, np.asarray(seeds, np.int64)),
+                            self.process.stdin, protocol=pickle.HIGHEST_PROTOCOL)
+                self.process.stdin.flush()
+            except (OSError, ValueError) as error:         # ValueError: shut down
+                self._died(error)
+        with self._turn:
+            self._turn.wait_for(lambda: self._read == n or self.failure is not None)
+        answered = False
         try:
-            pickle.dump((factory, batch, side, out_side, np.asarray(seeds, np.int64)),
-                        self.process.stdin, protocol=pickle.HIGHEST_PROTOCOL)
-            self.process.stdin.flush()
-            status, detail = pickle.load(self.process.stdout)
-        except (OSError, ValueError, EOFError, pickle.UnpicklingError) as error:   # ValueError:
-            code = self.process.wait()                                           # shut down
-            raise AugmentWorkerError(
-                f"augmentation worker process {self.process.pid} died (exit code {code}"
-                f"{': killed, perhaps for lack of memory' if code == -9 else ''}); "
-                f"its own messages, if any, are on stderr above") from error
-        if status != "ok":
-            raise AugmentWorkerError(f"augmentation failed in worker process "
-                                     f"{self.process.pid}:\n{detail}")
-        outs = aligned_empty(out_images.shape), aligned_empty(out_masks.shape)
-        np.copyto(outs[0], out_images)
-        np.copyto(outs[1], out_masks)
-        return outs
+            if self.failure is not None:
+                raise AugmentWorkerError(self.failure)
+            try:
+                status, detail = pickle.load(self.process.stdout)
+            except (OSError, ValueError, EOFError, pickle.UnpicklingError) as error:
+                self._died(error)
+            answered = True
+            if status != "ok":
+                raise AugmentWorkerError(f"augmentation failed in worker process "
+                                         f"{self.process.pid}:\n{detail}")
+            outs = aligned_empty(out_images.shape), aligned_empty(out_masks.shape)
+            np.copyto(outs[0], out_images)
+            np.copyto(outs[1], out_masks)
+            return outs
+        finally:
+            with self._turn:
+                if not answered and self.failure is None:   # its reply is still in the pipe
+                    self.failure = "an augmentation call left its reply unread"
+                self._read += 1
+                self._turn.notify_all()
+
+    def _died(self, error: Exception):
+        code = self.process.wait()
+        message = (f"augmentation worker process {self.process.pid} died (exit code {code}"
+                   f"{': killed, perhaps for lack of memory' if code == -9 else ''}); "
+                   f"its own messages, if any, are on stderr above")
+        with self._turn:
+            self.failure = self.failure or message
+            self._turn.notify_all()
+        raise AugmentWorkerError(message) from error
 
     def close(self):
         with contextlib.suppress(BrokenPipeError):   # dead with a request unread, as subprocess does
@@ -151,59 +197,63 @@ class _Worker:
 
 
 _lock = threading.Lock()
-_idle: list[_Worker] = []
 _started: list[_Worker] = []
 
 
 def augment(factory: bytes, images: np.ndarray, masks: np.ndarray, seeds: np.ndarray,
-            out_side: int) -> tuple[np.ndarray, np.ndarray]:
+            out_side: int, streams: int | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Augment a uint8 [B, S, S, 1] batch in a worker process with the policy that the pickled
-    ``factory`` builds; returns images and masks of [B, out_side, out_side, 1]."""
-    worker = _borrow(_layout_bytes(images.shape[0], images.shape[1], out_side))
+    ``factory`` builds; returns images and masks of [B, out_side, out_side, 1]. ``streams``:
+    the workers wanted (None: one per call that finds none idle)."""
+    worker = _borrow(_layout_bytes(images.shape[0], images.shape[1], out_side), streams)
     try:
         return worker.run(factory, images, masks, seeds, out_side)
     finally:
         _give_back(worker)
 
 
-def _borrow(nbytes: int) -> _Worker:
-    """An idle, live worker whose buffer holds ``nbytes``, or a new one."""
+def _borrow(slot_bytes: int, streams: int | None = None) -> _Worker:
+    """Of the first ``streams`` workers whose slots hold ``slot_bytes``: an idle one, else (with
+    ``streams`` of them running) the least held one with a free slot; else a new one."""
     with _lock:
-        worker = _idle.pop() if _idle else None
-    if worker is not None and (worker.nbytes < nbytes or worker.process.poll() is not None):
-        _retire(worker)                 # too small for this batch, or died while idle
-        worker = None
-    if worker is None:
-        worker = _Worker(nbytes)
-        with _lock:
+        stale = [w for w in _started if w.holders == 0 and
+                 (not w.usable() or w.slot_bytes < slot_bytes)]
+        for worker in stale:            # died while idle, or too small for this batch
+            _started.remove(worker)
+        fitting = [w for w in _started if w.usable() and w.slot_bytes >= slot_bytes]
+        fitting = fitting[:streams]     # never more workers than streams, whatever the pool holds
+        idle = [w for w in fitting if w.holders == 0]
+        worker = idle[0] if idle else None
+        if worker is None and streams is not None and len(fitting) >= streams:
+            worker = min(fitting, key=lambda w: w.holders)
+            if worker.holders >= SLOTS:
+                worker = None
+        if worker is None:
+            worker = _Worker(slot_bytes)
             _started.append(worker)
+        worker.holders += 1
+    for old in stale:
+        old.close()
     return worker
 
 
 def _give_back(worker: _Worker):
-    """Back to the idle list if alive and not shut down meanwhile; retired otherwise."""
-    if worker.process.poll() is not None:
-        _retire(worker)
-        return
+    """Release a call's hold; a worker that failed or was shut down ends with its last call."""
     with _lock:
-        if worker in _started:
-            _idle.append(worker)
-
-
-def _retire(worker: _Worker):
-    with _lock:
-        if worker in _started:
+        worker.holders -= 1
+        ending = worker.holders == 0 and (not worker.usable() or worker not in _started)
+        if ending and worker in _started:
             _started.remove(worker)
-    worker.close()
+    if ending:
+        worker.close()
 
 
 def shutdown():
-    """End every worker process (they are started again when needed). A call in flight on one
-    fails with :class:`AugmentWorkerError`."""
+    """End every worker process (they are started again when needed). Calls in flight on one
+    fail with :class:`AugmentWorkerError`."""
     with _lock:
         ending = list(_started)
         _started.clear()
-        _idle.clear()
     for worker in ending:
         worker.close()
 
@@ -220,13 +270,13 @@ def _serve(buffer: mmap.mmap, requests, replies):
     policies: dict[bytes, object] = {}
     while True:
         try:
-            factory, batch, side, out_side, seeds = pickle.load(requests)
+            factory, offset, batch, side, out_side, seeds = pickle.load(requests)
         except EOFError:
             return
         try:
             if factory not in policies:
                 policies[factory] = pickle.loads(factory)()
-            images, masks, out_images, out_masks = _views(buffer, batch, side, out_side)
+            images, masks, out_images, out_masks = _views(buffer, offset, batch, side, out_side)
             augment_batch(policies[factory], images, masks, seeds, out_images, out_masks)
             reply = ("ok", None)
         except Exception:   # reported to the caller, which raises it there
