@@ -242,6 +242,36 @@ def test_a_worker_that_dies_fails_both_calls_it_holds(fresh_workers):
     assert len(workers._started) == 1 and workers._started[0] is not first
 
 
+def test_a_call_waiting_its_turn_fails_at_once_when_the_worker_dies(fresh_workers):
+    augment = GraphAugmenter(functools.partial(build_policy, STRONG, SIZE), processes=True,
+                             streams=1)
+    images, masks = _random_batch(2)
+    augment._apply(images, masks, np.arange(2))
+    worker = workers._started[0]
+    os.kill(worker.process.pid, signal.SIGSTOP)      # both requests wait in the pipe
+    errors = []
+
+    def call():
+        try:
+            augment._apply(images, masks, np.arange(2))
+        except workers.AugmentWorkerError as error:
+            errors.append(str(error))
+
+    calls = [threading.Thread(target=call) for _ in range(2)]
+    for thread in calls:
+        thread.start()
+    for _ in range(2000):                           # both sent: one reads, one waits its turn
+        if worker.holders == 2 and worker._sent == 3:
+            break
+        threading.Event().wait(0.01)
+    os.kill(worker.process.pid, signal.SIGKILL)
+    for thread in calls:
+        thread.join(20)
+    assert not any(thread.is_alive() for thread in calls) and len(errors) == 2
+    assert all("died" in e or "stopped answering" in e for e in errors)
+    assert workers._started == []
+
+
 def test_a_failing_policy_reports_the_workers_traceback_and_the_worker_carries_on(fresh_workers):
     # a 64 px crop of 32 px images: albumentations raises inside the worker
     augment = GraphAugmenter(functools.partial(build_policy, AugmentConfig(), 64, train_crop=64),

@@ -138,18 +138,19 @@ class _Worker:
         batch, side = images.shape[:2]
         with self._send:
             n = self._sent
-            self._sent += 1
             offset = n % SLOTS * self.slot_bytes
             in_images, in_masks, out_images, out_masks = _views(self.buffer, offset, batch, side,
                                                                 out_side)
-            np.copyto(in_images, images)
+            np.copyto(in_images, images)            # nothing is sent yet if these fail
             np.copyto(in_masks, masks)
+            header = pickle.dumps((factory, offset, batch, side, out_side,
+                                   np.asarray(seeds, np.int64)), protocol=pickle.HIGHEST_PROTOCOL)
             try:
-                pickle.dump((factory, offset, batch, side, out_side, np.asarray(seeds, np.int64)),
-                            self.process.stdin, protocol=pickle.HIGHEST_PROTOCOL)
+                self.process.stdin.write(header)
                 self.process.stdin.flush()
-            except (OSError, ValueError) as error:         # ValueError: shut down
+            except BaseException as error:          # part of a request may be in the pipe
                 self._died(error)
+            self._sent = n + 1
         with self._turn:
             self._turn.wait_for(lambda: self._read == n or self.failure is not None)
         answered = False
@@ -158,7 +159,7 @@ class _Worker:
                 raise AugmentWorkerError(self.failure)
             try:
                 status, detail = pickle.load(self.process.stdout)
-            except (OSError, ValueError, EOFError, pickle.UnpicklingError) as error:
+            except BaseException as error:
                 self._died(error)
             answered = True
             if status != "ok":
@@ -175,15 +176,21 @@ class _Worker:
                 self._read += 1
                 self._turn.notify_all()
 
-    def _died(self, error: Exception):
-        code = self.process.wait()
-        message = (f"augmentation worker process {self.process.pid} died (exit code {code}"
-                   f"{': killed, perhaps for lack of memory' if code == -9 else ''}); "
-                   f"its own messages, if any, are on stderr above")
+    def _died(self, error: BaseException):
+        """Fail every call on this worker (waiters at once), end it, raise for this call."""
         with self._turn:
-            self.failure = self.failure or message
+            self.failure = self.failure or (f"augmentation worker process {self.process.pid} "
+                                            f"stopped answering")
             self._turn.notify_all()
-        raise AugmentWorkerError(message) from error
+        if not isinstance(error, (EOFError, OSError, ValueError)):   # it may be alive: out of step
+            self.process.kill()
+        code = self.process.wait()
+        if not isinstance(error, Exception):        # KeyboardInterrupt and the like go on as they are
+            raise error
+        raise AugmentWorkerError(
+            f"augmentation worker process {self.process.pid} died (exit code {code}"
+            f"{': killed, perhaps for lack of memory' if code == -9 else ''}); "
+            f"its own messages, if any, are on stderr above") from error
 
     def close(self):
         with contextlib.suppress(BrokenPipeError):   # dead with a request unread, as subprocess does
@@ -215,26 +222,30 @@ def augment(factory: bytes, images: np.ndarray, masks: np.ndarray, seeds: np.nda
 def _borrow(slot_bytes: int, streams: int | None = None) -> _Worker:
     """Of the first ``streams`` workers whose slots hold ``slot_bytes``: an idle one, else (with
     ``streams`` of them running) the least held one with a free slot; else a new one."""
-    with _lock:
-        stale = [w for w in _started if w.holders == 0 and
-                 (not w.usable() or w.slot_bytes < slot_bytes)]
-        for worker in stale:            # died while idle, or too small for this batch
-            _started.remove(worker)
-        fitting = [w for w in _started if w.usable() and w.slot_bytes >= slot_bytes]
-        fitting = fitting[:streams]     # never more workers than streams, whatever the pool holds
-        idle = [w for w in fitting if w.holders == 0]
-        worker = idle[0] if idle else None
-        if worker is None and streams is not None and len(fitting) >= streams:
-            worker = min(fitting, key=lambda w: w.holders)
-            if worker.holders >= SLOTS:
-                worker = None
-        if worker is None:
-            worker = _Worker(slot_bytes)
-            _started.append(worker)
-        worker.holders += 1
-    for old in stale:
-        old.close()
-    return worker
+    streams = streams or None
+    stale: list[_Worker] = []
+    try:
+        with _lock:
+            stale = [w for w in _started if w.holders == 0 and
+                     (not w.usable() or w.slot_bytes < slot_bytes)]
+            for worker in stale:        # died while idle, or too small for this batch
+                _started.remove(worker)
+            fitting = [w for w in _started if w.usable() and w.slot_bytes >= slot_bytes]
+            fitting = fitting[:streams]     # a call looks at the first ``streams`` workers only
+            idle = [w for w in fitting if w.holders == 0]
+            worker = idle[0] if idle else None
+            if worker is None and streams is not None and len(fitting) >= streams:
+                worker = min(fitting, key=lambda w: w.holders)
+                if worker.holders >= SLOTS:
+                    worker = None
+            if worker is None:          # under the lock, so parallel calls start no extra one
+                worker = _Worker(slot_bytes)
+                _started.append(worker)
+            worker.holders += 1
+            return worker
+    finally:
+        for old in stale:
+            old.close()
 
 
 def _give_back(worker: _Worker):
@@ -249,8 +260,9 @@ def _give_back(worker: _Worker):
 
 
 def shutdown():
-    """End every worker process (they are started again when needed). Calls in flight on one
-    fail with :class:`AugmentWorkerError`."""
+    """End every worker process (they are started again when needed). A worker answers the
+    calls it holds before it ends, if it can within 5 s; the others fail with
+    :class:`AugmentWorkerError`."""
     with _lock:
         ending = list(_started)
         _started.clear()
