@@ -6,15 +6,17 @@ with a pneumothorax-like mask, PNG-encoded through the shared record schema) int
 then measures, as medians over a few rounds of N images each (each case alone, the cases in
 turn forward then backward):
 
-- pipeline: ``make_dataset(config, dir, 'train')`` with the default policy, 1 and 2 parallel
-  augmentation calls, each augmenting ``--batches-per-call`` batches (read, decode, batch,
-  augment, normalise, prefetch), in the steady state of training's endless stream;
+- pipeline: ``make_dataset(config, dir, 'train')`` with the default policy and
+  ``data.num_parallel_calls`` of 1 and 2 (``--calls``: worker processes, each serving two
+  tf.data calls, or threads), each call augmenting ``--batches-per-call`` batches (read,
+  decode, batch, augment, normalise, prefetch), in the steady state of training's endless
+  stream;
 - no-aug: the same pipeline with ``augment.enabled=false`` (what everything but albumentations
   costs);
 - raw loop: the same albumentations policy called in a plain Python loop on the same decoded
-  uint8 images (no TensorFlow at all): the ceiling for one augmentation call;
+  uint8 images (no TensorFlow at all): the ceiling for one worker or thread;
 - raw, 2 threads: two such loops in two Python threads, each on half the images: the ceiling
-  for two calls, which share one interpreter lock as the pipeline's calls do.
+  for two threads, which share one interpreter lock as the pipeline's do.
 
 Goals (issue 5): pipeline >= 0.9x raw at 1 call; 2 calls >= 1.6x one call on 2 cores.
 ``--model`` adds the training demand of a stand-in network (segmentation-models'
