@@ -186,6 +186,7 @@ def test_positive_share_errors(data_dir):
 
 
 def _batches(config, directory, n=3):
+    """The first ``n`` training batches (all of an epoch with -1)."""
     return [(image.numpy(), targets["mask"].numpy(), targets["label"].numpy())
             for image, targets in make_dataset(config, str(directory), "train").take(n)]
 
@@ -222,8 +223,7 @@ def test_batches_per_call_changes_no_batch(data_dir):
 def test_an_epoch_keeps_every_full_batch_whatever_the_batches_per_call(data_dir):
     def epoch(per_call):                # 40 records, batch 8: 5 batches, as 3 + 2 per call
         config = _config("data.deterministic=true", f"data.batches_per_call={per_call}")
-        return [(image.numpy(), targets["mask"].numpy(), targets["label"].numpy())
-                for image, targets in make_dataset(config, str(data_dir[0]), "train")]
+        return _batches(config, data_dir[0], n=-1)
 
     one, three = epoch(1), epoch(3)
     assert len(one) == 5 and all(image.shape == (8, SIZE, SIZE, 3) for image, _, _ in three)

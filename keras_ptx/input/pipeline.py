@@ -89,30 +89,20 @@ def make_dataset(config: Config, data_dir: str, split: str, *, training: bool | 
                               config.data.augment_processes, config.data.num_parallel_calls or None)
 
     def augmented(pairs, seeds):
-        images, masks, labels = pairs
-        return (*augment(images, masks, seeds), labels, masks)
+        """A group [k, B, ...] of batches through one augmentation call, back as [k, B, ...]."""
+        images, masks, labels, seeds = (tf.reshape(t, [-1, *t.shape[2:]]) for t in (*pairs, seeds))
+        outputs = (*augment(images, masks, seeds), labels, masks)
+        return tuple(tf.reshape(t, [-1, batch, *t.shape[1:]]) for t in outputs)
 
     # The augmentation calls do nothing else (batches are assembled ahead of them, and labels
     # fixed after them, in stages of their own), so with one call it is never idle for long;
     # each call takes several batches, which shares its fixed cost (the hand-over) among more
     # images. Every example's augmentation follows its own seed, so batches do not depend on it.
-    per_call = config.data.batches_per_call
     seeds = tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True)
     ds = tf.data.Dataset.zip((ds, seeds)).batch(batch, drop_remainder=True)
-    ds = ds.batch(per_call).map(_merge_batches).prefetch(AUTOTUNE)
-    ds = ds.map(augmented, num_parallel_calls=augment.parallel_calls)
-    ds = ds.map(functools.partial(_split_batches, batch=batch)).unbatch()
+    ds = ds.batch(config.data.batches_per_call).prefetch(AUTOTUNE)
+    ds = ds.map(augmented, num_parallel_calls=augment.parallel_calls).unbatch()
     return _finish(ds, deterministic)
-
-
-def _merge_batches(*parts):
-    """[k, B, ...] -> [k * B, ...], every tensor of a nested structure."""
-    return tf.nest.map_structure(lambda t: tf.reshape(t, [-1, *t.shape[2:]]), parts)
-
-
-def _split_batches(*parts, batch: int):
-    """[k * B, ...] -> [k, B, ...], so that ``unbatch`` gives batches again."""
-    return tuple(tf.reshape(t, [-1, batch, *t.shape[1:]]) for t in parts)
 
 
 def make_eval_dataset(config: Config, data_dir: str, split: str,

@@ -16,9 +16,9 @@ TensorFlow) and waits for it without holding the lock.
   tf.data between calls. :func:`augment` takes ``streams``, the workers wanted: a call uses
   only the first ``streams`` workers of the pool, takes an idle one, else (with that many
   running) queues behind one, else starts one (~1 s). With ``streams`` None every call that
-  finds no idle worker starts one. Workers are shared by the whole process. One whose buffer is too small for a batch, or that died, is replaced.
-  They end when their pipe closes: at exit, when :func:`shutdown` runs, or when this process
-  dies; Ctrl-C is left to this process.
+  finds no idle worker starts one. Workers are shared by the whole process. One whose buffer
+  is too small for a batch, or that died, is replaced. They end when their pipe closes: at
+  exit, when :func:`shutdown` runs, or when this process dies; Ctrl-C is left to this process.
 - A failure in the policy comes back as :class:`AugmentWorkerError` carrying the worker's
   traceback, and the worker carries on; a worker that dies (killed, out of memory) is dropped
   and named with its exit code.
