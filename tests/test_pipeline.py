@@ -220,14 +220,20 @@ def test_batches_per_call_changes_no_batch(data_dir):
                                            data_dir[0], 7))
 
 
-def test_an_epoch_keeps_every_full_batch_whatever_the_batches_per_call(data_dir):
-    def epoch(per_call):                # 40 records, batch 8: 5 batches, as 3 + 2 per call
-        config = _config("data.deterministic=true", f"data.batches_per_call={per_call}")
+@pytest.mark.parametrize("batch, per_call, full", [(8, 3, 5), (6, 4, 6), (6, 7, 6)])
+def test_an_epoch_keeps_every_full_batch_whatever_the_batches_per_call(data_dir, batch, per_call,
+                                                                        full):
+    """40 records: batch 8 as groups of 3 + 2 batches; batch 6 (4 left over) as groups of
+    24 + 16 images, the last cut to 2 batches, or as one group of 40 cut to 6."""
+    def epoch(per_call):
+        config = _config("data.deterministic=true", f"train.batch_size={batch}",
+                         f"data.batches_per_call={per_call}")
         return _batches(config, data_dir[0], n=-1)
 
-    one, three = epoch(1), epoch(3)
-    assert len(one) == 5 and all(image.shape == (8, SIZE, SIZE, 3) for image, _, _ in three)
-    _assert_same_batches(one, three)
+    one, grouped = epoch(1), epoch(per_call)
+    assert len(one) == full
+    assert all(image.shape == (batch, SIZE, SIZE, 3) for image, _, _ in grouped)
+    _assert_same_batches(one, grouped)
 
 
 def test_batches_per_call_below_one_is_a_clear_error(data_dir):

@@ -2,11 +2,11 @@
 
 Training: shard files per worker -> shuffle files -> interleaved parallel reads -> (optional
 class-balanced sampling) -> shuffle -> decode image, mask and label only
-(:func:`keras_ptx.data.records.parse`) -> batch (drop remainder) -> groups of
-``data.batches_per_call`` batches -> prefetch -> albumentations via one ``tf.numpy_function``
-call per group, in worker processes by default (:mod:`keras_ptx.input.augment`) -> batches
-again -> labels of lesions cut away set to 0, gray-to-RGB ImageNet normalisation compiled by XLA
-(:mod:`keras_ptx.input.normalize`) -> prefetch.
+(:func:`keras_ptx.data.records.parse`) -> groups of ``data.batches_per_call`` batches ->
+prefetch -> per group: albumentations via one ``tf.numpy_function`` call, in worker processes by
+default (:mod:`keras_ptx.input.augment`), labels of lesions cut away set to 0, gray-to-RGB
+ImageNet normalisation compiled by XLA (:mod:`keras_ptx.input.normalize`) -> the group sliced
+into batches (a tail short of one batch dropped) -> prefetch.
 Evaluation: the same without shuffling, augmentation or dropped examples, in a fixed order.
 Decoded records are kept in memory after the first pass when ``data.cache`` says so
 (:mod:`keras_ptx.input.cache`; ``auto`` when they fit).
@@ -89,20 +89,26 @@ def make_dataset(config: Config, data_dir: str, split: str, *, training: bool | 
                               config.data.augment_processes, config.data.num_parallel_calls or None)
 
     def augmented(pairs, seeds):
-        """A group [k, B, ...] of batches through one augmentation call, back as [k, B, ...]."""
-        images, masks, labels, seeds = (tf.reshape(t, [-1, *t.shape[2:]]) for t in (*pairs, seeds))
-        outputs = (*augment(images, masks, seeds), labels, masks)
-        return tuple(tf.reshape(t, [-1, batch, *t.shape[1:]]) for t in outputs)
+        """A group of whole batches, flat, through one augmentation call and the normalisation;
+        returned as [k, B, ...] for slicing into its batches."""
+        whole = tf.shape(seeds)[0] // batch * batch           # less only in a finite epoch's tail
+        images, masks, labels, seeds = (t[:whole] for t in (*pairs, seeds))
+        had_lesion = _present(masks)
+        images, masks = augment(images, masks, seeds)
+        model_batch = _to_model_batch(images, masks, labels * _kept(had_lesion, masks))
+        return tf.nest.map_structure(lambda t: tf.reshape(t, [-1, batch, *t.shape[1:]]),
+                                     model_batch)
 
-    # The augmentation calls do nothing else (batches are assembled ahead of them, and labels
-    # fixed after them, in stages of their own), so with one call it is never idle for long;
-    # each call takes several batches, which shares its fixed cost (the hand-over) among more
-    # images. Every example's augmentation follows its own seed, so batches do not depend on it.
+    # Each call takes several batches (assembled ahead of it in one copy), which shares its fixed
+    # cost, the hand-over, among more images; it normalises them too. Slicing a group into its
+    # batches shares the group's memory, where unbatch would copy it. Every example's
+    # augmentation follows its own seed, so batches do not depend on the grouping.
     seeds = tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True)
-    ds = tf.data.Dataset.zip((ds, seeds)).batch(batch, drop_remainder=True)
-    ds = ds.batch(config.data.batches_per_call).prefetch(AUTOTUNE)
-    ds = ds.map(augmented, num_parallel_calls=augment.parallel_calls).unbatch()
-    return _finish(ds, deterministic)
+    groups = tf.data.Dataset.zip((ds, seeds)).batch(batch * config.data.batches_per_call)
+    groups = groups.filter(lambda pairs, seeds: tf.shape(seeds)[0] >= batch)  # as drop_remainder
+    groups = groups.prefetch(AUTOTUNE).map(augmented, num_parallel_calls=augment.parallel_calls)
+    ds = groups.flat_map(lambda *group: tf.data.Dataset.from_tensor_slices(group))
+    return _with_determinism(ds.prefetch(AUTOTUNE), deterministic)
 
 
 def make_eval_dataset(config: Config, data_dir: str, split: str,
@@ -279,19 +285,19 @@ def _pair(example):
     return example["image"], example["mask"], label
 
 
-def _kept(masks, new_masks):
+def _present(masks):
+    """bool [B]: whether each mask has a lesion pixel."""
+    return tf.reduce_max(masks, axis=[1, 2, 3]) > 0
+
+
+def _kept(had_lesion, new_masks):
     """float32 [B, 1]: 0 where augmentation cut every mask pixel out of the image (a crop or
     a distortion), so the label head is not told to find a lesion that is no longer there."""
-    def present(m):
-        return tf.reduce_max(m, axis=[1, 2, 3]) > 0
-    return tf.cast(present(new_masks) | ~present(masks), tf.float32)[:, None]
+    return tf.cast(_present(new_masks) | ~had_lesion, tf.float32)[:, None]
 
 
-def _to_model_batch(image, mask, label, original_mask=None):
-    """Model batch from uint8 image and mask batches; given the masks from before augmentation,
-    labels whose lesion augmentation cut away become 0."""
-    if original_mask is not None:
-        label = label * _kept(original_mask, mask)
+def _to_model_batch(image, mask, label):
+    """Model batch from uint8 image and mask batches."""
     return fused_to_model_input(image), {"mask": tf.cast(mask, tf.float32), "label": label}
 
 
