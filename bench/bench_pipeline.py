@@ -16,7 +16,12 @@ turn forward then backward):
 - raw loop: the same albumentations policy called in a plain Python loop on the same decoded
   uint8 images (no TensorFlow at all): the ceiling for one worker or thread;
 - raw, 2 threads: two such loops in two Python threads, each on half the images: the ceiling
-  for two threads, which share one interpreter lock as the pipeline's do.
+  for two threads, which share one interpreter lock as the pipeline's do;
+- raw, 2 processes: two such loops in two processes at once: what two cores give albumentations
+  with nothing else to do, the ceiling for two worker processes.
+
+"main CPU" is this process's CPU time per image (all its threads; worker processes not
+counted): what two workers on two cores must share with augmentation.
 
 Goals (issue 5): pipeline >= 0.9x raw at 1 call; 2 calls >= 1.6x one call on 2 cores.
 ``--model`` adds the training demand of a stand-in network (segmentation-models'
@@ -31,7 +36,10 @@ with them cached (set explicitly: ``auto``, the default, depends on free memory)
 from __future__ import annotations
 
 import argparse
+import concurrent.futures
 import gc
+import multiprocessing
+import os
 import platform
 import statistics
 import tempfile
@@ -92,8 +100,9 @@ def write_shards(directory: Path, size: int, count: int, seed: int = 0) -> int:
     return sum(len(s) for s in examples) // count
 
 
-def median_rates(cases: dict, passes: int) -> dict:
-    """Median images/s of each case over 2 x ``passes`` timed rounds.
+def median_rates(cases: dict, passes: int) -> tuple[dict, dict]:
+    """Median images/s of each case over 2 x ``passes`` timed rounds, and the median CPU time
+    this process (all its threads, not worker processes) spent per image, in ms.
 
     A case is a factory returning ``run() -> images``. Each case runs alone: one warm-up
     round (which fills a pipeline's shuffle buffer), its timed rounds, then its iterator is
@@ -101,17 +110,21 @@ def median_rates(cases: dict, passes: int) -> dict:
     forward then backward, so drifting machine noise hits them alike.
     """
     rates = {name: [] for name in cases}
+    cpu = {name: [] for name in cases}
     for order in (list(cases), list(reversed(cases))):
         for name in order:
             run = cases[name]()
             run()
             for _ in range(passes):
-                start = time.perf_counter()
+                start, start_cpu = time.perf_counter(), time.process_time()
                 images = run()
                 rates[name].append(images / (time.perf_counter() - start))
+                cpu[name].append(1000 * (time.process_time() - start_cpu) / images)
+            getattr(run, "close", lambda: None)()
             del run
             gc.collect()
-    return {name: statistics.median(values) for name, values in rates.items()}
+    return ({name: statistics.median(values) for name, values in rates.items()},
+            {name: statistics.median(values) for name, values in cpu.items()})
 
 
 def pipeline_case(config, directory, images):
@@ -127,10 +140,14 @@ def pipeline_case(config, directory, images):
     return start
 
 
-def raw_case(config, directory, threads=1):
+def _decoded_pairs(config, directory):
     examples = [records.parse(s, config.data.image_size)
                 for s in tf.data.TFRecordDataset(records.shard_files(str(directory), "train"))]
-    pairs = [(e["image"].numpy()[..., 0], e["mask"].numpy()[..., 0]) for e in examples]
+    return [(e["image"].numpy()[..., 0], e["mask"].numpy()[..., 0]) for e in examples]
+
+
+def raw_case(config, directory, threads=1):
+    pairs = _decoded_pairs(config, directory)
     policies = [build_policy(config.augment, config.data.image_size, seed=i)
                 for i in range(threads)]
 
@@ -148,6 +165,48 @@ def raw_case(config, directory, threads=1):
         return len(pairs)
 
     return lambda: run
+
+
+_process_pairs: list = []
+_process_policy = None
+
+
+def _process_setup(config, pairs):
+    global _process_pairs, _process_policy
+    cv2.setNumThreads(0)
+    _process_pairs = pairs
+    _process_policy = build_policy(config.augment, config.data.image_size, seed=os.getpid())
+
+
+def _process_loop(start, stop):
+    for image, mask in _process_pairs[start:stop]:
+        _process_policy(image=image, mask=mask)
+
+
+def raw_processes_case(config, directory, processes=2, chunk=12):
+    """The raw loop in ``processes`` processes at once, taking ``chunk`` images at a time as
+    they finish (an even split would leave one waiting for the other's costlier draws): what
+    the machine's cores give albumentations with no interpreter lock and no pipeline (the
+    processes start once, outside the timing)."""
+    pairs = _decoded_pairs(config, directory)
+    context = multiprocessing.get_context("spawn")
+
+    def start():
+        pool = concurrent.futures.ProcessPoolExecutor(
+            processes, mp_context=context, initializer=_process_setup, initargs=(config, pairs))
+        for future in [pool.submit(time.sleep, 0.5) for _ in range(processes)]:
+            future.result()         # every process started and set up
+
+        def run():
+            chunks = [pool.submit(_process_loop, i, i + chunk) for i in range(0, len(pairs), chunk)]
+            for future in chunks:
+                future.result()
+            return len(pairs)
+
+        run.close = pool.shutdown
+        return run
+
+    return start
 
 
 def model_case(config):
@@ -185,8 +244,9 @@ def main():
 
     print(f"# input pipeline, {args.images} images in {SHARDS} shards, batch {args.batch}, "
           f"{platform.processor() or platform.machine()}, tensorflow {tf.__version__}\n")
-    header = ("| size | record bytes | augment in | batches / call | calls | pipeline img/s | vs 1 call | "
-              "no-aug img/s | raw loop img/s | pipeline / raw | raw, 2 threads img/s |")
+    header = ("| size | record bytes | augment in | batches / call | calls | pipeline img/s | "
+              "vs 1 call | main CPU ms/img | no-aug img/s | no-aug main CPU ms/img | "
+              "raw loop img/s | pipeline / raw | raw, 2 threads img/s | raw, 2 processes img/s |")
     print(header + (" model train img/s |" if args.model else ""))
     print("|" + "---|" * (header.count("|") - 1 + args.model))
     for size in args.sizes:
@@ -197,6 +257,7 @@ def main():
             config = load_config(None, base)
             cases = {"raw": raw_case(config, directory),
                      "raw2": raw_case(config, directory, threads=2),
+                     "rawp": raw_processes_case(config, directory),
                      "plain": pipeline_case((*base, "augment.enabled=false"), directory, args.images)}
             runs = [(where, per_call, calls) for where in args.augment_in
                     for per_call in args.batches_per_call for calls in args.calls]
@@ -206,12 +267,14 @@ def main():
                      f"data.augment_processes={where == 'processes'}"), directory, args.images)
             if args.model:
                 cases["model"] = model_case(config)
-            rates = median_rates(cases, args.passes)
+            rates, cpu = median_rates(cases, args.passes)
             for where, per_call, calls in runs:
                 rate = rates[where, per_call, calls]
                 row = (f"| {size} | {record_bytes:,} | {where} | {per_call} | {calls} | {rate:.0f} | "
-                       f"{rate / rates[where, per_call, args.calls[0]]:.2f}x | {rates['plain']:.0f} | "
-                       f"{rates['raw']:.0f} | {rate / rates['raw']:.2f} | {rates['raw2']:.0f} |")
+                       f"{rate / rates[where, per_call, args.calls[0]]:.2f}x | "
+                       f"{cpu[where, per_call, calls]:.3f} | {rates['plain']:.0f} | {cpu['plain']:.3f} | "
+                       f"{rates['raw']:.0f} | {rate / rates['raw']:.2f} | {rates['raw2']:.0f} | "
+                       f"{rates['rawp']:.0f} |")
                 print(row + (f" {rates['model']:.1f} |" if args.model else ""), flush=True)
 
 
