@@ -141,13 +141,13 @@ def pipeline_case(config, directory, images):
 
 
 def _decoded_pairs(config, directory):
+    """The (image, mask) uint8 arrays of every record, decoded once for the raw-loop cases."""
     examples = [records.parse(s, config.data.image_size)
                 for s in tf.data.TFRecordDataset(records.shard_files(str(directory), "train"))]
     return [(e["image"].numpy()[..., 0], e["mask"].numpy()[..., 0]) for e in examples]
 
 
-def raw_case(config, directory, threads=1):
-    pairs = _decoded_pairs(config, directory)
+def raw_case(config, pairs, threads=1):
     policies = [build_policy(config.augment, config.data.image_size, seed=i)
                 for i in range(threads)]
 
@@ -183,12 +183,11 @@ def _process_loop(start, stop):
         _process_policy(image=image, mask=mask)
 
 
-def raw_processes_case(config, directory, processes=2, chunk=12):
+def raw_processes_case(config, pairs, processes=2, chunk=12):
     """The raw loop in ``processes`` processes at once, taking ``chunk`` images at a time as
     they finish (an even split would leave one waiting for the other's costlier draws): what
     the machine's cores give albumentations with no interpreter lock and no pipeline (the
     processes start once, outside the timing)."""
-    pairs = _decoded_pairs(config, directory)
     context = multiprocessing.get_context("spawn")
 
     def start():
@@ -255,9 +254,10 @@ def main():
             record_bytes = write_shards(directory, size, args.images)
             base = (f"data.image_size={size}", f"train.batch_size={args.batch}", *args.overrides)
             config = load_config(None, base)
-            cases = {"raw": raw_case(config, directory),
-                     "raw2": raw_case(config, directory, threads=2),
-                     "rawp": raw_processes_case(config, directory),
+            pairs = _decoded_pairs(config, directory)
+            cases = {"raw": raw_case(config, pairs),
+                     "raw2": raw_case(config, pairs, threads=2),
+                     "rawp": raw_processes_case(config, pairs),
                      "plain": pipeline_case((*base, "augment.enabled=false"), directory, args.images)}
             runs = [(where, per_call, calls) for where in args.augment_in
                     for per_call in args.batches_per_call for calls in args.calls]

@@ -164,10 +164,12 @@ def steps_per_epoch(config: Config, data_dir: str, split: str = "train") -> int 
     if config.train.steps_per_epoch or config.data.positive_share is None:
         return config.train.steps_per_epoch
     total, _ = manifest.split_counts(data_dir, split)
-    return _one_pass(config, total)
+    return steps_in_one_pass(config, total)
 
 
-def _one_pass(config: Config, total: int) -> int:
+def steps_in_one_pass(config: Config, total: int) -> int:
+    """Global steps per epoch over ``total`` records: ``train.steps_per_epoch``, else one pass
+    of whole batches (at least one)."""
     return config.train.steps_per_epoch or max(1, total // config.train.batch_size)
 
 
@@ -272,7 +274,7 @@ def _balanced(config: Config, data_dir: str, split: str, files, input_context,
         return tf.data.Dataset.sample_from_datasets(streams, weights=weights[0], seed=seed)
     replicas = (input_context.num_replicas_in_sync // input_context.num_input_pipelines
                 if input_context is not None else 1)
-    per_epoch = _one_pass(config, total) * batch * replicas
+    per_epoch = steps_in_one_pass(config, total) * batch * replicas
     schedule = tf.data.Dataset.from_tensor_slices(tf.constant(weights)).flat_map(
         lambda w: tf.data.Dataset.from_tensors(w).repeat(per_epoch))
     last = tf.data.Dataset.from_tensors(tf.constant(weights[-1])).repeat()

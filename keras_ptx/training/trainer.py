@@ -230,7 +230,7 @@ def _one_pass(config: Config, data_dir: str) -> int:
     if count < config.train.batch_size:
         raise TrainingError(f"--data {data_dir}: {count} training records, fewer than one "
                             f"batch of train.batch_size={config.train.batch_size}")
-    return count // config.train.batch_size
+    return pipeline.steps_in_one_pass(config, count)
 
 
 class _Callbacks:
