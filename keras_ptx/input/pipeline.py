@@ -101,7 +101,7 @@ def make_dataset(config: Config, data_dir: str, split: str, *, training: bool | 
     # Each call takes several batches (assembled ahead of it in one copy), which shares its fixed
     # cost, the hand-over, among more images. Slicing a group into its batches shares the
     # group's memory, where unbatch would copy it; batches are normalised one by one (a whole
-    # group of float images held ~0.8 GB more at 512 px with two workers and saved no CPU that
+    # group of float images held 0.4-0.8 GB more at 512 px with two workers and saved no CPU that
     # could be measured).
     # Every example's augmentation follows its own seed, so batches do not depend on grouping.
     seeds = tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True)
