@@ -319,6 +319,8 @@ def test_bad_inputs_are_rejected_with_reasons(tmp_path):
     got = {r["input"]: (r["image_id"], r["reason"]) for r in manifest["rejected"]}
     assert got == bad
     assert all(r["detail"] for r in manifest["rejected"])
+    details = {r["input"]: r["detail"] for r in manifest["rejected"]}
+    assert "truncated file" in details["truncated-pixels.dcm"], details
     assert manifest["totals"]["inputs"] == len(good) + 15
     assert manifest["totals"]["train"] + manifest["totals"]["val"] == len(good)
     assert len(manifest["label_warnings"]) == 1 and "kept once" in manifest["label_warnings"][0]

@@ -102,7 +102,9 @@ def test_header_matches_the_full_read(corpus):
     ("rtdose.dcm", "multi-frame image (15 frames)"),
     ("emri_small_RLE.dcm", "multi-frame"),
     ("rtstruct.dcm", "no pixel data"),
-    ("MR_truncated.dcm", "cannot decode pixel data"),
+    ("MR_truncated.dcm", "truncated file (PixelData needs 8,192 bytes"),
+    ("rtplan_truncated.dcm", "truncated file (BeamSequence needs 976 bytes"),
+    ("emri_small_jpeg_2k_lossless_too_short.dcm", "truncated file (no data elements"),
     ("README.txt", "not a DICOM file"),
     ("test1.json", "not a DICOM file"),
     ("meta_missing_tsyntax.dcm", "no SOPInstanceUID"),
@@ -112,6 +114,13 @@ def test_known_bad_files_give_their_reason(corpus, name, reason):
     path = next(p for p in corpus if os.path.basename(p) == name)
     assert isinstance(corpus[path], DicomError)
     assert reason in corpus[path].reason
+
+
+def test_only_the_cut_files_of_the_corpus_are_called_truncated(corpus):
+    truncated = {os.path.basename(path) for path, result in corpus.items()
+                 if isinstance(result, DicomError) and result.reason.startswith("truncated")}
+    assert truncated == {"MR_truncated.dcm", "rtplan_truncated.dcm",
+                         "emri_small_jpeg_2k_lossless_too_short.dcm"}
 
 
 @pytest.mark.parametrize("name", [
@@ -313,12 +322,15 @@ def rejected(path):
 
 
 @pytest.mark.parametrize("syntax", ["explicit_le", "jpeg_baseline"])
-@pytest.mark.parametrize("keep", [0.3, 0.9])
-def test_truncated_file(tmp_path, syntax, keep):
+@pytest.mark.parametrize("keep", [0.05, 0.3, 0.9, -1])
+def test_truncated_file_is_named_as_such(tmp_path, syntax, keep):
+    """pydicom itself reads cut files without complaint (an empty dataset, a short value)."""
     path = make_dicom(tmp_path, chest_like(64, 64), transfer_syntax=syntax)
     data = path.read_bytes()
-    path.write_bytes(data[:int(len(data) * keep)])
-    assert rejected(path)
+    path.write_bytes(data[:keep if keep < 0 else int(len(data) * keep)])
+    assert rejected(path).startswith("truncated file (")
+    if keep > 0.1:                  # the header before the pixels is whole
+        assert read_dicom_header(path).rows == 64
 
 
 def test_file_without_pixel_data(tmp_path):

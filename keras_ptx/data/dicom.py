@@ -23,11 +23,13 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import pydicom
+from pydicom.dataelem import RawDataElement
 from pydicom.dataset import FileMetaDataset
 from pydicom.errors import InvalidDicomError
 from pydicom.pixels import (apply_color_lut, apply_modality_lut, apply_voi, apply_windowing,
                             as_pixel_options, get_decoder)
-from pydicom.uid import ExplicitVRBigEndian, ExplicitVRLittleEndian, ImplicitVRLittleEndian
+from pydicom.uid import (DeflatedExplicitVRLittleEndian, ExplicitVRBigEndian,
+                         ExplicitVRLittleEndian, ImplicitVRLittleEndian)
 
 PATIENT_HASH_CHARS = 16
 MAX_AGE = 130                       # older "ages" are data-entry errors (SIIM has some): -1
@@ -36,6 +38,7 @@ _AGE = re.compile(r"^\s*(\d{1,3})\s*([DWMY]?)\s*$", re.IGNORECASE)
 _AGE_DIVISOR = {"": 1, "Y": 1, "M": 12, "W": 52, "D": 365}
 _ENCODING_SYNTAX = {(True, True): ImplicitVRLittleEndian, (False, True): ExplicitVRLittleEndian,
                     (False, False): ExplicitVRBigEndian}
+UNDEFINED_LENGTH = 0xFFFFFFFF
 _PIXEL_TAGS = ("PixelData", "FloatPixelData", "DoubleFloatPixelData")
 
 
@@ -118,11 +121,42 @@ def _dataset(path: str, stop_before_pixels: bool) -> pydicom.Dataset:
     if not os.path.isfile(path):
         raise DicomError(path, "not a regular file" if os.path.exists(path) else "no such file")
     try:
-        return pydicom.dcmread(path, stop_before_pixels=stop_before_pixels)
+        ds = pydicom.dcmread(path, stop_before_pixels=stop_before_pixels)
     except InvalidDicomError:       # no preamble / file meta: maybe a bare dataset
-        return _bare_dataset(path, stop_before_pixels)
+        ds = _bare_dataset(path, stop_before_pixels)
     except Exception as exc:        # noqa: BLE001
         raise DicomError(path, f"corrupt DICOM ({type(exc).__name__}: {exc})") from exc
+    cut = _cut_short(path, ds, whole=not stop_before_pixels)
+    if cut:
+        raise DicomError(path, f"truncated file ({cut})")
+    return ds
+
+
+def _cut_short(path: str, ds, whole: bool) -> str | None:
+    """How a freshly read dataset shows its file was cut short, else None.
+
+    pydicom reads a cut file without an error: it drops every element when the cut falls in
+    encapsulated pixel data, stops silently inside an element's header and returns a short
+    value for a cut inside one. With ``whole`` (the file read to its end), the last element
+    must end exactly where the file does (unless the dataset was deflated: its positions are
+    in the inflated stream)."""
+    if not len(ds):
+        return "no data elements after the file meta"
+    meta = getattr(ds, "file_meta", None) or {}
+    if not whole or meta.get("TransferSyntaxUID") == DeflatedExplicitVRLittleEndian:
+        return None
+    last = ds.get_item(max(ds.keys()), keep_deferred=True)
+    if not isinstance(last, RawDataElement) or last.value is None:
+        return None                 # already converted by pydicom, or a sequence: no length
+    undefined = last.length == UNDEFINED_LENGTH        # read up to its 8-byte delimiter
+    end = last.value_tell + (len(last.value) + 8 if undefined else last.length)
+    size = os.path.getsize(path)
+    if end > size:
+        return (f"{pydicom.datadict.keyword_for_tag(last.tag) or last.tag} needs "
+                f"{last.length:,} bytes, {size - last.value_tell:,} are left")
+    if end < size:
+        return f"it ends {size - end} bytes into a data element's header"
+    return None
 
 
 def _bare_dataset(path: str, stop_before_pixels: bool) -> pydicom.Dataset:
