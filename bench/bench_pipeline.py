@@ -21,7 +21,11 @@ turn forward then backward):
   with nothing else to do, the ceiling for two worker processes.
 
 "main CPU" is this process's CPU time per image (all its threads; worker processes not
-counted): what two workers on two cores must share with augmentation.
+counted): what two workers on two cores must share with augmentation. "workers CPU" is the CPU
+time per image of this process's children (the augmentation workers; Linux only); "cores
+busy" is the CPU of both per second of wall time, and "ceiling" the rate at which every core
+would be busy with that work per image (cores / (main + workers CPU)): no pipeline doing it on
+this machine can go faster. 2 calls can beat 1 call by at most their ceiling / 1 call's rate.
 
 Goals (issue 5): pipeline >= 0.9x raw at 1 call; 2 calls >= 1.6x one call on 2 cores.
 ``--model`` adds the training demand of a stand-in network (segmentation-models'
@@ -100,9 +104,23 @@ def write_shards(directory: Path, size: int, count: int, seed: int = 0) -> int:
     return sum(len(s) for s in examples) // count
 
 
-def median_rates(cases: dict, passes: int) -> tuple[dict, dict]:
+def _children_cpu() -> float:
+    """CPU seconds used so far by the threads of this process's living children (Linux, to
+    the nanosecond from schedstat; 0 elsewhere)."""
+    total = 0
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            if int(stat.read_text().rsplit(")", 1)[1].split()[1]) == os.getpid():
+                total += sum(int(task.read_text().split()[0])
+                             for task in stat.parent.glob("task/*/schedstat"))
+        except (OSError, ValueError):         # ended meanwhile
+            continue
+    return total / 1e9
+
+
+def median_rates(cases: dict, passes: int) -> tuple[dict, dict, dict]:
     """Median images/s of each case over 2 x ``passes`` timed rounds, and the median CPU time
-    this process (all its threads, not worker processes) spent per image, in ms.
+    per image, in ms, of this process (all its threads) and of its children (workers).
 
     A case is a factory returning ``run() -> images``. Each case runs alone: one warm-up
     round (which fills a pipeline's shuffle buffer), its timed rounds, then its iterator is
@@ -111,20 +129,23 @@ def median_rates(cases: dict, passes: int) -> tuple[dict, dict]:
     """
     rates = {name: [] for name in cases}
     cpu = {name: [] for name in cases}
+    child_cpu = {name: [] for name in cases}
     for order in (list(cases), list(reversed(cases))):
         for name in order:
             run = cases[name]()
             run()
             for _ in range(passes):
-                start, start_cpu = time.perf_counter(), time.process_time()
+                start, start_cpu, start_children = (time.perf_counter(), time.process_time(),
+                                                    _children_cpu())
                 images = run()
                 rates[name].append(images / (time.perf_counter() - start))
                 cpu[name].append(1000 * (time.process_time() - start_cpu) / images)
+                child_cpu[name].append(1000 * (_children_cpu() - start_children) / images)
             getattr(run, "close", lambda: None)()
             del run
             gc.collect()
-    return ({name: statistics.median(values) for name, values in rates.items()},
-            {name: statistics.median(values) for name, values in cpu.items()})
+    return tuple({name: statistics.median(values) for name, values in measure.items()}
+                 for measure in (rates, cpu, child_cpu))
 
 
 def pipeline_case(config, directory, images):
@@ -244,8 +265,9 @@ def main():
     print(f"# input pipeline, {args.images} images in {SHARDS} shards, batch {args.batch}, "
           f"{platform.processor() or platform.machine()}, tensorflow {tf.__version__}\n")
     header = ("| size | record bytes | augment in | batches / call | calls | pipeline img/s | "
-              "vs 1 call | main CPU ms/img | no-aug img/s | no-aug main CPU ms/img | "
-              "raw loop img/s | pipeline / raw | raw, 2 threads img/s | raw, 2 processes img/s |")
+              "vs 1 call | main CPU ms/img | workers CPU ms/img | cores busy | ceiling img/s | "
+              "ceiling vs 1 call | no-aug img/s | no-aug main CPU ms/img | raw loop img/s | "
+              "pipeline / raw | raw, 2 threads img/s | raw, 2 processes img/s |")
     print(header + (" model train img/s |" if args.model else ""))
     print("|" + "---|" * (header.count("|") - 1 + args.model))
     for size in args.sizes:
@@ -267,12 +289,15 @@ def main():
                      f"data.augment_processes={where == 'processes'}"), directory, args.images)
             if args.model:
                 cases["model"] = model_case(config)
-            rates, cpu = median_rates(cases, args.passes)
+            rates, cpu, child_cpu = median_rates(cases, args.passes)
             for where, per_call, calls in runs:
-                rate = rates[where, per_call, calls]
+                case, first = (where, per_call, calls), rates[where, per_call, args.calls[0]]
+                rate, per_image = rates[case], (cpu[case] + child_cpu[case]) / 1000
+                ceiling = (os.cpu_count() or 1) / per_image
                 row = (f"| {size} | {record_bytes:,} | {where} | {per_call} | {calls} | {rate:.0f} | "
-                       f"{rate / rates[where, per_call, args.calls[0]]:.2f}x | "
-                       f"{cpu[where, per_call, calls]:.3f} | {rates['plain']:.0f} | {cpu['plain']:.3f} | "
+                       f"{rate / first:.2f}x | {cpu[case]:.3f} | {child_cpu[case]:.3f} | "
+                       f"{rate * per_image:.2f} | {ceiling:.0f} | {ceiling / first:.2f}x | "
+                       f"{rates['plain']:.0f} | {cpu['plain']:.3f} | "
                        f"{rates['raw']:.0f} | {rate / rates['raw']:.2f} | {rates['raw2']:.0f} | "
                        f"{rates['rawp']:.0f} |")
                 print(row + (f" {rates['model']:.1f} |" if args.model else ""), flush=True)
