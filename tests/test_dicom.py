@@ -333,6 +333,14 @@ def test_truncated_file_is_named_as_such(tmp_path, syntax, keep):
         assert read_dicom_header(path).rows == 64
 
 
+@pytest.mark.parametrize("padding", [2, 8, 100])
+def test_bytes_after_the_last_element_are_not_a_cut(tmp_path, padding):
+    path = make_dicom(tmp_path, chest_like(64, 64))
+    expected = read_dicom(path).pixels
+    path.write_bytes(path.read_bytes() + bytes(padding))
+    np.testing.assert_array_equal(read_dicom(path).pixels, expected)
+
+
 def test_file_without_pixel_data(tmp_path):
     path = edit_dicom(make_dicom(tmp_path, chest_like()), lambda ds: delattr(ds, "PixelData"))
     assert rejected(path) == "no pixel data"

@@ -136,10 +136,10 @@ def _cut_short(path: str, ds, whole: bool) -> str | None:
     """How a freshly read dataset shows its file was cut short, else None.
 
     pydicom reads a cut file without an error: it drops every element when the cut falls in
-    encapsulated pixel data, stops silently inside an element's header and returns a short
-    value for a cut inside one. With ``whole`` (the file read to its end), the last element
-    must end exactly where the file does (unless the dataset was deflated: its positions are
-    in the inflated stream)."""
+    encapsulated pixel data and returns a short value for a cut inside one. With ``whole``
+    (the file read to its end), the last element must not run past the file's end (unless the
+    dataset was deflated: its positions are in the inflated stream). Bytes after it (padding
+    that some writers leave) are no sign of a cut: a lost element shows as missing pixels."""
     if not len(ds):
         return "no data elements after the file meta"
     meta = getattr(ds, "file_meta", None) or {}
@@ -154,9 +154,7 @@ def _cut_short(path: str, ds, whole: bool) -> str | None:
     if end > size:
         return (f"{pydicom.datadict.keyword_for_tag(last.tag) or last.tag} needs "
                 f"{last.length:,} bytes, {size - last.value_tell:,} are left")
-    if end < size:
-        return f"it ends {size - end} bytes into a data element's header"
-    return None
+    return None                     # bytes after the last element: padding, kept as it was
 
 
 def _bare_dataset(path: str, stop_before_pixels: bool) -> pydicom.Dataset:
