@@ -289,6 +289,28 @@ def test_two_workers_get_disjoint_shards_covering_the_split(data_dir, split):
     assert sorted(parts[0] + parts[1]) == sorted(everything)
 
 
+def test_two_workers_draw_their_own_augmentations(data_dir):
+    """Each worker's k-th example gets its own flip draw, not the other worker's (in
+    deterministic mode: otherwise the order of the groups alone may tell them apart)."""
+    directory, splits = data_dir
+    config = _config("augment.intensity.p=0", "augment.distortion.p=0",
+                     "augment.random_sized_crop.p=0", "augment.horizontal_flip.p=0.5",
+                     "data.deterministic=true")
+    gray = np.stack([image for _, image in splits["train"]])[..., None]
+    plain = {_digest(image) for image in fused_to_model_input(gray).numpy()}
+    flipped = {_digest(image) for image in fused_to_model_input(gray[:, :, ::-1]).numpy()}
+    patterns = []
+    for worker in range(2):
+        context = tf.distribute.InputContext(num_input_pipelines=2, input_pipeline_id=worker,
+                                             num_replicas_in_sync=2)
+        ds = make_dataset(config, str(directory), "train", input_context=context)
+        digests = [_digest(image) for batch, _ in ds.take(4) for image in batch.numpy()]
+        assert all((d in plain) != (d in flipped) for d in digests)
+        patterns.append([d in flipped for d in digests])
+    assert 0 < sum(patterns[0]) < len(patterns[0])
+    assert patterns[0] != patterns[1]       # same by chance: 1 in 2**16
+
+
 def test_training_with_input_context_uses_the_per_replica_batch(data_dir):
     directory, _ = data_dir
     context = tf.distribute.InputContext(num_input_pipelines=2, input_pipeline_id=1, num_replicas_in_sync=4)

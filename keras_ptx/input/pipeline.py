@@ -26,7 +26,7 @@ the trainer builds the dataset once and calls::
 Reproducibility. A cached split keeps its first pass's file order, so ``data.cache: auto``
 (which depends on free memory) should be pinned to true or false for runs that must repeat
 exactly. Every random choice (file order, shuffle, class sampling, augmentation) is
-seeded from ``data.seed`` and ``epoch``; augmentation gets one seed per example from
+seeded from ``data.seed``, ``epoch`` and the input pipeline's id (so workers differ); augmentation gets one seed per example from
 ``Dataset.random``, so its result does not depend on thread scheduling. ``data.deterministic``
 additionally fixes the element order (parallel reads and maps keep their order), which makes two
 runs yield identical batches; otherwise the order may vary for speed.
@@ -73,7 +73,8 @@ def make_dataset(config: Config, data_dir: str, split: str, *, training: bool | 
         return _finish(ds.batch(batch), deterministic=True)
 
     first, num_epochs = epoch or 0, num_epochs or config.train.epochs
-    seed = _epoch_seed(config.data.seed, first)
+    seed = _epoch_seed(config.data.seed, first,
+                       input_context.input_pipeline_id if input_context is not None else 0)
     deterministic = config.data.deterministic
     if positive_share_for_epoch(config, first, num_epochs) is None:
         serialized = _serialized(files, input_context, seed, deterministic)
@@ -197,8 +198,11 @@ def _batch_size(global_batch: int, input_context) -> int:
     return input_context.get_per_replica_batch_size(global_batch)
 
 
-def _epoch_seed(seed: int, epoch: int) -> int:
-    return int(np.random.SeedSequence([seed, epoch]).generate_state(1)[0])
+def _epoch_seed(seed: int, epoch: int, pipeline: int) -> int:
+    """The seed of one input pipeline's stream from ``epoch`` on: pipelines of a multi-worker
+    run draw their own augmentation and sampling (pipeline 0's is a single pipeline's)."""
+    return int(np.random.SeedSequence([seed, epoch, *([pipeline] if pipeline else [])])
+               .generate_state(1)[0])
 
 
 def _serialized(files, input_context, shuffle_seed, deterministic) -> tf.data.Dataset:
