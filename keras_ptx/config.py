@@ -20,6 +20,17 @@ class ConfigError(ValueError):
     """A configuration file or override that does not fit the schema."""
 
 
+SIZE_MULTIPLE = 32      # the encoders halve an image five times
+
+
+def check_image_size(size: int, name: str = "data.image_size") -> None:
+    """ValueError unless ``size`` is a positive multiple of :data:`SIZE_MULTIPLE`."""
+    if size < SIZE_MULTIPLE or size % SIZE_MULTIPLE:
+        nearest = max(SIZE_MULTIPLE, size // SIZE_MULTIPLE * SIZE_MULTIPLE)
+        raise ValueError(f"{name}: {size} is not a positive multiple of {SIZE_MULTIPLE} (the "
+                         f"encoder halves the size five times); try {nearest}")
+
+
 @dataclass
 class DataConfig:
     image_size: int = 256               # records (and model input, but for train_crop) are S x S

@@ -205,6 +205,19 @@ def test_rerun_is_a_no_op_and_other_options_are_refused(dataset, built):
         build(options(root, out, seed=7, workers=1), log=lambda *_: None)
 
 
+@pytest.mark.parametrize("option, message", [
+    ({"image_size": 100}, "--image-size: 100 is not a positive multiple of 32 (the encoder "
+                          "halves the size five times); try 96"),
+    ({"image_size": 16}, "--image-size: 16 is not a positive multiple of 32"),
+    ({"val_fraction": 1.0}, "--val-fraction must be in [0, 1)"),
+    ({"folds": 1}, "--folds must be 0 (no folds) or at least 2"),
+])
+def test_unusable_options_are_refused_before_anything_is_written(dataset, tmp_path, option, message):
+    with pytest.raises(BuildError, match=re.escape(message)):
+        build(options(dataset[0], tmp_path / "out", **option), log=lambda *_: None)
+    assert not (tmp_path / "out").exists()
+
+
 def test_verify_fails_on_tampered_missing_or_stray_shards(built, tmp_path):
     out = tmp_path / "copy"
     shutil.copytree(built[0], out)

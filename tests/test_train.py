@@ -104,7 +104,10 @@ def test_refuses_config_errors(data_dir, tmp_path):
             ("data.train_crop=48", "data.train_crop: 48 must be a multiple of 32"),
             ("train.metric_threshold=[]", "train.metric_threshold: expected one or more"),
             ("train.monitor=dice", "train.monitor: expected score or loss"),
-            ("data.cache=sometimes", "data.cache: expected true, false or auto")]:
+            ("data.cache=sometimes", "data.cache: expected true, false or auto"),
+            ("data.image_size=100", "data.image_size: 100 is not a positive multiple of 32"),
+            ("data.batches_per_call=0", "data.batches_per_call must be at least 1"),
+            ("data.num_parallel_calls=-1", "data.num_parallel_calls must be at least 0")]:
         result = _run_cli(*base, "--set", override)
         assert result.exit_code == 2 and message in result.output, override
     result = _run_cli(*base, "--resume", "--overwrite")
@@ -115,6 +118,7 @@ def test_refuses_config_errors(data_dir, tmp_path):
 def test_refuses_a_run_dir_of_another_config_or_no_run_dir(data_dir, tmp_path):
     run = tmp_path / "run"
     prepare_run_dir(run, load_config(TEST_CONFIG))
+    _write_history(run, [0.5])          # it has trained
     result = _run_cli("--config", TEST_CONFIG, "--data", data_dir, "--out", run,
                       "--set", "train.epochs=3")
     assert result.exit_code == 1 and "train.epochs: 2 -> 3" in result.output
@@ -134,6 +138,17 @@ def test_refuses_a_run_dir_of_another_config_or_no_run_dir(data_dir, tmp_path):
 
 
 # --- run directory states, schedule, strategy, averaging (no network) ------------------------
+
+def test_a_start_that_never_trained_makes_way_for_another_config(tmp_path):
+    run = tmp_path / "run"
+    prepare_run_dir(run, load_config(TEST_CONFIG))         # then failed, e.g. a bad weights file
+    fixed = load_config(TEST_CONFIG, ["train.epochs=3"])
+    assert prepare_run_dir(run, fixed) is False
+    assert load_config(run / rundir.CONFIG).train.epochs == 3
+    (run / rundir.CHECKPOINTS / "best.h5").write_bytes(b"weights")   # something worth keeping
+    with pytest.raises(TrainingError, match="different config"):
+        prepare_run_dir(run, load_config(TEST_CONFIG))
+
 
 def _write_history(run, scores):
     with open(run / rundir.HISTORY, "w", newline="") as f:

@@ -26,6 +26,7 @@ from dataclasses import asdict, dataclass, field
 
 from tqdm import tqdm
 
+from keras_ptx.config import check_image_size
 from keras_ptx.data import convert, geometry, records
 from keras_ptx.data.annotations import load_annotations
 from keras_ptx.data.manifest import FORMAT, Rejection, join, read_json, sha256, to_json, write_atomic
@@ -317,8 +318,10 @@ def _manifest(plan: Plan, done: dict[str, dict]) -> dict:
 def check_options(options: Options) -> None:
     if not os.path.isdir(options.dicom_dir):
         raise BuildError(f"--dicom-dir {options.dicom_dir}: no such folder")
-    if options.image_size < 32:
-        raise BuildError(f"--image-size must be at least 32, got {options.image_size}")
+    try:
+        check_image_size(options.image_size, "--image-size")
+    except ValueError as exc:
+        raise BuildError(str(exc)) from None
     if not 0 <= options.val_fraction < 1:
         raise BuildError(f"--val-fraction must be in [0, 1), got {options.val_fraction}")
     if options.folds == 1 or options.folds < 0:

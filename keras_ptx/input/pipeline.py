@@ -37,7 +37,7 @@ import functools
 
 import numpy as np
 
-from keras_ptx.config import Config
+from keras_ptx.config import Config, DataConfig
 from keras_ptx.data import manifest, records
 from keras_ptx.input import cache
 from keras_ptx.input.augment import graph_augmenter
@@ -62,9 +62,7 @@ def make_dataset(config: Config, data_dir: str, split: str, *, training: bool | 
     is the per-replica share of ``train.batch_size`` and this worker reads only its shard.
     """
     training = split == "train" if training is None else training
-    if config.data.batches_per_call < 1:
-        raise ValueError(f"data.batches_per_call must be at least 1, got "
-                         f"{config.data.batches_per_call}")
+    check_settings(config.data)
     files = checked_files(config, data_dir, split)
     cached = cache.plan(config.data, data_dir, split).cache
     batch = _batch_size(config.train.batch_size, input_context)
@@ -137,6 +135,13 @@ def make_eval_dataset(config: Config, data_dir: str, split: str,
     ds = _examples(files, config, None, cached=False).map(to_dict, num_parallel_calls=AUTOTUNE)
     ds = ds.batch(batch_size or config.eval.batch_size).map(normalise, num_parallel_calls=AUTOTUNE)
     return _with_determinism(ds.prefetch(AUTOTUNE), True)
+
+
+def check_settings(data: DataConfig) -> None:
+    """ValueError for input settings that cannot stream."""
+    for key, least in (("batches_per_call", 1), ("num_parallel_calls", 0)):
+        if getattr(data, key) < least:
+            raise ValueError(f"data.{key} must be at least {least}, got {getattr(data, key)}")
 
 
 def positive_share_for_epoch(config: Config, epoch: int, num_epochs: int) -> float | None:

@@ -12,6 +12,7 @@ import io
 from dataclasses import dataclass
 from pathlib import Path
 
+from keras_ptx.config import check_image_size
 from keras_ptx.tf_setup import tf
 
 with contextlib.redirect_stdout(io.StringIO()):     # it announces its framework on stdout
@@ -83,10 +84,7 @@ def build_encoder(name: str, image_size: int, weights: str = "none",
                   any_size: bool = False) -> Encoder:
     """Build ``name`` for square ``image_size`` inputs (a multiple of 32), or with
     ``any_size`` for inputs of any multiple-of-32 height and width, and load its weights."""
-    if image_size < 32 or image_size % 32:
-        nearest = max(32, image_size // 32 * 32)
-        raise ValueError(f"data.image_size: {image_size} is not a positive multiple of 32 (the "
-                         f"encoder halves the size five times); try {nearest}")
+    check_image_size(image_size)
     weights_file = resolve_weights(name, weights)
     backbone = sm.Backbones.get_backbone(
         name, input_shape=(None, None, 3) if any_size else (image_size, image_size, 3),

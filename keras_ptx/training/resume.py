@@ -141,6 +141,9 @@ def prepare_run_dir(run_dir, config: Config, *, resume: bool = False,
     if not run.exists() or not any(run.iterdir()):
         return _start(run, config)
     _require_run_dir(run, "use it")
+    if _never_trained(run):             # a start that failed before its first epoch
+        shutil.rmtree(run)
+        return _start(run, config)
     changes = config_changes(_saved_config(run), config)
     if changes and not resume:
         raise TrainingError(
@@ -174,6 +177,13 @@ def _start(run: Path, config: Config) -> bool:
     (run / rundir.CHECKPOINTS).mkdir(parents=True, exist_ok=True)
     dump_config(config, run / rundir.CONFIG)
     return False
+
+
+def _never_trained(run: Path) -> bool:
+    """Whether ``run`` holds only what :func:`_start` writes: nothing to keep or continue."""
+    checkpoints = run / rundir.CHECKPOINTS
+    return ({p.name for p in run.iterdir()} <= {rundir.CONFIG, rundir.CHECKPOINTS}
+            and (not checkpoints.exists() or not any(checkpoints.iterdir())))
 
 
 def _require_run_dir(run: Path, action: str) -> None:

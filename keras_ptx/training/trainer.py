@@ -32,7 +32,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from keras_ptx import rundir
-from keras_ptx.config import Config, ConfigError
+from keras_ptx.config import Config, ConfigError, check_image_size
 from keras_ptx.data import manifest
 from keras_ptx.input import cache, pipeline
 from keras_ptx.input.policy import build_policy
@@ -85,6 +85,8 @@ def check_settings(config: Config) -> None:
         check_model_config(config.model)
         thresholds(train.metric_threshold)
         make_losses(config)
+        check_image_size(config.data.image_size)
+        pipeline.check_settings(config.data)
         pipeline.positive_share_for_epoch(config, 0, train.epochs)
         build_policy(config.augment, config.data.image_size, train_crop=config.data.train_crop)
         cache.check_setting(config.data.cache)
