@@ -17,7 +17,7 @@ import dataclasses
 import json
 from pathlib import Path
 
-from keras_ptx.config import Config, load_config
+from keras_ptx.config import Config, ConfigError, load_config
 
 CONFIG = "config.yaml"
 CHECKPOINTS = "checkpoints"
@@ -39,7 +39,10 @@ def load_run_config(run_dir) -> Config:
     path = Path(run_dir) / CONFIG
     if not path.is_file():
         raise RunDirError(f"{run_dir}: not a training run directory (no {CONFIG})")
-    return load_config(path)
+    try:
+        return load_config(path)
+    except ConfigError as exc:
+        raise RunDirError(f"{run_dir}: its {CONFIG} does not load: {exc}") from None
 
 
 def load_model(run_dir):

@@ -10,6 +10,7 @@ import csv
 import itertools
 import json
 import shutil
+import warnings
 
 import cv2
 import numpy as np
@@ -184,6 +185,23 @@ def test_predict_writes_one_decodable_row_per_image(run, dicom_dir, tmp_path):
     assert any("duplicate ImageId 1.2.3.0" in reason for reason in errors.values())
 
 
+@pytest.mark.filterwarnings("ignore:Invalid value for VR UI")   # pydicom, on reading it
+def test_predict_finds_dicoms_as_build_does_and_keeps_odd_ids_out_of_the_submission(run, tmp_path):
+    rng = np.random.default_rng(9)
+    for name, image_id in (("a.dicom", "1.2.9.1"), ("b.DCM", "1.2,9"), (".hidden.dcm", "1.2.9.3")):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")       # pydicom warns about the deliberately bad UID
+            write_dicom(tmp_path / "in" / name, _radiograph(rng, (40, 40)), image_id=image_id,
+                        study_uid="1.2.9", series_uid="1.2.9.9", patient_id="p", patient_name="X")
+    result = CliRunner().invoke(main, ["predict", "--model", str(run), "--dicom-dir",
+                                       str(tmp_path / "in"), "--out", str(tmp_path / "out")])
+    assert result.exit_code == 0, result.output + result.stderr
+    assert [r[0] for r in _csv(tmp_path / "out" / "submission.csv")[1:]] == ["1.2.9.1"]
+    errors = _csv(tmp_path / "out" / "errors.csv")[1:]
+    assert len(errors) == 1 and errors[0][0] == str(tmp_path / "in" / "b.DCM")
+    assert "ImageId (SOPInstanceUID) '1.2,9' has characters a submission cannot hold" in errors[0][1]
+
+
 def test_predict_real_radiograph_with_overlay_stage2_and_hflip(run, tmp_path):
     source = pydicom.data.get_testdata_file("RG1_UNCR.dcm")
     (tmp_path / "in").mkdir()
@@ -285,11 +303,31 @@ def test_clear_errors_for_missing_inputs(run, dicom_dir, tmp_path):
     result = CliRunner().invoke(
         main, ["predict", "--model", str(run), "--dicom-dir", str(tmp_path / "empty"), "--out",
                str(tmp_path / "out")])
-    assert result.exit_code == 1 and "no .dcm files" in result.stderr
+    assert result.exit_code == 1 and "no DICOM files (.dcm, .dicom) found" in result.stderr
     result = CliRunner().invoke(
         main, ["predict", "--model", str(tmp_path), "--dicom-dir", str(dicom_dir), "--out",
                str(tmp_path / "out")])
     assert result.exit_code == 1 and "not a training run directory" in result.stderr
+
+
+def test_a_broken_run_dir_is_a_clear_error_for_every_command(dicom_dir, tmp_path):
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / rundir.CONFIG).write_text("data:\n  image_sise: 64\n")
+    commands = {"evaluate": ["--data", str(tmp_path)],
+                "predict": ["--dicom-dir", str(dicom_dir), "--out", str(tmp_path / "out")],
+                "export": ["--out", str(tmp_path / "export")]}
+    for name, args in commands.items():
+        result = CliRunner().invoke(main, [name, "--model", str(run), *args])
+        assert result.exit_code == 1, (name, result.output, result.exception)
+        assert "config.yaml does not load: data.image_sise: unknown key" in result.stderr, name
+    dump_config(_config(), run / rundir.CONFIG)
+    (run / rundir.POSTPROCESS).write_text('{"min_pixels": 3000.5}')
+    for name in ("predict", "export"):
+        result = CliRunner().invoke(main, [name, "--model", str(run), *commands[name]])
+        assert result.exit_code == 1 and "min_pixels must be a non-negative integer" in \
+            result.stderr, (name, result.output, result.exception)
+    assert not (tmp_path / "out").exists() and not (tmp_path / "export").exists()
 
 
 def _headless_model():
@@ -306,6 +344,7 @@ def _headless_model():
 def test_without_a_label_head(dicom_dir, tmp_path, monkeypatch):
     model = _headless_model()
     monkeypatch.setattr(rundir, "load_model", lambda d: (_config(), model))
+    dump_config(_config(), tmp_path / rundir.CONFIG)
     _planted_records(tmp_path, model)
     result = CliRunner().invoke(main, ["evaluate", "--model", str(tmp_path), "--data", str(tmp_path),
                                        "--cases", "0"])

@@ -17,13 +17,12 @@ import click
 @click.option("--tta", type=click.Choice(["none", "hflip"]), default=None,
               help="Test-time augmentation inside the graph (default: the run's eval.tta).")
 def command(run_dir, export_base, version, tta):
-    from keras_ptx.inference.predict import PredictError
     from keras_ptx.rundir import RunDirError
     from keras_ptx.serving.export import ExportError, export_run, read_metadata
 
     try:
         path = export_run(run_dir, export_base, version, tta)
-    except (ExportError, RunDirError, PredictError) as exc:
+    except (ExportError, RunDirError) as exc:
         raise click.ClickException(str(exc)) from None
     meta = read_metadata(path)
     click.echo(f"exported {run_dir} -> {path}\n  signatures: {', '.join(meta['signatures'])}\n"

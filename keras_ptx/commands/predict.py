@@ -8,7 +8,7 @@ import click
 @click.option("--model", "run_dir", required=True, type=click.Path(exists=True, file_okay=False),
               help="Training run directory (config.yaml, best.weights.h5, postprocess.json).")
 @click.option("--dicom-dir", required=True, type=click.Path(exists=True, file_okay=False),
-              help="Folder searched recursively for .dcm files.")
+              help="Folder searched recursively for DICOM files (.dcm, .dicom).")
 @click.option("--out", required=True, type=click.Path(file_okay=False), help="Output folder.")
 @click.option("--format", "layout", type=click.Choice(["stage1", "stage2"]), default="stage1",
               show_default=True, help="submission.csv layout of the competition's stage 1 or 2.")
@@ -22,7 +22,8 @@ def command(run_dir, dicom_dir, out, layout, overlays, tta, batch_size):
 
     Writes OUT/submission.csv (one row per image, relative RLE, -1 for none), predictions.csv
     (probability and mask area per image) and errors.csv (files that could not be read, with
-    the reason). Applies the run's saved post-processing (bin/evaluate), else a 0.75 threshold.
+    the reason). Applies the run's saved post-processing (bin/evaluate), else its
+    eval.threshold.
     """
     from keras_ptx.inference.predict import PredictError, predict
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import csv
 import os
+import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,6 +21,9 @@ import numpy as np
 
 from keras_ptx.data import rle
 
+# ImageIds keras_ptx writes (submissions) and builds records of: SIIM's are SOPInstanceUIDs,
+# digits and dots; these characters also make safe file names (overlays, evaluation cases).
+IMAGE_ID = re.compile(r"[0-9A-Za-z_-][0-9A-Za-z._-]*")
 HEADERS = {"stage1": ["ImageId", " EncodedPixels"], "stage2": ["ImageId", "EncodedPixels"]}
 _VALUE_PREFIX = {"stage1": " ", "stage2": ""}
 

@@ -20,7 +20,6 @@ import hashlib
 import multiprocessing
 import os
 import random
-import re
 from collections import defaultdict, deque
 from dataclasses import asdict, dataclass, field
 
@@ -28,14 +27,13 @@ from tqdm import tqdm
 
 from keras_ptx.config import check_image_size
 from keras_ptx.data import convert, geometry, records
-from keras_ptx.data.annotations import load_annotations
+from keras_ptx.data.annotations import IMAGE_ID, load_annotations
+from keras_ptx.data.dicom import DICOM_SUFFIXES, find_dicom_files
 from keras_ptx.data.manifest import FORMAT, Rejection, join, read_json, sha256, to_json, write_atomic
 from keras_ptx.data.split import assign_bins
 from keras_ptx.tf_setup import tf
 
 STATE = "build-state.json"
-DICOM_SUFFIXES = (".dcm", ".dicom")
-IMAGE_ID = re.compile(r"[0-9A-Za-z_-][0-9A-Za-z._-]*")
 # Rejection reasons besides the workers' (convert.UNREADABLE, convert.MALFORMED_LABEL).
 DUPLICATE_ID = "duplicate-image-id"
 INVALID_ID = "invalid-image-id"
@@ -112,18 +110,6 @@ class Plan:
         return hashlib.sha256(to_json(asdict(self))).hexdigest()
 
 
-def discover(dicom_dir: str) -> list[str]:
-    """Every DICOM file under ``dicom_dir`` (nested or flat), '/'-separated relative paths."""
-    found = []
-    for root, dirs, files in os.walk(dicom_dir):
-        dirs.sort()
-        rel = os.path.relpath(root, dicom_dir)
-        for name in sorted(files):
-            if name.lower().endswith(DICOM_SUFFIXES) and not name.startswith("."):
-                found.append(name if rel == "." else f"{rel}/{name}".replace(os.sep, "/"))
-    return found
-
-
 @contextlib.contextmanager
 def _pool(workers: int):
     """Worker processes that are dropped at once (not drained) if the build fails."""
@@ -157,7 +143,7 @@ def _imap(pool, fn, tasks: list, workers: int, desc: str):
 
 def make_plan(options: Options, pool) -> Plan:
     """Phase 1: read headers, match labels, reject, split and fix every shard's contents."""
-    paths = discover(options.dicom_dir)
+    paths = find_dicom_files(options.dicom_dir)
     if not paths:
         raise BuildError(f"--dicom-dir {options.dicom_dir}: no DICOM files "
                          f"({', '.join(DICOM_SUFFIXES)}) found")

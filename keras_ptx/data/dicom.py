@@ -38,6 +38,7 @@ _AGE = re.compile(r"^\s*(\d{1,3})\s*([DWMY]?)\s*$", re.IGNORECASE)
 _AGE_DIVISOR = {"": 1, "Y": 1, "M": 12, "W": 52, "D": 365}
 _ENCODING_SYNTAX = {(True, True): ImplicitVRLittleEndian, (False, True): ExplicitVRLittleEndian,
                     (False, False): ExplicitVRBigEndian}
+DICOM_SUFFIXES = (".dcm", ".dicom")     # any case; dotfiles are skipped
 UNDEFINED_LENGTH = 0xFFFFFFFF
 _PIXEL_TAGS = ("PixelData", "FloatPixelData", "DoubleFloatPixelData")
 
@@ -73,6 +74,19 @@ class DicomImage(DicomHeader):
     """A decoded image: ``pixels`` is (rows, columns) uint8, air dark, bone bright.
     Keyword construction only; equality compares the tags, not the pixels."""
     pixels: np.ndarray = field(compare=False, repr=False)
+
+
+def find_dicom_files(folder) -> list[str]:
+    """Every DICOM file under ``folder`` (nested or flat, by :data:`DICOM_SUFFIXES`), as
+    '/'-separated paths relative to it, folders and names in sorted order."""
+    found = []
+    for root, dirs, files in os.walk(folder):
+        dirs.sort()
+        rel = os.path.relpath(root, folder)
+        for name in sorted(files):
+            if name.lower().endswith(DICOM_SUFFIXES) and not name.startswith("."):
+                found.append(name if rel == "." else f"{rel}/{name}".replace(os.sep, "/"))
+    return found
 
 
 def read_dicom_header(path) -> DicomHeader:

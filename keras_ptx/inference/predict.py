@@ -3,8 +3,8 @@
 Files are streamed in sorted order, a batch at a time: read with the project's DICOM reader,
 mapped onto the model's square grid (:func:`~keras_ptx.data.geometry.image_to_square`), run
 through the model, mapped back to each image's own size (``from_square``), post-processed with
-the run's saved rule (RUN_DIR/postprocess.json; the paper's 0.75 pixel threshold when evaluate
-has not been run) and written out row by row, so memory does not grow with the number of files.
+the run's saved rule (RUN_DIR/postprocess.json; the run's ``eval.threshold`` pixel threshold,
+the paper's 0.75 by default, when evaluate has not been run) and written out row by row, so memory does not grow with the number of files.
 
 OUT/
   submission.csv    one row per image: ImageId, relative column-major RLE or -1 (stage1/stage2)
@@ -26,8 +26,8 @@ from tqdm import tqdm
 
 from keras_ptx import rundir
 from keras_ptx.data import rle
-from keras_ptx.data.annotations import write_annotations
-from keras_ptx.data.dicom import DicomError, read_dicom
+from keras_ptx.data.annotations import IMAGE_ID, write_annotations
+from keras_ptx.data.dicom import DICOM_SUFFIXES, DicomError, find_dicom_files, read_dicom
 from keras_ptx.data.geometry import from_square, image_to_square
 from keras_ptx.inference import plots
 from keras_ptx.inference.postprocess import PostProcess, PostProcessError, load_for_run
@@ -57,11 +57,11 @@ class Summary:
 
 
 def dicom_files(dicom_dir) -> list[Path]:
-    """Every ``*.dcm`` file below ``dicom_dir`` (any case), sorted."""
+    """Every DICOM file below ``dicom_dir``, as ``bin/build-tfrecords`` finds them."""
     root = Path(dicom_dir)
     if not root.is_dir():
         raise PredictError(f"{dicom_dir}: not a folder")
-    return sorted(p for p in root.rglob("*") if p.suffix.lower() == ".dcm" and p.is_file())
+    return [root / rel for rel in find_dicom_files(root)]
 
 
 def predict(run_dir, dicom_dir, out, layout: str = "stage1", overlays: bool = False,
@@ -71,14 +71,12 @@ def predict(run_dir, dicom_dir, out, layout: str = "stage1", overlays: bool = Fa
     start = time.perf_counter()
     files = dicom_files(dicom_dir)
     if not files:
-        raise PredictError(f"{dicom_dir}: no .dcm files found")
+        raise PredictError(f"{dicom_dir}: no DICOM files ({', '.join(DICOM_SUFFIXES)}) found")
     try:
-        config, model = rundir.load_model(run_dir)
-    except rundir.RunDirError as exc:
-        raise PredictError(str(exc)) from None
-    try:
+        config = rundir.load_run_config(run_dir)
         post, source = load_for_run(run_dir, config)
-    except PostProcessError as exc:
+        _, model = rundir.load_model(run_dir)
+    except (rundir.RunDirError, PostProcessError) as exc:
         raise PredictError(str(exc)) from None
     log(f"post-processing: {post.describe()} ({source})")
     try:
@@ -125,7 +123,8 @@ def predict(run_dir, dicom_dir, out, layout: str = "stage1", overlays: bool = Fa
 def _predicted(files, predictor: Predictor, batch_size: int, errors, bar, counts):
     """(DicomImage, probability map at the image's size, image probability) per readable file.
 
-    Unreadable files and repeated ImageIds go to ``errors`` with their reason.
+    Unreadable files, ImageIds a submission cannot hold and repeated ones go to ``errors``
+    with their reason.
     """
     first_path: dict[str, str] = {}
     batch = []
@@ -134,6 +133,10 @@ def _predicted(files, predictor: Predictor, batch_size: int, errors, bar, counts
             image = read_dicom(path)
         except DicomError as exc:
             _reject(errors, counts, bar, exc.path, exc.reason)
+            continue
+        if not IMAGE_ID.fullmatch(image.image_id):
+            _reject(errors, counts, bar, image.path, f"ImageId (SOPInstanceUID) {image.image_id!r} "
+                    f"has characters a submission cannot hold (only [0-9A-Za-z._-])")
             continue
         if image.image_id in first_path:
             _reject(errors, counts, bar, image.path,

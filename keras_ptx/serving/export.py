@@ -25,10 +25,10 @@ import json
 import uuid
 
 import keras_ptx
-from keras_ptx.inference.postprocess import PostProcess, apply_tf, load_for_run
+from keras_ptx.inference.postprocess import PostProcess, PostProcessError, apply_tf, load_for_run
 from keras_ptx.input.normalize import to_model_input
 from keras_ptx.inference.runner import Predictor
-from keras_ptx.rundir import load_model
+from keras_ptx.rundir import load_model, load_run_config
 from keras_ptx.serving import (BYTES_INPUT, IMAGE_INPUT, PREDICT_IMAGE, SERVING_DEFAULT,
                                WARMUP_FILE)
 from keras_ptx.serving.warmup import write_warmup
@@ -194,8 +194,11 @@ def export_run(run_dir, export_base, version: int | None = None, tta: str | None
     """
     if version is not None:
         check_version_free(export_base, version)
+    try:
+        post, source = load_for_run(run_dir, load_run_config(run_dir))
+    except PostProcessError as exc:
+        raise ExportError(str(exc)) from None
     config, model = load_model(run_dir)
-    post, source = load_for_run(run_dir, config)
     tta = tta or config.eval.tta
     return export_model(model, post, export_base, version, config.export.warmup_requests, tta,
                         metadata={"run_dir": str(run_dir), "postprocess_source": source})
