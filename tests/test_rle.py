@@ -107,6 +107,7 @@ def test_decode_returns_a_fresh_contiguous_array():
     ("10 3", True, ["run 0", "past", "3x4"]),           # runs past the end of the image
     ("1 2 8 3", True, ["run 1", "past", "12 pixels"]),
     ("11 2", False, ["run 0", "past"]),
+    ("10 3 0 2", False, ["run 0 (token 0)", "ends at pixel 13", "past"]),  # named as written
     ("0 5 3 2", False, ["run 1", "token 2", "overlaps"]),   # overlapping absolute runs
     ("6 2 0 7", False, ["run 0", "token 0", "overlaps"]),
 ])

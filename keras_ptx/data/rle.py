@@ -62,19 +62,21 @@ def runs(rle: str, height: int, width: int, relative: bool = True) -> tuple[np.n
     if relative:
         ends = np.cumsum(starts + lengths)
         starts = ends - lengths
+        written = np.arange(starts.size)          # each run's place in the string
     else:
-        order = np.argsort(starts, kind="stable")
-        starts, lengths = starts[order], lengths[order]
+        written = np.argsort(starts, kind="stable")
+        starts, lengths = starts[written], lengths[written]
         ends = starts + lengths
         overlap = np.flatnonzero(starts[1:] < ends[:-1])
         if overlap.size:
-            i = int(order[overlap[0] + 1])
+            i = int(written[overlap[0] + 1])
             raise ValueError(f"RLE run {i} (token {2 * i}) overlaps an earlier run")
     n = height * width
     past = np.flatnonzero(ends > n)
     if past.size:
-        i = int(past[0])
-        raise ValueError(f"RLE run {i} (token {2 * i}) ends at pixel {ends[i]}, past the "
+        j = past[np.argmin(written[past])]      # the first such run as written
+        i = int(written[j])
+        raise ValueError(f"RLE run {i} (token {2 * i}) ends at pixel {ends[j]}, past the "
                          f"{height}x{width} image ({n} pixels)")
     return starts, ends
 

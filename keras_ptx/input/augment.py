@@ -1,7 +1,8 @@
 """The bridge from tf.data to the albumentations policy (:mod:`keras_ptx.input.policy`).
 
 :class:`GraphAugmenter` augments batches inside a ``tf.data`` map through one
-``tf.numpy_function`` call per batch, either in that call's own thread or, with
+``tf.numpy_function`` call per batch it is given (the training pipeline gives it a group of
+``data.batches_per_call`` batches at once, flat), either in that call's own thread or, with
 ``processes=True``, in a worker process (:mod:`keras_ptx.input.workers`) that the call waits
 for without holding the interpreter lock, so parallel calls really run in parallel.
 """
@@ -29,8 +30,9 @@ from keras_ptx.tf_setup import tf
 class GraphAugmenter:
     """Apply an albumentations policy to batches ``(images, masks, seeds)`` in a tf.data map.
 
-    One ``tf.numpy_function`` call per batch (uint8 [B, S, S, 1] images and masks, int64 [B]
-    seeds), so the hand-over is paid once per batch rather than once per image; each example's
+    One ``tf.numpy_function`` call per batch it is given (uint8 [N, S, S, 1] images and masks,
+    int64 [N] seeds; N may span several model batches), so the hand-over is paid once per call
+    rather than once per image; each example's
     policy stream restarts from its own seed (:func:`~keras_ptx.input.policy.augment_batch`),
     so threads and processes give the same result.
 

@@ -1,8 +1,9 @@
 """tf.data pipelines from TFRecord shards to model batches (training, validation, evaluation).
 
-Training: shard files per worker -> shuffle files -> interleaved parallel reads -> (optional
-class-balanced sampling) -> shuffle -> decode image, mask and label only
-(:func:`keras_ptx.data.records.parse`) -> groups of ``data.batches_per_call`` batches ->
+Training: shard files per worker -> shuffle files -> interleaved parallel reads -> decode
+image, mask and label only (:func:`keras_ptx.data.records.parse`) and shuffle (cached: decoded
+once, shuffled from memory; else shuffled, then decoded) -> (optional class-balanced sampling
+from one such stream per class) -> groups of ``data.batches_per_call`` batches ->
 prefetch -> albumentations via one ``tf.numpy_function`` call per group, in worker processes by
 default (:mod:`keras_ptx.input.augment`), and labels of lesions cut away set to 0 -> the group
 sliced into batches (a tail short of one batch dropped) -> gray-to-RGB ImageNet normalisation
