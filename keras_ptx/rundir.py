@@ -13,7 +13,6 @@ RUN_DIR/
 """
 from __future__ import annotations
 
-import dataclasses
 import json
 from pathlib import Path
 
@@ -47,14 +46,13 @@ def load_run_config(run_dir) -> Config:
 
 def load_model(run_dir):
     """Rebuild the run's model from its config and load its best weights. Returns (config, model)."""
-    from keras_ptx.model import build_model
+    from keras_ptx.model.unetpp import build_model_to_load
 
     config = load_run_config(run_dir)
     weights = Path(run_dir) / BEST_WEIGHTS
     if not weights.is_file():
         raise RunDirError(f"{run_dir}: no {BEST_WEIGHTS}; has training finished an epoch?")
-    model = build_model(dataclasses.replace(
-        config, model=dataclasses.replace(config.model, weights="none")))
+    model = build_model_to_load(config)
     model.load_weights(str(weights))
     return config, model
 

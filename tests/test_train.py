@@ -24,7 +24,7 @@ from keras_ptx.training.averaging import WeightAveraging
 from keras_ptx.training.callbacks import EpochSummary
 from keras_ptx.training.resume import Monitor, backup_epoch, best_row, prepare_run_dir, resume_point
 from keras_ptx.training.schedules import learning_rate_schedule
-from keras_ptx.training.strategy import cluster_size, is_chief_task, resolve_strategy_name
+from keras_ptx.training.strategy import cluster_size, resolve_strategy_name
 
 REPO = Path(__file__).resolve().parents[1]
 TEST_CONFIG = REPO / "configs" / "test.yaml"
@@ -212,13 +212,10 @@ def test_cosine_schedule_warms_up_then_decays_to_the_floor():
 def test_strategy_from_tf_config():
     two = {"TF_CONFIG": json.dumps({"cluster": {"worker": ["a:1", "b:2"]},
                                     "task": {"type": "worker", "index": 1}})}
-    assert cluster_size(two) == 2 and not is_chief_task(two)
+    assert cluster_size(two) == 2
     assert resolve_strategy_name("auto", two) == "multi_worker"
-    assert cluster_size({}) == 1 and is_chief_task({})
+    assert cluster_size({}) == 1
     assert resolve_strategy_name("auto", {}) == "default"      # no GPU here
-    chief = {"TF_CONFIG": json.dumps({"cluster": {"chief": ["a:1"], "worker": ["b:2"]},
-                                      "task": {"type": "worker", "index": 0}})}
-    assert not is_chief_task(chief)
     with pytest.raises(ValueError, match="TF_CONFIG"):
         cluster_size({"TF_CONFIG": "{not json"})
 

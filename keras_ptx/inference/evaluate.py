@@ -23,7 +23,7 @@ from keras_ptx.inference.postprocess import REFERENCE_SIDE
 from keras_ptx.inference.runner import Predictor
 from keras_ptx.inference.score import classification_metrics, roc_curve
 from keras_ptx.inference.search import MapCache, SearchGrid, choose, search
-from keras_ptx.input.normalize import IMAGENET_MEAN, IMAGENET_STD
+from keras_ptx.input.normalize import gray_from_model_input
 
 REPORT_JSON = "report.json"
 REPORT_MD = "report.md"
@@ -185,5 +185,5 @@ def _draw_cases(seen: Pass, chosen, dataset, out: Path, n: int) -> list[dict]:
 
 def _gray(image: np.ndarray) -> np.ndarray:
     """Undo the encoder normalisation of a record image (all three channels are the same gray)."""
-    value = (image[..., 0] * IMAGENET_STD[0] + IMAGENET_MEAN[0]) * 255.0
+    value = gray_from_model_input(image)[..., 0] * 255.0
     return np.clip(np.rint(value), 0, 255).astype(np.uint8)

@@ -35,6 +35,13 @@ def to_model_input(gray):
     return rgb
 
 
+def gray_from_model_input(image):
+    """[..., H, W, 3] model input (numpy or TensorFlow) -> [..., H, W, 1] gray in [0, 1] (up to
+    rounding; the inverse of :func:`to_model_input` for the first channel, as all three are
+    the same gray)."""
+    return image[..., :1] * IMAGENET_STD[0] + IMAGENET_MEAN[0]
+
+
 @tf.function(jit_compile=True)
 def fused_to_model_input(gray):
     """:func:`to_model_input` compiled with XLA, which fuses the cast, product and offset into

@@ -19,6 +19,8 @@ mixed_float16.
 """
 from __future__ import annotations
 
+import dataclasses
+
 from keras_ptx.config import Config, ModelConfig
 from keras_ptx.model.encoders import build_encoder, check_encoder_name
 from keras_ptx.model.precision import dtype_policy, resolve_mixed_precision
@@ -80,6 +82,13 @@ def build_model(config: Config, any_size: bool = False) -> tf.keras.Model:
             outputs.append(_label_head(encoder.features[-1], model.dropout))
         return tf.keras.Model(encoder.model.input, outputs if len(outputs) > 1 else outputs[0],
                               name=f"unetpp_{model.encoder}")
+
+
+def build_model_to_load(config: Config) -> tf.keras.Model:
+    """The network of ``config`` with random weights, to load a saved run's weights into
+    (no ImageNet download or weights file needed)."""
+    return build_model(dataclasses.replace(config, model=dataclasses.replace(config.model,
+                                                                             weights="none")))
 
 
 def _conv_bn_relu(x, filters, kernel, name):

@@ -7,7 +7,7 @@ import time
 
 import numpy as np
 
-from keras_ptx.input.normalize import IMAGENET_MEAN, IMAGENET_STD
+from keras_ptx.input.normalize import gray_from_model_input
 from keras_ptx.tf_setup import tf
 from keras_ptx.training.resume import Monitor, ResumePoint
 from keras_ptx.training.schedules import current_learning_rate
@@ -111,8 +111,8 @@ class ValidationImages(tf.keras.callbacks.Callback):
 
 def overlay(images, masks, probabilities, threshold: float):
     """RGB [N, S, S, 3] in [0, 1]: the gray radiograph with truth in green, prediction in red."""
-    gray = tf.clip_by_value(tf.convert_to_tensor(images, tf.float32)[..., :1] * IMAGENET_STD[0]
-                            + IMAGENET_MEAN[0], 0.0, 1.0)
+    gray = tf.clip_by_value(gray_from_model_input(tf.convert_to_tensor(images, tf.float32)),
+                            0.0, 1.0)
     truth = tf.cast(tf.convert_to_tensor(masks) > 0.5, tf.float32)
     pred = tf.cast(tf.cast(probabilities, tf.float32) > threshold, tf.float32)
     colour = tf.concat([pred, truth, tf.zeros_like(truth)], axis=-1)
@@ -120,7 +120,7 @@ def overlay(images, masks, probabilities, threshold: float):
     return tf.tile(gray, [1, 1, 1, 3]) * (1.0 - alpha) + colour * alpha
 
 
-def validation_sample(dataset, count: int, scan: int = 256) -> tuple[np.ndarray, np.ndarray]:
+def validation_sample(dataset, count: int, scan: int) -> tuple[np.ndarray, np.ndarray]:
     """Up to ``count`` (image, mask) pairs from the first ``scan`` examples of an evaluation
     dataset (batches of dicts with 'image' and 'mask'), images with a mask first."""
     images, masks = [], []

@@ -35,15 +35,6 @@ def cluster_size(environ=None) -> int:
     return max(1, sum(len(cluster.get(kind, ())) for kind in ("chief", "worker")))
 
 
-def is_chief_task(environ=None) -> bool:
-    """Whether this process writes the run's files: the 'chief' task, or worker 0 when the
-    cluster has no chief (TensorFlow's rule), or the only process without TF_CONFIG."""
-    spec = _tf_config(environ)
-    task = spec.get("task", {})
-    kind, index = task.get("type", "worker"), int(task.get("index", 0))
-    return kind == "chief" or (kind == "worker" and index == 0 and "chief" not in spec.get("cluster", {}))
-
-
 def resolve_strategy_name(name: str, environ=None) -> str:
     if name not in STRATEGIES:
         raise ValueError(f"train.strategy: expected one of {', '.join(STRATEGIES)}, got {name!r}")

@@ -40,7 +40,7 @@ from keras_ptx.input.workers import AugmentWorkerError
 from keras_ptx.model import (WeightsError, build_model, make_losses, make_metrics,
                              output_names, resolve_jit_compile, resolve_mixed_precision)
 from keras_ptx.model.metrics import thresholds
-from keras_ptx.model.unetpp import check_model_config
+from keras_ptx.model.unetpp import build_model_to_load, check_model_config
 from keras_ptx.tf_setup import tf
 from keras_ptx.training import TrainingError
 from keras_ptx.training.averaging import WeightAveraging
@@ -357,8 +357,7 @@ def _load_weights(model, path: Path, config: Config) -> None:
     if resolve_strategy_name(config.train.strategy) == "default":
         model.load_weights(str(path))
         return
-    twin = build_model(dataclasses.replace(config, model=dataclasses.replace(
-        config.model, weights="none")))
+    twin = build_model_to_load(config)
     twin.load_weights(str(path))
     model.set_weights(twin.get_weights())
 
