@@ -8,8 +8,9 @@ RUN_DIR/
   history.csv            one row per epoch
   metrics.json           best epoch and its scores
   best.weights.h5        the best model's weights (rebuilt from config.yaml, then loaded)
-  postprocess.json       post-processing chosen by `bin/evaluate` (used by predict and export)
-  eval/                  evaluation report, plots, overlays
+  postprocess.json       post-processing chosen by `bin/evaluate` on the val split, with the
+                         TTA it was tuned with (used by predict and export)
+  eval/                  evaluation report, plots, overlays (eval-<split>/ for other splits)
 """
 from __future__ import annotations
 

@@ -7,6 +7,7 @@ directory; the commands' loads of that directory are then served from memory (ea
 costs ~10 s on this machine; rundir's own tests cover the rebuild and weight load).
 """
 import csv
+import dataclasses
 import itertools
 import json
 import shutil
@@ -24,7 +25,7 @@ from keras_ptx.config import dump_config, load_config
 from keras_ptx.data import records, rle
 from keras_ptx.data.dicom import DicomError, read_dicom
 from keras_ptx.data.geometry import from_square, image_to_square, mask_to_square
-from keras_ptx.inference.postprocess import PostProcess, scale_area
+from keras_ptx.inference.postprocess import PostProcess, PostProcessError, scale_area
 from keras_ptx.inference.runner import Predictor
 from keras_ptx.inference.search import SearchGrid
 from keras_ptx.input.normalize import to_model_input
@@ -276,7 +277,8 @@ def test_evaluate_finds_the_planted_rule_and_writes_everything(run, tmp_path):
     assert report["empty_baseline"] == pytest.approx(1 - labels.mean())
     kinds = report["kinds"]
     assert set(kinds) == {"threshold", "triplet", "gated-threshold", "gated-triplet"}
-    assert report["chosen"] == "triplet" and chosen.to_dict() == kinds["triplet"]["postprocess"]
+    assert report["chosen"] == "triplet" and chosen.tta == "none"
+    assert dataclasses.replace(chosen, tta=None).to_dict() == kinds["triplet"]["postprocess"]
     assert kinds["triplet"]["score"] == pytest.approx(1.0, abs=1e-3)
     assert kinds["triplet"]["dice_positive"] == pytest.approx(1.0, abs=1e-3)
     assert chosen.bottom_threshold == 0.5 and chosen.min_pixels > 0
@@ -293,6 +295,39 @@ def test_evaluate_finds_the_planted_rule_and_writes_everything(run, tmp_path):
     markdown = (run / "eval" / "report.md").read_text()
     assert "all empty (baseline)" in markdown and "triplet (chosen)" in markdown
     assert "triplet *" in result.output
+
+
+def test_only_the_val_split_sets_the_rule_unless_asked(run, tmp_path):
+    _planted_records(tmp_path, rundir.load_model(run)[1])
+    shutil.copy(next(tmp_path.glob("val-*.tfrecord")), tmp_path / "test-00000-of-00001.tfrecord")
+    args = ["evaluate", "--model", str(run), "--data", str(tmp_path), "--split", "test",
+            "--cases", "0", "--tta", "hflip"]
+    try:
+        result = CliRunner().invoke(main, args)
+        assert result.exit_code == 0, result.output + result.stderr
+        assert not (run / rundir.POSTPROCESS).exists() and "not saved (evaluated on test" in result.output
+        report = json.loads((run / "eval-test" / "report.json").read_text())
+        assert report["split"] == "test" and report["postprocess_file"] is None
+        result = CliRunner().invoke(main, args + ["--save-postprocess"])
+        assert result.exit_code == 0 and PostProcess.load(run / rundir.POSTPROCESS).tta == "hflip"
+    finally:
+        (run / rundir.POSTPROCESS).unlink(missing_ok=True)
+        shutil.rmtree(run / "eval-test", ignore_errors=True)
+
+
+def test_predict_uses_the_tta_its_rule_was_tuned_with(run, dicom_dir, tmp_path):
+    PostProcess(threshold=0.5, tta="hflip").save(run / rundir.POSTPROCESS)
+    base = ["predict", "--model", str(run), "--dicom-dir", str(dicom_dir / "study")]
+    try:
+        result = CliRunner().invoke(main, base + ["--out", str(tmp_path / "a")])
+        assert result.exit_code == 0 and "test-time augmentation: hflip\n" in result.stderr
+        result = CliRunner().invoke(main, base + ["--out", str(tmp_path / "b"), "--tta", "none"])
+        assert result.exit_code == 0
+        assert "test-time augmentation: none (the rule was tuned with hflip" in result.stderr
+    finally:
+        (run / rundir.POSTPROCESS).unlink()
+    with pytest.raises(PostProcessError, match="tta 'vflip'"):
+        PostProcess(tta="vflip")
 
 
 def test_clear_errors_for_missing_inputs(run, dicom_dir, tmp_path):

@@ -16,20 +16,25 @@ import click
               help="Images per model call [default: the run's eval.batch_size].")
 @click.option("--cases", type=click.IntRange(min=0), default=4, show_default=True,
               help="Best and worst cases drawn as overlays (each).")
-def command(run_dir, data_dir, split, tta, batch_size, cases):
+@click.option("--save-postprocess/--no-save-postprocess", default=None,
+              help="Save the chosen rule to RUN_DIR/postprocess.json [default: only when "
+                   "evaluating the val split].")
+def command(run_dir, data_dir, split, tta, batch_size, cases, save_postprocess):
     """Run the model over a split, search the post-processing (pixel threshold, the winner's
     triplet, gating by the image-level head) and report the competition score of each.
 
-    Writes RUN_DIR/eval/ (report.json, report.md, plots, overlays) and saves the best rule to
-    RUN_DIR/postprocess.json, which predict and export then apply.
+    Writes RUN_DIR/eval/ (report.json, report.md, plots, overlays; eval-<split>/ for another
+    split) and, for the val split, saves the best rule with its TTA to RUN_DIR/postprocess.json,
+    which predict and export then apply.
     """
-    from keras_ptx.inference.evaluate import EvaluateError, evaluate
+    from keras_ptx.inference.evaluate import EvaluateError, evaluate, report_dir
     from keras_ptx.inference.report import summary_table
 
     try:
-        report = evaluate(run_dir, data_dir, split=split, tta=tta, batch_size=batch_size, cases=cases)
+        report = evaluate(run_dir, data_dir, split=split, tta=tta, batch_size=batch_size,
+                          cases=cases, save_postprocess=save_postprocess)
     except EvaluateError as exc:
         raise click.ClickException(str(exc)) from None
     click.echo(summary_table(report))
     click.echo(report["resolution"]["note"])
-    click.echo(f"report: {run_dir.rstrip('/')}/eval/report.md")
+    click.echo(f"report: {report_dir(run_dir, split) / 'report.md'}")

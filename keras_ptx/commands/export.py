@@ -15,7 +15,8 @@ import click
 @click.option("--version", type=click.IntRange(min=1), default=None,
               help="Version number (default: one above the highest existing). Never overwrites.")
 @click.option("--tta", type=click.Choice(["none", "hflip"]), default=None,
-              help="Test-time augmentation inside the graph (default: the run's eval.tta).")
+              help="Test-time augmentation inside the graph (default: the one the run's "
+                   "postprocess.json was tuned with, else its eval.tta).")
 def command(run_dir, export_base, version, tta):
     from keras_ptx.rundir import RunDirError
     from keras_ptx.serving.export import ExportError, export_run, read_metadata

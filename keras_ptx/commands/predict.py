@@ -14,7 +14,8 @@ import click
               show_default=True, help="submission.csv layout of the competition's stage 1 or 2.")
 @click.option("--overlays", is_flag=True, help="Also write OUT/overlays/<ImageId>.png.")
 @click.option("--tta", type=click.Choice(["none", "hflip"]), default=None,
-              help="Test-time augmentation [default: the run's eval.tta].")
+              help="Test-time augmentation [default: the one the run's postprocess.json was "
+                   "tuned with, else its eval.tta].")
 @click.option("--batch-size", type=click.IntRange(min=1), default=None,
               help="Images per model call [default: the run's eval.batch_size].")
 def command(run_dir, dicom_dir, out, layout, overlays, tta, batch_size):

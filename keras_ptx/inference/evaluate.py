@@ -10,6 +10,7 @@ the few images drawn as best/worst-case overlays.
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -48,8 +49,11 @@ class Pass:
 
 def evaluate(run_dir, data_dir: str, split: str = "val", tta: str | None = None,
              batch_size: int | None = None, grid: SearchGrid = SearchGrid(), cases: int = 4,
-             progress: bool = True) -> dict:
-    """Evaluate ``run_dir`` on ``split`` of ``data_dir``; write RUN_DIR/eval and postprocess.json.
+             progress: bool = True, save_postprocess: bool | None = None) -> dict:
+    """Evaluate ``run_dir`` on ``split`` of ``data_dir``; write the report to
+    :func:`report_dir` and, with ``save_postprocess`` (default: for the val split only, the
+    one held out for this purpose), the chosen rule, with the TTA it was tuned with, to
+    RUN_DIR/postprocess.json.
 
     Returns the report (as written to report.json).
     """
@@ -79,9 +83,12 @@ def evaluate(run_dir, data_dir: str, split: str = "val", tta: str | None = None,
                             f"({seen.unlabeled} unlabeled)")
     results = search(seen.cache, gated=predictor.has_label_head)
     chosen = choose(results)
-    chosen.post.save(run_dir / rundir.POSTPROCESS)
+    saved = None
+    if split == "val" if save_postprocess is None else save_postprocess:
+        saved = run_dir / rundir.POSTPROCESS
+        dataclasses.replace(chosen.post, tta=tta).save(saved)
 
-    out = run_dir / rundir.EVAL
+    out = report_dir(run_dir, split)
     (out / CASES).mkdir(parents=True, exist_ok=True)
     labels = np.array(seen.labels, dtype=bool)
     image_prob = seen.cache.all_cls_prob()
@@ -104,7 +111,7 @@ def evaluate(run_dir, data_dir: str, split: str = "val", tta: str | None = None,
                          "rule": r.post.describe(), "postprocess": r.post.to_dict()}
                   for name, r in results.items()},
         "chosen": chosen.post.name,
-        "postprocess_file": str(run_dir / rundir.POSTPROCESS),
+        "postprocess_file": str(saved) if saved else None,
         "image_level": {
             "source": "label head" if predictor.has_label_head else "maximum pixel probability",
             **classification_metrics(image_prob, labels, 0.5)},
@@ -117,6 +124,11 @@ def evaluate(run_dir, data_dir: str, split: str = "val", tta: str | None = None,
     (out / REPORT_JSON).write_text(json.dumps(report, indent=2) + "\n")
     (out / REPORT_MD).write_text(report_md.to_markdown(report))
     return report
+
+
+def report_dir(run_dir, split: str) -> Path:
+    """RUN_DIR/eval for the val split, RUN_DIR/eval-<split> for any other."""
+    return Path(run_dir) / (rundir.EVAL if split == "val" else f"{rundir.EVAL}-{split}")
 
 
 def _run_model(predictor: Predictor, dataset, cache: MapCache, split: str, progress: bool) -> Pass:

@@ -29,6 +29,7 @@ import numpy as np
 from scipy import ndimage
 
 from keras_ptx import rundir
+from keras_ptx.inference.runner import TTA_MODES
 
 REFERENCE_SIDE = 1024
 KINDS = ("threshold", "triplet")
@@ -58,10 +59,13 @@ class PostProcess:
     bottom_threshold: float = 0.3           # triplet: the mask threshold
     min_area: int = 0                       # triplet: smallest component kept (at 1024^2)
     cls_threshold: Optional[float] = None   # gate on the image-level probability (None = off)
+    tta: Optional[str] = None               # the test-time augmentation it was tuned with
 
     def __post_init__(self):
         if self.kind not in KINDS:
             raise PostProcessError(f"kind {self.kind!r}: expected one of {', '.join(KINDS)}")
+        if self.tta is not None and self.tta not in TTA_MODES:
+            raise PostProcessError(f"tta {self.tta!r}: expected one of {', '.join(TTA_MODES)}")
         for name in ("threshold", "top_threshold", "bottom_threshold", "cls_threshold"):
             value = getattr(self, name)
             if value is None and name == "cls_threshold":
@@ -224,6 +228,12 @@ def _component_areas_tf(mask):
     segment = tf.cast(parent[:, 1:], tf.int32) + offset
     counts = tf.math.unsorted_segment_sum(tf.ones_like(segment), segment, batch * (n + 1))
     return tf.reshape(tf.gather(counts, segment), shape)
+
+
+def tta_for(post: PostProcess, config, requested: Optional[str] = None) -> str:
+    """The test-time augmentation to predict with: ``requested``, else the one ``post`` was
+    tuned with, else the run's ``eval.tta`` (a rule's thresholds fit the maps it was tuned on)."""
+    return requested or post.tta or config.eval.tta
 
 
 def load_for_run(run_dir, config) -> tuple[PostProcess, str]:

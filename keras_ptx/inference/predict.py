@@ -30,7 +30,7 @@ from keras_ptx.data.annotations import IMAGE_ID, write_annotations
 from keras_ptx.data.dicom import DICOM_SUFFIXES, DicomError, find_dicom_files, read_dicom
 from keras_ptx.data.geometry import from_square, image_to_square
 from keras_ptx.inference import plots
-from keras_ptx.inference.postprocess import PostProcess, PostProcessError, load_for_run
+from keras_ptx.inference.postprocess import PostProcess, PostProcessError, load_for_run, tta_for
 from keras_ptx.inference.runner import Predictor
 
 SUBMISSION = "submission.csv"
@@ -80,9 +80,12 @@ def predict(run_dir, dicom_dir, out, layout: str = "stage1", overlays: bool = Fa
         raise PredictError(str(exc)) from None
     log(f"post-processing: {post.describe()} ({source})")
     try:
-        predictor = Predictor(model, tta or config.eval.tta)
+        predictor = Predictor(model, tta_for(post, config, tta))
     except ValueError as exc:
         raise PredictError(str(exc)) from None
+    log(f"test-time augmentation: {predictor.tta}" + (
+        f" (the rule was tuned with {post.tta}: its thresholds may not fit)"
+        if post.tta not in (None, predictor.tta) else ""))
     log("image-level probability: " + ("the label head" if predictor.has_label_head
                                        else "the maximum pixel probability (no label head)"))
     if post.cls_threshold is not None and not predictor.has_label_head:

@@ -20,7 +20,7 @@ def summary_table(report: dict) -> str:
     lines.append(f"image level ({level['source']}, >= 0.5): accuracy {_num(level['accuracy'], 3)}, "
                  f"sensitivity {_num(level['sensitivity'], 3)}, specificity "
                  f"{_num(level['specificity'], 3)}, ROC AUC {_num(level['auc'], 3)}")
-    lines.append(f"* chosen, saved to {report['postprocess_file']}")
+    lines.append(f"* chosen, {_saved(report)}")
     return "\n".join(lines)
 
 
@@ -49,7 +49,7 @@ def to_markdown(report: dict) -> str:
     lines += [
         f"| all empty (baseline) | {_num(report['empty_baseline'])} | 0.0000 | predict nothing |",
         "",
-        f"The chosen rule is saved in `{report['postprocess_file']}`; predict and export apply it.",
+        f"The chosen rule is {_saved(report, code=True)}.",
         "",
         f"## Image level: pneumothorax present ({level['source']})",
         "",
@@ -70,3 +70,11 @@ def to_markdown(report: dict) -> str:
         lines += [f"- {c['case']} {c['rank']}: `{c['image_id']}`, Dice {c['dice']:.3f} "
                   f"![{c['image_id']}]({c['file']})" for c in report["cases"]]
     return "\n".join(lines) + "\n"
+
+
+def _saved(report: dict, code: bool = False) -> str:
+    path = report["postprocess_file"]
+    if path is None:
+        return (f"not saved (evaluated on {report['split']}; the rule predict and export apply "
+                f"comes from the val split, or from --save-postprocess)")
+    return f"saved to {f'`{path}`' if code else path}; predict and export apply it"

@@ -25,7 +25,8 @@ import json
 import uuid
 
 import keras_ptx
-from keras_ptx.inference.postprocess import PostProcess, PostProcessError, apply_tf, load_for_run
+from keras_ptx.inference.postprocess import (PostProcess, PostProcessError, apply_tf,
+                                             load_for_run, tta_for)
 from keras_ptx.input.normalize import to_model_input
 from keras_ptx.inference.runner import Predictor
 from keras_ptx.rundir import load_model, load_run_config
@@ -190,7 +191,8 @@ def export_run(run_dir, export_base, version: int | None = None, tta: str | None
     """Export the best model of a training run directory; returns the version path.
 
     The post-processing and the test-time augmentation are those ``bin/predict`` would use:
-    RUN_DIR/postprocess.json (else ``eval.threshold``) and ``tta`` (else ``eval.tta``).
+    RUN_DIR/postprocess.json (else ``eval.threshold``) and ``tta`` (else the rule's, else
+    ``eval.tta``).
     """
     if version is not None:
         check_version_free(export_base, version)
@@ -199,6 +201,6 @@ def export_run(run_dir, export_base, version: int | None = None, tta: str | None
     except PostProcessError as exc:
         raise ExportError(str(exc)) from None
     config, model = load_model(run_dir)
-    tta = tta or config.eval.tta
+    tta = tta_for(post, config, tta)
     return export_model(model, post, export_base, version, config.export.warmup_requests, tta,
                         metadata={"run_dir": str(run_dir), "postprocess_source": source})
