@@ -59,6 +59,7 @@ train = _runner("train")
 evaluate = _runner("evaluate")
 predict = _runner("predict")
 export = _runner("export")
+demo = _runner("demo")
 
 if __name__ == "__main__":
     main()

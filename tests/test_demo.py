@@ -1,4 +1,5 @@
 """The demo's stages end to end at a toy size, and the README's generated CLI reference."""
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -56,3 +57,19 @@ def test_readme_cli_reference_is_current():
     block = readme.split(clidoc.BEGIN, 1)[1].split(clidoc.END, 1)[0]
     assert clidoc.BEGIN + block + clidoc.END == clidoc.render(), \
         "README's CLI reference is stale: run .venv/bin/python -m keras_ptx.clidoc README.md"
+
+
+def test_every_command_has_its_bin_script_and_console_script():
+    """The README's reference names each command bin/<name>; setup.cfg installs keras-ptx-<name>."""
+    from keras_ptx import cli
+    setup = (ROOT / "setup.cfg").read_text()
+    for name in cli.COMMANDS:
+        script = ROOT / "bin" / name
+        assert script.is_file() and os.access(script, os.X_OK), name
+        assert f"run_command(sys.argv[1], sys.argv[2], sys.argv[3:])' {name} \"bin/{name}\"" in \
+            script.read_text(), name
+        runner = name.replace("-", "_")
+        assert f"keras-ptx-{name} = keras_ptx.cli:{runner}" in setup and callable(getattr(cli, runner))
+    result = subprocess.run([str(ROOT / "bin" / "demo"), "--help"], capture_output=True, text=True,
+                            timeout=60)
+    assert result.returncode == 0 and result.stdout.startswith("Usage: bin/demo")

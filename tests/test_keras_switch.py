@@ -27,3 +27,12 @@ def test_keras3_loaded_before_keras_ptx_is_refused_with_a_clear_error():
 def test_legacy_keras_switched_off_is_refused():
     result = _run("import keras_ptx", TF_USE_LEGACY_KERAS="0")
     assert "KerasVersionError" in result.stderr and "TF_USE_LEGACY_KERAS" in result.stderr
+
+
+def test_tensorflow_start_up_lines_are_filtered_and_the_rest_kept():
+    result = _run("import sys; import keras_ptx.tf_setup as s; s.tf.constant(1) + 1\n"
+                  "import os; os.write(2, b'a line of ours\\n')", TF_USE_LEGACY_KERAS="1")
+    assert result.returncode == 0, result.stderr[-2000:]
+    for noise in ("absl::InitializeLog", "oneDNN", "cuda drivers", "cuInit", "cpu_feature_guard"):
+        assert noise not in result.stderr
+    assert "a line of ours" in result.stderr
