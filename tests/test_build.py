@@ -211,11 +211,15 @@ def test_rerun_is_a_no_op_and_other_options_are_refused(dataset, built):
     ({"image_size": 16}, "--image-size: 16 is not a positive multiple of 32"),
     ({"val_fraction": 1.0}, "--val-fraction must be in [0, 1)"),
     ({"folds": 1}, "--folds must be 0 (no folds) or at least 2"),
+    ({"out": "a-file"}, "exists and is not a directory"),
 ])
 def test_unusable_options_are_refused_before_anything_is_written(dataset, tmp_path, option, message):
+    (tmp_path / "a-file").write_text("keep me")
+    option = {"out": tmp_path / "out", **option}
+    option["out"] = str(tmp_path / option["out"])
     with pytest.raises(BuildError, match=re.escape(message)):
-        build(options(dataset[0], tmp_path / "out", **option), log=lambda *_: None)
-    assert not (tmp_path / "out").exists()
+        build(options(dataset[0], **option), log=lambda *_: None)
+    assert not (tmp_path / "out").exists() and (tmp_path / "a-file").read_text() == "keep me"
 
 
 def test_verify_fails_on_tampered_missing_or_stray_shards(built, tmp_path):

@@ -326,6 +326,11 @@ def test_versions_are_never_overwritten(exported):
     result = CliRunner().invoke(command, ["--model", str(exported["run"]),
                                           "--out", str(exported["base"]), "--version", "0"])
     assert result.exit_code != 0
+    a_file = exported["base"].parent / "a-file"
+    a_file.write_text("keep me")
+    result = CliRunner().invoke(command, ["--model", str(exported["run"]), "--out", str(a_file)])
+    assert result.exit_code == 1 and "exists and is not a directory" in result.output
+    assert a_file.read_text() == "keep me"
 
 
 def test_next_version_counts_integer_directories_only(tmp_path):

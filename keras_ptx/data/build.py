@@ -304,6 +304,8 @@ def _manifest(plan: Plan, done: dict[str, dict]) -> dict:
 def check_options(options: Options) -> None:
     if not os.path.isdir(options.dicom_dir):
         raise BuildError(f"--dicom-dir {options.dicom_dir}: no such folder")
+    if tf.io.gfile.exists(options.out) and not tf.io.gfile.isdir(options.out):
+        raise BuildError(f"--out {options.out}: exists and is not a directory")
     try:
         check_image_size(options.image_size, "--image-size")
     except ValueError as exc:

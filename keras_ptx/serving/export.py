@@ -121,6 +121,8 @@ def serving_functions(predictor: Predictor, post: PostProcess) -> dict:
 def version_dirs(export_base) -> list[int]:
     """The integer version directories under ``export_base`` (none when it does not exist)."""
     if not tf.io.gfile.isdir(str(export_base)):
+        if tf.io.gfile.exists(str(export_base)):
+            raise ExportError(f"--out {export_base}: exists and is not a directory")
         return []
     names = (name.rstrip("/") for name in tf.io.gfile.listdir(str(export_base)))
     return sorted(int(name) for name in names if name.isdigit())
@@ -194,8 +196,7 @@ def export_run(run_dir, export_base, version: int | None = None, tta: str | None
     RUN_DIR/postprocess.json (else ``eval.threshold``) and ``tta`` (else the rule's, else
     ``eval.tta``).
     """
-    if version is not None:
-        check_version_free(export_base, version)
+    check_version_free(export_base, next_version(export_base) if version is None else version)
     try:
         post, source = load_for_run(run_dir, load_run_config(run_dir))
     except PostProcessError as exc:
