@@ -330,6 +330,17 @@ def test_predict_uses_the_tta_its_rule_was_tuned_with(run, dicom_dir, tmp_path):
         PostProcess(tta="vflip")
 
 
+def test_a_damaged_shard_is_a_clear_error(run, tmp_path):
+    _planted_records(tmp_path, rundir.load_model(run)[1])
+    shard = next(tmp_path.glob("val-*.tfrecord"))
+    shard.write_bytes(shard.read_bytes()[:-300])
+    result = CliRunner().invoke(main, ["evaluate", "--model", str(run), "--data", str(tmp_path)])
+    assert result.exit_code == 1, result.output + result.stderr
+    assert f"--data {tmp_path}: a record shard is damaged (truncated record at" in result.stderr
+    assert "function_node" not in result.stderr and "--verify" in result.stderr
+    assert not (run / rundir.POSTPROCESS).exists()
+
+
 def test_clear_errors_for_missing_inputs(run, dicom_dir, tmp_path):
     result = CliRunner().invoke(
         main, ["evaluate", "--model", str(run), "--data", str(tmp_path)])

@@ -3,6 +3,7 @@ plateau, and resuming after SIGKILL (tiny 64x64 records written with the shared 
 import csv
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -113,6 +114,18 @@ def test_refuses_config_errors(data_dir, tmp_path):
     result = _run_cli(*base, "--resume", "--overwrite")
     assert result.exit_code == 2 and "exclude each other" in result.output
     assert not (tmp_path / "run").exists()
+
+
+def test_a_damaged_shard_stops_training_with_a_clear_error(data_dir, tmp_path):
+    damaged = tmp_path / "records"
+    shutil.copytree(data_dir, damaged)
+    for shard in damaged.glob("train-*.tfrecord"):
+        shard.write_bytes(shard.read_bytes()[:-300])
+    result = _run_cli("--config", TEST_CONFIG, "--data", damaged, "--out", tmp_path / "run",
+                      "--set", "data.cache=false")
+    assert result.exit_code == 1, result.output
+    assert f"--data {damaged}: a record shard is damaged (truncated record at" in result.output
+    assert "Traceback" not in result.output
 
 
 def test_refuses_a_run_dir_of_another_config_or_no_run_dir(data_dir, tmp_path):

@@ -57,7 +57,8 @@ def evaluate(run_dir, data_dir: str, split: str = "val", tta: str | None = None,
 
     Returns the report (as written to report.json).
     """
-    from keras_ptx.input.pipeline import make_eval_dataset
+    from keras_ptx.input.pipeline import damaged_records, make_eval_dataset
+    from keras_ptx.tf_setup import tf
 
     run_dir = Path(run_dir)
     try:
@@ -77,7 +78,10 @@ def evaluate(run_dir, data_dir: str, split: str = "val", tta: str | None = None,
             raise EvaluateError(str(exc)) from None
 
     side = config.data.image_size
-    seen = _run_model(predictor, dataset(), MapCache(grid, side), split, progress)
+    try:
+        seen = _run_model(predictor, dataset(), MapCache(grid, side), split, progress)
+    except tf.errors.DataLossError as exc:
+        raise EvaluateError(damaged_records(data_dir, exc)) from None
     if len(seen.cache) == 0:
         raise EvaluateError(f"the {split} split of {data_dir} has no labeled images to score "
                             f"({seen.unlabeled} unlabeled)")

@@ -35,6 +35,7 @@ runs yield identical batches; otherwise the order may vary for speed.
 from __future__ import annotations
 
 import functools
+import re
 
 import numpy as np
 
@@ -178,6 +179,16 @@ def steps_in_one_pass(config: Config, total: int) -> int:
     """Global steps per epoch over ``total`` records: ``train.steps_per_epoch``, else one pass
     of whole batches (at least one)."""
     return config.train.steps_per_epoch or max(1, total // config.train.batch_size)
+
+
+def damaged_records(data_dir: str, error: tf.errors.DataLossError) -> str:
+    """What to tell a user whose shards in ``data_dir`` failed to read mid-stream (a shard
+    truncated or altered after the build: TensorFlow names the record, not the file)."""
+    last = [p for p in error.message.split("\n\n") if p.strip()][-1]    # after any graph trace
+    detail = " ".join(re.sub(r"\{\{function_node [^}]*\}\}|\[\[\{\{node \w+\}\}\]\]|\[Op:\w+\]",
+                             "", last).split())
+    return (f"--data {data_dir}: a record shard is damaged ({detail}); find it with "
+            f"bin/build-tfrecords --verify {data_dir}, then rebuild")
 
 
 def checked_files(config: Config, data_dir: str, split: str) -> list[str]:

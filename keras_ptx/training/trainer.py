@@ -167,6 +167,8 @@ def train(config: Config, data_dir: str, run_dir, *, resume: bool = False,
         model.fit(train_data, validation_data=val_data, epochs=config.train.epochs,
                   steps_per_epoch=steps,
                   callbacks=[*callbacks, *own.callbacks], verbose=1 if sys.stdout.isatty() else 2)
+    except tf.errors.DataLossError as exc:
+        raise TrainingError(pipeline.damaged_records(data_dir, exc)) from None
     except tf.errors.OpError as exc:      # keep only the worker's own message
         marker = f"{AugmentWorkerError.__module__}.{AugmentWorkerError.__name__}: "
         if marker not in exc.message:
