@@ -154,7 +154,8 @@ def test_predict_writes_one_decodable_row_per_image(run, dicom_dir, tmp_path):
     finally:
         (run / rundir.POSTPROCESS).unlink()
     assert result.exit_code == 0, result.output + result.stderr
-    assert "5 images predicted" in result.output and "2 unreadable or duplicate" in result.output
+    assert "5 images predicted" in result.output
+    assert "2 unreadable or duplicate, 0 of them submitted as -1" in result.stderr
     assert str(run / rundir.POSTPROCESS) in result.stderr
 
     rows = _csv(tmp_path / "out" / "submission.csv")
@@ -187,20 +188,32 @@ def test_predict_writes_one_decodable_row_per_image(run, dicom_dir, tmp_path):
 
 
 @pytest.mark.filterwarnings("ignore:Invalid value for VR UI")   # pydicom, on reading it
-def test_predict_finds_dicoms_as_build_does_and_keeps_odd_ids_out_of_the_submission(run, tmp_path):
+@pytest.mark.filterwarnings("ignore:End of file reached")      # (pytest resets our filter)
+def test_predict_finds_dicoms_as_build_does_and_submits_every_identified_image(run, tmp_path):
     rng = np.random.default_rng(9)
-    for name, image_id in (("a.dicom", "1.2.9.1"), ("b.DCM", "1.2,9"), (".hidden.dcm", "1.2.9.3")):
+    names = (("a.dicom", "1.2.9.1"), ("b.DCM", "1.2,9"), (".hidden.dcm", "1.2.9.3"),
+             ("c.dcm", "1.2.9.4"), ("IM0001", "1.2.9.5"))
+    for name, image_id in names:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")       # pydicom warns about the deliberately bad UID
             write_dicom(tmp_path / "in" / name, _radiograph(rng, (40, 40)), image_id=image_id,
                         study_uid="1.2.9", series_uid="1.2.9.9", patient_id="p", patient_name="X")
+    cut = tmp_path / "in" / "c.dcm"                 # pixels cut short, header intact
+    cut.write_bytes(cut.read_bytes()[:-100])
     result = CliRunner().invoke(main, ["predict", "--model", str(run), "--dicom-dir",
                                        str(tmp_path / "in"), "--out", str(tmp_path / "out")])
     assert result.exit_code == 0, result.output + result.stderr
-    assert [r[0] for r in _csv(tmp_path / "out" / "submission.csv")[1:]] == ["1.2.9.1"]
-    errors = _csv(tmp_path / "out" / "errors.csv")[1:]
-    assert len(errors) == 1 and errors[0][0] == str(tmp_path / "in" / "b.DCM")
-    assert "ImageId (SOPInstanceUID) '1.2,9' has characters a submission cannot hold" in errors[0][1]
+    rows = _csv(tmp_path / "out" / "submission.csv")[1:]
+    assert sorted(r[0] for r in rows) == ["1.2.9.1", "1.2.9.4"] and dict(rows)["1.2.9.4"] == " -1"
+    assert [r["image_id"] for r in csv.DictReader(open(tmp_path / "out" / "predictions.csv"))] == \
+        ["1.2.9.1"]
+    errors = dict(_csv(tmp_path / "out" / "errors.csv")[1:])
+    assert set(errors) == {str(tmp_path / "in" / "b.DCM"), str(cut)}
+    assert "ImageId (SOPInstanceUID) '1.2,9' has characters a submission cannot hold" in \
+        errors[str(tmp_path / "in" / "b.DCM")]
+    assert errors[str(cut)].startswith("truncated file") and "(submitted as -1)" in errors[str(cut)]
+    assert "2 unreadable or duplicate, 1 of them submitted as -1" in result.stderr
+    assert "1 file(s) without a .dcm or .dicom suffix skipped" in result.stderr
 
 
 def test_predict_real_radiograph_with_overlay_stage2_and_hflip(run, tmp_path):

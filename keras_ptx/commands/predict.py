@@ -23,7 +23,8 @@ def command(run_dir, dicom_dir, out, layout, overlays, tta, batch_size):
 
     Writes OUT/submission.csv (one row per image, relative RLE, -1 for none), predictions.csv
     (probability and mask area per image) and errors.csv (files that could not be read, with
-    the reason). Applies the run's saved post-processing (bin/evaluate), else its
+    the reason; those whose header still names the image get a -1 row, as a competition
+    submission must list every image). Applies the run's saved post-processing (bin/evaluate), else its
     eval.threshold.
     """
     from keras_ptx.inference.predict import PredictError, predict
@@ -34,7 +35,9 @@ def command(run_dir, dicom_dir, out, layout, overlays, tta, batch_size):
     except PredictError as exc:
         raise click.ClickException(str(exc)) from None
     rate = summary.images / summary.seconds if summary.seconds else 0.0
-    click.echo(f"{summary.images} images predicted ({summary.positives} with pneumothorax), "
-               f"{summary.errors} unreadable or duplicate (see {summary.out / 'errors.csv'}); "
+    click.echo(f"{summary.images} images predicted ({summary.positives} with pneumothorax); "
                f"{summary.seconds:.1f} s, {rate:.1f} images/s")
+    if summary.errors:
+        click.echo(f"{summary.errors} unreadable or duplicate, {summary.filled} of them "
+                   f"submitted as -1: see {summary.out / 'errors.csv'}", err=True)
     click.echo(f"submission: {summary.out / 'submission.csv'}")

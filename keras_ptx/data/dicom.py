@@ -19,6 +19,7 @@ from __future__ import annotations
 import hashlib
 import os
 import re
+import warnings
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -40,6 +41,9 @@ _ENCODING_SYNTAX = {(True, True): ImplicitVRLittleEndian, (False, True): Explici
                     (False, False): ExplicitVRBigEndian}
 DICOM_SUFFIXES = (".dcm", ".dicom")     # any case; dotfiles are skipped
 UNDEFINED_LENGTH = 0xFFFFFFFF
+# pydicom warns of a cut in encapsulated pixel data; read_dicom reports it as "truncated file".
+warnings.filterwarnings("ignore", message="End of file reached before delimiter",
+                        category=UserWarning, module=r"pydicom\.")
 _PIXEL_TAGS = ("PixelData", "FloatPixelData", "DoubleFloatPixelData")
 
 

@@ -9,7 +9,8 @@ the paper's 0.75 by default, when evaluate has not been run) and written out row
 OUT/
   submission.csv    one row per image: ImageId, relative column-major RLE or -1 (stage1/stage2)
   predictions.csv   image_id, path, height, width, probability, mask_area_px, has_pneumothorax
-  errors.csv        path, reason: every file that could not become a prediction
+  errors.csv        path, reason: every file that could not become a prediction (one whose
+                    header names its ImageId still gets a -1 submission row)
   overlays/         <image_id>.png with the predicted mask (with --overlays)
 """
 from __future__ import annotations
@@ -27,7 +28,8 @@ from tqdm import tqdm
 from keras_ptx import rundir
 from keras_ptx.data import rle
 from keras_ptx.data.annotations import IMAGE_ID, write_annotations
-from keras_ptx.data.dicom import DICOM_SUFFIXES, DicomError, find_dicom_files, read_dicom
+from keras_ptx.data.dicom import (DICOM_SUFFIXES, DicomError, find_dicom_files, read_dicom,
+                                  read_dicom_header)
 from keras_ptx.data.geometry import from_square, image_to_square
 from keras_ptx.inference import plots
 from keras_ptx.inference.postprocess import PostProcess, PostProcessError, load_for_run, tta_for
@@ -50,6 +52,7 @@ class Summary:
     images: int
     positives: int
     errors: int
+    filled: int                      # of the errors, images submitted as -1 (header readable)
     seconds: float
     postprocess: PostProcess
     postprocess_source: str          # the file it came from, or why the default was used
@@ -68,10 +71,13 @@ def predict(run_dir, dicom_dir, out, layout: str = "stage1", overlays: bool = Fa
             tta: str | None = None, batch_size: int | None = None, progress: bool = True,
             log: Callable[[str], None] = print) -> Summary:
     """Predict every DICOM below ``dicom_dir`` with the run in ``run_dir``; write ``out``."""
-    start = time.perf_counter()
     files = dicom_files(dicom_dir)
     if not files:
         raise PredictError(f"{dicom_dir}: no DICOM files ({', '.join(DICOM_SUFFIXES)}) found")
+    others = sum(not p.name.startswith(".") for p in Path(dicom_dir).rglob("*") if p.is_file())
+    if others > len(files):
+        log(f"{others - len(files)} file(s) without a {' or '.join(DICOM_SUFFIXES)} suffix "
+            f"skipped (rename DICOMs stored without one)")
     try:
         config = rundir.load_run_config(run_dir)
         post, source = load_for_run(run_dir, config)
@@ -90,11 +96,12 @@ def predict(run_dir, dicom_dir, out, layout: str = "stage1", overlays: bool = Fa
                                        else "the maximum pixel probability (no label head)"))
     if post.cls_threshold is not None and not predictor.has_label_head:
         raise PredictError(f"{source} gates on the image-level head, but the model has none")
+    start = time.perf_counter()         # predicting, not loading the model
     out = Path(out)
     if overlays:
         (out / OVERLAYS).mkdir(parents=True, exist_ok=True)
     out.mkdir(parents=True, exist_ok=True)
-    counts = {"images": 0, "positives": 0, "errors": 0}
+    counts = {"images": 0, "positives": 0, "errors": 0, "filled": 0}
     with open(out / PREDICTIONS, "w", newline="") as pred_file, \
             open(out / ERRORS, "w", newline="") as error_file, \
             tqdm(total=len(files), desc="predict", unit="img", disable=not progress) as bar:
@@ -106,6 +113,9 @@ def predict(run_dir, dicom_dir, out, layout: str = "stage1", overlays: bool = Fa
         def rows() -> Iterator[tuple[str, str]]:
             for image, prob_map, probability in _predicted(files, predictor, batch_size
                                                            or config.eval.batch_size, errors, bar, counts):
+                if prob_map is None:            # unreadable pixels, known ImageId
+                    yield image.image_id, rle.EMPTY
+                    continue
                 mask = post.apply(prob_map, probability)
                 area = int(mask.sum())
                 predictions.writerow([image.image_id, image.path, *image.pixels.shape,
@@ -127,7 +137,8 @@ def _predicted(files, predictor: Predictor, batch_size: int, errors, bar, counts
     """(DicomImage, probability map at the image's size, image probability) per readable file.
 
     Unreadable files, ImageIds a submission cannot hold and repeated ones go to ``errors``
-    with their reason.
+    with their reason. An unreadable file whose header still names its ImageId comes as
+    (header, None, None), for a -1 row: a competition submission must list every image.
     """
     first_path: dict[str, str] = {}
     batch = []
@@ -135,7 +146,15 @@ def _predicted(files, predictor: Predictor, batch_size: int, errors, bar, counts
         try:
             image = read_dicom(path)
         except DicomError as exc:
-            _reject(errors, counts, bar, exc.path, exc.reason)
+            header = _header_or_none(path)
+            if header is None or not IMAGE_ID.fullmatch(header.image_id) or \
+                    header.image_id in first_path:
+                _reject(errors, counts, bar, exc.path, exc.reason)
+                continue
+            first_path[header.image_id] = header.path
+            _reject(errors, counts, bar, exc.path, f"{exc.reason} (submitted as -1)")
+            counts["filled"] += 1
+            yield header, None, None
             continue
         if not IMAGE_ID.fullmatch(image.image_id):
             _reject(errors, counts, bar, image.path, f"ImageId (SOPInstanceUID) {image.image_id!r} "
@@ -152,6 +171,13 @@ def _predicted(files, predictor: Predictor, batch_size: int, errors, bar, counts
             batch = []
     if batch:
         yield from _run_batch(batch, predictor, bar)
+
+
+def _header_or_none(path):
+    try:
+        return read_dicom_header(path)
+    except DicomError:
+        return None
 
 
 def _reject(errors, counts, bar, path, reason):
