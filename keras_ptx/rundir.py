@@ -52,7 +52,11 @@ def load_model(run_dir):
     config = load_run_config(run_dir)
     weights = Path(run_dir) / BEST_WEIGHTS
     if not weights.is_file():
-        raise RunDirError(f"{run_dir}: no {BEST_WEIGHTS}; has training finished an epoch?")
+        if (Path(run_dir) / CHECKPOINTS / BEST_WEIGHTS).is_file():
+            raise RunDirError(f"{run_dir}: training has not finished (its best weights so far "
+                              f"are in {CHECKPOINTS}/); run bin/train again with the same "
+                              f"arguments to finish it")
+        raise RunDirError(f"{run_dir}: no {BEST_WEIGHTS}; training has not finished an epoch")
     model = build_model_to_load(config)
     model.load_weights(str(weights))
     return config, model

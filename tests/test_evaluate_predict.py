@@ -386,6 +386,12 @@ def test_a_broken_run_dir_is_a_clear_error_for_every_command(dicom_dir, tmp_path
         result = CliRunner().invoke(main, [name, "--model", str(run), *commands[name]])
         assert result.exit_code == 1 and "min_pixels must be a non-negative integer" in \
             result.stderr, (name, result.output, result.exception)
+    (run / rundir.POSTPROCESS).unlink()
+    (run / rundir.CHECKPOINTS).mkdir()
+    (run / rundir.CHECKPOINTS / rundir.BEST_WEIGHTS).write_bytes(b"an interrupted run's")
+    for name, args in commands.items():
+        result = CliRunner().invoke(main, [name, "--model", str(run), *args])
+        assert result.exit_code == 1 and "training has not finished" in result.stderr, name
     assert not (tmp_path / "out").exists() and not (tmp_path / "export").exists()
 
 

@@ -82,7 +82,8 @@ def test_refuses_missing_empty_and_incomplete_data_dirs(tmp_path):
     assert result.exit_code == 1 and "is empty" in result.output
     write_records(tmp_path / "train-only", "train", 2)
     result = _run_cli(*base, "--data", tmp_path / "train-only")
-    assert result.exit_code == 1 and "no val shards" in result.output
+    assert result.exit_code == 1 and "no val split, which training validates on" in result.output
+    assert "--val-fraction above 0" in result.output
     assert "Traceback" not in result.output and not (tmp_path / "run").exists()
 
 

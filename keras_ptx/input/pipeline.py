@@ -204,8 +204,8 @@ def checked_files(config: Config, data_dir: str, split: str) -> list[str]:
     stored = int(tf.io.parse_single_example(first, {"size": records.FEATURES["size"]})["size"])
     if stored != config.data.image_size:
         raise ValueError(f"records in {data_dir} are {stored}x{stored} but data.image_size is "
-                         f"{config.data.image_size}; rebuild the records or set "
-                         f"data.image_size={stored}")
+                         f"{config.data.image_size}; rebuild them with --image-size "
+                         f"{config.data.image_size}, or train with data.image_size={stored}")
     return files
 
 

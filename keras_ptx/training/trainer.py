@@ -33,7 +33,7 @@ from pathlib import Path
 
 from keras_ptx import rundir
 from keras_ptx.config import Config, ConfigError, check_image_size
-from keras_ptx.data import manifest
+from keras_ptx.data import manifest, records
 from keras_ptx.input import cache, pipeline
 from keras_ptx.input.policy import build_policy
 from keras_ptx.input.workers import AugmentWorkerError
@@ -115,6 +115,9 @@ def check_data_dir(data_dir: str) -> None:
 def check_records(config: Config, data_dir: str) -> None:
     """TrainingError unless both splits' records exist and have ``data.image_size``
     (the input pipeline's own checks; they read one record per split)."""
+    if records.shard_files(data_dir, "train") and not records.shard_files(data_dir, "val"):
+        raise TrainingError(f"--data {data_dir}: no val split, which training validates on (and "
+                            f"picks its best epoch by); rebuild with --val-fraction above 0")
     try:
         for split in ("train", "val"):
             pipeline.checked_files(config, data_dir, split)
