@@ -25,6 +25,8 @@ from keras_ptx.config import dump_config, load_config
 from keras_ptx.data import records, rle
 from keras_ptx.data.dicom import DicomError, read_dicom
 from keras_ptx.data.geometry import from_square, image_to_square, mask_to_square
+from keras_ptx.inference import report as report_md
+from keras_ptx.inference.evaluate import case_picks
 from keras_ptx.inference.postprocess import PostProcess, PostProcessError, scale_area
 from keras_ptx.inference.runner import Predictor
 from keras_ptx.inference.search import SearchGrid
@@ -301,8 +303,9 @@ def test_evaluate_finds_the_planted_rule_and_writes_everything(run, tmp_path):
     assert level["source"] == "label head" and 0.0 <= level["auc"] <= 1.0
     for name in report["plots"]:
         assert cv2.imread(str(run / "eval" / name)) is not None
-    assert [(c["case"], c["rank"]) for c in report["cases"]] == [("best", 1), ("best", 2),
-                                                                 ("worst", 1), ("worst", 2)]
+    # the planted rule makes no mistake (every Dice is 1): best cases only
+    assert [(c["case"], c["rank"]) for c in report["cases"]] == [("best", 1), ("best", 2)]
+    assert all(c["dice"] > 0 for c in report["cases"])
     for case in report["cases"]:
         assert cv2.imread(str(run / "eval" / case["file"])).shape == (512, 512, 3)
     markdown = (run / "eval" / "report.md").read_text()
@@ -312,20 +315,20 @@ def test_evaluate_finds_the_planted_rule_and_writes_everything(run, tmp_path):
 
 def test_only_the_val_split_sets_the_rule_unless_asked(run, tmp_path):
     _planted_records(tmp_path, rundir.load_model(run)[1])
-    shutil.copy(next(tmp_path.glob("val-*.tfrecord")), tmp_path / "test-00000-of-00001.tfrecord")
-    args = ["evaluate", "--model", str(run), "--data", str(tmp_path), "--split", "test",
+    shutil.copy(next(tmp_path.glob("val-*.tfrecord")), tmp_path / "train-00000-of-00001.tfrecord")
+    args = ["evaluate", "--model", str(run), "--data", str(tmp_path), "--split", "train",
             "--cases", "0", "--tta", "hflip"]
     try:
         result = CliRunner().invoke(main, args)
         assert result.exit_code == 0, result.output + result.stderr
-        assert not (run / rundir.POSTPROCESS).exists() and "not saved (evaluated on test" in result.output
-        report = json.loads((run / "eval-test" / "report.json").read_text())
-        assert report["split"] == "test" and report["postprocess_file"] is None
+        assert not (run / rundir.POSTPROCESS).exists() and "not saved (evaluated on train" in result.output
+        report = json.loads((run / "eval-train" / "report.json").read_text())
+        assert report["split"] == "train" and report["postprocess_file"] is None
         result = CliRunner().invoke(main, args + ["--save-postprocess"])
         assert result.exit_code == 0 and PostProcess.load(run / rundir.POSTPROCESS).tta == "hflip"
     finally:
         (run / rundir.POSTPROCESS).unlink(missing_ok=True)
-        shutil.rmtree(run / "eval-test", ignore_errors=True)
+        shutil.rmtree(run / "eval-train", ignore_errors=True)
 
 
 def test_predict_uses_the_tta_its_rule_was_tuned_with(run, dicom_dir, tmp_path):
@@ -352,6 +355,42 @@ def test_a_damaged_shard_is_a_clear_error(run, tmp_path):
     assert f"--data {tmp_path}: a record shard is damaged (truncated record at" in result.stderr
     assert "function_node" not in result.stderr and "--verify" in result.stderr
     assert not (run / rundir.POSTPROCESS).exists()
+
+
+def test_a_model_no_better_than_predicting_nothing_is_called_out(run, tmp_path):
+    """The run's untrained network finds nothing on planted records with no lesion at all."""
+    result = CliRunner().invoke(main, ["evaluate", "--model", str(run), "--data", str(tmp_path),
+                                       "--split", "test"])
+    assert result.exit_code == 1 and "the test split holds the images built without labels" in \
+        result.stderr
+    _planted_records(tmp_path, rundir.load_model(run)[1])
+    report = json.loads(json.dumps(_report_of(run, tmp_path)))
+    for kind in report["kinds"].values():
+        kind["score"] = report["empty_baseline"]
+    assert report_md.NO_BETTER in report_md.summary_table(report)
+    assert report_md.NO_BETTER in report_md.to_markdown(report)
+    report["kinds"][report["chosen"]]["score"] += 0.01
+    assert report_md.NO_BETTER not in report_md.summary_table(report)
+
+
+def _report_of(run, data_dir):
+    try:
+        result = CliRunner().invoke(main, ["evaluate", "--model", str(run), "--data", str(data_dir),
+                                           "--cases", "0", "--no-save-postprocess"])
+        assert result.exit_code == 0, result.output + result.stderr
+        return json.loads((run / "eval" / "report.json").read_text())
+    finally:
+        shutil.rmtree(run / "eval", ignore_errors=True)
+
+
+def test_best_cases_are_found_lesions_and_worst_cases_are_mistakes():
+    dice = np.array([0.0, 1.0, 0.5, 0.9, 1.0, 0.0])
+    positive = np.array([True, True, True, False, False, True])
+    best, worst = case_picks(dice, positive, 2)
+    assert best.tolist() == [1, 2] and worst.tolist() == [0, 5]
+    best, worst = case_picks(dice, positive, 9)
+    assert best.tolist() == [1, 2] and worst.tolist() == [0, 5, 2, 3]
+    assert [p.size for p in case_picks(np.ones(3), np.ones(3, bool), 2)] == [2, 0]
 
 
 def test_clear_errors_for_missing_inputs(run, dicom_dir, tmp_path):

@@ -65,13 +65,13 @@ def split_counts(data_dir: str, split: str) -> tuple[int, int]:
     """(records, positive records) of ``split``: from the build's manifest when ``data_dir``
     has a readable one (the build counted them; ``--verify`` checks the shards against it),
     else by reading the shards' labels."""
-    listed = _listed_counts(data_dir, split)
+    listed = listed_counts(data_dir, split)
     if listed is not None:
         return listed
     return records.label_counts(records.shard_files(data_dir, split))
 
 
-def _listed_counts(data_dir: str, split: str) -> tuple[int, int] | None:
+def listed_counts(data_dir: str, split: str) -> tuple[int, int] | None:
     """The split's counts in the build's manifest; None when there is no readable one."""
     path = join(data_dir, records.MANIFEST)
     if not tf.io.gfile.exists(path):

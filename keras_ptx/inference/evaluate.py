@@ -19,6 +19,7 @@ import numpy as np
 from tqdm import tqdm
 
 from keras_ptx import rundir
+from keras_ptx.data import manifest
 from keras_ptx.inference import plots, report as report_md
 from keras_ptx.inference.postprocess import REFERENCE_SIDE
 from keras_ptx.inference.runner import Predictor
@@ -61,6 +62,9 @@ def evaluate(run_dir, data_dir: str, split: str = "val", tta: str | None = None,
     from keras_ptx.tf_setup import tf
 
     run_dir = Path(run_dir)
+    if split == "test":
+        raise EvaluateError("the test split holds the images built without labels: nothing to "
+                            "score (evaluate val, or train)")
     try:
         config, model = rundir.load_model(run_dir)
     except rundir.RunDirError as exc:
@@ -79,7 +83,8 @@ def evaluate(run_dir, data_dir: str, split: str = "val", tta: str | None = None,
 
     side = config.data.image_size
     try:
-        seen = _run_model(predictor, dataset(), MapCache(grid, side), split, progress)
+        seen = _run_model(predictor, dataset(), MapCache(grid, side), split, progress,
+                          (manifest.listed_counts(data_dir, split) or (None,))[0])
     except tf.errors.DataLossError as exc:
         raise EvaluateError(damaged_records(data_dir, exc)) from None
     if len(seen.cache) == 0:
@@ -135,9 +140,10 @@ def report_dir(run_dir, split: str) -> Path:
     return Path(run_dir) / (rundir.EVAL if split == "val" else f"{rundir.EVAL}-{split}")
 
 
-def _run_model(predictor: Predictor, dataset, cache: MapCache, split: str, progress: bool) -> Pass:
+def _run_model(predictor: Predictor, dataset, cache: MapCache, split: str, progress: bool,
+               total: int | None) -> Pass:
     seen = Pass(cache)
-    with tqdm(desc=f"evaluate {split}", unit="img", disable=not progress) as bar:
+    with tqdm(desc=f"evaluate {split}", unit="img", total=total, disable=not progress) as bar:
         for batch in dataset:
             maps, image_prob = predictor(batch["image"])
             labeled = batch["labeled"].numpy() > 0
@@ -169,12 +175,20 @@ def _area_stats(areas: np.ndarray) -> dict | None:
             "max": int(areas.max())}
 
 
+def case_picks(dice: np.ndarray, positive: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
+    """Indices of the n best-found lesions (positive images with Dice above 0, best first)
+    and of the n worst mistakes (any image with Dice below 1, worst first: missed, partial or
+    false lesions); fewer when there are not that many."""
+    found = np.flatnonzero(positive & (dice > 0))
+    wrong = np.flatnonzero(dice < 1)
+    return (found[np.argsort(-dice[found], kind="stable")][:n],
+            wrong[np.argsort(dice[wrong], kind="stable")][:n])
+
+
 def _draw_cases(seen: Pass, chosen, dataset, out: Path, n: int) -> list[dict]:
-    """Overlays of the n best-scored positive images and the n worst-scored images."""
+    """Overlays of the :func:`case_picks` of the chosen rule."""
     dice = chosen.dice
-    positive = np.flatnonzero(seen.cache.truth_sums() > 0)
-    best = positive[np.argsort(-dice[positive], kind="stable")][:n]
-    worst = np.argsort(dice, kind="stable")[:n]
+    best, worst = case_picks(dice, seen.cache.truth_sums() > 0, n)
     wanted = {}
     for tag, picks in (("best", best), ("worst", worst)):
         for rank, i in enumerate(picks, 1):

@@ -21,6 +21,8 @@ def summary_table(report: dict) -> str:
                  f"sensitivity {_num(level['sensitivity'], 3)}, specificity "
                  f"{_num(level['specificity'], 3)}, ROC AUC {_num(level['auc'], 3)}")
     lines.append(f"* chosen, {_saved(report)}")
+    if _no_better_than_empty(report):
+        lines.append(f"! {NO_BETTER}")
     return "\n".join(lines)
 
 
@@ -50,6 +52,7 @@ def to_markdown(report: dict) -> str:
         f"| all empty (baseline) | {_num(report['empty_baseline'])} | 0.0000 | predict nothing |",
         "",
         f"The chosen rule is {_saved(report, code=True)}.",
+        *(["", f"**{NO_BETTER}**"] if _no_better_than_empty(report) else []),
         "",
         f"## Image level: pneumothorax present ({level['source']})",
         "",
@@ -66,7 +69,9 @@ def to_markdown(report: dict) -> str:
                       f"10th percentile {area['p10']:.0f} px, max {area['max']} px."]
     lines += ["", "## Plots", ""] + [f"![{p}]({p})" for p in report["plots"]]
     if report["cases"]:
-        lines += ["", "## Best and worst cases (chosen rule; red: prediction, green: truth)", ""]
+        lines += ["", "## Best and worst cases (chosen rule; red: prediction, green: truth)", "",
+                  "best: the lesions found best (positive images, Dice above 0); worst: the "
+                  "largest mistakes (any image with Dice below 1).", ""]
         lines += [f"- {c['case']} {c['rank']}: `{c['image_id']}`, Dice {c['dice']:.3f} "
                   f"![{c['image_id']}]({c['file']})" for c in report["cases"]]
     return "\n".join(lines) + "\n"
@@ -78,3 +83,11 @@ def _saved(report: dict, code: bool = False) -> str:
         return (f"not saved (evaluated on {report['split']}; the rule predict and export apply "
                 f"comes from the val split, or from --save-postprocess)")
     return f"saved to {f'`{path}`' if code else path}; predict and export apply it"
+
+
+NO_BETTER = ("No rule beats predicting nothing on this split: the model does not find lesions "
+             "yet (train longer, or check the data).")
+
+
+def _no_better_than_empty(report: dict) -> bool:
+    return report["kinds"][report["chosen"]]["score"] <= report["empty_baseline"] + 1e-9
