@@ -397,6 +397,9 @@ def test_clear_errors_for_missing_inputs(run, dicom_dir, tmp_path):
     result = CliRunner().invoke(
         main, ["evaluate", "--model", str(run), "--data", str(tmp_path)])
     assert result.exit_code == 1 and "no val shards" in result.stderr
+    result = CliRunner().invoke(
+        main, ["evaluate", "--model", str(run), "--data", str(tmp_path / "nowhere")])
+    assert result.exit_code == 1 and "nowhere: no such directory of records" in result.stderr
     (tmp_path / "empty").mkdir()
     result = CliRunner().invoke(
         main, ["predict", "--model", str(run), "--dicom-dir", str(tmp_path / "empty"), "--out",

@@ -69,7 +69,7 @@ def test_two_workers_train_together_and_end_with_the_same_weights(tmp_path):
                 worker.kill()
     for worker, output in zip(workers, outputs):
         assert worker.returncode == 0, output
-    assert "on 2 replica(s)" in outputs[0]
+    assert "on 2 replicas (multi_worker strategy)" in outputs[0]
 
     # Only the chief (worker 0) wrote the run directory, and it is complete.
     for name in (rundir.CONFIG, rundir.HISTORY, rundir.METRICS, rundir.BEST_WEIGHTS,

@@ -77,6 +77,9 @@ def test_refuses_missing_empty_and_incomplete_data_dirs(tmp_path):
     base = ["--config", TEST_CONFIG, "--out", tmp_path / "run"]
     result = _run_cli(*base, "--data", tmp_path / "nowhere")
     assert result.exit_code == 1 and "no such directory" in result.output
+    (tmp_path / "a-file").write_text("x")
+    result = _run_cli(*base, "--data", tmp_path / "a-file")
+    assert result.exit_code == 1 and "a-file: not a directory" in result.output
     (tmp_path / "empty").mkdir()
     result = _run_cli(*base, "--data", tmp_path / "empty")
     assert result.exit_code == 1 and "is empty" in result.output

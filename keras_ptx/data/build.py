@@ -301,6 +301,13 @@ def _manifest(plan: Plan, done: dict[str, dict]) -> dict:
             "label_warnings": list(plan.warnings), "totals": totals}
 
 
+def _changes(old: dict, new: dict) -> str:
+    """What differs between a build's recorded options and these, for a refusal."""
+    changed = [f"{key}: {old.get(key)!r} -> {new.get(key)!r}" for key in sorted({*old, *new})
+               if old.get(key) != new.get(key)]
+    return ", ".join(changed) or "same options, other DICOM files or labels"
+
+
 def check_options(options: Options) -> None:
     if not os.path.isdir(options.dicom_dir):
         raise BuildError(f"--dicom-dir {options.dicom_dir}: no such folder")
@@ -332,7 +339,8 @@ def build(options: Options, log=print) -> dict:
             if tf.io.gfile.exists(manifest_path):
                 manifest = read_json(manifest_path)
                 if manifest.get("plan_sha256") != plan.digest:
-                    raise BuildError(f"{out} already holds a build of other inputs or options; "
+                    raise BuildError(f"{out} already holds a build of other inputs or options "
+                                     f"({_changes(manifest.get('options', {}), plan.options)}); "
                                      "choose an empty --out")
                 log(f"{out}: already built from these inputs and options; nothing to do")
                 _remove_leftovers(out)      # of a run killed after writing the manifest

@@ -194,6 +194,8 @@ def damaged_records(data_dir: str, error: tf.errors.DataLossError) -> str:
 def checked_files(config: Config, data_dir: str, split: str) -> list[str]:
     """The split's shards, after checking there are some and that their size is the config's
     (ValueError naming the problem; reads one record)."""
+    if not tf.io.gfile.isdir(data_dir):
+        raise ValueError(f"{data_dir}: no such directory of records")
     files = records.shard_files(data_dir, split)
     if not files:
         raise ValueError(f"no {split} shards in {data_dir} (expected files like "

@@ -153,7 +153,7 @@ def make_dataset(out, options: Options, workers: int = 1, overwrite: bool = Fals
     existing = [name for name in OUTPUTS if (out / name).exists()]
     if existing and not overwrite:
         raise FileExistsError(f"{out} already holds a dataset ({', '.join(existing)}); "
-                              "choose another directory or overwrite it")
+                              "choose another directory or replace it with --overwrite")
     for name in existing:
         target = out / name
         shutil.rmtree(target) if target.is_dir() else target.unlink()

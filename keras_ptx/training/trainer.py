@@ -106,7 +106,8 @@ def check_settings(config: Config) -> None:
 def check_data_dir(data_dir: str) -> None:
     """TrainingError for a missing or empty data directory (file access only, no TF ops)."""
     if not tf.io.gfile.isdir(data_dir):
-        raise TrainingError(f"--data {data_dir}: no such directory")
+        raise TrainingError(f"--data {data_dir}: " + ("not a directory" if tf.io.gfile.exists(data_dir)
+                                                      else "no such directory"))
     if not tf.io.gfile.listdir(data_dir):
         raise TrainingError(f"--data {data_dir}: the directory is empty; build records with "
                             f"build-tfrecords")
@@ -288,12 +289,17 @@ class _Callbacks:
         self.callbacks.append(keras.BackupAndRestore(str(checkpoints / rundir.BACKUP)))
 
 
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}{'' if n == 1 else 's'}"
+
+
 def _opening_line(config: Config, strategy, steps: int, start: ResumePoint) -> str:
     train, size, crop = config.train, config.data.image_size, config.data.train_crop
     line = (f"training UNet++ {config.model.encoder} at {size}x{size}"
-            f"{f' on {crop}x{crop} crops' if crop else ''}: {train.epochs} epochs of "
-            f"{steps} steps, global batch {train.batch_size} on {strategy.num_replicas_in_sync} "
-            f"replica(s) ({type(strategy).__name__}), XLA "
+            f"{f' on {crop}x{crop} crops' if crop else ''}: {_count(train.epochs, 'epoch')} of "
+            f"{_count(steps, 'step')}, global batch {train.batch_size} on "
+            f"{_count(strategy.num_replicas_in_sync, 'replica')} "
+            f"({resolve_strategy_name(train.strategy)} strategy), XLA "
             f"{'on' if resolve_jit_compile(train.jit_compile) else 'off'}, mixed precision "
             f"{'on' if resolve_mixed_precision(train.mixed_precision) else 'off'}")
     if start.epoch:
