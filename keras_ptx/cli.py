@@ -12,6 +12,7 @@ import sys
 import click
 
 import keras_ptx
+from keras_ptx.commands import CONTEXT
 
 COMMANDS = {
     "make-synthetic": "keras_ptx.commands.make_synthetic",
@@ -24,9 +25,6 @@ COMMANDS = {
 }
 
 
-HELP_OPTIONS = ["-h", "--help"]     # for the group, the bin/ scripts and the README alike
-
-
 class LazyGroup(click.Group):
     def list_commands(self, ctx):
         return sorted(COMMANDS)
@@ -37,7 +35,7 @@ class LazyGroup(click.Group):
         return importlib.import_module(COMMANDS[name]).command
 
 
-@click.group(cls=LazyGroup, context_settings={"help_option_names": HELP_OPTIONS})
+@click.group(cls=LazyGroup, context_settings=CONTEXT)
 @click.version_option(keras_ptx.__version__, prog_name="keras-ptx")
 def main():
     """Find and outline pneumothorax on chest radiographs (SIIM-ACR) with a Keras UNet++."""
@@ -46,8 +44,7 @@ def main():
 def run_command(name: str, prog_name: str, args=None):
     """Run one sub-command directly, with its usage line naming the script that was called."""
     command = main.get_command(None, name)
-    command.main(args=sys.argv[1:] if args is None else args, prog_name=prog_name,
-                 help_option_names=HELP_OPTIONS)
+    command.main(args=sys.argv[1:] if args is None else args, prog_name=prog_name)
 
 
 def _runner(name):

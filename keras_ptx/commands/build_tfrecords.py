@@ -5,8 +5,10 @@ import os
 
 import click
 
+from keras_ptx.commands import CONTEXT
 
-@click.command("build-tfrecords")
+
+@click.command("build-tfrecords", context_settings=CONTEXT)
 @click.option("--dicom-dir", type=click.Path(exists=True, file_okay=False),
               help="Folder of DICOM files (SIIM's nested layout or flat).")
 @click.option("--labels", type=click.Path(exists=True, dir_okay=False),

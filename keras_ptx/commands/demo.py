@@ -13,6 +13,8 @@ from pathlib import Path
 
 import click
 
+from keras_ptx.commands import CONTEXT
+
 REPO_CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 
 
@@ -63,7 +65,7 @@ def _real_radiograph(folder: Path) -> Path:
     return folder
 
 
-@click.command()
+@click.command(context_settings=CONTEXT)
 @click.option("--workdir", type=click.Path(file_okay=False, path_type=Path), default=Path("demo-run"),
               show_default=True, help="Where every stage writes its outputs.")
 @click.option("--config", "config_path", type=click.Path(dir_okay=False, path_type=Path),

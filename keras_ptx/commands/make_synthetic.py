@@ -5,8 +5,10 @@ import os
 
 import click
 
+from keras_ptx.commands import CONTEXT
 
-@click.command("make-synthetic")
+
+@click.command("make-synthetic", context_settings=CONTEXT)
 @click.argument("out", type=click.Path(file_okay=False))
 @click.option("--n-images", "-n", type=click.IntRange(min=1), required=True,
               help="How many images (train and test together).")

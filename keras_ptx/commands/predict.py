@@ -3,8 +3,10 @@ from __future__ import annotations
 
 import click
 
+from keras_ptx.commands import CONTEXT
 
-@click.command("predict")
+
+@click.command("predict", context_settings=CONTEXT)
 @click.option("--model", "run_dir", required=True, type=click.Path(exists=True, file_okay=False),
               help="Training run directory (config.yaml, best.weights.h5, postprocess.json).")
 @click.option("--dicom-dir", required=True, type=click.Path(exists=True, file_okay=False),

@@ -3,8 +3,10 @@ from __future__ import annotations
 
 import click
 
+from keras_ptx.commands import CONTEXT
 
-@click.command("train")
+
+@click.command("train", context_settings=CONTEXT)
 @click.option("--config", "config_path", required=True, type=click.Path(dir_okay=False),
               help="YAML config (configs/seed.yaml, strong.yaml, demo.yaml, ...).")
 @click.option("--data", "data_dir", required=True,
