@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 
 import cv2
+import h5py
 import numpy as np
 import pytest
 from click.testing import CliRunner
@@ -318,6 +319,8 @@ def test_end_to_end_run_with_planted_plateau_stops_early_and_keeps_the_best(data
                  f"{rundir.CHECKPOINTS}/{rundir.BEST_WEIGHTS}",
                  f"{rundir.CHECKPOINTS}/{rundir.LAST_WEIGHTS}"):
         assert (run / name).is_file(), name
+    with h5py.File(run / rundir.BEST_WEIGHTS) as saved:     # for inference: no optimizer state
+        assert "layers" in saved and "optimizer" not in saved
     assert load_config(run / rundir.CONFIG) == config
     assert backup_epoch(run) is None                     # a finished run leaves no backup
     tags = _event_tags(run / rundir.LOGS)

@@ -24,10 +24,8 @@ import dataclasses
 import json
 import math
 import os
-import shutil
 import statistics
 import sys
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -328,7 +326,7 @@ def _finish(model, config: Config, run: Path, monitor: Monitor, val_data, own: _
             final = "swa"
         else:
             model.set_weights(best_weights)
-    _save_weights(model, run / rundir.BEST_WEIGHTS, chief)
+    _save_for_inference(model, config, run / rundir.BEST_WEIGHTS, chief)
     if not chief:
         return {}
 
@@ -373,15 +371,17 @@ def _load_weights(model, path: Path, config: Config) -> None:
     model.set_weights(twin.get_weights())
 
 
-def _save_weights(model, path: Path, chief: bool) -> None:
-    """Every worker saves (reading weights is a collective); only the chief's file is kept."""
+def _save_for_inference(model, config: Config, path: Path, chief: bool) -> None:
+    """The chief writes ``model``'s weights without the optimizer's state (two thirds of a
+    compiled model's file for B0), through an uncompiled twin: what predict, evaluate and
+    export load. Every worker reads the weights: that is a collective."""
+    weights = model.get_weights()
     if not chief:
-        scratch = tempfile.mkdtemp(prefix="keras_ptx-worker-")
-        model.save_weights(os.path.join(scratch, path.name))
-        shutil.rmtree(scratch, ignore_errors=True)
         return
+    twin = build_model_to_load(config)
+    twin.set_weights(weights)
     tmp = path.with_name("." + path.name)
-    model.save_weights(str(tmp))
+    twin.save_weights(str(tmp))
     os.replace(tmp, path)
 
 
