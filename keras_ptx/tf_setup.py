@@ -25,6 +25,11 @@ def _import_tensorflow():
     this process's standard error (file descriptor 2, where TensorFlow's C++ code writes)."""
     if "tensorflow" in sys.modules:
         return sys.modules["tensorflow"]
+    try:
+        os.fstat(2)
+    except OSError:                 # no standard error to filter (closed, as by a daemon)
+        import tensorflow
+        return tensorflow
     sys.stderr.flush()
     with tempfile.TemporaryFile() as captured:
         saved = os.dup(2)

@@ -36,3 +36,10 @@ def test_tensorflow_start_up_lines_are_filtered_and_the_rest_kept():
     for noise in ("absl::InitializeLog", "oneDNN", "cuda drivers", "cuInit", "cpu_feature_guard"):
         assert noise not in result.stderr
     assert "a line of ours" in result.stderr
+
+
+def test_tensorflow_loads_with_standard_error_closed():
+    code = "import keras_ptx.tf_setup as s; print(s.tf.constant(2).numpy())"
+    result = subprocess.run(["bash", "-c", f"'{sys.executable}' -c '{code}' 2>&-"],
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0 and result.stdout.strip() == "2"
