@@ -21,8 +21,7 @@ import time
 from pathlib import Path
 
 from keras_ptx.data.build import Options, build
-from keras_ptx.data.dicom import find_dicom_files
-from keras_ptx.data.dicom import read_dicom
+from keras_ptx.data.dicom import find_dicom_files, read_dicom
 from keras_ptx.data.geometry import image_to_square
 from keras_ptx.synthetic import dataset as synthetic
 
@@ -32,7 +31,7 @@ LABELS = synthetic.LABEL_FILES[1][0]
 
 def raw_rate(dicom_dir: Path, size: int, limit: int) -> float:
     """Images per second of decode + resize alone, in this one process."""
-    paths = [dicom_dir / p for p in find_dicom_files(str(dicom_dir))[:limit]]
+    paths = [dicom_dir / p for p in find_dicom_files(str(dicom_dir))[0][:limit]]
     start = time.perf_counter()
     for path in paths:
         image_to_square(read_dicom(path).pixels, size)
@@ -67,7 +66,7 @@ def main():
             synthetic.make_dataset(data, synthetic.Options(n_images=args.n_images, size=1024,
                                                            test_fraction=0.0),
                                    workers=os.cpu_count() or 1, progress=False)
-        n = len(find_dicom_files(str(data / TRAIN)))
+        n = len(find_dicom_files(str(data / TRAIN))[0])
         raw = [raw_rate(data / TRAIN, args.image_size, 200) for _ in range(args.repeats)]
         rates = {w: [] for w in args.workers}
         for _ in range(args.repeats):

@@ -6,7 +6,8 @@ import click
 from keras_ptx.commands import CONTEXT
 
 
-@click.command(context_settings=CONTEXT, help="Export RUN_DIR's best model to EXPORT_BASE/<version>/ for TF Serving: "
+@click.command(context_settings=CONTEXT,
+               help="Export RUN_DIR's best model to EXPORT_BASE/<version>/ for TF Serving: "
                     "signatures serving_default (encoded PNG/JPEG bytes of any size) and "
                     "predict_image (float32 gray images on the model's grid), with decoding, "
                     "resizing, normalisation and the run's post-processing inside the graph.")

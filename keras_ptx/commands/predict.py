@@ -26,8 +26,8 @@ def command(run_dir, dicom_dir, out, layout, overlays, tta, batch_size):
     Writes OUT/submission.csv (one row per image, relative RLE, -1 for none), predictions.csv
     (probability and mask area per image) and errors.csv (files that could not be read, with
     the reason; those whose header still names the image get a -1 row, as a competition
-    submission must list every image). Applies the run's saved post-processing (bin/evaluate), else its
-    eval.threshold.
+    submission must list every image). Applies the run's saved post-processing (bin/evaluate),
+    else its eval.threshold.
     """
     from keras_ptx.inference.predict import PredictError, predict
 

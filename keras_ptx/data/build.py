@@ -143,7 +143,7 @@ def _imap(pool, fn, tasks: list, workers: int, desc: str):
 
 def make_plan(options: Options, pool) -> Plan:
     """Phase 1: read headers, match labels, reject, split and fix every shard's contents."""
-    paths = find_dicom_files(options.dicom_dir)
+    paths, _ = find_dicom_files(options.dicom_dir)
     if not paths:
         raise BuildError(f"--dicom-dir {options.dicom_dir}: no DICOM files "
                          f"({', '.join(DICOM_SUFFIXES)}) found")

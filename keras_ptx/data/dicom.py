@@ -80,17 +80,22 @@ class DicomImage(DicomHeader):
     pixels: np.ndarray = field(compare=False, repr=False)
 
 
-def find_dicom_files(folder) -> list[str]:
+def find_dicom_files(folder) -> tuple[list[str], int]:
     """Every DICOM file under ``folder`` (nested or flat, by :data:`DICOM_SUFFIXES`), as
-    '/'-separated paths relative to it, folders and names in sorted order."""
-    found = []
+    '/'-separated paths relative to it, folders and names in sorted order; and how many other
+    files (dotfiles aside) the walk passed over."""
+    found, skipped = [], 0
     for root, dirs, files in os.walk(folder):
         dirs.sort()
         rel = os.path.relpath(root, folder)
         for name in sorted(files):
-            if name.lower().endswith(DICOM_SUFFIXES) and not name.startswith("."):
+            if name.startswith("."):
+                continue
+            if name.lower().endswith(DICOM_SUFFIXES):
                 found.append(name if rel == "." else f"{rel}/{name}".replace(os.sep, "/"))
-    return found
+            else:
+                skipped += 1
+    return found, skipped
 
 
 def read_dicom_header(path) -> DicomHeader:

@@ -82,9 +82,10 @@ def evaluate(run_dir, data_dir: str, split: str = "val", tta: str | None = None,
             raise EvaluateError(str(exc)) from None
 
     side = config.data.image_size
+    listed = manifest.listed_counts(data_dir, split)        # for the progress bar's total
     try:
         seen = _run_model(predictor, dataset(), MapCache(grid, side), split, progress,
-                          (manifest.listed_counts(data_dir, split) or (None,))[0])
+                          listed[0] if listed else None)
     except tf.errors.DataLossError as exc:
         raise EvaluateError(damaged_records(data_dir, exc)) from None
     if len(seen.cache) == 0:

@@ -4,7 +4,8 @@ Files are streamed in sorted order, a batch at a time: read with the project's D
 mapped onto the model's square grid (:func:`~keras_ptx.data.geometry.image_to_square`), run
 through the model, mapped back to each image's own size (``from_square``), post-processed with
 the run's saved rule (RUN_DIR/postprocess.json; the run's ``eval.threshold`` pixel threshold,
-the paper's 0.75 by default, when evaluate has not been run) and written out row by row, so memory does not grow with the number of files.
+the paper's 0.75 by default, when evaluate has not been run) and written out row by row, so
+memory does not grow with the number of files.
 
 OUT/
   submission.csv    one row per image: ImageId, relative column-major RLE or -1 (stage1/stage2)
@@ -59,25 +60,26 @@ class Summary:
     out: Path
 
 
-def dicom_files(dicom_dir) -> list[Path]:
-    """Every DICOM file below ``dicom_dir``, as ``bin/build-tfrecords`` finds them."""
+def dicom_files(dicom_dir) -> tuple[list[Path], int]:
+    """Every DICOM file below ``dicom_dir``, as ``bin/build-tfrecords`` finds them, and how
+    many other files it skipped."""
     root = Path(dicom_dir)
     if not root.is_dir():
         raise PredictError(f"{dicom_dir}: not a folder")
-    return [root / rel for rel in find_dicom_files(root)]
+    found, skipped = find_dicom_files(root)
+    return [root / rel for rel in found], skipped
 
 
 def predict(run_dir, dicom_dir, out, layout: str = "stage1", overlays: bool = False,
             tta: str | None = None, batch_size: int | None = None, progress: bool = True,
             log: Callable[[str], None] = print) -> Summary:
     """Predict every DICOM below ``dicom_dir`` with the run in ``run_dir``; write ``out``."""
-    files = dicom_files(dicom_dir)
+    files, skipped = dicom_files(dicom_dir)
     if not files:
         raise PredictError(f"{dicom_dir}: no DICOM files ({', '.join(DICOM_SUFFIXES)}) found")
-    others = sum(not p.name.startswith(".") for p in Path(dicom_dir).rglob("*") if p.is_file())
-    if others > len(files):
-        log(f"{others - len(files)} file(s) without a {' or '.join(DICOM_SUFFIXES)} suffix "
-            f"skipped (rename DICOMs stored without one)")
+    if skipped:
+        log(f"{skipped} file(s) without a {' or '.join(DICOM_SUFFIXES)} suffix skipped (rename "
+            f"DICOMs stored without one)")
     try:
         config = rundir.load_run_config(run_dir)
         post, source = load_for_run(run_dir, config)

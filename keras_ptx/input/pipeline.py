@@ -27,8 +27,9 @@ the trainer builds the dataset once and calls::
 Reproducibility. A cached split keeps its first pass's file order, so ``data.cache: auto``
 (which depends on free memory) should be pinned to true or false for runs that must repeat
 exactly. Every random choice (file order, shuffle, class sampling, augmentation) is
-seeded from ``data.seed``, ``epoch`` and the input pipeline's id (so workers differ); augmentation gets one seed per example from
-``Dataset.random``, so its result does not depend on thread scheduling. ``data.deterministic``
+seeded from ``data.seed``, ``epoch`` and the input pipeline's id (so workers differ);
+augmentation gets one seed per example from ``Dataset.random``, so its result does not depend
+on thread scheduling. ``data.deterministic``
 additionally fixes the element order (parallel reads and maps keep their order), which makes two
 runs yield identical batches; otherwise the order may vary for speed.
 """

@@ -21,7 +21,7 @@ import albumentations as A
 import cv2
 import numpy as np
 
-from keras_ptx.config import AugmentConfig
+from keras_ptx.config import SIZE_MULTIPLE, AugmentConfig
 
 
 def build_policy(config: AugmentConfig, size: int, seed: int | None = None,
@@ -35,9 +35,10 @@ def build_policy(config: AugmentConfig, size: int, seed: int | None = None,
     if crop_range[0] > crop_range[1]:
         raise ValueError(f"augment.random_sized_crop: min_fraction {crop.min_fraction} is above "
                          f"max_fraction {crop.max_fraction}")
-    if train_crop and (train_crop % 32 or not 32 <= train_crop <= size):
-        raise ValueError(f"data.train_crop: {train_crop} must be a multiple of 32 (the encoder "
-                         f"halves it five times) up to data.image_size ({size}), or 0")
+    if train_crop and (train_crop % SIZE_MULTIPLE or not SIZE_MULTIPLE <= train_crop <= size):
+        raise ValueError(f"data.train_crop: {train_crop} must be a multiple of {SIZE_MULTIPLE} "
+                         f"(the encoder halves it five times) up to data.image_size ({size}), "
+                         f"or 0")
     transforms = [
         A.HorizontalFlip(p=config.horizontal_flip.p),
         A.OneOf([

@@ -196,7 +196,8 @@ def export_run(run_dir, export_base, version: int | None = None, tta: str | None
     RUN_DIR/postprocess.json (else ``eval.threshold``) and ``tta`` (else the rule's, else
     ``eval.tta``).
     """
-    check_version_free(export_base, next_version(export_base) if version is None else version)
+    version = next_version(export_base) if version is None else version
+    check_version_free(export_base, version)        # before the model is built
     try:
         post, source = load_for_run(run_dir, load_run_config(run_dir))
     except PostProcessError as exc:
