@@ -6,7 +6,7 @@ with a pneumothorax-like mask, PNG-encoded through the shared record schema) int
 then measures, as medians over a few rounds of N images each (each case alone, the cases in
 turn forward then backward):
 
-- pipeline: ``make_dataset(config, dir, 'train')`` with the default policy and
+- pipeline: ``keras_ptx.input.pipeline.make_dataset`` on the train split, the default policy and
   ``data.num_parallel_calls`` of 1 and 2 (``--calls``: worker processes, each serving two
   tf.data calls, or threads), each call augmenting ``--batches-per-call`` batches (read,
   decode, batch, augment, normalise, prefetch), in the steady state of training's endless
@@ -46,6 +46,7 @@ import multiprocessing
 import os
 import platform
 import statistics
+import sys
 import tempfile
 import threading
 import time
@@ -59,6 +60,9 @@ from keras_ptx.data import records
 from keras_ptx.input.policy import build_policy
 from keras_ptx.input.pipeline import make_dataset
 from keras_ptx.tf_setup import tf
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+import record_shards  # noqa: E402  (tests/ holds the shared record writer)
 
 SHARDS = 4
 
@@ -78,30 +82,23 @@ def radiograph(rng, size):
     return np.clip(image, 0, 255).astype(np.uint8)
 
 
-def example(rng, index, size):
+def example(rng, size):
+    """A radiograph and its mask: ~22% hold a pneumothorax-like ellipse."""
     image = radiograph(rng, size)
     mask = np.zeros((size, size), np.uint8)
-    positive = rng.random() < 0.22
-    if positive:
+    if rng.random() < 0.22:
         centre = (int(size * rng.uniform(0.2, 0.35)), int(size * rng.uniform(0.2, 0.5)))
         axes = (int(size * rng.uniform(0.03, 0.08)), int(size * rng.uniform(0.08, 0.2)))
         cv2.ellipse(mask, centre, axes, 0, 0, 360, 1, -1)
-    return records.Record(
-        image_png=cv2.imencode(".png", image)[1].tobytes(),
-        mask_png=cv2.imencode(".png", mask)[1].tobytes(),
-        image_id=f"bench-{index:05d}", has_pneumothorax=int(positive), n_annotations=int(positive),
-        mask_area=int(mask.sum()) * (1024 // size) ** 2, height=1024, width=1024, size=size)
+    return image, mask
 
 
 def write_shards(directory: Path, size: int, count: int, seed: int = 0) -> int:
+    """``count`` training records in :data:`SHARDS` shards; returns their mean size in bytes."""
     rng = np.random.default_rng(seed)
-    examples = [records.serialize(example(rng, i, size)) for i in range(count)]
-    for shard in range(SHARDS):
-        path = directory / records.SHARD_PATTERN.format(split="train", index=shard, count=SHARDS)
-        with tf.io.TFRecordWriter(str(path)) as writer:
-            for serialized in examples[shard::SHARDS]:
-                writer.write(serialized)
-    return sum(len(s) for s in examples) // count
+    examples = (example(rng, size) for _ in range(count))
+    written = record_shards.write_shards(directory, "train", examples, shards=SHARDS)
+    return sum(len(records.serialize(record)) for record in written) // count
 
 
 def _children_cpu() -> float:

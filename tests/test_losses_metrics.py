@@ -1,5 +1,9 @@
 """Mask losses and the streaming competition metrics against hand-computed values."""
+import json
 import math
+import subprocess
+import sys
+import textwrap
 
 import numpy as np
 import pytest
@@ -73,15 +77,6 @@ def test_mask_loss_is_the_weighted_sum_and_casts_the_truth():
     assert float(loss) == pytest.approx(2 * bce + 0.5 * dice, abs=1e-4)
 
 
-@pytest.mark.parametrize("override, message", [
-    (["train.loss.bce=0", "train.loss.dice=0"], "weight 0"),
-    (["train.loss.focal=-1"], "train.loss.focal"),
-])
-def test_bad_loss_weights_are_rejected(override, message):
-    with pytest.raises(ValueError, match=message):
-        mask_loss(load_config(None, override).train.loss)
-
-
 def test_make_losses_averages_deep_supervision_and_weights_the_label():
     config = load_config(None, ["model.deep_supervision=true", "train.loss.classifier=0.3"])
     losses, weights = make_losses(config)
@@ -152,26 +147,67 @@ def test_several_thresholds_report_the_best_mean():
     assert float(best.result()) == pytest.approx(max(means), abs=1e-6)
     config = load_config(None, ["train.metric_threshold=[0.3, 0.5, 0.7]"])
     assert make_metrics(config)["mask"][0].threshold == (0.3, 0.5, 0.7)
-    for bad in ([], [0.5, 1.5]):
-        with pytest.raises(ValueError, match="train.metric_threshold: expected one or more"):
-            CompetitionScore(threshold=bad)
 
 
-def test_score_under_a_distribution_strategy():
-    strategy = tf.distribute.MirroredStrategy(["/cpu:0"])
+# Two replicas need two devices: a fresh process splits its CPU in two before TensorFlow starts.
+TWO_REPLICAS = textwrap.dedent("""
+    import json
+    import sys
+
+    import numpy as np
+    from keras_ptx.tf_setup import tf
+
+    cpu = tf.config.list_physical_devices("CPU")[0]
+    tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
+    from keras_ptx.model.metrics import CompetitionScore, PerImageIoU
+
+    truth, pred = (np.array(rows, "float32").reshape(-1, 2, 2, 1)
+                   for rows in json.loads(sys.argv[1]))
+    strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
     with strategy.scope():
-        metric = CompetitionScore()
+        metrics = [CompetitionScore(), PerImageIoU()]
 
-    def replica_step(truth, pred):
-        metric.update_state(truth, pred)
+    def update(truth, pred):
+        for metric in metrics:
+            metric.update_state(truth, pred)
 
     @tf.function
     def step(truth, pred):
-        strategy.run(replica_step, args=(truth, pred))
+        strategy.run(update, args=(truth, pred))
 
-    step(_batch(TRUTH[:2]), _batch(PRED[:2]))
-    step(_batch(TRUTH[2:]), _batch(PRED[2:]))
-    assert float(metric.result()) == pytest.approx(np.mean(DICE), abs=1e-6)
+    # global batches of 2: replica r gets image 2k + r of step k
+    for batch in strategy.experimental_distribute_dataset(
+            tf.data.Dataset.from_tensor_slices((truth, pred)).batch(2)):
+        step(*batch)
+
+    def local(variable):       # its value on each replica (the first threshold's, for totals)
+        return [v.numpy().ravel()[0].item() for v in strategy.experimental_local_results(variable)]
+
+    print(json.dumps({"replicas": strategy.num_replicas_in_sync, **{m.name: {
+        "result": m.result().numpy().item(), "count": m.count.numpy().item(),
+        "local_totals": local(m.total), "local_counts": local(m.count)} for m in metrics}}))
+""")
+
+
+def test_two_replicas_sum_the_scores_of_their_own_images():
+    """Averaged replica totals would count 2 images, one replica alone another mean."""
+    result = subprocess.run([sys.executable, "-c", TWO_REPLICAS,
+                             json.dumps([TRUTH.tolist(), PRED.tolist()])],
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    distributed = json.loads(result.stdout.splitlines()[-1])
+    assert distributed["replicas"] == 2
+    for metric_class, expected in ((CompetitionScore, DICE), (PerImageIoU, IOU)):
+        one_device = metric_class()
+        one_device.update_state(_batch(TRUTH), _batch(PRED))
+        got = distributed[one_device.name]
+        # replica 0 scored images 0 and 2, replica 1 images 1 and 3
+        assert got["local_counts"] == [2.0, 2.0]
+        assert [t / c for t, c in zip(got["local_totals"], got["local_counts"])] == pytest.approx(
+            [(expected[0] + expected[2]) / 2, (expected[1] + expected[3]) / 2], abs=1e-6)
+        assert got["count"] == 4.0                    # summed across replicas, not averaged
+        assert got["result"] == pytest.approx(float(one_device.result()), abs=1e-6)
+        assert got["result"] == pytest.approx(np.mean(expected), abs=1e-6)
 
 
 def test_make_metrics_follows_the_outputs():

@@ -139,7 +139,7 @@ _calls = _CallsInFlight()
 @atexit.register
 def _close_at_exit():
     _calls.close()
-    workers.shutdown()
+    workers.pool.shutdown()
 
 
 def _pickled(make_policy) -> bytes:

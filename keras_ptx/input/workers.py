@@ -16,9 +16,10 @@ TensorFlow) and waits for it without holding the lock.
   tf.data between calls. :func:`augment` takes ``streams``, the workers wanted: a call uses
   only the first ``streams`` workers of the pool, takes an idle one, else (with that many
   running) queues behind one, else starts one (~1 s). With ``streams`` None every call that
-  finds no idle worker starts one. Workers are shared by the whole process. One whose buffer
-  is too small for a batch, or that died, is replaced. They end when their pipe closes: at
-  exit, when :func:`shutdown` runs, or when this process dies; Ctrl-C is left to this process.
+  finds no idle worker starts one. Workers are shared by the whole process (:data:`pool`, a
+  :class:`WorkerPool`). One whose buffer is too small for a batch, or that died, is replaced.
+  They end when their pipe closes: at exit, when :meth:`WorkerPool.shutdown` runs, or when
+  this process dies; Ctrl-C is left to this process.
 - A failure in the policy comes back as :class:`AugmentWorkerError` carrying the worker's
   traceback, and the worker carries on; a worker that dies (killed, out of memory) is dropped
   and named with its exit code.
@@ -102,7 +103,7 @@ def _views(buffer, offset: int, batch: int, side: int, out_side: int) -> list[np
 SLOTS = 2     # calls one worker holds at once: one computed, the next waiting in its slot
 
 
-class _Worker:
+class Worker:
     """One worker process and the shared buffer it maps: :data:`SLOTS` slots of ``slot_bytes``,
     request ``n`` in slot ``n % SLOTS``. The pool lets at most :data:`SLOTS` calls hold it; as
     replies come in order and a call reads its own only after the one before has copied its
@@ -127,7 +128,7 @@ class _Worker:
         self.holders = 0                    # calls holding it (the pool's lock guards this)
         self._send = threading.Lock()       # requests go out in order...
         self._turn = threading.Condition()  # ...and their replies are read in the same order
-        self._sent = self._read = 0
+        self.sent = self._read = 0          # requests written, replies read
         self.failure: str | None = None     # why it can answer no more
 
     def usable(self) -> bool:
@@ -137,7 +138,7 @@ class _Worker:
             out_side: int) -> tuple[np.ndarray, np.ndarray]:
         batch, side = images.shape[:2]
         with self._send:
-            n = self._sent
+            n = self.sent
             offset = n % SLOTS * self.slot_bytes
             in_images, in_masks, out_images, out_masks = _views(self.buffer, offset, batch, side,
                                                                 out_side)
@@ -150,7 +151,7 @@ class _Worker:
                 self.process.stdin.flush()
             except BaseException as error:          # part of a request may be in the pipe
                 self._died(error)
-            self._sent = n + 1
+            self.sent = n + 1
         with self._turn:
             self._turn.wait_for(lambda: self._read == n or self.failure is not None)
         answered = False
@@ -203,74 +204,83 @@ class _Worker:
         self.process.stdout.close()
 
 
-_lock = threading.Lock()
-_started: list[_Worker] = []
+class WorkerPool:
+    """Worker processes shared by calls: a call takes one with :meth:`borrow` and releases it
+    with :meth:`give_back`; :meth:`shutdown` ends them all. :func:`augment` and the exit
+    handler use the module's :data:`pool`."""
+
+    def __init__(self):
+        self._lock = threading.Lock()
+        self._started: list[Worker] = []
+
+    @property
+    def workers(self) -> tuple[Worker, ...]:
+        """The running workers, in the order calls look at them (a snapshot)."""
+        return tuple(self._started)
+
+    def borrow(self, slot_bytes: int, streams: int | None = None) -> Worker:
+        """Of the first ``streams`` workers whose slots hold ``slot_bytes``: an idle one, else
+        (with ``streams`` of them running) the least held one with a free slot; else a new one."""
+        streams = streams or None
+        stale: list[Worker] = []
+        try:
+            with self._lock:
+                stale = [w for w in self._started if w.holders == 0 and
+                         (not w.usable() or w.slot_bytes < slot_bytes)]
+                for worker in stale:        # died while idle, or too small for this batch
+                    self._started.remove(worker)
+                fitting = [w for w in self._started if w.usable() and w.slot_bytes >= slot_bytes]
+                fitting = fitting[:streams]     # a call looks at the first ``streams`` workers only
+                idle = [w for w in fitting if w.holders == 0]
+                worker = idle[0] if idle else None
+                if worker is None and streams is not None and len(fitting) >= streams:
+                    worker = min(fitting, key=lambda w: w.holders)
+                    if worker.holders >= SLOTS:
+                        worker = None
+                if worker is None:          # under the lock, so parallel calls start no extra one
+                    worker = Worker(slot_bytes)
+                    self._started.append(worker)
+                worker.holders += 1
+                return worker
+        finally:
+            for old in stale:
+                old.close()
+
+    def give_back(self, worker: Worker):
+        """Release a call's hold; a worker that failed or was shut down ends with its last call."""
+        with self._lock:
+            worker.holders -= 1
+            ending = worker.holders == 0 and (not worker.usable() or worker not in self._started)
+            if ending and worker in self._started:
+                self._started.remove(worker)
+        if ending:
+            worker.close()
+
+    def shutdown(self):
+        """End every worker process (they are started again when needed). A worker answers the
+        calls it holds before it ends, if it can within 5 s; the others fail with
+        :class:`AugmentWorkerError`."""
+        with self._lock:
+            ending = list(self._started)
+            self._started.clear()
+        for worker in ending:
+            worker.close()
+
+
+pool = WorkerPool()
+atexit.register(pool.shutdown)
 
 
 def augment(factory: bytes, images: np.ndarray, masks: np.ndarray, seeds: np.ndarray,
             out_side: int, streams: int | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """Augment a uint8 [B, S, S, 1] batch in a worker process with the policy that the pickled
-    ``factory`` builds; returns images and masks of [B, out_side, out_side, 1]. ``streams``:
-    the workers wanted (None: one per call that finds none idle)."""
-    worker = _borrow(_layout_bytes(images.shape[0], images.shape[1], out_side), streams)
+    """Augment a uint8 [B, S, S, 1] batch in a worker process of :data:`pool` with the policy
+    that the pickled ``factory`` builds; returns images and masks of [B, out_side, out_side, 1].
+    ``streams``: the workers wanted (None: one per call that finds none idle)."""
+    worker = pool.borrow(_layout_bytes(images.shape[0], images.shape[1], out_side), streams)
     try:
         return worker.run(factory, images, masks, seeds, out_side)
     finally:
-        _give_back(worker)
-
-
-def _borrow(slot_bytes: int, streams: int | None = None) -> _Worker:
-    """Of the first ``streams`` workers whose slots hold ``slot_bytes``: an idle one, else (with
-    ``streams`` of them running) the least held one with a free slot; else a new one."""
-    streams = streams or None
-    stale: list[_Worker] = []
-    try:
-        with _lock:
-            stale = [w for w in _started if w.holders == 0 and
-                     (not w.usable() or w.slot_bytes < slot_bytes)]
-            for worker in stale:        # died while idle, or too small for this batch
-                _started.remove(worker)
-            fitting = [w for w in _started if w.usable() and w.slot_bytes >= slot_bytes]
-            fitting = fitting[:streams]     # a call looks at the first ``streams`` workers only
-            idle = [w for w in fitting if w.holders == 0]
-            worker = idle[0] if idle else None
-            if worker is None and streams is not None and len(fitting) >= streams:
-                worker = min(fitting, key=lambda w: w.holders)
-                if worker.holders >= SLOTS:
-                    worker = None
-            if worker is None:          # under the lock, so parallel calls start no extra one
-                worker = _Worker(slot_bytes)
-                _started.append(worker)
-            worker.holders += 1
-            return worker
-    finally:
-        for old in stale:
-            old.close()
-
-
-def _give_back(worker: _Worker):
-    """Release a call's hold; a worker that failed or was shut down ends with its last call."""
-    with _lock:
-        worker.holders -= 1
-        ending = worker.holders == 0 and (not worker.usable() or worker not in _started)
-        if ending and worker in _started:
-            _started.remove(worker)
-    if ending:
-        worker.close()
-
-
-def shutdown():
-    """End every worker process (they are started again when needed). A worker answers the
-    calls it holds before it ends, if it can within 5 s; the others fail with
-    :class:`AugmentWorkerError`."""
-    with _lock:
-        ending = list(_started)
-        _started.clear()
-    for worker in ending:
-        worker.close()
-
-
-atexit.register(shutdown)
+        pool.give_back(worker)
 
 
 def _serve(buffer: mmap.mmap, requests, replies):
