@@ -14,7 +14,8 @@ import tempfile
 
 import keras_ptx  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow loads)
 
-_STARTUP_NOISE = re.compile(
+# The start-up lines dropped (a bytes pattern, searched in each line of standard error).
+STARTUP_NOISE = re.compile(
     rb"All log messages before absl::InitializeLog\(\)|oneDNN custom operations are on|"
     rb"Could not find cuda drivers|failed call to cuInit|cpu_feature_guard|"
     rb"rebuild TensorFlow with the appropriate compiler flags")
@@ -44,7 +45,7 @@ def _import_tensorflow():
             os.close(saved)
             captured.seek(0)
             for line in captured:
-                if failed or not _STARTUP_NOISE.search(line):
+                if failed or not STARTUP_NOISE.search(line):
                     os.write(2, line)
     return tensorflow
 

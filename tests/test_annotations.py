@@ -1,10 +1,13 @@
 """keras_ptx.data.annotations: both SIIM label layouts, the problem report, writing, unions."""
+import re
+
 import numpy as np
 import pytest
 
 from keras_ptx.data import rle
 from keras_ptx.data.annotations import (AnnotationError, Annotations, Problem, check_rle_syntax,
                                         load_annotations, union_mask, write_annotations)
+from keras_ptx.errors import UserError
 
 # Rows as they appear in the published files (ids shortened).
 STAGE1 = ("ImageId, EncodedPixels\n"
@@ -116,9 +119,26 @@ def test_wrong_header_is_a_clear_error(tmp_path, text):
 
 
 def test_missing_file_is_a_clear_error(tmp_path):
-    with pytest.raises(ValueError, match="no such label file"):
+    with pytest.raises(AnnotationError, match="absent.csv: no such label file"):
         load_annotations(tmp_path / "absent.csv")
-    assert issubclass(AnnotationError, ValueError)
+    assert issubclass(AnnotationError, UserError)
+
+
+@pytest.mark.parametrize("data, where", [
+    ("ImageId,EncodedPixels\n".encode("utf-16"), "byte 0xff on line 1"),
+    (STAGE2.encode() + "1.2.3,-1 é\n".encode("latin-1"), "byte 0xe9 on line 6"),
+], ids=["utf-16", "latin-1"])
+def test_text_that_is_not_utf8_is_a_clear_error(tmp_path, data, where):
+    path = tmp_path / "labels.csv"
+    path.write_bytes(data)
+    with pytest.raises(AnnotationError, match=re.escape(f"{path}: not UTF-8 text ({where})")):
+        load_annotations(path)
+
+
+def test_a_field_too_long_for_csv_is_a_clear_error(tmp_path):
+    path = write_text(tmp_path, STAGE2 + "1.2.3," + "1 2 " * 40000 + "\n")
+    with pytest.raises(AnnotationError, match="labels.csv line 6: field larger than field limit"):
+        load_annotations(path)
 
 
 # ---------------------------------------------------------------- writing

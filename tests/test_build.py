@@ -30,6 +30,7 @@ from keras_ptx.data.dicom import read_dicom
 from keras_ptx.data.geometry import image_to_square, mask_to_square
 from keras_ptx.data.manifest import verify
 from keras_ptx.data.split import assign_bins
+from keras_ptx.errors import UserError
 from keras_ptx.synthetic.dicom_writer import write_dicom
 from keras_ptx.tf_setup import tf
 
@@ -212,12 +213,21 @@ def test_rerun_is_a_no_op_and_other_options_are_refused(dataset, built):
     ({"val_fraction": 1.0}, "--val-fraction must be in [0, 1)"),
     ({"folds": 1}, "--folds must be 0 (no folds) or at least 2"),
     ({"out": "a-file"}, "exists and is not a directory"),
+    ({"out": "a-file/out"}, "a-file/out: cannot be created ("),
+    ({"labels": "utf16.csv"}, "utf16.csv: not UTF-8 text (byte 0xff on line 1); a label CSV must "
+                              "be saved as UTF-8"),
+    ({"labels": "header.csv"}, "header.csv: line 1 is ['ImageId', 'Rle']; expected the header"),
+    ({"dicom_dir": "empty"}, "empty: no DICOM files (.dcm, .dicom) found"),
 ])
-def test_unusable_options_are_refused_before_anything_is_written(dataset, tmp_path, option, message):
+def test_unusable_options_and_inputs_are_refused_before_anything_is_written(dataset, tmp_path,
+                                                                             option, message):
     (tmp_path / "a-file").write_text("keep me")
-    option = {"out": tmp_path / "out", **option}
-    option["out"] = str(tmp_path / option["out"])
-    with pytest.raises(BuildError, match=re.escape(message)):
+    (tmp_path / "utf16.csv").write_text("ImageId,EncodedPixels\n1.2.3,-1\n", encoding="utf-16")
+    (tmp_path / "header.csv").write_text("ImageId,Rle\n1.2.3,-1\n")
+    (tmp_path / "empty").mkdir()
+    option = {key: str(tmp_path / value) if key in ("out", "labels", "dicom_dir") else value
+              for key, value in {"out": "out", **option}.items()}
+    with pytest.raises(UserError, match=re.escape(message)):
         build(options(dataset[0], **option), log=lambda *_: None)
     assert not (tmp_path / "out").exists() and (tmp_path / "a-file").read_text() == "keep me"
 
@@ -330,7 +340,7 @@ def test_bad_inputs_are_rejected_with_reasons(tmp_path):
     args = ["--dicom-dir", str(dicom), "--labels", str(tmp_path / "labels.csv"),
             "--out", str(tmp_path / "out"), "--image-size", "32", "--workers", "1"]
     result = CliRunner().invoke(command, args + ["--strict"])
-    assert result.exit_code == 1, result.output
+    assert result.exit_code == 2, result.output
     assert "--strict: 15 input(s) rejected" in result.output
     manifest = json.loads((tmp_path / "out" / "manifest.json").read_text())
     got = {r["input"]: (r["image_id"], r["reason"]) for r in manifest["rejected"]}

@@ -11,7 +11,7 @@ out, since its mask would be incomplete).
 from __future__ import annotations
 
 import csv
-import os
+import io
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -20,6 +20,8 @@ from pathlib import Path
 import numpy as np
 
 from keras_ptx.data import rle
+from keras_ptx.errors import UserError
+from keras_ptx.fileio import atomic_path
 
 # ImageIds keras_ptx writes (submissions) and builds records of: SIIM's are SOPInstanceUIDs,
 # digits and dots; these characters also make safe file names (overlays, evaluation cases).
@@ -28,8 +30,8 @@ HEADERS = {"stage1": ["ImageId", " EncodedPixels"], "stage2": ["ImageId", "Encod
 _VALUE_PREFIX = {"stage1": " ", "stage2": ""}
 
 
-class AnnotationError(ValueError):
-    """A label file that cannot be read at all (missing, wrong header)."""
+class AnnotationError(UserError):
+    """A label file that cannot be read at all (missing, unreadable, not UTF-8, wrong header)."""
 
 
 @dataclass(frozen=True)
@@ -75,15 +77,25 @@ def check_rle_syntax(text: str) -> None:
 
 
 def load_annotations(path) -> Annotations:
-    """Read a SIIM label CSV (either layout); see the module docstring for the report."""
+    """Read a SIIM label CSV (either layout); see the module docstring for the report.
+    A file that cannot be read as such a CSV at all (missing, unreadable, not UTF-8 text, a
+    wrong header) raises :class:`AnnotationError` naming it."""
     path = Path(path)
     if not path.is_file():
         raise AnnotationError(f"{path}: no such label file")
+    try:
+        text = path.read_bytes().decode("utf-8-sig")
+    except OSError as exc:
+        raise AnnotationError(f"{path}: cannot be read ({exc.strerror or exc})") from None
+    except UnicodeDecodeError as exc:
+        line = exc.object[:exc.start].count(b"\n") + 1
+        raise AnnotationError(f"{path}: not UTF-8 text (byte 0x{exc.object[exc.start]:02x} on "
+                              f"line {line}); a label CSV must be saved as UTF-8") from None
     rows: dict[str, list[tuple[int, str]]] = {}
     report: list[Problem] = []
     broken: set[str] = set()
-    with open(path, newline="", encoding="utf-8-sig") as handle:
-        reader = csv.reader(handle)
+    reader = csv.reader(io.StringIO(text, newline=""))
+    try:
         header = next(reader, None)
         layout = next((name for name, want in HEADERS.items() if header == want), None)
         if layout is None:
@@ -108,6 +120,8 @@ def load_annotations(path) -> Annotations:
                 broken.add(image_id)
                 continue
             rows.setdefault(image_id, []).append((line, rle.EMPTY if rle.is_empty(value) else value))
+    except csv.Error as exc:        # e.g. a field past csv's size limit: not a label CSV
+        raise AnnotationError(f"{path} line {reader.line_num}: {exc}") from None
     images: dict[str, tuple[str, ...]] = {}
     for image_id, entries in rows.items():
         if image_id in broken:
@@ -146,8 +160,7 @@ def write_annotations(path, rows: Iterable[tuple[str, str]], layout: str = "stag
         raise ValueError(f"layout must be one of {sorted(HEADERS)}, got {layout!r}")
     path = Path(path)
     prefix = _VALUE_PREFIX[layout]
-    partial = path.with_name(f".{path.name}.{os.getpid()}.partial")
-    try:
+    with atomic_path(path) as partial:
         with open(partial, "w", newline="", encoding="utf-8") as handle:
             writer = csv.writer(handle, lineterminator="\n")
             writer.writerow(HEADERS[layout])
@@ -160,9 +173,6 @@ def write_annotations(path, rows: Iterable[tuple[str, str]], layout: str = "stag
                 except ValueError as exc:
                     raise ValueError(f"row {number} ({image_id}): {exc}") from None
                 writer.writerow([image_id, prefix + (rle.EMPTY if rle.is_empty(value) else value)])
-        os.replace(partial, path)
-    finally:
-        partial.unlink(missing_ok=True)
     return path
 
 

@@ -27,10 +27,12 @@ from tqdm import tqdm
 
 from keras_ptx.config import check_image_size
 from keras_ptx.data import convert, geometry, records
-from keras_ptx.data.annotations import IMAGE_ID, load_annotations
+from keras_ptx.data.annotations import IMAGE_ID, Annotations, load_annotations
 from keras_ptx.data.dicom import DICOM_SUFFIXES, find_dicom_files
-from keras_ptx.data.manifest import FORMAT, Rejection, join, read_json, sha256, to_json, write_atomic
+from keras_ptx.data.manifest import FORMAT, Rejection, join, read_json, sha256, to_json
 from keras_ptx.data.split import assign_bins
+from keras_ptx.errors import UserError
+from keras_ptx.fileio import is_url, write_atomic
 from keras_ptx.tf_setup import tf
 
 STATE = "build-state.json"
@@ -44,8 +46,8 @@ LABEL_REJECTIONS = {"malformed": convert.MALFORMED_LABEL, "conflict": "conflicti
 _UNSAFE = "is not a safe file name (characters [0-9A-Za-z._-], not starting with '.')"
 
 
-class BuildError(Exception):
-    """A build that cannot start or continue (bad options, unusable OUT or label file)."""
+class BuildError(UserError):
+    """A build that cannot start or continue (bad options, no DICOM files, an unusable OUT)."""
 
 
 @dataclass(frozen=True)
@@ -141,18 +143,20 @@ def _imap(pool, fn, tasks: list, workers: int, desc: str):
         yield from drain(0)
 
 
-def make_plan(options: Options, pool) -> Plan:
-    """Phase 1: read headers, match labels, reject, split and fix every shard's contents."""
+def read_inputs(options: Options) -> tuple[list[str], Annotations | None]:
+    """The label file (None without ``--labels``) and the DICOM files (relative paths) of a
+    build; refuses (:class:`~keras_ptx.data.annotations.AnnotationError`, :class:`BuildError`)
+    an unreadable label file or a DICOM folder without DICOM files."""
+    labels = load_annotations(options.labels) if options.labels else None
     paths, _ = find_dicom_files(options.dicom_dir)
     if not paths:
         raise BuildError(f"--dicom-dir {options.dicom_dir}: no DICOM files "
                          f"({', '.join(DICOM_SUFFIXES)}) found")
-    labels = None
-    if options.labels:
-        try:
-            labels = load_annotations(options.labels)
-        except (OSError, ValueError) as exc:
-            raise BuildError(f"--labels: {exc}") from None
+    return paths, labels
+
+
+def make_plan(options: Options, paths: list[str], labels: Annotations | None, pool) -> Plan:
+    """Phase 1: read headers, match labels, reject, split and fix every shard's contents."""
     rejected: list[Rejection] = []
     absolute = [os.path.join(options.dicom_dir, p) for p in paths]
     headers = list(_imap(pool, convert.header, absolute, options.workers, "reading headers"))
@@ -309,14 +313,14 @@ def _changes(old: dict, new: dict) -> str:
 
 
 def check_options(options: Options) -> None:
+    """Refuse (:class:`~keras_ptx.errors.UserError`) options a build cannot use, writing nothing."""
     if not os.path.isdir(options.dicom_dir):
         raise BuildError(f"--dicom-dir {options.dicom_dir}: no such folder")
     if tf.io.gfile.exists(options.out) and not tf.io.gfile.isdir(options.out):
         raise BuildError(f"--out {options.out}: exists and is not a directory")
-    try:
-        check_image_size(options.image_size, "--image-size")
-    except ValueError as exc:
-        raise BuildError(str(exc)) from None
+    if not is_url(options.out) and not os.path.exists(options.out):
+        _check_creatable(options.out)
+    check_image_size(options.image_size, "--image-size")
     if not 0 <= options.val_fraction < 1:
         raise BuildError(f"--val-fraction must be in [0, 1), got {options.val_fraction}")
     if options.folds == 1 or options.folds < 0:
@@ -328,14 +332,16 @@ def check_options(options: Options) -> None:
 
 
 def build(options: Options, log=print) -> dict:
-    """Build (or finish, or confirm) the dataset in ``options.out``; returns the manifest."""
+    """Build (or finish, or confirm) the dataset in ``options.out``; returns the manifest.
+    Every refusal (:class:`~keras_ptx.errors.UserError`: options, inputs, an ``out`` holding
+    another build) comes before anything is written to ``out``."""
     check_options(options)
+    paths, labels = read_inputs(options)
     out = options.out.rstrip("/")
-    tf.io.gfile.makedirs(out)
     manifest_path = join(out, records.MANIFEST)
     try:
         with _pool(options.workers) as pool:
-            plan = make_plan(options, pool)
+            plan = make_plan(options, paths, labels, pool)
             if tf.io.gfile.exists(manifest_path):
                 manifest = read_json(manifest_path)
                 if manifest.get("plan_sha256") != plan.digest:
@@ -345,6 +351,7 @@ def build(options: Options, log=print) -> dict:
                 log(f"{out}: already built from these inputs and options; nothing to do")
                 _remove_leftovers(out)      # of a run killed after writing the manifest
                 return manifest
+            tf.io.gfile.makedirs(out)
             state, pending = _resume(out, plan, log)
             _write_shards(options, out, pending, pool, state)
     except concurrent.futures.process.BrokenProcessPool as exc:
@@ -354,6 +361,16 @@ def build(options: Options, log=print) -> dict:
     write_atomic(manifest_path, to_json(manifest))
     _remove_leftovers(out)
     return manifest
+
+
+def _check_creatable(out: str) -> None:
+    """Refuse a new local ``out`` whose nearest existing folder is a file or not writable."""
+    parent = os.path.dirname(os.path.abspath(out))
+    while not os.path.exists(parent):
+        parent = os.path.dirname(parent)
+    if not os.path.isdir(parent) or not os.access(parent, os.W_OK | os.X_OK):
+        raise BuildError(f"--out {out}: cannot be created ({parent} is "
+                         f"{'not writable' if os.path.isdir(parent) else 'not a directory'})")
 
 
 def _remove_leftovers(out: str, keep_state: bool = False) -> None:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import tensorflow as tf
+from keras_ptx.tf_setup import tf
 
 SPLITS = ("train", "val", "test")
 SHARD_PATTERN = "{split}-{index:05d}-of-{count:05d}.tfrecord"

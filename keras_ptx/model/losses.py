@@ -8,11 +8,12 @@ gets binary cross-entropy weighted by ``train.loss.classifier``.
 """
 from __future__ import annotations
 
+from keras_ptx.tf_setup import tf  # before segmentation_models, which imports TensorFlow
+
 import segmentation_models as sm
 
 from keras_ptx.config import Config, LossConfig
 from keras_ptx.model.unetpp import output_names
-from keras_ptx.tf_setup import tf
 
 _EPSILON = 1e-7
 
@@ -69,10 +70,6 @@ def lovasz_hinge_per_image(gt, pr):
 
 
 def mask_loss(loss: LossConfig) -> MaskLoss:
-    for key in ("bce", "dice", "focal", "lovasz", "classifier"):
-        if getattr(loss, key) < 0:
-            raise ValueError(f"train.loss.{key}: a weight cannot be negative, "
-                             f"got {getattr(loss, key)}")
     return MaskLoss([(loss.bce, sm.losses.BinaryCELoss()),
                      (loss.dice, sm.losses.DiceLoss()),
                      (loss.focal, sm.losses.BinaryFocalLoss()),

@@ -10,10 +10,12 @@ conversion and ragged sizes).
 from __future__ import annotations
 
 import numpy as np
+
+from keras_ptx.tf_setup import tf  # before tensorflow_serving, which imports TensorFlow
+
 from tensorflow_serving.apis import model_pb2, predict_pb2, prediction_log_pb2
 
 from keras_ptx.serving import BYTES_INPUT, IMAGE_INPUT, PREDICT_IMAGE, SERVING_DEFAULT
-from keras_ptx.tf_setup import tf
 
 
 def synthetic_image(height: int, width: int) -> np.ndarray:
