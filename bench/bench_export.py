@@ -30,6 +30,7 @@ import numpy as np
 
 from keras_ptx.config import load_config
 from keras_ptx.inference.postprocess import PostProcess
+from keras_ptx.inference.runner import Predictor
 from keras_ptx.model import build_model
 from keras_ptx.serving.export import export_model
 from keras_ptx.serving.warmup import synthetic_image
@@ -45,7 +46,7 @@ def export_and_load(encoder: str, size: int, post: PostProcess, base: str):
                                 "model.weights=none"])
     model = build_model(config)
     start = time.perf_counter()
-    path = export_model(model, post, base)
+    path = export_model(Predictor(model), post, base)
     seconds = time.perf_counter() - start
     del model
     tf.keras.backend.clear_session()

@@ -17,6 +17,7 @@ from pathlib import Path
 
 from bench_pipeline import write_shards
 from keras_ptx.config import load_config
+from keras_ptx.data.records_dir import RecordsDir
 from keras_ptx.input.pipeline import make_dataset
 
 
@@ -30,9 +31,9 @@ def main():
     with tempfile.TemporaryDirectory() as tmp:
         write_shards(Path(tmp), args.size, args.images)
         config = load_config(None, (f"data.image_size={args.size}", "train.batch_size=12",
-                                    "data.cache=true", "train.steps_per_epoch=1",
                                     f"data.num_parallel_calls={args.calls}"))
-        batches = iter(make_dataset(config, tmp, "train"))
+        batches = iter(make_dataset(config, RecordsDir(tmp), "train", cached=True,
+                                    steps_per_epoch=1))
         for _ in range(args.batches):
             next(batches)
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024

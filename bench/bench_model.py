@@ -12,8 +12,8 @@ loss, the image-level head, Adam, the streaming metrics) and times:
 The first call of each (tracing, and XLA compilation in the XLA rows) is timed apart. Repeats
 alternate between all cases so machine noise spreads evenly; the table gives medians. XLA on
 this CPU is slow to compile (minutes for B4) and to run; --jit off skips it. The peer to beat
-(segmentation_models_pytorch UnetPlusPlus, efficientnet-b0, 256, batch 8, on this machine):
-~2.2-2.5 images/s training, ~100-130 ms/image inference. Run on a quiet machine:
+is segmentation_models_pytorch's UnetPlusPlus (efficientnet-b0, 256, batch 8) on the same
+machine; this script does not time it. Run on a quiet machine:
 
     .venv/bin/python bench/bench_model.py --repeats 5
     .venv/bin/python bench/bench_model.py --encoders efficientnetb0 --jit off --repeats 9 \

@@ -1,9 +1,11 @@
 #!/usr/bin/env python
 """Time keras_ptx.data.rle decode + encode on realistic 1024x1024 SIIM masks.
 
-Two masks, sized from the training labels (DESIGN.md): a typical positive (three irregular
-blobs, ~8,600 px union, the median) and the largest (~160,000 px). Prints the median of N
-runs in milliseconds as a Markdown table for BENCHMARKS.md. Run on a quiet machine:
+Two masks, sized like SIIM's positive training labels (union area: median ~0.8% of the image,
+largest ~15%, as ``AREA_MEDIAN`` and ``AREA_RANGE`` in keras_ptx/synthetic/pneumothorax.py
+record them): a typical positive (three irregular blobs, ~8,600 px union, the median) and the
+largest (~160,000 px). Prints the median of N runs in milliseconds as a Markdown table for
+BENCHMARKS.md. Run on a quiet machine:
 
     .venv/bin/python bench/bench_rle.py --runs 200
 """

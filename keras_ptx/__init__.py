@@ -1,8 +1,9 @@
 """keras_ptx: find and outline pneumothorax on chest radiographs with a Keras UNet++.
 
 The package runs on Keras 2 (tf-keras) under TensorFlow 2.21: Keras 3's ``Model.fit``
-cannot train under MultiWorkerMirroredStrategy (see DESIGN.md). The switch only works if it
-is made before TensorFlow is first imported, so it happens here, at package import.
+cannot train under MultiWorkerMirroredStrategy (keras-team/keras#20585; docs/ARCHITECTURE.md,
+"Keras 2"). The switch only works if it is made before TensorFlow is first imported, so it
+happens here, at package import.
 """
 import os
 import sys

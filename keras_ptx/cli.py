@@ -2,7 +2,10 @@
 
 Each ``bin/`` script is a thin wrapper that runs one of these commands; they are also console
 scripts (``keras-ptx-train`` and so on). Commands live in ``keras_ptx/commands/<name>.py`` as
-``command``; they are imported only when run, so ``--help`` does not load TensorFlow.
+``command``, declared with :func:`command`; they are imported only when run, so ``--help`` does
+not load TensorFlow. Every command handles errors in one place (:class:`Command`): a
+:class:`~keras_ptx.errors.UserError` is printed as ``Error: <message>`` with exit status 2;
+anything else is a bug and keeps its traceback.
 """
 from __future__ import annotations
 
@@ -12,7 +15,31 @@ import sys
 import click
 
 import keras_ptx
-from keras_ptx.commands import CONTEXT
+from keras_ptx.errors import UserError
+
+# Every command's context, however it is reached (the keras-ptx group, a bin/ script, a test
+# invoking it directly): click keeps the first help option it makes for a command.
+CONTEXT = {"help_option_names": ["-h", "--help"]}
+
+
+class Refused(click.ClickException):
+    """A :class:`UserError` on its way out of a command: ``Error: <message>``, exit status 2."""
+    exit_code = 2
+
+
+class Command(click.Command):
+    """A click command whose :class:`UserError` becomes :class:`Refused`."""
+
+    def invoke(self, ctx):
+        try:
+            return super().invoke(ctx)
+        except UserError as exc:
+            raise Refused(str(exc)) from None
+
+
+def command(name: str | None = None, **settings):
+    """``click.command`` with the project's error handling and help options."""
+    return click.command(name, cls=Command, context_settings=CONTEXT, **settings)
 
 COMMANDS = {
     "make-synthetic": "keras_ptx.commands.make_synthetic",

@@ -1,8 +1,13 @@
-"""Typed run configuration: YAML files under configs/ loaded into dataclasses.
+"""Typed run configuration: YAML files under configs/ loaded into dataclasses that check themselves.
 
-``load_config(path, overrides=("train.batch_size=12",))`` returns a :class:`Config`. Unknown
-keys and wrong types raise :class:`ConfigError` naming the key's dotted path (with a
-"did you mean" hint for typos). Files are read with ``yaml.safe_load`` only.
+``load_config(path, overrides=("train.batch_size=12",))`` returns a validated :class:`Config`.
+Unknown keys, wrong types and values outside a setting's choices raise :class:`ConfigError`
+naming the key's dotted path (with a "did you mean" hint for typos); then each section's
+``validate()`` checks its values (ranges, sizes, settings that exclude each other), as every
+command that loads a config (train, evaluate, predict, export, demo) does through this module.
+Choices are ``Literal`` types (:data:`Tta`, :data:`EncoderName`, ...): the coercion accepts only
+their values, and command-line options take theirs from :func:`choices`. Files are read with
+``yaml.safe_load`` only.
 """
 from __future__ import annotations
 
@@ -11,24 +16,55 @@ import difflib
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional, Union
+from typing import Any, Literal, Optional, Union
 
 import yaml
 
+from keras_ptx.errors import UserError
+from keras_ptx.fileio import write_atomic
 
-class ConfigError(ValueError):
+
+class ConfigError(UserError):
     """A configuration file or override that does not fit the schema."""
 
 
 SIZE_MULTIPLE = 32      # the encoders halve an image five times
+DECODER_DEPTH = 4       # UNet++ decoder columns; X(0, 4) is the full network's mask node
+
+Auto = Literal["auto"]
+Tta = Literal["none", "hflip"]                      # test-time augmentation
+EncoderName = Literal[tuple(f"efficientnetb{i}" for i in range(8))]
+Optimizer = Literal["adam", "adamw", "sgd"]
+Schedule = Literal["cosine", "plateau", "constant"]
+Monitor = Literal["score", "loss"]
+Strategy = Literal["auto", "default", "mirrored", "multi_worker"]
+
+
+def choices(literal) -> tuple[str, ...]:
+    """The values of a ``Literal`` type, e.g. ``choices(Tta) == ("none", "hflip")``."""
+    return typing.get_args(literal)
 
 
 def check_image_size(size: int, name: str = "data.image_size") -> None:
-    """ValueError unless ``size`` is a positive multiple of :data:`SIZE_MULTIPLE`."""
+    """ConfigError unless ``size`` is a positive multiple of :data:`SIZE_MULTIPLE`."""
     if size < SIZE_MULTIPLE or size % SIZE_MULTIPLE:
         nearest = max(SIZE_MULTIPLE, size // SIZE_MULTIPLE * SIZE_MULTIPLE)
-        raise ValueError(f"{name}: {size} is not a positive multiple of {SIZE_MULTIPLE} (the "
-                         f"encoder halves the size five times); try {nearest}")
+        raise ConfigError(f"{name}: {size} is not a positive multiple of {SIZE_MULTIPLE} (the "
+                          f"encoder halves the size five times); try {nearest}")
+
+
+def _at_least(section: str, obj, least: int | float, *names: str) -> None:
+    for name in names:
+        value = getattr(obj, name)
+        if value is not None and value < least:
+            raise ConfigError(f"{section}.{name}: must be at least {least}, got {value}")
+
+
+def _in_unit_interval(section: str, obj, *names: str) -> None:
+    for name in names:
+        value = getattr(obj, name)
+        if value is not None and not 0.0 <= value <= 1.0:
+            raise ConfigError(f"{section}.{name}: must lie in [0, 1], got {value}")
 
 
 @dataclass
@@ -36,7 +72,7 @@ class DataConfig:
     image_size: int = 256               # records (and model input, but for train_crop) are S x S
     train_crop: int = 0                 # train on crops of this side (lesion-centred on positives); 0 = whole
     shuffle_buffer: int = 512
-    cache: Union[bool, str] = "auto"    # keep decoded records in memory; auto = when they fit
+    cache: Union[bool, Auto] = "auto"   # keep decoded records in memory; auto = when they fit
     deterministic: bool = False         # fixed order and augmentation stream (reproducible)
     num_parallel_calls: int = 2         # augmenting at once: worker processes or threads (0 = AUTOTUNE)
     batches_per_call: int = 4           # batches each augmentation call augments (shares its fixed cost)
@@ -45,10 +81,26 @@ class DataConfig:
     positive_share_end: Optional[float] = None  # if set, share falls linearly to this by the last epoch
     seed: int = 42
 
+    def validate(self) -> None:
+        check_image_size(self.image_size)
+        if self.train_crop and (self.train_crop % SIZE_MULTIPLE
+                                or not SIZE_MULTIPLE <= self.train_crop <= self.image_size):
+            raise ConfigError(f"data.train_crop: {self.train_crop} must be a multiple of "
+                              f"{SIZE_MULTIPLE} (the encoder halves it five times) up to "
+                              f"data.image_size ({self.image_size}), or 0")
+        _at_least("data", self, 0, "train_crop", "shuffle_buffer", "num_parallel_calls")
+        _at_least("data", self, 1, "batches_per_call")
+        _in_unit_interval("data", self, "positive_share", "positive_share_end")
+        if self.positive_share is None and self.positive_share_end is not None:
+            raise ConfigError("data.positive_share_end needs data.positive_share (the start)")
+
 
 @dataclass
 class FlipConfig:
     p: float = 0.5
+
+    def validate(self) -> None:
+        _in_unit_interval("augment.horizontal_flip", self, "p")
 
 
 @dataclass
@@ -58,6 +110,9 @@ class IntensityConfig:
     brightness_limit: float = 0.2
     contrast_limit: float = 0.2
     gamma_limit: tuple[float, float] = (80.0, 120.0)
+
+    def validate(self) -> None:
+        _in_unit_interval("augment.intensity", self, "p")
 
 
 @dataclass
@@ -70,6 +125,9 @@ class DistortionConfig:
     grid_distort_limit: float = 0.3
     optical_distort_limit: float = 0.05
 
+    def validate(self) -> None:
+        _in_unit_interval("augment.distortion", self, "p")
+
 
 @dataclass
 class CropConfig:
@@ -77,6 +135,12 @@ class CropConfig:
     p: float = 0.25
     min_fraction: float = 0.6
     max_fraction: float = 0.8
+
+    def validate(self) -> None:
+        _in_unit_interval("augment.random_sized_crop", self, "p", "min_fraction", "max_fraction")
+        if not 0 < self.min_fraction <= self.max_fraction:
+            raise ConfigError(f"augment.random_sized_crop: min_fraction {self.min_fraction} "
+                              f"must be above 0 and at most max_fraction {self.max_fraction}")
 
 
 @dataclass
@@ -87,16 +151,32 @@ class AugmentConfig:
     distortion: DistortionConfig = field(default_factory=DistortionConfig)
     random_sized_crop: CropConfig = field(default_factory=CropConfig)
 
+    def validate(self) -> None:
+        for section in (self.horizontal_flip, self.intensity, self.distortion,
+                        self.random_sized_crop):
+            section.validate()
+
 
 @dataclass
 class ModelConfig:
-    encoder: str = "efficientnetb4"     # efficientnetb0 ... efficientnetb7
+    encoder: EncoderName = "efficientnetb4"
     weights: str = "imagenet"           # imagenet | none | path to a local .h5 weights file
     decoder_filters: tuple[int, ...] = (256, 128, 64, 32, 16)  # as segmentation_models_pytorch
     deep_supervision: bool = False
     classification_head: bool = True
     prune_level: int = 4                # inference output from X(0, prune_level); 4 = full net
     dropout: float = 0.0                # dropout before the image-level head
+
+    def validate(self) -> None:
+        if len(self.decoder_filters) != 5 or any(f <= 0 for f in self.decoder_filters):
+            raise ConfigError(f"model.decoder_filters: expected 5 positive widths (strides 16, "
+                              f"8, 4, 2 and the full-resolution head), got "
+                              f"{list(self.decoder_filters)}")
+        if not 1 <= self.prune_level <= DECODER_DEPTH:
+            raise ConfigError(f"model.prune_level: expected 1 to {DECODER_DEPTH}, got "
+                              f"{self.prune_level}")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ConfigError(f"model.dropout: expected a rate in [0, 1), got {self.dropout}")
 
 
 @dataclass
@@ -108,6 +188,15 @@ class LossConfig:
     lovasz: float = 0.0
     classifier: float = 0.2
 
+    def validate(self) -> None:
+        for key in ("bce", "dice", "focal", "lovasz", "classifier"):
+            if getattr(self, key) < 0:
+                raise ConfigError(f"train.loss.{key}: a weight cannot be negative, "
+                                  f"got {getattr(self, key)}")
+        if not any((self.bce, self.dice, self.focal, self.lovasz)):
+            raise ConfigError("train.loss: every mask term (bce, dice, focal, lovasz) has "
+                              "weight 0")
+
 
 @dataclass
 class TrainConfig:
@@ -115,37 +204,56 @@ class TrainConfig:
     epochs: int = 33
     steps_per_epoch: Optional[int] = None   # None = one pass over the training split
     validation_steps: Optional[int] = None
-    optimizer: str = "adam"             # adam | adamw | sgd
+    optimizer: Optimizer = "adam"
     learning_rate: float = 1e-3
     min_learning_rate: float = 1e-6
     weight_decay: float = 0.0
-    lr_schedule: str = "cosine"         # cosine (with warm-up) | plateau | constant
+    lr_schedule: Schedule = "cosine"    # cosine (with warm-up) | plateau | constant
     warmup_epochs: float = 1.0
     plateau_factor: float = 0.5
     plateau_patience: int = 3
     early_stopping_patience: int = 10      # 0 = no early stopping
-    monitor: str = "score"              # best epoch by: score (val competition score) | loss (val loss)
+    monitor: Monitor = "score"          # best epoch by: score (val competition score) | loss (val loss)
     loss: LossConfig = field(default_factory=LossConfig)
     # pixel threshold of the streaming competition metric; a list: the best score over them
     metric_threshold: Union[float, tuple[float, ...]] = 0.5
-    jit_compile: Union[bool, str] = "auto"      # auto = on with a GPU, off on CPU
-    mixed_precision: Union[bool, str] = "auto"  # auto = mixed_float16 with a GPU
-    strategy: str = "auto"              # auto | default | mirrored | multi_worker
+    jit_compile: Union[bool, Auto] = "auto"     # auto = on with a GPU, off on CPU
+    mixed_precision: Union[bool, Auto] = "auto"  # auto = mixed_float16 with a GPU
+    strategy: Strategy = "auto"         # auto: multi_worker under TF_CONFIG, mirrored on 2+ GPUs
     swa_epochs: int = 0                 # average weights over the last N epochs (0 = off)
     tensorboard_images: int = 4
     seed: int = 42
+
+    def validate(self) -> None:
+        _at_least("train", self, 1, "epochs", "batch_size", "steps_per_epoch",
+                  "validation_steps")
+        _at_least("train", self, 0, "swa_epochs", "tensorboard_images", "early_stopping_patience",
+                  "learning_rate", "min_learning_rate", "weight_decay", "warmup_epochs")
+        values = self.metric_threshold
+        values = values if isinstance(values, tuple) else (values,)
+        if not values or not all(0.0 <= t < 1.0 for t in values):
+            raise ConfigError(f"train.metric_threshold: expected one or more pixel thresholds "
+                              f"in [0, 1), got {self.metric_threshold!r}")
+        self.loss.validate()
 
 
 @dataclass
 class EvalConfig:
     threshold: float = 0.75             # the paper's pixel threshold
-    tta: str = "none"                   # none | hflip
+    tta: Tta = "none"
     batch_size: int = 8
+
+    def validate(self) -> None:
+        _in_unit_interval("eval", self, "threshold")
+        _at_least("eval", self, 1, "batch_size")
 
 
 @dataclass
 class ExportConfig:
     warmup_requests: int = 2
+
+    def validate(self) -> None:
+        _at_least("export", self, 0, "warmup_requests")
 
 
 @dataclass
@@ -156,6 +264,12 @@ class Config:
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     export: ExportConfig = field(default_factory=ExportConfig)
+
+    def validate(self) -> "Config":
+        """ConfigError naming the first setting that cannot work; the config itself if none."""
+        for section in (self.data, self.augment, self.model, self.train, self.eval, self.export):
+            section.validate()
+        return self
 
     def to_dict(self) -> dict:
         return _plain(dataclasses.asdict(self))
@@ -191,16 +305,16 @@ def load_config(path=None, overrides=()) -> Config:
         except yaml.YAMLError:
             value = text
         _set_path(raw, key.strip().split("."), value)
-    return _build(Config, raw, "")
+    return config_from_dict(raw)
 
 
 def config_from_dict(raw: dict) -> Config:
-    """Build a Config from a plain dict (as ``Config.to_dict`` returns)."""
-    return _build(Config, raw, "")
+    """Build and validate a Config from a plain dict (as ``Config.to_dict`` returns)."""
+    return _build(Config, raw, "").validate()
 
 
 def dump_config(config: Config, path) -> None:
-    Path(path).write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))
+    write_atomic(path, yaml.safe_dump(config.to_dict(), sort_keys=False))
 
 
 def _set_path(raw: dict, parts: list[str], value: Any) -> None:
@@ -238,6 +352,10 @@ def _coerce(tp, value, path):
     args = typing.get_args(tp)
     if dataclasses.is_dataclass(tp):
         return _build(tp, value, path + ".")
+    if origin is Literal:
+        if isinstance(value, str) and value.lower() in args:
+            return value.lower()
+        raise ConfigError(f"{path}: expected {_describe(tp)}, got {value!r}")
     if origin is Union:
         if value is None and type(None) in args:
             return None
@@ -279,6 +397,9 @@ def _coerce(tp, value, path):
 
 
 def _describe(tp) -> str:
+    if typing.get_origin(tp) is Literal:
+        args = typing.get_args(tp)
+        return args[0] if len(args) == 1 else f"one of {', '.join(args)}"
     if typing.get_origin(tp) is Union:
         return " or ".join(_describe(a) for a in typing.get_args(tp) if a is not type(None)) + \
             (" or null" if type(None) in typing.get_args(tp) else "")

@@ -2,7 +2,7 @@
 
 RUN_DIR/
   config.yaml            resolved config of the run
-  checkpoints/           best.weights.h5 (best validation score), last.weights.h5,
+  checkpoints/           best.weights.h5 (best epoch by train.monitor), last.weights.h5,
                          backup/ (BackupAndRestore's state), swa-epoch-NNN.npz (running weight average)
   logs/                  TensorBoard event files
   history.csv            one row per epoch
@@ -18,6 +18,7 @@ import json
 from pathlib import Path
 
 from keras_ptx.config import Config, ConfigError, load_config
+from keras_ptx.errors import UserError
 
 CONFIG = "config.yaml"
 CHECKPOINTS = "checkpoints"
@@ -29,9 +30,11 @@ POSTPROCESS = "postprocess.json"
 LAST_WEIGHTS = "last.weights.h5"        # in checkpoints/, beside its own BEST_WEIGHTS
 BACKUP = "backup"                       # in checkpoints/
 EVAL = "eval"
+EVAL_REPORT = "report.json"             # in eval/ (and eval-<split>/), with report.md beside it
+EVAL_REPORT_MD = "report.md"
 
 
-class RunDirError(RuntimeError):
+class RunDirError(UserError):
     """A run directory that is missing or incomplete."""
 
 
@@ -45,11 +48,10 @@ def load_run_config(run_dir) -> Config:
         raise RunDirError(f"{run_dir}: its {CONFIG} does not load: {exc}") from None
 
 
-def load_model(run_dir):
-    """Rebuild the run's model from its config and load its best weights. Returns (config, model)."""
+def load_model(run_dir, config: Config):
+    """Rebuild the run's model from ``config`` (its config.yaml) and load its best weights."""
     from keras_ptx.model.unetpp import build_model_to_load
 
-    config = load_run_config(run_dir)
     weights = Path(run_dir) / BEST_WEIGHTS
     if not weights.is_file():
         if (Path(run_dir) / CHECKPOINTS / BEST_WEIGHTS).is_file():
@@ -59,7 +61,12 @@ def load_model(run_dir):
         raise RunDirError(f"{run_dir}: no {BEST_WEIGHTS}; training has not finished an epoch")
     model = build_model_to_load(config)
     model.load_weights(str(weights))
-    return config, model
+    return model
+
+
+def eval_dir(run_dir, split: str) -> Path:
+    """Where evaluate reports on ``split``: RUN_DIR/eval for val, RUN_DIR/eval-<split> else."""
+    return Path(run_dir) / (EVAL if split == "val" else f"{EVAL}-{split}")
 
 
 def read_json(run_dir, name):

@@ -3,7 +3,8 @@ from pathlib import Path
 
 import pytest
 
-from keras_ptx.config import (Config, ConfigError, config_from_dict, dump_config, load_config)
+from keras_ptx.config import (Config, ConfigError, EncoderName, Tta, choices, config_from_dict,
+                              dump_config, load_config)
 
 CONFIGS = sorted((Path(__file__).resolve().parent.parent / "configs").glob("*.yaml"))
 
@@ -36,11 +37,11 @@ def test_empty_file_gives_defaults(tmp_path):
 
 def test_file_values_are_applied(tmp_path):
     config = load_config(write(tmp_path, "train:\n  batch_size: 4\n  loss: {dice: 0.5}\n"
-                                         "model:\n  decoder_filters: [64, 32]\n"
+                                         "model:\n  decoder_filters: [64, 32, 16, 8, 4]\n"
                                          "data:\n  positive_share: 0.5\n"))
     assert config.train.batch_size == 4 and config.train.loss.dice == 0.5
     assert config.train.loss.bce == 1.0                    # untouched siblings keep defaults
-    assert config.model.decoder_filters == (64, 32)
+    assert config.model.decoder_filters == (64, 32, 16, 8, 4)
     assert config.data.positive_share == 0.5
 
 
@@ -64,7 +65,8 @@ def test_unknown_nested_and_top_level_keys(tmp_path):
     ("train:\n  epochs: true\n", "train.epochs: expected an integer, got True"),
     ("augment:\n  enabled: 1\n", "augment.enabled: expected true/false"),
     ("eval:\n  threshold: high\n", "eval.threshold: expected a number"),
-    ("model:\n  encoder: 4\n", "model.encoder: expected a string"),
+    ("model:\n  encoder: 4\n", "model.encoder: expected one of efficientnetb0, "),
+    ("model:\n  weights: 4\n", "model.weights: expected a string"),
     ("model:\n  decoder_filters: 16\n", "model.decoder_filters: expected a list"),
     ("model:\n  decoder_filters: [16, x]\n", "model.decoder_filters[1]: expected an integer"),
     ("augment:\n  intensity:\n    gamma_limit: [80]\n",
@@ -87,12 +89,12 @@ def test_ints_are_accepted_for_floats_and_unions(tmp_path):
 
 def test_set_style_overrides(tmp_path):
     path = write(tmp_path, "train:\n  batch_size: 4\n")
-    config = load_config(path, ["train.batch_size=12", "model.decoder_filters=[8, 4]",
+    config = load_config(path, ["train.batch_size=12", "model.decoder_filters=[8, 4, 4, 4, 4]",
                                 "augment.intensity.p=0.1", "data.positive_share=null",
                                 "model.weights=none", "train.jit_compile=true",
                                 "eval.tta = hflip"])
     assert config.train.batch_size == 12                  # the override beats the file
-    assert config.model.decoder_filters == (8, 4)
+    assert config.model.decoder_filters == (8, 4, 4, 4, 4)
     assert config.augment.intensity.p == 0.1
     assert config.data.positive_share is None
     assert config.model.weights == "none"                 # a string, not YAML null
@@ -128,7 +130,7 @@ def test_only_safe_yaml_is_accepted(tmp_path):
     with pytest.raises(ConfigError, match="not valid YAML"):
         load_config(write(tmp_path, text))
     tagged = f"!!python/object/apply:os.system ['touch {marker}']"
-    assert load_config(None, [f"train.optimizer={tagged}"]).train.optimizer == tagged   # text
+    assert load_config(None, [f"model.weights={tagged}"]).model.weights == tagged   # text
     assert not marker.exists()
 
 
@@ -145,7 +147,7 @@ def test_missing_file(tmp_path):
 
 
 def test_dump_then_load_round_trips(tmp_path):
-    config = load_config(None, ["train.batch_size=3", "model.decoder_filters=[32, 16]"])
+    config = load_config(None, ["train.batch_size=3", "model.decoder_filters=[32, 16, 8, 8, 8]"])
     dump_config(config, tmp_path / "saved.yaml")
     assert load_config(tmp_path / "saved.yaml") == config
 
@@ -153,3 +155,77 @@ def test_dump_then_load_round_trips(tmp_path):
 def test_exponent_without_a_dot_is_a_number():
     # YAML 1.1 (PyYAML) reads 1e-4 as a string; a float field still takes it.
     assert load_config(None, ["train.learning_rate=1e-4"]).train.learning_rate == 1e-4
+
+
+@pytest.mark.parametrize("override, message", [
+    # choices are Literal types: only their values load
+    ("eval.tta=flip", "eval.tta: expected one of none, hflip, got 'flip'"),
+    ("model.encoder=efficientnetb9", "model.encoder: expected one of efficientnetb0, "),
+    ("train.optimizer=rmsprop", "train.optimizer: expected one of adam, adamw, sgd"),
+    ("train.lr_schedule=step", "train.lr_schedule: expected one of cosine, plateau, constant"),
+    ("train.monitor=dice", "train.monitor: expected one of score, loss"),
+    ("train.strategy=tpu", "train.strategy: expected one of auto, default, mirrored, multi_worker"),
+    ("train.jit_compile=yes please", "train.jit_compile: expected true/false or auto"),
+    ("data.cache=sometimes", "data.cache: expected true/false or auto"),
+    # each section's validate()
+    ("data.image_size=100", "data.image_size: 100 is not a positive multiple of 32"),
+    ("data.image_size=16", "data.image_size: 16 is not a positive multiple of 32"),
+    ("data.train_crop=48", "data.train_crop: 48 must be a multiple of 32"),
+    ("data.train_crop=512", "up to data.image_size (256)"),
+    ("data.batches_per_call=0", "data.batches_per_call: must be at least 1, got 0"),
+    ("data.num_parallel_calls=-1", "data.num_parallel_calls: must be at least 0"),
+    ("data.positive_share=1.5", r"data.positive_share: must lie in [0, 1], got 1.5"),
+    ("data.positive_share_end=0.3", "data.positive_share_end needs data.positive_share"),
+    ("augment.horizontal_flip.p=2", "augment.horizontal_flip.p: must lie in [0, 1]"),
+    ("augment.random_sized_crop.min_fraction=0.9",
+     "augment.random_sized_crop: min_fraction 0.9 must be above 0 and at most max_fraction 0.8"),
+    ("model.decoder_filters=[64, 32, 16]", "model.decoder_filters: expected 5 positive widths"),
+    ("model.decoder_filters=[64, 32, 16, 0, 8]", "model.decoder_filters: expected 5 positive"),
+    ("model.prune_level=5", "model.prune_level: expected 1 to 4, got 5"),
+    ("model.dropout=1.0", "model.dropout: expected a rate in [0, 1)"),
+    ("train.epochs=0", "train.epochs: must be at least 1, got 0"),
+    ("train.batch_size=0", "train.batch_size: must be at least 1"),
+    ("train.steps_per_epoch=0", "train.steps_per_epoch: must be at least 1"),
+    ("train.swa_epochs=-1", "train.swa_epochs: must be at least 0"),
+    ("train.learning_rate=-0.1", "train.learning_rate: must be at least 0"),
+    ("train.metric_threshold=1.0", "train.metric_threshold: expected one or more pixel thresholds"),
+    ("train.metric_threshold=[0.5, 1.2]", "train.metric_threshold: expected one or more"),
+    ("train.metric_threshold=[]", "train.metric_threshold: expected one or more"),
+    ("train.loss.dice=-1", "train.loss.dice: a weight cannot be negative"),
+    ("eval.threshold=1.5", "eval.threshold: must lie in [0, 1]"),
+    ("eval.batch_size=0", "eval.batch_size: must be at least 1"),
+    ("export.warmup_requests=-1", "export.warmup_requests: must be at least 0"),
+])
+def test_settings_that_cannot_work_are_refused_at_load(override, message):
+    with pytest.raises(ConfigError) as info:
+        load_config(None, [override])
+    assert str(info.value).startswith(message) or message in str(info.value)
+
+
+def test_no_mask_loss_term_is_refused():
+    zero = [f"train.loss.{key}=0" for key in ("bce", "dice", "focal", "lovasz")]
+    with pytest.raises(ConfigError, match="every mask term .* has weight 0"):
+        load_config(None, zero)
+    assert load_config(None, zero[:-1] + ["train.loss.lovasz=0.5"]).train.loss.lovasz == 0.5
+
+
+def test_a_saved_config_is_validated_when_loaded_back(tmp_path):
+    path = write(tmp_path, "train:\n  epochs: 0\n")
+    with pytest.raises(ConfigError, match="train.epochs: must be at least 1"):
+        load_config(path)
+    with pytest.raises(ConfigError, match="train.epochs"):
+        config_from_dict({"train": {"epochs": 0}})
+
+
+def test_choices_are_case_insensitive_and_listed_once():
+    assert load_config(None, ["train.jit_compile=AUTO", "eval.tta=HFlip"]).eval.tta == "hflip"
+    assert choices(Tta) == ("none", "hflip")
+    assert choices(EncoderName)[0] == "efficientnetb0" and len(choices(EncoderName)) == 8
+
+
+def test_command_line_choices_come_from_the_config_types():
+    from keras_ptx import cli
+    for name in ("evaluate", "predict", "export"):
+        command = cli.main.get_command(None, name)
+        tta = next(p for p in command.params if p.name == "tta")
+        assert tuple(tta.type.choices) == choices(Tta)

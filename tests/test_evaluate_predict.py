@@ -22,17 +22,19 @@ from click.testing import CliRunner
 from keras_ptx import rundir
 from keras_ptx.cli import main
 from keras_ptx.config import dump_config, load_config
-from keras_ptx.data import records, rle
+from keras_ptx.data import rle
 from keras_ptx.data.dicom import DicomError, read_dicom
-from keras_ptx.data.geometry import from_square, image_to_square, mask_to_square
+from keras_ptx.data.geometry import from_square, image_to_square
 from keras_ptx.inference import report as report_md
 from keras_ptx.inference.evaluate import case_picks
 from keras_ptx.inference.postprocess import PostProcess, PostProcessError, scale_area
 from keras_ptx.inference.runner import Predictor
 from keras_ptx.inference.search import SearchGrid
+from keras_ptx.inference.trained import TrainedRun
 from keras_ptx.input.normalize import to_model_input
 from keras_ptx.synthetic.dicom_writer import write_dicom
 from keras_ptx.tf_setup import tf
+from record_shards import write_shards
 
 SIZE = 64
 SHAPES = [(64, 64), (100, 80), (70, 130), (200, 200), (90, 90)]
@@ -83,7 +85,8 @@ def run(tmp_path_factory, monkeypatch_module):
     model.save_weights(str(path / rundir.BEST_WEIGHTS))
     real = rundir.load_model
     monkeypatch_module.setattr(
-        rundir, "load_model", lambda d: (config, model) if d == path or str(d) == str(path) else real(d))
+        rundir, "load_model",
+        lambda d, c: model if d == path or str(d) == str(path) else real(d, c))
     return path
 
 
@@ -127,7 +130,7 @@ def _expected_masks(run, post, dicom_dir):
 
     Returns image_id -> (mask, pixels within float noise of the threshold, which may go either way).
     """
-    _, model = rundir.load_model(run)
+    model = TrainedRun(run).model
     masks = {}
     for path in sorted(dicom_dir.rglob("*.dcm")):
         try:
@@ -143,7 +146,7 @@ def _expected_masks(run, post, dicom_dir):
 
 
 def test_predict_writes_one_decodable_row_per_image(run, dicom_dir, tmp_path):
-    _, model = rundir.load_model(run)
+    model = TrainedRun(run).model
     squares = np.stack([image_to_square(read_dicom(p).pixels, SIZE)
                         for p in sorted((dicom_dir / "study").glob("[0-9].dcm"))])
     maps, _ = Predictor(model).from_gray(squares)
@@ -236,7 +239,7 @@ def test_predict_real_radiograph_with_overlay_stage2_and_hflip(run, tmp_path):
 
 
 def test_hflip_averages_the_mirrored_prediction(run):
-    _, model = rundir.load_model(run)
+    model = TrainedRun(run).model
     x = to_model_input(np.random.default_rng(0).integers(0, 255, (2, SIZE, SIZE, 1), dtype=np.uint8))
     maps, label = Predictor(model, "hflip")(x)
     plain_mask, plain_label = model(x, training=False)
@@ -264,21 +267,13 @@ def _planted_records(data_dir, model):
             break
     else:
         pytest.fail("no grid (top, min_pixels) splits the planted images")
-    with tf.io.TFRecordWriter(str(data_dir / records.SHARD_PATTERN.format(
-            split="val", index=0, count=1))) as writer:
-        for k, (square, prob) in enumerate(zip(squares, maps)):
-            mask = ((prob > 0.5) & labels[k]).astype(np.uint8)
-            writer.write(records.serialize(records.Record(
-                image_png=cv2.imencode(".png", square)[1].tobytes(),
-                mask_png=cv2.imencode(".png", mask)[1].tobytes(),
-                image_id=f"val.{k}", has_pneumothorax=int(labels[k]), n_annotations=int(labels[k]),
-                mask_area=int(mask.sum()) * 4, height=128, width=128, size=SIZE,
-                labeled=0 if k == n - 1 else 1)))
+    masks = ((maps > 0.5) & labels[:, None, None]).astype(np.uint8)
+    write_shards(data_dir, "val", zip(squares, masks), original=128, labeled=[1] * (n - 1) + [0])
     return labels[:-1]
 
 
 def test_evaluate_finds_the_planted_rule_and_writes_everything(run, tmp_path):
-    labels = _planted_records(tmp_path, rundir.load_model(run)[1])
+    labels = _planted_records(tmp_path, TrainedRun(run).model)
     result = CliRunner().invoke(main, ["evaluate", "--model", str(run), "--data", str(tmp_path),
                                        "--cases", "2", "--batch-size", "4"])
     try:
@@ -314,7 +309,7 @@ def test_evaluate_finds_the_planted_rule_and_writes_everything(run, tmp_path):
 
 
 def test_only_the_val_split_sets_the_rule_unless_asked(run, tmp_path):
-    _planted_records(tmp_path, rundir.load_model(run)[1])
+    _planted_records(tmp_path, TrainedRun(run).model)
     shutil.copy(next(tmp_path.glob("val-*.tfrecord")), tmp_path / "train-00000-of-00001.tfrecord")
     args = ["evaluate", "--model", str(run), "--data", str(tmp_path), "--split", "train",
             "--cases", "0", "--tta", "hflip"]
@@ -347,11 +342,11 @@ def test_predict_uses_the_tta_its_rule_was_tuned_with(run, dicom_dir, tmp_path):
 
 
 def test_a_damaged_shard_is_a_clear_error(run, tmp_path):
-    _planted_records(tmp_path, rundir.load_model(run)[1])
+    _planted_records(tmp_path, TrainedRun(run).model)
     shard = next(tmp_path.glob("val-*.tfrecord"))
     shard.write_bytes(shard.read_bytes()[:-300])
     result = CliRunner().invoke(main, ["evaluate", "--model", str(run), "--data", str(tmp_path)])
-    assert result.exit_code == 1, result.output + result.stderr
+    assert result.exit_code == 2, result.output + result.stderr
     assert f"--data {tmp_path}: a record shard is damaged (truncated record at" in result.stderr
     assert "function_node" not in result.stderr and "--verify" in result.stderr
     assert not (run / rundir.POSTPROCESS).exists()
@@ -361,9 +356,9 @@ def test_a_model_no_better_than_predicting_nothing_is_called_out(run, tmp_path):
     """The run's untrained network finds nothing on planted records with no lesion at all."""
     result = CliRunner().invoke(main, ["evaluate", "--model", str(run), "--data", str(tmp_path),
                                        "--split", "test"])
-    assert result.exit_code == 1 and "the test split holds the images built without labels" in \
+    assert result.exit_code == 2 and "the test split holds the images built without labels" in \
         result.stderr
-    _planted_records(tmp_path, rundir.load_model(run)[1])
+    _planted_records(tmp_path, TrainedRun(run).model)
     report = _report_of(run, tmp_path)
     for kind in report["kinds"].values():
         kind["score"] = report["empty_baseline"]
@@ -396,19 +391,23 @@ def test_best_cases_are_found_lesions_and_worst_cases_are_mistakes():
 def test_clear_errors_for_missing_inputs(run, dicom_dir, tmp_path):
     result = CliRunner().invoke(
         main, ["evaluate", "--model", str(run), "--data", str(tmp_path)])
-    assert result.exit_code == 1 and "no val shards" in result.stderr
+    assert result.exit_code == 2 and "the directory is empty" in result.stderr
+    (tmp_path / "manifest.json").write_text("{}")
+    result = CliRunner().invoke(
+        main, ["evaluate", "--model", str(run), "--data", str(tmp_path)])
+    assert result.exit_code == 2 and "no val shards" in result.stderr
     result = CliRunner().invoke(
         main, ["evaluate", "--model", str(run), "--data", str(tmp_path / "nowhere")])
-    assert result.exit_code == 1 and "nowhere: no such directory of records" in result.stderr
+    assert result.exit_code == 2 and f"--data {tmp_path / 'nowhere'}: no such directory" in result.stderr
     (tmp_path / "empty").mkdir()
     result = CliRunner().invoke(
         main, ["predict", "--model", str(run), "--dicom-dir", str(tmp_path / "empty"), "--out",
                str(tmp_path / "out")])
-    assert result.exit_code == 1 and "no DICOM files (.dcm, .dicom) found" in result.stderr
+    assert result.exit_code == 2 and "no DICOM files (.dcm, .dicom) found" in result.stderr
     result = CliRunner().invoke(
         main, ["predict", "--model", str(tmp_path), "--dicom-dir", str(dicom_dir), "--out",
                str(tmp_path / "out")])
-    assert result.exit_code == 1 and "not a training run directory" in result.stderr
+    assert result.exit_code == 2 and "not a training run directory" in result.stderr
 
 
 def test_a_broken_run_dir_is_a_clear_error_for_every_command(dicom_dir, tmp_path):
@@ -420,20 +419,20 @@ def test_a_broken_run_dir_is_a_clear_error_for_every_command(dicom_dir, tmp_path
                 "export": ["--out", str(tmp_path / "export")]}
     for name, args in commands.items():
         result = CliRunner().invoke(main, [name, "--model", str(run), *args])
-        assert result.exit_code == 1, (name, result.output, result.exception)
+        assert result.exit_code == 2, (name, result.output, result.exception)
         assert "config.yaml does not load: data.image_sise: unknown key" in result.stderr, name
     dump_config(_config(), run / rundir.CONFIG)
     (run / rundir.POSTPROCESS).write_text('{"min_pixels": 3000.5}')
     for name in ("predict", "export"):
         result = CliRunner().invoke(main, [name, "--model", str(run), *commands[name]])
-        assert result.exit_code == 1 and "min_pixels must be a non-negative integer" in \
+        assert result.exit_code == 2 and "min_pixels must be a non-negative integer" in \
             result.stderr, (name, result.output, result.exception)
     (run / rundir.POSTPROCESS).unlink()
     (run / rundir.CHECKPOINTS).mkdir()
     (run / rundir.CHECKPOINTS / rundir.BEST_WEIGHTS).write_bytes(b"an interrupted run's")
     for name, args in commands.items():
         result = CliRunner().invoke(main, [name, "--model", str(run), *args])
-        assert result.exit_code == 1 and "training has not finished" in result.stderr, name
+        assert result.exit_code == 2 and "training has not finished" in result.stderr, name
     assert not (tmp_path / "out").exists() and not (tmp_path / "export").exists()
 
 
@@ -450,7 +449,7 @@ def _headless_model():
 
 def test_without_a_label_head(dicom_dir, tmp_path, monkeypatch):
     model = _headless_model()
-    monkeypatch.setattr(rundir, "load_model", lambda d: (_config(), model))
+    monkeypatch.setattr(rundir, "load_model", lambda d, c: model)
     dump_config(_config(), tmp_path / rundir.CONFIG)
     _planted_records(tmp_path, model)
     result = CliRunner().invoke(main, ["evaluate", "--model", str(tmp_path), "--data", str(tmp_path),
@@ -464,4 +463,4 @@ def test_without_a_label_head(dicom_dir, tmp_path, monkeypatch):
     PostProcess(cls_threshold=0.5).save(tmp_path / rundir.POSTPROCESS)
     result = CliRunner().invoke(main, ["predict", "--model", str(tmp_path), "--dicom-dir",
                                        str(dicom_dir), "--out", str(tmp_path / "out")])
-    assert result.exit_code == 1 and "the model has none" in result.stderr
+    assert result.exit_code == 2 and "the model has none" in result.stderr

@@ -17,7 +17,7 @@ import sys
 import numpy as np
 from keras_ptx.config import load_config
 from keras_ptx.tf_setup import tf
-from keras_ptx.training.trainer import train
+from keras_ptx.training.run import train
 
 config, data, out, weights, *overrides = sys.argv[1:]
 

@@ -10,17 +10,20 @@ import pytest
 
 from keras_ptx.config import load_config
 from keras_ptx.data import manifest, records
+from keras_ptx.data.records_dir import RecordsDir, RecordsError
+from keras_ptx.fileio import write_atomic
 from keras_ptx.input import cache
 from keras_ptx.input.normalize import fused_to_model_input, to_model_input
-from keras_ptx.input.pipeline import (make_dataset, make_eval_dataset, positive_share_for_epoch,
-                                      steps_per_epoch)
+from keras_ptx.input.pipeline import (epoch_steps, make_dataset, make_eval_dataset,
+                                      positive_share_for_epoch)
 from keras_ptx.tf_setup import tf
+from record_shards import write_shards
 
 SIZE = 64
 
 
-def _example(rng, index, positive, split):
-    """A smooth random 'radiograph' with, for positives, a bright blob also drawn in the mask."""
+def _example(rng, positive):
+    """A smooth random 'radiograph' and its mask: for positives, a bright blob drawn in both."""
     image = cv2.GaussianBlur(rng.integers(0, 256, (SIZE, SIZE), dtype=np.uint8), (7, 7), 0)
     image = cv2.add(image, rng.integers(0, 40, (SIZE, SIZE), dtype=np.uint8))
     mask = np.zeros((SIZE, SIZE), np.uint8)
@@ -28,25 +31,17 @@ def _example(rng, index, positive, split):
         y, x = rng.integers(8, SIZE - 8, 2)
         cv2.circle(mask, (int(x), int(y)), 6, 1, -1)
         image[mask > 0] = 240
-    record = records.Record(
-        image_png=cv2.imencode(".png", image)[1].tobytes(),
-        mask_png=cv2.imencode(".png", mask)[1].tobytes(),
-        image_id=f"{split}-{index:03d}", has_pneumothorax=int(positive),
-        n_annotations=int(positive), mask_area=int(mask.sum()) * 256, height=1024, width=1024,
-        size=SIZE)
-    return record, image
+    return image, mask
 
 
 def _write_split(directory, split, n, positives, shards, seed):
+    """``n`` examples (``positives`` of them positive) in a random order; returns (record,
+    image) pairs in that order (with one shard: the file's order)."""
     rng = np.random.default_rng(seed)
-    items = [_example(rng, i, i < positives, split) for i in range(n)]
-    order = rng.permutation(n)
-    for shard in range(shards):
-        path = directory / records.SHARD_PATTERN.format(split=split, index=shard, count=shards)
-        with tf.io.TFRecordWriter(str(path)) as writer:
-            for i in order[shard::shards]:
-                writer.write(records.serialize(items[i][0]))
-    return [items[i] for i in order]                  # with one shard: the file's order
+    examples = [_example(rng, i < positives) for i in range(n)]
+    examples = [examples[i] for i in rng.permutation(n)]
+    written = write_shards(directory, split, examples, shards=shards)
+    return [(record, image) for record, (image, _) in zip(written, examples)]
 
 
 @pytest.fixture(scope="module")
@@ -63,6 +58,10 @@ def _config(*overrides):
     return load_config(None, (f"data.image_size={SIZE}", "train.batch_size=8", *overrides))
 
 
+def _records(path):
+    return RecordsDir(str(path))
+
+
 def _digest(array):
     return hashlib.sha1(np.ascontiguousarray(array).tobytes()).hexdigest()
 
@@ -70,7 +69,7 @@ def _digest(array):
 @pytest.mark.parametrize("cache", [False, True])
 def test_training_batches_have_model_shapes_and_dtypes(data_dir, cache):
     directory, _ = data_dir
-    ds = make_dataset(_config(f"data.cache={cache}"), str(directory), "train")
+    ds = make_dataset(_config(), _records(directory), "train", cached=cache)
     spec_image, spec_targets = ds.element_spec
     assert spec_image.shape.as_list() == [8, SIZE, SIZE, 3]
     assert spec_targets["mask"].shape.as_list() == [8, SIZE, SIZE, 1]
@@ -90,7 +89,7 @@ def test_a_positive_cropped_clear_of_its_lesion_is_labelled_negative(data_dir):
     config = _config("augment.random_sized_crop.p=1.0", "augment.random_sized_crop.min_fraction=0.3",
                      "augment.random_sized_crop.max_fraction=0.35", "data.positive_share=0.5")
     labels, present = [], []
-    for _, targets in make_dataset(config, str(directory), "train").take(6):
+    for _, targets in make_dataset(config, _records(directory), "train").take(6):
         labels += targets["label"].numpy()[:, 0].tolist()
         present += (targets["mask"].numpy().max(axis=(1, 2, 3)) > 0).tolist()
     assert labels == [float(p) for p in present]
@@ -101,15 +100,15 @@ def test_a_positive_cropped_clear_of_its_lesion_is_labelled_negative(data_dir):
 def test_training_crops_hold_the_lesion_of_a_positive(data_dir, augment):
     directory, _ = data_dir
     config = _config("data.train_crop=32", f"augment.enabled={augment}", "data.positive_share=0.5")
-    ds = make_dataset(config, str(directory), "train")
+    ds = make_dataset(config, _records(directory), "train")
     assert ds.element_spec[0].shape.as_list() == [8, 32, 32, 3]
     for _, targets in ds.take(4):
         present = targets["mask"].numpy().max(axis=(1, 2, 3)) > 0
         np.testing.assert_array_equal(targets["label"].numpy()[:, 0], present)
         assert targets["mask"].shape[1:] == (32, 32, 1)
-    assert make_dataset(config, str(directory), "val").element_spec[0].shape[1] == SIZE
+    assert make_dataset(config, _records(directory), "val").element_spec[0].shape[1] == SIZE
     only_positives = _config("data.train_crop=32", "augment.enabled=false", "data.positive_share=1.0")
-    for _, targets in make_dataset(only_positives, str(directory), "train").take(3):
+    for _, targets in make_dataset(only_positives, _records(directory), "train").take(3):
         assert targets["mask"].numpy().max(axis=(1, 2, 3)).all()    # every crop holds its lesion
 
 
@@ -127,18 +126,19 @@ def test_to_model_input_matches_the_encoder_preprocessing():
 @pytest.mark.parametrize("cache", [False, True])
 def test_validation_is_not_augmented_and_keeps_record_order(data_dir, cache):
     directory, splits = data_dir
-    config = _config("augment.horizontal_flip.p=1.0", "augment.random_sized_crop.p=1.0", f"data.cache={cache}")
-    images = np.concatenate([b[0].numpy() for b in make_dataset(config, str(directory), "val")])
+    config = _config("augment.horizontal_flip.p=1.0", "augment.random_sized_crop.p=1.0")
+    images = np.concatenate([b[0].numpy() for b in make_dataset(config, _records(directory), "val",
+                                                                cached=cache)])
     expected = fused_to_model_input(np.stack([image for _, image in splits["val"]])[..., None]).numpy()
     np.testing.assert_array_equal(images, expected)
-    ids = [i.decode() for b in make_eval_dataset(config, str(directory), "val")
+    ids = [i.decode() for b in make_eval_dataset(config, _records(directory), "val")
            for i in b["image_id"].numpy()]
     assert ids == [record.image_id for record, _ in splits["val"]]
 
 
 def test_one_evaluation_epoch_yields_every_example_once(data_dir):
     directory, splits = data_dir
-    batches = list(make_eval_dataset(_config(), str(directory), "test", batch_size=4))
+    batches = list(make_eval_dataset(_config(), _records(directory), "test", batch_size=4))
     assert [len(b["image_id"]) for b in batches] == [4, 4, 3]
     ids = [i.decode() for b in batches for i in b["image_id"].numpy()]
     assert sorted(ids) == sorted(r.image_id for r, _ in splits["test"])
@@ -150,7 +150,7 @@ def test_one_evaluation_epoch_yields_every_example_once(data_dir):
         for i, area, label in zip(b["image_id"].numpy(), b["mask_area"].numpy(), b["label"].numpy()):
             assert area == by_id[i.decode()].mask_area and label[0] == by_id[i.decode()].has_pneumothorax
     # make_dataset over the same split in evaluation mode keeps the short last batch too
-    assert sum(len(b[0]) for b in make_dataset(_config(), str(directory), "test")) == 11
+    assert sum(len(b[0]) for b in make_dataset(_config(), _records(directory), "test")) == 11
 
 
 def _positive_shares(ds, batches_per_epoch, epochs):
@@ -161,8 +161,8 @@ def _positive_shares(ds, batches_per_epoch, epochs):
 def test_fixed_positive_share_is_sampled(data_dir):
     directory, _ = data_dir
     config = _config("data.positive_share=0.6", "augment.enabled=false", "data.shuffle_buffer=16")
-    assert steps_per_epoch(config, str(directory)) == 40 // 8
-    shares = _positive_shares(make_dataset(config, str(directory), "train"), 50, 1)
+    assert epoch_steps(config.train, _records(directory)) == 40 // 8
+    shares = _positive_shares(make_dataset(config, _records(directory), "train"), 50, 1)
     assert abs(shares[0] - 0.6) < 0.08                   # natural share is 0.25
 
 
@@ -171,24 +171,24 @@ def test_scheduled_positive_share_changes_per_epoch(data_dir):
     config = _config("data.positive_share=0.8", "data.positive_share_end=0.2", "train.epochs=3",
                      "train.steps_per_epoch=40", "augment.enabled=false", "data.shuffle_buffer=16")
     assert [positive_share_for_epoch(config, e, 3) for e in range(4)] == pytest.approx([0.8, 0.5, 0.2, 0.2])
-    shares = _positive_shares(make_dataset(config, str(directory), "train"), 40, 3)
+    shares = _positive_shares(make_dataset(config, _records(directory), "train"), 40, 3)
     np.testing.assert_allclose(shares, [0.8, 0.5, 0.2], atol=0.08)
-    resumed = _positive_shares(make_dataset(config, str(directory), "train", epoch=2), 40, 1)
+    resumed = _positive_shares(make_dataset(config, _records(directory), "train", epoch=2), 40, 1)
     assert abs(resumed[0] - 0.2) < 0.08
 
 
-def test_positive_share_errors(data_dir):
-    directory, _ = data_dir
-    with pytest.raises(ValueError, match=r"positive_share must lie in \[0, 1\]"):
-        make_dataset(_config("data.positive_share=1.5"), str(directory), "train")
-    with pytest.raises(ValueError, match="needs data.positive_share"):
-        make_dataset(_config("data.positive_share_end=0.3"), str(directory), "train")
+def test_a_positive_share_the_records_cannot_give_is_a_clear_error(tmp_path):
+    rng = np.random.default_rng(0)
+    write_shards(tmp_path, "train", [_example(rng, False) for _ in range(8)])
+    with pytest.raises(RecordsError, match=r"data.positive_share asks for positive examples but "
+                                           r"the train shards in .* have none \(0 of 8"):
+        make_dataset(_config("data.positive_share=0.5"), _records(tmp_path), "train")
 
 
 def _batches(config, directory, n=3):
     """The first ``n`` training batches (all of an epoch with -1)."""
     return [(image.numpy(), targets["mask"].numpy(), targets["label"].numpy())
-            for image, targets in make_dataset(config, str(directory), "train").take(n)]
+            for image, targets in make_dataset(config, _records(directory), "train").take(n)]
 
 
 def _assert_same_batches(first, second):
@@ -236,19 +236,16 @@ def test_an_epoch_keeps_every_full_batch_whatever_the_batches_per_call(data_dir,
     _assert_same_batches(one, grouped)
 
 
-def test_batches_per_call_below_one_is_a_clear_error(data_dir):
-    with pytest.raises(ValueError, match="batches_per_call must be at least 1"):
-        make_dataset(_config("data.batches_per_call=0"), str(data_dir[0]), "train")
-
-
 LIVE_ITERATOR_AT_EXIT = textwrap.dedent("""
     import sys
     from keras_ptx.config import load_config
+    from keras_ptx.data.records_dir import RecordsDir
     from keras_ptx.input.pipeline import make_dataset
-    config = load_config(None, ("data.image_size=%d", "train.batch_size=4", "data.cache=true",
+    config = load_config(None, ("data.image_size=%d", "train.batch_size=4",
                                 "data.num_parallel_calls=2", "data.augment_processes=" + sys.argv[2],
-                                "data.batches_per_call=1", "train.steps_per_epoch=1"))
-    batches = iter(make_dataset(config, sys.argv[1], "train"))
+                                "data.batches_per_call=1"))
+    batches = iter(make_dataset(config, RecordsDir(sys.argv[1]), "train", cached=True,
+                                steps_per_epoch=1))
     next(batches)
 """) % SIZE
 
@@ -282,7 +279,7 @@ def test_two_workers_get_disjoint_shards_covering_the_split(data_dir, split):
     for worker in range(2):
         context = tf.distribute.InputContext(num_input_pipelines=2, input_pipeline_id=worker,
                                              num_replicas_in_sync=2)
-        batches = list(make_dataset(config, str(directory), split, training=False, input_context=context))
+        batches = list(make_dataset(config, _records(directory), split, training=False, input_context=context))
         assert batches[0][0].shape[0] == 4                # per-replica share of the global 8
         parts.append([_digest(image) for batch, _ in batches for image in batch.numpy()])
     assert not set(parts[0]) & set(parts[1])
@@ -303,7 +300,7 @@ def test_two_workers_draw_their_own_augmentations(data_dir):
     for worker in range(2):
         context = tf.distribute.InputContext(num_input_pipelines=2, input_pipeline_id=worker,
                                              num_replicas_in_sync=2)
-        ds = make_dataset(config, str(directory), "train", input_context=context)
+        ds = make_dataset(config, _records(directory), "train", input_context=context)
         digests = [_digest(image) for batch, _ in ds.take(4) for image in batch.numpy()]
         assert all((d in plain) != (d in flipped) for d in digests)
         patterns.append([d in flipped for d in digests])
@@ -314,22 +311,22 @@ def test_two_workers_draw_their_own_augmentations(data_dir):
 def test_training_with_input_context_uses_the_per_replica_batch(data_dir):
     directory, _ = data_dir
     context = tf.distribute.InputContext(num_input_pipelines=2, input_pipeline_id=1, num_replicas_in_sync=4)
-    ds = make_dataset(_config("data.positive_share=0.5", "train.steps_per_epoch=3"), str(directory),
+    ds = make_dataset(_config("data.positive_share=0.5", "train.steps_per_epoch=3"), _records(directory),
                       "train", input_context=context)
     assert ds.element_spec[0].shape.as_list() == [2, SIZE, SIZE, 3]
 
 
 def test_size_mismatch_is_a_clear_error(data_dir):
     directory, _ = data_dir
-    with pytest.raises(ValueError, match=r"are 64x64 but data.image_size is 128"):
-        make_dataset(load_config(None, ("data.image_size=128",)), str(directory), "train")
+    with pytest.raises(RecordsError, match=r"are 64x64 but data.image_size is 128"):
+        make_dataset(load_config(None, ("data.image_size=128",)), _records(directory), "train")
 
 
 def test_missing_shards_are_a_clear_error(tmp_path):
-    with pytest.raises(ValueError, match="no train shards in"):
-        make_dataset(_config(), str(tmp_path), "train")
-    with pytest.raises(ValueError, match="no val shards in"):
-        make_eval_dataset(_config(), str(tmp_path), "val")
+    with pytest.raises(RecordsError, match="no train shards in"):
+        make_dataset(_config(), _records(tmp_path), "train")
+    with pytest.raises(RecordsError, match="no val shards in"):
+        make_eval_dataset(_config(), _records(tmp_path), "val")
 
 
 def test_cache_auto_keeps_a_split_in_memory_only_when_it_fits(data_dir, tmp_path, monkeypatch):
@@ -339,21 +336,19 @@ def test_cache_auto_keeps_a_split_in_memory_only_when_it_fits(data_dir, tmp_path
     assert data.cache == "auto"
     for free, fits in ((4 * need, True), (4 * need - 1, False)):
         monkeypatch.setattr(cache, "available_memory", lambda free=free: free)
-        plan = cache.plan(data, str(directory), "train")       # no manifest: records counted
+        plan = cache.plan(data, _records(directory), "train")       # no manifest: records counted
         assert plan.cache is fits, plan.reason
     assert "more than 25% of it" in plan.reason
     for forced in (True, False):
-        plan = cache.plan(_config(f"data.cache={forced}").data, str(directory), "train")
+        plan = cache.plan(_config(f"data.cache={forced}").data, _records(directory), "train")
         assert plan.cache is forced
-    with pytest.raises(ValueError, match="data.cache: expected true, false or auto"):
-        cache.plan(_config("data.cache=sometimes").data, str(directory), "train")
 
     # a build's manifest is trusted for the count (here one that claims far more records)
     built = tmp_path / "built"
     built.mkdir()
-    manifest.write_atomic(str(built / records.MANIFEST),
-                          manifest.to_json({"splits": {"train": {"images": 10_000, "positives": 0}}}))
-    assert cache.plan(data, str(built), "train").reason.startswith(
+    write_atomic(built / records.MANIFEST,
+                 manifest.to_json({"splits": {"train": {"images": 10_000, "positives": 0}}}))
+    assert cache.plan(data, _records(built), "train").reason.startswith(
         f"auto: {10_000 * need / 40 / 1e9:.2f} GB decoded")
 
 

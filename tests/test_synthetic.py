@@ -182,7 +182,7 @@ def test_command_stage2_and_refuses_to_overwrite(tmp_path):
     assert sum(line.endswith(",-1") for line in lines) == 3
     assert not (tmp_path / "train-rle.csv").exists()
     again = runner.invoke(main, args)
-    assert again.exit_code == 1 and "already holds a dataset" in again.output
+    assert again.exit_code == 2 and "already holds a dataset" in again.output
     assert runner.invoke(main, [*args, "--overwrite"]).exit_code == 0
     bad = runner.invoke(main, ["make-synthetic", str(tmp_path / "x"), "--n-images", "0"])
     assert bad.exit_code == 2

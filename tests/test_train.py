@@ -2,11 +2,9 @@
 plateau, and resuming after SIGKILL (tiny 64x64 records written with the shared schema)."""
 import csv
 import json
-import os
 import shutil
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -19,7 +17,7 @@ from click.testing import CliRunner
 from keras_ptx import rundir
 from keras_ptx.commands.train import command
 from keras_ptx.config import load_config
-from keras_ptx.data import records
+from keras_ptx.inference.trained import TrainedRun
 from keras_ptx.tf_setup import tf
 from keras_ptx.training import TrainingError
 from keras_ptx.training.averaging import WeightAveraging
@@ -27,6 +25,7 @@ from keras_ptx.training.callbacks import EpochSummary
 from keras_ptx.training.resume import Monitor, backup_epoch, best_row, prepare_run_dir, resume_point
 from keras_ptx.training.schedules import learning_rate_schedule
 from keras_ptx.training.strategy import cluster_size, resolve_strategy_name
+from record_shards import write_shards
 
 REPO = Path(__file__).resolve().parents[1]
 TEST_CONFIG = REPO / "configs" / "test.yaml"
@@ -37,27 +36,20 @@ SLIM = ("model.prune_level=1", "model.classification_head=false")
 def write_records(directory, split, n, size=64, seed=0, shards=1):
     """``n`` records of ``split``: noisy gray images, every other one with a bright disc that is
     also its mask."""
-    directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(seed)
-    writers = [tf.io.TFRecordWriter(str(directory / records.SHARD_PATTERN.format(
-        split=split, index=i, count=shards))) for i in range(shards)]
-    for i in range(n):
-        image = rng.integers(40, 90, (size, size), dtype=np.uint8)
-        mask = np.zeros((size, size), np.uint8)
-        if i % 2 == 0:
-            x, y = (int(v) for v in rng.integers(size // 4, 3 * size // 4, 2))
-            cv2.circle(mask, (x, y), int(rng.integers(size // 10, size // 5)), 1, -1)
-            image[mask > 0] = 200
-        positive = int(mask.any())
-        writers[i % shards].write(records.serialize(records.Record(
-            image_png=cv2.imencode(".png", image)[1].tobytes(),
-            mask_png=cv2.imencode(".png", mask)[1].tobytes(), image_id=f"{split}-{i:03d}",
-            has_pneumothorax=positive, n_annotations=positive, mask_area=int(mask.sum()),
-            height=size, width=size, size=size)))
-    for writer in writers:
-        writer.close()
-    return directory
+
+    def examples():
+        for i in range(n):
+            image = rng.integers(40, 90, (size, size), dtype=np.uint8)
+            mask = np.zeros((size, size), np.uint8)
+            if i % 2 == 0:
+                x, y = (int(v) for v in rng.integers(size // 4, 3 * size // 4, 2))
+                cv2.circle(mask, (x, y), int(rng.integers(size // 10, size // 5)), 1, -1)
+                image[mask > 0] = 200
+            yield image, mask
+
+    write_shards(directory, split, examples(), shards=shards, original=size)
+    return Path(directory)
 
 
 @pytest.fixture(scope="module")
@@ -77,16 +69,16 @@ def _run_cli(*args):
 def test_refuses_missing_empty_and_incomplete_data_dirs(tmp_path):
     base = ["--config", TEST_CONFIG, "--out", tmp_path / "run"]
     result = _run_cli(*base, "--data", tmp_path / "nowhere")
-    assert result.exit_code == 1 and "no such directory" in result.output
+    assert result.exit_code == 2 and "no such directory" in result.output
     (tmp_path / "a-file").write_text("x")
     result = _run_cli(*base, "--data", tmp_path / "a-file")
-    assert result.exit_code == 1 and "a-file: not a directory" in result.output
+    assert result.exit_code == 2 and "a-file: not a directory" in result.output
     (tmp_path / "empty").mkdir()
     result = _run_cli(*base, "--data", tmp_path / "empty")
-    assert result.exit_code == 1 and "is empty" in result.output
+    assert result.exit_code == 2 and "is empty" in result.output
     write_records(tmp_path / "train-only", "train", 2)
     result = _run_cli(*base, "--data", tmp_path / "train-only")
-    assert result.exit_code == 1 and "no val split, which training validates on" in result.output
+    assert result.exit_code == 2 and "no val split, which training validates on" in result.output
     assert "--val-fraction above 0" in result.output
     assert "Traceback" not in result.output and not (tmp_path / "run").exists()
 
@@ -96,7 +88,7 @@ def test_refuses_records_of_another_size(tmp_path):
     write_records(tmp_path / "rec32", "val", 2, size=32)
     result = _run_cli("--config", TEST_CONFIG, "--data", tmp_path / "rec32",
                       "--out", tmp_path / "run")
-    assert result.exit_code == 1, result.output
+    assert result.exit_code == 2, result.output
     assert "32x32" in result.output and "data.image_size is 64" in result.output
     assert not (tmp_path / "run").exists()
 
@@ -109,11 +101,11 @@ def test_refuses_config_errors(data_dir, tmp_path):
             ("train.strategy=tpu", "train.strategy"),
             ("data.train_crop=48", "data.train_crop: 48 must be a multiple of 32"),
             ("train.metric_threshold=[]", "train.metric_threshold: expected one or more"),
-            ("train.monitor=dice", "train.monitor: expected score or loss"),
-            ("data.cache=sometimes", "data.cache: expected true, false or auto"),
+            ("train.monitor=dice", "train.monitor: expected one of score, loss"),
+            ("data.cache=sometimes", "data.cache: expected true/false or auto"),
             ("data.image_size=100", "data.image_size: 100 is not a positive multiple of 32"),
-            ("data.batches_per_call=0", "data.batches_per_call must be at least 1"),
-            ("data.num_parallel_calls=-1", "data.num_parallel_calls must be at least 0")]:
+            ("data.batches_per_call=0", "data.batches_per_call: must be at least 1"),
+            ("data.num_parallel_calls=-1", "data.num_parallel_calls: must be at least 0")]:
         result = _run_cli(*base, "--set", override)
         assert result.exit_code == 2 and message in result.output, override
     result = _run_cli(*base, "--resume", "--overwrite")
@@ -128,7 +120,7 @@ def test_a_damaged_shard_stops_training_with_a_clear_error(data_dir, tmp_path):
         shard.write_bytes(shard.read_bytes()[:-300])
     result = _run_cli("--config", TEST_CONFIG, "--data", damaged, "--out", tmp_path / "run",
                       "--set", "data.cache=false")
-    assert result.exit_code == 1, result.output
+    assert result.exit_code == 2, result.output
     assert f"--data {damaged}: a record shard is damaged (truncated record at" in result.output
     assert "Traceback" not in result.output
 
@@ -139,11 +131,11 @@ def test_refuses_a_run_dir_of_another_config_or_no_run_dir(data_dir, tmp_path):
     _write_history(run, [0.5])          # it has trained
     result = _run_cli("--config", TEST_CONFIG, "--data", data_dir, "--out", run,
                       "--set", "train.epochs=3")
-    assert result.exit_code == 1 and "train.epochs: 2 -> 3" in result.output
+    assert result.exit_code == 2 and "train.epochs: 2 -> 3" in result.output
     assert "--resume" in result.output and "--overwrite" in result.output
     result = _run_cli("--config", TEST_CONFIG, "--data", data_dir, "--out", run, "--resume",
                       "--set", "train.monitor=loss")
-    assert result.exit_code == 1 and "train.monitor: 'score' -> 'loss'" in result.output
+    assert result.exit_code == 2 and "train.monitor: 'score' -> 'loss'" in result.output
     assert "chosen by the old setting" in result.output
 
     other = tmp_path / "photos"
@@ -151,7 +143,7 @@ def test_refuses_a_run_dir_of_another_config_or_no_run_dir(data_dir, tmp_path):
     (other / "holiday.jpg").write_bytes(b"x")
     for flag in ([], ["--overwrite"]):
         result = _run_cli("--config", TEST_CONFIG, "--data", data_dir, "--out", other, *flag)
-        assert result.exit_code == 1 and "not a run directory" in result.output
+        assert result.exit_code == 2 and "not a run directory" in result.output
     assert (other / "holiday.jpg").exists()
 
 
@@ -234,7 +226,7 @@ def test_strategy_from_tf_config():
     assert resolve_strategy_name("auto", two) == "multi_worker"
     assert cluster_size({}) == 1
     assert resolve_strategy_name("auto", {}) == "default"      # no GPU here
-    with pytest.raises(ValueError, match="TF_CONFIG"):
+    with pytest.raises(TrainingError, match="TF_CONFIG"):
         cluster_size({"TF_CONFIG": "{not json"})
 
 
@@ -286,7 +278,7 @@ def _event_tags(log_dir):
 
 @pytest.mark.slow
 def test_end_to_end_run_with_planted_plateau_stops_early_and_keeps_the_best(data_dir, tmp_path):
-    from keras_ptx.training.trainer import train
+    from keras_ptx.training.run import train
 
     run = tmp_path / "run"
     config = load_config(TEST_CONFIG, ["train.epochs=6", "train.early_stopping_patience=2"])
@@ -310,7 +302,7 @@ def test_end_to_end_run_with_planted_plateau_stops_early_and_keeps_the_best(data
     best = planted.weights[1]
     for got, want in zip(result.model.get_weights(), best):
         np.testing.assert_array_equal(got, want)
-    _, reloaded = rundir.load_model(run)
+    reloaded = TrainedRun(run).model
     for got, want in zip(reloaded.get_weights(), best):
         np.testing.assert_array_equal(got, want)
     assert not np.array_equal(planted.weights[3][0], best[0])     # it did train on
@@ -338,7 +330,7 @@ def test_end_to_end_run_with_planted_plateau_stops_early_and_keeps_the_best(data
 
 
 def test_trains_on_crops_and_validates_on_whole_images(data_dir, tmp_path):
-    from keras_ptx.training.trainer import train
+    from keras_ptx.training.run import train
 
     run, lines = tmp_path / "run", []
     config = load_config(TEST_CONFIG, ["train.epochs=1", "data.train_crop=32",
@@ -349,7 +341,7 @@ def test_trains_on_crops_and_validates_on_whole_images(data_dir, tmp_path):
     assert lines[1].endswith("val no (train.validation_steps reads part of it)")
     assert result.model.input_shape == (None, None, None, 3)
     assert 0.0 <= float(_history(run)[0]["val_score"]) <= 1.0      # one output: no "mask_" prefix
-    _, reloaded = rundir.load_model(run)                 # the whole-image model for inference
+    reloaded = TrainedRun(run).model                 # the whole-image model for inference
     assert reloaded.input_shape == (None, 64, 64, 3)
     for got, want in zip(reloaded.get_weights(), result.model.get_weights()):
         np.testing.assert_array_equal(got, want)
@@ -357,12 +349,12 @@ def test_trains_on_crops_and_validates_on_whole_images(data_dir, tmp_path):
 
 def test_a_failing_augmentation_worker_is_a_training_error(data_dir, tmp_path, monkeypatch):
     from keras_ptx.input import workers
-    from keras_ptx.training.trainer import train
+    from keras_ptx.training.run import train
 
     def broken(*_):
         raise workers.AugmentWorkerError("augmentation worker process 1 died (exit code -9)")
 
-    monkeypatch.setattr(workers._Worker, "run", broken)
+    monkeypatch.setattr(workers.Worker, "run", broken)
     config = load_config(TEST_CONFIG, ["train.epochs=1", "train.validation_steps=1",
                                        "augment.enabled=true", *SLIM])
     with pytest.raises(TrainingError, match=r"^augmentation stopped training: augmentation worker "

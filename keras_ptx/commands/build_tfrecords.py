@@ -5,10 +5,10 @@ import os
 
 import click
 
-from keras_ptx.commands import CONTEXT
+from keras_ptx.cli import command as cli_command
 
 
-@click.command("build-tfrecords", context_settings=CONTEXT)
+@cli_command("build-tfrecords")
 @click.option("--dicom-dir", type=click.Path(exists=True, file_okay=False),
               help="Folder of DICOM files (SIIM's nested layout or flat).")
 @click.option("--labels", type=click.Path(exists=True, dir_okay=False),
@@ -47,23 +47,21 @@ def command(dicom_dir, labels, out, image_size, val_fraction, folds, seed, shard
     options = Options(dicom_dir=dicom_dir, out=out, labels=labels, image_size=image_size,
                       val_fraction=val_fraction, folds=folds, seed=seed, shard_size=shard_size,
                       workers=workers)
-    try:
-        manifest = build(options, log=click.echo)
-    except BuildError as exc:
-        raise click.ClickException(str(exc)) from None
+    manifest = build(options, log=click.echo)
     click.echo(summary(manifest))
     click.echo(f"manifest: {out.rstrip('/')}/manifest.json")
     if strict and manifest["rejected"]:
-        raise click.ClickException(f"--strict: {len(manifest['rejected'])} input(s) rejected "
-                                   "(listed in the manifest)")
+        raise BuildError(f"--strict: {len(manifest['rejected'])} input(s) rejected "
+                         "(listed in the manifest)")
 
 
 def _verify(out: str) -> None:
+    from keras_ptx.data.build import BuildError
     from keras_ptx.data.manifest import verify
     problems = verify(out)
     for problem in problems:
         click.echo(f"FAIL {problem}", err=True)
     if problems:
-        raise click.ClickException(f"{out}: {len(problems)} problem(s); the build does not "
-                                   "match its manifest")
+        raise BuildError(f"{out}: {len(problems)} problem(s); the build does not "
+                         "match its manifest")
     click.echo(f"{out}: every shard matches its manifest (sha256, counts) and every example decodes")

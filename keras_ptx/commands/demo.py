@@ -13,7 +13,8 @@ from pathlib import Path
 
 import click
 
-from keras_ptx.commands import CONTEXT
+from keras_ptx.cli import command as cli_command
+from keras_ptx.errors import UserError
 
 REPO_CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 
@@ -26,7 +27,8 @@ def _stage(title: str, done: Path, args: list[str]) -> None:
     start = time.perf_counter()
     result = subprocess.run([sys.executable, "-m", "keras_ptx.cli", *args])
     if result.returncode != 0:
-        raise click.ClickException(f"stage '{title}' failed (exit {result.returncode})")
+        raise UserError(f"stage '{title}' failed (exit {result.returncode}); fix what it "
+                        f"said above and run the demo again: finished stages are kept")
     click.secho(f"[done] {title} in {time.perf_counter() - start:.0f} s -> {done}", fg="green")
 
 
@@ -57,7 +59,7 @@ def _real_radiograph(folder: Path) -> Path:
 
     source = get_testdata_file("RG1_UNCR.dcm")
     if source is None:
-        raise click.ClickException("pydicom-data's RG1_UNCR.dcm is missing: pip install pydicom-data")
+        raise UserError("pydicom-data's RG1_UNCR.dcm is missing: pip install pydicom-data")
     folder.mkdir(parents=True, exist_ok=True)
     link = folder / "RG1_UNCR.dcm"
     if not link.exists():
@@ -65,7 +67,7 @@ def _real_radiograph(folder: Path) -> Path:
     return folder
 
 
-@click.command(context_settings=CONTEXT)
+@cli_command("demo")
 @click.option("--workdir", type=click.Path(file_okay=False, path_type=Path), default=Path("demo-run"),
               show_default=True, help="Where every stage writes its outputs.")
 @click.option("--config", "config_path", type=click.Path(dir_okay=False, path_type=Path),
@@ -81,6 +83,7 @@ def _real_radiograph(folder: Path) -> Path:
 def command(workdir: Path, config_path: Path, n_images: int, dicom_size: int,
             positive_fraction: float, workers: int, overrides):
     """Run the whole workflow on a synthetic SIIM-like dataset and print how well it learned."""
+    from keras_ptx import rundir
     from keras_ptx.config import load_config
 
     config = load_config(config_path, overrides)
@@ -95,9 +98,10 @@ def command(workdir: Path, config_path: Path, n_images: int, dicom_size: int,
            ["build-tfrecords", "--dicom-dir", str(synth / "dicom-images-train"),
             "--labels", str(synth / "train-rle.csv"), "--out", str(records),
             "--image-size", str(config.data.image_size), "--workers", str(workers)])
-    _stage("training", run / "metrics.json",
+    _stage("training", run / rundir.METRICS,
            ["train", "--config", str(config_path), "--data", str(records), "--out", str(run), "--resume", *sets])
-    _stage("evaluation", run / "eval" / "report.json",
+    report_path = rundir.eval_dir(run, "val") / rundir.EVAL_REPORT
+    _stage("evaluation", report_path,
            ["evaluate", "--model", str(run), "--data", str(records), "--split", "val"])
     _stage("SavedModel export", export / "1" / "saved_model.pb",
            ["export", "--model", str(run), "--out", str(export), "--version", "1"])
@@ -106,9 +110,9 @@ def command(workdir: Path, config_path: Path, n_images: int, dicom_size: int,
            workdir / "predict-rg1" / "submission.csv",
            ["predict", "--model", str(run), "--dicom-dir", str(rg1_dir), "--out", str(workdir / "predict-rg1"),
             "--overlays"])
-    report = json.loads((run / "eval" / "report.json").read_text())
+    report = json.loads(report_path.read_text())
     click.secho("\nSynthetic validation split:", bold=True)
     print_table(summary_rows(report))
-    click.echo(f"report:      {run / 'eval' / 'report.md'}")
+    click.echo(f"report:      {report_path.with_name(rundir.EVAL_REPORT_MD)}")
     click.echo(f"SavedModel:  {export / '1'}")
-    click.echo(f"TensorBoard: tensorboard --logdir {run / 'logs'}")
+    click.echo(f"TensorBoard: tensorboard --logdir {run / rundir.LOGS}")

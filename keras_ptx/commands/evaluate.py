@@ -3,16 +3,17 @@ from __future__ import annotations
 
 import click
 
-from keras_ptx.commands import CONTEXT
+from keras_ptx.cli import command as cli_command
+from keras_ptx.config import Tta, choices
 
 
-@click.command("evaluate", context_settings=CONTEXT)
+@cli_command("evaluate")
 @click.option("--model", "run_dir", required=True, type=click.Path(exists=True, file_okay=False),
               help="Training run directory (config.yaml and best.weights.h5).")
 @click.option("--data", "data_dir", required=True,
               help="TFRecord folder from build-tfrecords (local path or tf.io.gfile URL).")
 @click.option("--split", default="val", show_default=True, help="Split to evaluate on.")
-@click.option("--tta", type=click.Choice(["none", "hflip"]), default=None,
+@click.option("--tta", type=click.Choice(choices(Tta)), default=None,
               help="Test-time augmentation [default: the run's eval.tta].")
 @click.option("--batch-size", type=click.IntRange(min=1), default=None,
               help="Images per model call [default: the run's eval.batch_size].")
@@ -29,14 +30,12 @@ def command(run_dir, data_dir, split, tta, batch_size, cases, save_postprocess):
     split) and, for the val split, saves the best rule with its TTA to RUN_DIR/postprocess.json,
     which predict and export then apply.
     """
-    from keras_ptx.inference.evaluate import EvaluateError, evaluate, report_dir
+    from keras_ptx import rundir
+    from keras_ptx.inference.evaluate import evaluate
     from keras_ptx.inference.report import summary_table
 
-    try:
-        report = evaluate(run_dir, data_dir, split=split, tta=tta, batch_size=batch_size,
-                          cases=cases, save_postprocess=save_postprocess)
-    except EvaluateError as exc:
-        raise click.ClickException(str(exc)) from None
+    report = evaluate(run_dir, data_dir, split=split, tta=tta, batch_size=batch_size,
+                      cases=cases, save_postprocess=save_postprocess)
     click.echo(summary_table(report))
     click.echo(report["resolution"]["note"])
-    click.echo(f"report: {report_dir(run_dir, split) / 'report.md'}")
+    click.echo(f"report: {rundir.eval_dir(run_dir, split) / rundir.EVAL_REPORT_MD}")

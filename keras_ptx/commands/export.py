@@ -3,10 +3,11 @@ from __future__ import annotations
 
 import click
 
-from keras_ptx.commands import CONTEXT
+from keras_ptx.cli import command as cli_command
+from keras_ptx.config import Tta, choices
 
 
-@click.command(context_settings=CONTEXT,
+@cli_command("export",
                help="Export RUN_DIR's best model to EXPORT_BASE/<version>/ for TF Serving: "
                     "signatures serving_default (encoded PNG/JPEG bytes of any size) and "
                     "predict_image (float32 gray images on the model's grid), with decoding, "
@@ -17,17 +18,13 @@ from keras_ptx.commands import CONTEXT
               help="TF Serving model base path (local or gs://); versions go beneath it.")
 @click.option("--version", type=click.IntRange(min=1), default=None,
               help="Version number (default: one above the highest existing). Never overwrites.")
-@click.option("--tta", type=click.Choice(["none", "hflip"]), default=None,
+@click.option("--tta", type=click.Choice(choices(Tta)), default=None,
               help="Test-time augmentation inside the graph (default: the one the run's "
                    "postprocess.json was tuned with, else its eval.tta).")
 def command(run_dir, export_base, version, tta):
-    from keras_ptx.rundir import RunDirError
-    from keras_ptx.serving.export import ExportError, export_run, read_metadata
+    from keras_ptx.serving.export import export_run, read_metadata
 
-    try:
-        path = export_run(run_dir, export_base, version, tta)
-    except (ExportError, RunDirError) as exc:
-        raise click.ClickException(str(exc)) from None
+    path = export_run(run_dir, export_base, version, tta)
     meta = read_metadata(path)
     click.echo(f"exported {run_dir} -> {path}\n  signatures: {', '.join(meta['signatures'])}\n"
                f"  tta: {meta['tta']}\n"

@@ -5,10 +5,10 @@ import os
 
 import click
 
-from keras_ptx.commands import CONTEXT
+from keras_ptx.cli import command as cli_command
 
 
-@click.command("make-synthetic", context_settings=CONTEXT)
+@cli_command("make-synthetic")
 @click.argument("out", type=click.Path(file_okay=False))
 @click.option("--n-images", "-n", type=click.IntRange(min=1), required=True,
               help="How many images (train and test together).")
@@ -35,14 +35,14 @@ def command(out, n_images, seed, size, positive_fraction, stage, test_fraction, 
     Baseline CR DICOMs), the label CSV in the chosen stage's layout, synthetic.json (options,
     counts, per-image statistics) and preview.png (a contact sheet with the masks outlined).
     """
-    from keras_ptx.synthetic.dataset import Options, make_dataset
+    from keras_ptx.synthetic.dataset import Options, SyntheticError, make_dataset
+    options = Options(n_images=n_images, seed=seed, size=size,
+                      positive_fraction=positive_fraction, stage=int(stage),
+                      test_fraction=test_fraction, mix_formats=mix_formats)
     try:
-        options = Options(n_images=n_images, seed=seed, size=size,
-                          positive_fraction=positive_fraction, stage=int(stage),
-                          test_fraction=test_fraction, mix_formats=mix_formats)
         summary = make_dataset(out, options, workers=workers, overwrite=overwrite)
-    except (ValueError, OSError) as exc:            # bad options, OUT taken, disk errors
-        raise click.ClickException(str(exc)) from None
+    except OSError as exc:                          # OUT unwritable, disk full
+        raise SyntheticError(f"{out}: {exc.strerror or exc}") from None
     counts = summary["counts"]
     click.echo(f"{out}: {counts['train']} train + {counts['test']} test images "
                f"({counts['positive']} with pneumothorax, {counts['annotations']} annotations, "

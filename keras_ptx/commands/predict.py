@@ -3,10 +3,11 @@ from __future__ import annotations
 
 import click
 
-from keras_ptx.commands import CONTEXT
+from keras_ptx.cli import command as cli_command
+from keras_ptx.config import Tta, choices
 
 
-@click.command("predict", context_settings=CONTEXT)
+@cli_command("predict")
 @click.option("--model", "run_dir", required=True, type=click.Path(exists=True, file_okay=False),
               help="Training run directory (config.yaml, best.weights.h5, postprocess.json).")
 @click.option("--dicom-dir", required=True, type=click.Path(exists=True, file_okay=False),
@@ -15,7 +16,7 @@ from keras_ptx.commands import CONTEXT
 @click.option("--format", "layout", type=click.Choice(["stage1", "stage2"]), default="stage1",
               show_default=True, help="submission.csv layout of the competition's stage 1 or 2.")
 @click.option("--overlays", is_flag=True, help="Also write OUT/overlays/<ImageId>.png.")
-@click.option("--tta", type=click.Choice(["none", "hflip"]), default=None,
+@click.option("--tta", type=click.Choice(choices(Tta)), default=None,
               help="Test-time augmentation [default: the one the run's postprocess.json was "
                    "tuned with, else its eval.tta].")
 @click.option("--batch-size", type=click.IntRange(min=1), default=None,
@@ -29,13 +30,10 @@ def command(run_dir, dicom_dir, out, layout, overlays, tta, batch_size):
     submission must list every image). Applies the run's saved post-processing (bin/evaluate),
     else its eval.threshold.
     """
-    from keras_ptx.inference.predict import PredictError, predict
+    from keras_ptx.inference.predict import predict
 
-    try:
-        summary = predict(run_dir, dicom_dir, out, layout=layout, overlays=overlays, tta=tta,
-                          batch_size=batch_size, log=lambda m: click.echo(m, err=True))
-    except PredictError as exc:
-        raise click.ClickException(str(exc)) from None
+    summary = predict(run_dir, dicom_dir, out, layout=layout, overlays=overlays, tta=tta,
+                      batch_size=batch_size, log=lambda m: click.echo(m, err=True))
     rate = summary.images / summary.seconds if summary.seconds else 0.0
     click.echo(f"{summary.images} images predicted ({summary.positives} with pneumothorax); "
                f"{summary.seconds:.1f} s, {rate:.1f} images/s")

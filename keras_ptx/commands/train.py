@@ -3,10 +3,10 @@ from __future__ import annotations
 
 import click
 
-from keras_ptx.commands import CONTEXT
+from keras_ptx.cli import command as cli_command
 
 
-@click.command("train", context_settings=CONTEXT)
+@cli_command("train")
 @click.option("--config", "config_path", required=True, type=click.Path(dir_okay=False),
               help="YAML config (configs/seed.yaml, strong.yaml, demo.yaml, ...).")
 @click.option("--data", "data_dir", required=True,
@@ -29,16 +29,11 @@ def command(config_path, data_dir, run_dir, overrides, resume, overwrite):
     """
     if resume and overwrite:
         raise click.UsageError("--resume and --overwrite exclude each other")
-    from keras_ptx.config import ConfigError, load_config
-    from keras_ptx.training import TrainingError
-    from keras_ptx.training.trainer import train
+    from keras_ptx.config import load_config
+    from keras_ptx.training.run import train
     try:
         config = load_config(config_path, overrides)
         train(config, data_dir, run_dir, resume=resume, overwrite=overwrite, echo=click.echo)
-    except ConfigError as exc:
-        raise click.UsageError(str(exc)) from None
-    except TrainingError as exc:
-        raise click.ClickException(str(exc)) from None
     except KeyboardInterrupt:
         click.echo("\ninterrupted; run the same command again to continue from the last "
                    "finished epoch", err=True)

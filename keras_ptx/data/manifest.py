@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from collections import Counter
 from dataclasses import dataclass
 
@@ -36,14 +35,6 @@ def to_json(obj) -> bytes:
     return (json.dumps(obj, indent=1, sort_keys=True) + "\n").encode()
 
 
-def write_atomic(path: str, data: bytes) -> None:
-    """Write under a temporary name, then rename over ``path`` (any tf.io.gfile URL)."""
-    tmp = f"{path}.tmp-{os.getpid()}"
-    with tf.io.gfile.GFile(tmp, "wb") as f:
-        f.write(data)
-    tf.io.gfile.rename(tmp, path, overwrite=True)
-
-
 def read_json(path: str):
     with tf.io.gfile.GFile(path, "rb") as f:
         return json.loads(f.read())
@@ -59,28 +50,6 @@ def sha256(path: str) -> str:
 
 def join(out: str, name: str) -> str:
     return f"{out.rstrip('/')}/{name}"
-
-
-def split_counts(data_dir: str, split: str) -> tuple[int, int]:
-    """(records, positive records) of ``split``: from the build's manifest when ``data_dir``
-    has a readable one (the build counted them; ``--verify`` checks the shards against it),
-    else by reading the shards' labels."""
-    listed = listed_counts(data_dir, split)
-    if listed is not None:
-        return listed
-    return records.label_counts(records.shard_files(data_dir, split))
-
-
-def listed_counts(data_dir: str, split: str) -> tuple[int, int] | None:
-    """The split's counts in the build's manifest; None when there is no readable one."""
-    path = join(data_dir, records.MANIFEST)
-    if not tf.io.gfile.exists(path):
-        return None
-    try:
-        entry = read_json(path)["splits"][split]
-        return int(entry["images"]), int(entry["positives"])
-    except (ValueError, KeyError, TypeError, tf.errors.OpError):
-        return None
 
 
 def summary(manifest: dict) -> str:

@@ -19,22 +19,24 @@ import numpy as np
 from tqdm import tqdm
 
 from keras_ptx import rundir
-from keras_ptx.data import manifest
+from keras_ptx.data.records_dir import RecordsDir
+from keras_ptx.errors import UserError
+from keras_ptx.fileio import write_atomic
 from keras_ptx.inference import plots, report as report_md
 from keras_ptx.inference.postprocess import REFERENCE_SIDE
 from keras_ptx.inference.runner import Predictor
 from keras_ptx.inference.score import classification_metrics, roc_curve
 from keras_ptx.inference.search import MapCache, SearchGrid, choose, search
+from keras_ptx.inference.trained import TrainedRun
 from keras_ptx.input.normalize import gray_from_model_input
+from keras_ptx.tf_errors import damaged_records
 
-REPORT_JSON = "report.json"
-REPORT_MD = "report.md"
 ROC_PNG = "roc.png"
 CASES = "cases"
 CASE_SIDE = 512                     # case overlays are enlarged to at least this side
 
 
-class EvaluateError(RuntimeError):
+class EvaluateError(UserError):
     """Evaluation cannot run (no run, no records, nothing labeled)."""
 
 
@@ -52,40 +54,33 @@ def evaluate(run_dir, data_dir: str, split: str = "val", tta: str | None = None,
              batch_size: int | None = None, grid: SearchGrid = SearchGrid(), cases: int = 4,
              progress: bool = True, save_postprocess: bool | None = None) -> dict:
     """Evaluate ``run_dir`` on ``split`` of ``data_dir``; write the report to
-    :func:`report_dir` and, with ``save_postprocess`` (default: for the val split only, the
+    :func:`keras_ptx.rundir.eval_dir` and, with ``save_postprocess`` (default: for the val split only, the
     one held out for this purpose), the chosen rule, with the TTA it was tuned with, to
     RUN_DIR/postprocess.json.
 
     Returns the report (as written to report.json).
     """
-    from keras_ptx.input.pipeline import damaged_records, make_eval_dataset
+    from keras_ptx.input.pipeline import make_eval_dataset
     from keras_ptx.tf_setup import tf
 
     run_dir = Path(run_dir)
     if split == "test":
         raise EvaluateError("the test split holds the images built without labels: nothing to "
                             "score (evaluate val, or train)")
-    try:
-        config, model = rundir.load_model(run_dir)
-    except rundir.RunDirError as exc:
-        raise EvaluateError(str(exc)) from None
-    tta = tta or config.eval.tta
-    try:
-        predictor = Predictor(model, tta)
-    except ValueError as exc:
-        raise EvaluateError(str(exc)) from None
+    records = RecordsDir.open(data_dir)
+    run = TrainedRun(run_dir)
+    config = run.config
+    tta = tta or config.eval.tta        # evaluate tunes a rule, so not the saved rule's TTA
+    predictor = Predictor(run.model, tta)
 
     def dataset():
-        try:
-            return make_eval_dataset(config, data_dir, split, batch_size)
-        except ValueError as exc:
-            raise EvaluateError(str(exc)) from None
+        return make_eval_dataset(config, records, split, batch_size)
 
     side = config.data.image_size
-    listed = manifest.listed_counts(data_dir, split)        # for the progress bar's total
+    listed = records.listed_counts(split)           # for the progress bar's total
     try:
         seen = _run_model(predictor, dataset(), MapCache(grid, side), split, progress,
-                          listed[0] if listed else None)
+                          listed.records if listed else None)
     except tf.errors.DataLossError as exc:
         raise EvaluateError(damaged_records(data_dir, exc)) from None
     if len(seen.cache) == 0:
@@ -98,7 +93,7 @@ def evaluate(run_dir, data_dir: str, split: str = "val", tta: str | None = None,
         saved = run_dir / rundir.POSTPROCESS
         dataclasses.replace(chosen.post, tta=tta).save(saved)
 
-    out = report_dir(run_dir, split)
+    out = rundir.eval_dir(run_dir, split)
     (out / CASES).mkdir(parents=True, exist_ok=True)
     labels = np.array(seen.labels, dtype=bool)
     image_prob = seen.cache.all_cls_prob()
@@ -131,14 +126,9 @@ def evaluate(run_dir, data_dir: str, split: str = "val", tta: str | None = None,
             image_prob, labels, chosen.post.cls_threshold)
     report["plots"] = _plot(out, results, image_prob, labels, report["image_level"]["auc"])
     report["cases"] = _draw_cases(seen, chosen, dataset(), out / CASES, cases)
-    (out / REPORT_JSON).write_text(json.dumps(report, indent=2) + "\n")
-    (out / REPORT_MD).write_text(report_md.to_markdown(report))
+    write_atomic(out / rundir.EVAL_REPORT, json.dumps(report, indent=2) + "\n")
+    write_atomic(out / rundir.EVAL_REPORT_MD, report_md.to_markdown(report))
     return report
-
-
-def report_dir(run_dir, split: str) -> Path:
-    """RUN_DIR/eval for the val split, RUN_DIR/eval-<split> for any other."""
-    return Path(run_dir) / (rundir.EVAL if split == "val" else f"{rundir.EVAL}-{split}")
 
 
 def _run_model(predictor: Predictor, dataset, cache: MapCache, split: str, progress: bool,

@@ -28,15 +28,16 @@ from typing import Optional
 import numpy as np
 from scipy import ndimage
 
-from keras_ptx import rundir
-from keras_ptx.inference.runner import TTA_MODES
+from keras_ptx.config import Tta, choices
+from keras_ptx.fileio import write_atomic
+from keras_ptx.errors import UserError
 
 REFERENCE_SIDE = 1024
 KINDS = ("threshold", "triplet")
 _EIGHT_CONNECTED = np.ones((3, 3), dtype=bool)
 
 
-class PostProcessError(ValueError):
+class PostProcessError(UserError):
     """A post-processing setting or file that is not valid."""
 
 
@@ -64,8 +65,8 @@ class PostProcess:
     def __post_init__(self):
         if self.kind not in KINDS:
             raise PostProcessError(f"kind {self.kind!r}: expected one of {', '.join(KINDS)}")
-        if self.tta is not None and self.tta not in TTA_MODES:
-            raise PostProcessError(f"tta {self.tta!r}: expected one of {', '.join(TTA_MODES)}")
+        if self.tta is not None and self.tta not in choices(Tta):
+            raise PostProcessError(f"tta {self.tta!r}: expected one of {', '.join(choices(Tta))}")
         for name in ("threshold", "top_threshold", "bottom_threshold", "cls_threshold"):
             value = getattr(self, name)
             if value is None and name == "cls_threshold":
@@ -137,7 +138,7 @@ class PostProcess:
         return cls(**raw)
 
     def save(self, path) -> None:
-        Path(path).write_text(json.dumps(self.to_dict(), indent=2) + "\n")
+        write_atomic(path, json.dumps(self.to_dict(), indent=2) + "\n")
 
     @classmethod
     def load(cls, path) -> "PostProcess":
@@ -228,19 +229,3 @@ def _component_areas_tf(mask):
     segment = tf.cast(parent[:, 1:], tf.int32) + offset
     counts = tf.math.unsorted_segment_sum(tf.ones_like(segment), segment, batch * (n + 1))
     return tf.reshape(tf.gather(counts, segment), shape)
-
-
-def tta_for(post: PostProcess, config, requested: Optional[str] = None) -> str:
-    """The test-time augmentation to predict with: ``requested``, else the one ``post`` was
-    tuned with, else the run's ``eval.tta`` (a rule's thresholds fit the maps it was tuned on)."""
-    return requested or post.tta or config.eval.tta
-
-
-def load_for_run(run_dir, config) -> tuple[PostProcess, str]:
-    """The run's saved rule, or the config's pixel threshold (with the reason) when there is none."""
-    path = Path(run_dir) / rundir.POSTPROCESS
-    if not path.is_file():
-        return (PostProcess(threshold=config.eval.threshold),
-                f"no {rundir.POSTPROCESS} in the run (bin/evaluate has not been run): "
-                f"default pixel threshold {config.eval.threshold:g}")
-    return PostProcess.load(path), str(path)

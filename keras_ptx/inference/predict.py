@@ -26,15 +26,16 @@ from typing import Callable, Iterator
 import numpy as np
 from tqdm import tqdm
 
-from keras_ptx import rundir
 from keras_ptx.data import rle
 from keras_ptx.data.annotations import IMAGE_ID, write_annotations
 from keras_ptx.data.dicom import (DICOM_SUFFIXES, DicomError, find_dicom_files, read_dicom,
                                   read_dicom_header)
 from keras_ptx.data.geometry import from_square, image_to_square
 from keras_ptx.inference import plots
-from keras_ptx.inference.postprocess import PostProcess, PostProcessError, load_for_run, tta_for
+from keras_ptx.errors import UserError
+from keras_ptx.inference.postprocess import PostProcess
 from keras_ptx.inference.runner import Predictor
+from keras_ptx.inference.trained import TrainedRun
 
 SUBMISSION = "submission.csv"
 PREDICTIONS = "predictions.csv"
@@ -44,7 +45,7 @@ PREDICTION_COLUMNS = ["image_id", "path", "height", "width", "probability", "mas
                       "has_pneumothorax"]
 
 
-class PredictError(RuntimeError):
+class PredictError(UserError):
     """Prediction cannot start (no run, no input, unusable post-processing)."""
 
 
@@ -80,24 +81,15 @@ def predict(run_dir, dicom_dir, out, layout: str = "stage1", overlays: bool = Fa
     if skipped:
         log(f"{skipped} file(s) without a {' or '.join(DICOM_SUFFIXES)} suffix skipped (rename "
             f"DICOMs stored without one)")
-    try:
-        config = rundir.load_run_config(run_dir)
-        post, source = load_for_run(run_dir, config)
-        _, model = rundir.load_model(run_dir)
-    except (rundir.RunDirError, PostProcessError) as exc:
-        raise PredictError(str(exc)) from None
-    log(f"post-processing: {post.describe()} ({source})")
-    try:
-        predictor = Predictor(model, tta_for(post, config, tta))
-    except ValueError as exc:
-        raise PredictError(str(exc)) from None
+    run = TrainedRun(run_dir)
+    config, post = run.config, run.post             # the rule is read before the model is built
+    log(f"post-processing: {post.describe()} ({run.post_source})")
+    predictor = run.predictor(run.tta(tta))
     log(f"test-time augmentation: {predictor.tta}" + (
         f" (the rule was tuned with {post.tta}: its thresholds may not fit)"
         if post.tta not in (None, predictor.tta) else ""))
     log("image-level probability: " + ("the label head" if predictor.has_label_head
                                        else "the maximum pixel probability (no label head)"))
-    if post.cls_threshold is not None and not predictor.has_label_head:
-        raise PredictError(f"{source} gates on the image-level head, but the model has none")
     start = time.perf_counter()         # predicting, not loading the model
     out = Path(out)
     if overlays:
@@ -132,7 +124,7 @@ def predict(run_dir, dicom_dir, out, layout: str = "stage1", overlays: bool = Fa
 
         write_annotations(out / SUBMISSION, rows(), layout=layout)
     return Summary(seconds=time.perf_counter() - start, postprocess=post,
-                   postprocess_source=source, out=out, **counts)
+                   postprocess_source=run.post_source, out=out, **counts)
 
 
 def _predicted(files, predictor: Predictor, batch_size: int, errors, bar, counts):

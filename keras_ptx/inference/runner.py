@@ -10,16 +10,13 @@ from __future__ import annotations
 
 import numpy as np
 
+from keras_ptx.config import Tta
 from keras_ptx.input.normalize import to_model_input
+from keras_ptx.model.unetpp import named_outputs
 from keras_ptx.tf_setup import tf
 
-TTA_MODES = ("none", "hflip")
-
-
 class Predictor:
-    def __init__(self, model, tta: str = "none"):
-        if tta not in TTA_MODES:
-            raise ValueError(f"tta must be one of {', '.join(TTA_MODES)}, got {tta!r}")
+    def __init__(self, model, tta: Tta = "none"):
         self.model = model
         self.tta = tta
         self.names = list(model.output_names)
@@ -33,12 +30,7 @@ class Predictor:
         self._gray = tf.function(lambda g: self.run_tf(to_model_input(g)), input_signature=[gray])
 
     def _outputs(self, x):
-        out = self.model(x, training=False)
-        if isinstance(out, dict):
-            return out
-        if isinstance(out, (list, tuple)):
-            return dict(zip(self.names, out))
-        return {"mask": out}
+        return named_outputs(self.model, self.model(x, training=False))
 
     def run_tf(self, x):
         """Graph version: normalised ``[B, S, S, 3]`` -> (maps ``[B, S, S]``, image prob ``[B]``)."""

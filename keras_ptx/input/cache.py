@@ -1,7 +1,8 @@
 """``data.cache``: whether a split's decoded records are kept in memory after the first pass.
 
 Decoding a record's PNGs costs about as much CPU as augmenting it, so a cached split yields
-1.2-1.6x the augmented images per second (BENCHMARKS.md). ``auto`` (the default) caches a
+more augmented images per second (cached against uncached runs: BENCHMARKS.md, "Session 5:
+two calls per worker, 4 batches per call"). ``auto`` (the default) caches a
 split when its decoded images and masks (``records x S x S x 2`` bytes) take at most
 :data:`AUTO_SHARE` of the memory available when the pipeline is built (a container's limit
 counts); ``true`` and ``false`` force it either way. A cached split keeps its first pass's
@@ -14,7 +15,7 @@ import os
 from dataclasses import dataclass
 
 from keras_ptx.config import DataConfig
-from keras_ptx.data import manifest
+from keras_ptx.data.records_dir import RecordsDir
 
 AUTO_SHARE = 0.25       # train and val cached together stay under half the free memory
 
@@ -25,18 +26,11 @@ class CachePlan:
     reason: str         # for the run's log, e.g. "auto: 1.40 GB decoded, 20.1 GB available"
 
 
-def check_setting(value) -> None:
-    """ValueError unless ``data.cache`` is true, false or auto."""
-    if not isinstance(value, bool) and value != "auto":
-        raise ValueError(f"data.cache: expected true, false or auto, got {value!r}")
-
-
-def plan(data: DataConfig, data_dir: str, split: str) -> CachePlan:
-    """Whether to cache ``split`` of the records in ``data_dir``, by ``data.cache``."""
-    check_setting(data.cache)
+def plan(data: DataConfig, records: RecordsDir, split: str) -> CachePlan:
+    """Whether to cache ``split`` of ``records``, by ``data.cache``."""
     if isinstance(data.cache, bool):
         return CachePlan(data.cache, f"data.cache={str(data.cache).lower()}")
-    need = manifest.split_counts(data_dir, split)[0] * data.image_size ** 2 * 2
+    need = records.counts(split).records * data.image_size ** 2 * 2
     have = available_memory()
     fits = need <= AUTO_SHARE * have
     return CachePlan(fits, f"auto: {need / 1e9:.2f} GB decoded, {have / 1e9:.1f} GB available"

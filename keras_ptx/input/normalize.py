@@ -19,9 +19,8 @@ def to_model_input(gray):
     """[..., H, W, 1] uint8 (or float 0..255) -> float32 [..., H, W, 3], ImageNet-normalised.
 
     Each channel is gray * scale + offset. Written as a (pixels x 1) @ (1 x 3) matrix product
-    plus offset, which TensorFlow's CPU kernels run 2-3x faster than the broadcasting
-    multiply-add (or a cast, concat and two passes): on a 2-core CPU that difference was half
-    of the input pipeline's time.
+    plus offset, which TensorFlow's CPU kernels run faster than the broadcasting multiply-add
+    (or a cast, concat and two passes).
     """
     gray = tf.convert_to_tensor(gray)
     if gray.shape.rank is not None and gray.shape[-1] != 1:
@@ -45,8 +44,9 @@ def gray_from_model_input(image):
 @tf.function(jit_compile=True)
 def fused_to_model_input(gray):
     """:func:`to_model_input` compiled with XLA, which fuses the cast, product and offset into
-    one pass over the pixels: ~0.08 instead of ~0.26 ms of CPU per 256 px image (most of the
-    cached training pipeline's work besides augmentation). Results may differ from
+    one pass over the pixels, so it costs less CPU than :func:`to_model_input` in the training
+    pipeline's main process, which runs it for every image of every epoch (its CPU per image:
+    BENCHMARKS.md, "Where the normalisation could run"). Results may differ from
     :func:`to_model_input` in the last bit (< 1e-6). tf.data runs it on the host CPU, GPU or
     not; each batch shape compiles once."""
     return to_model_input(gray)

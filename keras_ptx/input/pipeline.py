@@ -9,20 +9,18 @@ default (:mod:`keras_ptx.input.augment`), and labels of lesions cut away set to 
 sliced into batches (a tail short of one batch dropped) -> gray-to-RGB ImageNet normalisation
 compiled by XLA (:mod:`keras_ptx.input.normalize`) -> prefetch.
 Evaluation: the same without shuffling, augmentation or dropped examples, in a fixed order.
-Decoded records are kept in memory after the first pass when ``data.cache`` says so
-(:mod:`keras_ptx.input.cache`; ``auto`` when they fit).
+The records come as a :class:`~keras_ptx.data.records_dir.RecordsDir`; what the caller decides
+(keep decoded records in memory, steps per epoch) comes as arguments: this module holds only
+the tf.data graphs.
 
 Positive share. With ``data.positive_share`` set, training examples are drawn from two endless
 per-class streams (filtered on ``has_pneumothorax``) by ``sample_from_datasets``. With
 ``data.positive_share_end`` as well, the share moves linearly from the first to the second value
 over ``num_epochs`` epochs (:func:`positive_share_for_epoch`). The schedule lives inside one
 dataset: element ``k`` of this worker's stream belongs to epoch ``epoch + k // per_epoch``, where
-``per_epoch`` is this pipeline's share of one epoch of :func:`steps_per_epoch` global batches. So
-the trainer builds the dataset once and calls::
-
-    ds = make_dataset(config, data_dir, "train", epoch=initial_epoch, num_epochs=epochs)
-    model.fit(ds, initial_epoch=initial_epoch, epochs=epochs,
-              steps_per_epoch=steps_per_epoch(config, data_dir))
+``per_epoch`` is this pipeline's share of one epoch of ``steps_per_epoch`` global batches
+(:func:`epoch_steps`). So training builds the dataset once, from the epoch it resumes at, and
+``fit`` runs it for ``steps_per_epoch`` steps an epoch (:mod:`keras_ptx.training.datasets`).
 
 Reproducibility. A cached split keeps its first pass's file order, so ``data.cache: auto``
 (which depends on free memory) should be pinned to true or false for runs that must repeat
@@ -36,13 +34,12 @@ runs yield identical batches; otherwise the order may vary for speed.
 from __future__ import annotations
 
 import functools
-import re
 
 import numpy as np
 
-from keras_ptx.config import Config, DataConfig
-from keras_ptx.data import manifest, records
-from keras_ptx.input import cache
+from keras_ptx.config import Config, TrainConfig
+from keras_ptx.data.records import is_positive, parse
+from keras_ptx.data.records_dir import RecordsDir, RecordsError, SplitCounts
 from keras_ptx.input.augment import graph_augmenter
 from keras_ptx.input.normalize import fused_to_model_input, to_model_input
 from keras_ptx.tf_setup import tf
@@ -53,21 +50,25 @@ EVAL_KEYS = ("image_id", "height", "width", "mask_area", "labeled")
 TRAIN_KEYS = ("image", "mask", "has_pneumothorax")
 
 
-def make_dataset(config: Config, data_dir: str, split: str, *, training: bool | None = None,
-                 epoch: int | None = None, num_epochs: int | None = None,
+def make_dataset(config: Config, records: RecordsDir, split: str, *,
+                 training: bool | None = None, cached: bool = False,
+                 steps_per_epoch: int | None = None, epoch: int | None = None,
+                 num_epochs: int | None = None,
                  input_context: tf.distribute.InputContext | None = None) -> tf.data.Dataset:
     """Batches ``(image [B,S,S,3] float32, {'mask': [B,S,S,1] float32, 'label': [B,1] float32})``
     (in training, S is ``data.train_crop`` when that is set).
 
-    ``training`` defaults to ``split == 'train'``; ``epoch`` is the first epoch this dataset
-    feeds (for resuming) and ``num_epochs`` the length of the positive-share schedule (default
-    ``train.epochs``). With ``input_context`` (``distribute_datasets_from_function``) the batch
-    is the per-replica share of ``train.batch_size`` and this worker reads only its shard.
+    ``training`` defaults to ``split == 'train'``; ``cached`` keeps the decoded records in memory
+    after the first pass (:mod:`keras_ptx.input.cache` decides). In training,
+    ``steps_per_epoch`` (global batches) makes the stream endless, an epoch being that many
+    batches (without it, one pass that ends itself, unless class-balanced sampling makes it
+    endless); ``epoch`` is the first epoch this dataset feeds (for resuming) and ``num_epochs``
+    the length of the positive-share schedule (default ``train.epochs``). With
+    ``input_context`` (``distribute_datasets_from_function``) the batch is the per-replica share
+    of ``train.batch_size`` and this worker reads only its shard.
     """
     training = split == "train" if training is None else training
-    check_settings(config.data)
-    files = checked_files(config, data_dir, split)
-    cached = cache.plan(config.data, data_dir, split).cache
+    files = records.checked_files(split, config.data.image_size)
     batch = _batch_size(config.train.batch_size, input_context)
     if not training:
         ds = _examples(files, config, input_context, cached).map(_pair, num_parallel_calls=AUTOTUNE)
@@ -80,11 +81,12 @@ def make_dataset(config: Config, data_dir: str, split: str, *, training: bool | 
     if positive_share_for_epoch(config, first, num_epochs) is None:
         serialized = _serialized(files, input_context, seed, deterministic)
         ds = _shuffled_examples(serialized, config, seed, cached)
-        if config.train.steps_per_epoch:
+        if steps_per_epoch:
             ds = ds.repeat()
     else:
-        ds = _balanced(config, data_dir, split, files, input_context, first, num_epochs, batch,
-                       seed, cached)
+        per_epoch = steps_per_epoch or epoch_steps(config.train, records, split)
+        ds = _balanced(config, records.counts(split), f"the {split} shards in {records}", files, input_context,
+                       first, num_epochs, per_epoch, batch, seed, cached)
     if not config.augment.enabled and not config.data.train_crop:
         return _finish(ds.batch(batch, drop_remainder=True), deterministic)
     augment = graph_augmenter(config.augment, config.data.image_size, config.data.train_crop,
@@ -102,9 +104,10 @@ def make_dataset(config: Config, data_dir: str, split: str, *, training: bool | 
 
     # Each call takes several batches (assembled ahead of it in one copy), which shares its fixed
     # cost, the hand-over, among more images. Slicing a group into its batches shares the
-    # group's memory, where unbatch would copy it; batches are normalised one by one (a whole
-    # group of float images held 0.4-0.8 GB more at 512 px with two workers and saved no CPU that
-    # could be measured).
+    # group's memory, where unbatch would copy it (BENCHMARKS.md, "Splitting a group"); batches
+    # are normalised one by one, since a whole group of float images holds more memory and saved
+    # no CPU that could be measured (BENCHMARKS.md, "Memory: normalising whole groups against
+    # single batches").
     # Every example's augmentation follows its own seed, so batches do not depend on grouping.
     seeds = tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True)
     groups = tf.data.Dataset.zip((ds, seeds)).batch(batch * config.data.batches_per_call)
@@ -114,7 +117,7 @@ def make_dataset(config: Config, data_dir: str, split: str, *, training: bool | 
     return _finish(ds, deterministic)
 
 
-def make_eval_dataset(config: Config, data_dir: str, split: str,
+def make_eval_dataset(config: Config, records: RecordsDir, split: str,
                       batch_size: int | None = None) -> tf.data.Dataset:
     """Every example of ``split`` once, in a fixed order, as batches of dicts (never cached:
     a dataset's cache serves only that dataset's later passes).
@@ -124,7 +127,7 @@ def make_eval_dataset(config: Config, data_dir: str, split: str,
     ``mask_area`` (pixels on that grid) and ``labeled`` (0 for records without ground truth),
     all int64 [B].
     """
-    files = checked_files(config, data_dir, split)
+    files = records.checked_files(split, config.data.image_size)
 
     def to_dict(example):
         image, mask, label = _pair(example)
@@ -140,13 +143,6 @@ def make_eval_dataset(config: Config, data_dir: str, split: str,
     return _with_determinism(ds.prefetch(AUTOTUNE), True)
 
 
-def check_settings(data: DataConfig) -> None:
-    """ValueError for input settings that cannot stream."""
-    for key, least in (("batches_per_call", 1), ("num_parallel_calls", 0)):
-        if getattr(data, key) < least:
-            raise ValueError(f"data.{key} must be at least {least}, got {getattr(data, key)}")
-
-
 def positive_share_for_epoch(config: Config, epoch: int, num_epochs: int) -> float | None:
     """The share of positive training images in ``epoch`` (0-based); None = natural share.
 
@@ -154,12 +150,7 @@ def positive_share_for_epoch(config: Config, epoch: int, num_epochs: int) -> flo
     epoch, then held; constant when no end is set.
     """
     start, end = config.data.positive_share, config.data.positive_share_end
-    for name, value in (("positive_share", start), ("positive_share_end", end)):
-        if value is not None and not 0.0 <= value <= 1.0:
-            raise ValueError(f"data.{name} must lie in [0, 1], got {value}")
     if start is None:
-        if end is not None:
-            raise ValueError("data.positive_share_end needs data.positive_share (the start)")
         return None
     if end is None or num_epochs <= 1:
         return start
@@ -167,49 +158,10 @@ def positive_share_for_epoch(config: Config, epoch: int, num_epochs: int) -> flo
     return start + (end - start) * progress
 
 
-def steps_per_epoch(config: Config, data_dir: str, split: str = "train") -> int | None:
-    """Global training steps per epoch: ``train.steps_per_epoch``, or one pass over the split
-    when class-balanced sampling makes the stream endless, or None (the dataset ends itself)."""
-    if config.train.steps_per_epoch or config.data.positive_share is None:
-        return config.train.steps_per_epoch
-    total, _ = manifest.split_counts(data_dir, split)
-    return steps_in_one_pass(config, total)
-
-
-def steps_in_one_pass(config: Config, total: int) -> int:
-    """Global steps per epoch over ``total`` records: ``train.steps_per_epoch``, else one pass
-    of whole batches (at least one)."""
-    return config.train.steps_per_epoch or max(1, total // config.train.batch_size)
-
-
-def damaged_records(data_dir: str, error: tf.errors.DataLossError) -> str:
-    """What to tell a user whose shards in ``data_dir`` failed to read mid-stream (a shard
-    truncated or altered after the build: TensorFlow names the record, not the file)."""
-    last = [p for p in error.message.split("\n\n") if p.strip()][-1]    # after any graph trace
-    detail = " ".join(re.sub(r"\{\{function_node [^}]*\}\}|\[\[\{\{node \w+\}\}\]\]|\[Op:\w+\]",
-                             "", last).split())
-    return (f"--data {data_dir}: a record shard is damaged ({detail}); find it with "
-            f"bin/build-tfrecords --verify {data_dir}, then rebuild")
-
-
-def checked_files(config: Config, data_dir: str, split: str) -> list[str]:
-    """The split's shards, after checking there are some and that their size is the config's
-    (ValueError naming the problem; reads one record)."""
-    if not tf.io.gfile.isdir(data_dir):
-        raise ValueError(f"{data_dir}: no such directory of records")
-    files = records.shard_files(data_dir, split)
-    if not files:
-        raise ValueError(f"no {split} shards in {data_dir} (expected files like "
-                         f"{records.SHARD_PATTERN.format(split=split, index=0, count=1)})")
-    first = next(iter(tf.data.TFRecordDataset(files).take(1)), None)
-    if first is None:
-        raise ValueError(f"the {split} shards in {data_dir} hold no records")
-    stored = int(tf.io.parse_single_example(first, {"size": records.FEATURES["size"]})["size"])
-    if stored != config.data.image_size:
-        raise ValueError(f"records in {data_dir} are {stored}x{stored} but data.image_size is "
-                         f"{config.data.image_size}; rebuild them with --image-size "
-                         f"{config.data.image_size}, or train with data.image_size={stored}")
-    return files
+def epoch_steps(train: TrainConfig, records: RecordsDir, split: str = "train") -> int:
+    """Global training steps per epoch: ``train.steps_per_epoch``, else one pass of whole
+    batches over ``split`` of ``records`` (at least one)."""
+    return train.steps_per_epoch or max(1, records.counts(split).records // train.batch_size)
 
 
 def _batch_size(global_batch: int, input_context) -> int:
@@ -244,7 +196,7 @@ def _serialized(files, input_context, shuffle_seed, deterministic) -> tf.data.Da
 
 
 def _parse(config: Config, keys=None):
-    return functools.partial(records.parse, size=config.data.image_size, keys=keys,
+    return functools.partial(parse, size=config.data.image_size, keys=keys,
                              negatives_empty=True)
 
 
@@ -275,22 +227,23 @@ def _shuffled_examples(serialized, config: Config, seed: int, cached: bool) -> t
     return shuffle(serialized).map(parse, num_parallel_calls=AUTOTUNE)
 
 
-def _balanced(config: Config, data_dir: str, split: str, files, input_context,
-              first_epoch: int, num_epochs: int, batch: int, seed: int,
+def _balanced(config: Config, counts: SplitCounts, where: str, files, input_context,
+              first_epoch: int, num_epochs: int, steps_per_epoch: int, batch: int, seed: int,
               cached: bool) -> tf.data.Dataset:
-    """Endless stream drawing positives at the scheduled share from per-class streams."""
+    """Endless stream drawing positives at the scheduled share from per-class streams;
+    ``counts`` are those of the split's records (``where``, for messages)."""
     shares = [positive_share_for_epoch(config, e, num_epochs)
               for e in range(first_epoch, max(num_epochs, first_epoch + 1))]
-    total, positives = manifest.split_counts(data_dir, split)
+    total, positives = counts.records, counts.positives
     for wanted, have, kind in ((max(shares), positives, "positive"),
                                (1 - min(shares), total - positives, "negative")):
         if wanted > 0 and have == 0:
-            raise ValueError(f"data.positive_share asks for {kind} examples but the {split} shards "
-                             f"in {data_dir} have none ({positives} of {total} positive)")
+            raise RecordsError(f"data.positive_share asks for {kind} examples but {where} have "
+                               f"none ({positives} of {total} positive)")
     streams = []
     for positive in (True, False):
         serialized = _serialized(files, input_context, seed, config.data.deterministic).filter(
-            lambda s, positive=positive: tf.equal(records.is_positive(s), positive))
+            lambda s, positive=positive: tf.equal(is_positive(s), positive))
         streams.append(_shuffled_examples(serialized, config, seed, cached).repeat())
 
     weights = [[s, 1.0 - s] for s in shares]
@@ -298,7 +251,7 @@ def _balanced(config: Config, data_dir: str, split: str, files, input_context,
         return tf.data.Dataset.sample_from_datasets(streams, weights=weights[0], seed=seed)
     replicas = (input_context.num_replicas_in_sync // input_context.num_input_pipelines
                 if input_context is not None else 1)
-    per_epoch = steps_in_one_pass(config, total) * batch * replicas
+    per_epoch = steps_per_epoch * batch * replicas
     schedule = tf.data.Dataset.from_tensor_slices(tf.constant(weights)).flat_map(
         lambda w: tf.data.Dataset.from_tensors(w).repeat(per_epoch))
     last = tf.data.Dataset.from_tensors(tf.constant(weights[-1])).repeat()

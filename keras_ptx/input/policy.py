@@ -21,7 +21,7 @@ import albumentations as A
 import cv2
 import numpy as np
 
-from keras_ptx.config import SIZE_MULTIPLE, AugmentConfig
+from keras_ptx.config import AugmentConfig
 
 
 def build_policy(config: AugmentConfig, size: int, seed: int | None = None,
@@ -31,14 +31,8 @@ def build_policy(config: AugmentConfig, size: int, seed: int | None = None,
     holds mask pixels whenever the image has some (``CropNonEmptyMaskIfExists``)."""
     intensity, distortion, crop = config.intensity, config.distortion, config.random_sized_crop
     nearest = {"mask_interpolation": cv2.INTER_NEAREST}
-    crop_range = (max(1, int(crop.min_fraction * size)), min(size, int(crop.max_fraction * size)))
-    if crop_range[0] > crop_range[1]:
-        raise ValueError(f"augment.random_sized_crop: min_fraction {crop.min_fraction} is above "
-                         f"max_fraction {crop.max_fraction}")
-    if train_crop and (train_crop % SIZE_MULTIPLE or not SIZE_MULTIPLE <= train_crop <= size):
-        raise ValueError(f"data.train_crop: {train_crop} must be a multiple of {SIZE_MULTIPLE} "
-                         f"(the encoder halves it five times) up to data.image_size ({size}), "
-                         f"or 0")
+    crop_range = (max(1, int(crop.min_fraction * size)),
+                  max(1, min(size, int(crop.max_fraction * size))))
     transforms = [
         A.HorizontalFlip(p=config.horizontal_flip.p),
         A.OneOf([

@@ -12,19 +12,20 @@ import io
 from dataclasses import dataclass
 from pathlib import Path
 
-from keras_ptx.config import check_image_size
+from keras_ptx.config import EncoderName, check_image_size, choices
+from keras_ptx.errors import UserError
 from keras_ptx.tf_setup import tf
 
 with contextlib.redirect_stdout(io.StringIO()):     # it announces its framework on stdout
     import segmentation_models as sm
 import efficientnet.model as efficientnet_model
 
-ENCODERS = tuple(f"efficientnetb{i}" for i in range(8))
+ENCODERS = choices(EncoderName)
 STRIDES = (2, 4, 8, 16, 32)
 DEEPEST_LAYER = "top_activation"    # the efficientnet package's last layer without the top
 
 
-class WeightsError(ValueError):
+class WeightsError(UserError):
     """Encoder weights that cannot be found, downloaded or loaded."""
 
 
@@ -35,21 +36,13 @@ class Encoder:
     features: tuple                         # tensors at STRIDES, shallowest first
 
 
-def check_encoder_name(name: str) -> None:
-    if name not in ENCODERS:
-        raise ValueError(f"model.encoder: unknown encoder {name!r}; "
-                         f"choose one of {', '.join(ENCODERS)}")
-
-
 def feature_layer_names(name: str) -> tuple[str, ...]:
     """Names of the layers whose outputs are the features at STRIDES (shallowest first)."""
-    check_encoder_name(name)
     return tuple(reversed(sm.Backbones.get_feature_layers(name, n=4))) + (DEEPEST_LAYER,)
 
 
 def imagenet_weights_source(name: str) -> tuple[str, str, str]:
     """(file name, URL, sha256) of the efficientnet package's ImageNet weights without the top."""
-    check_encoder_name(name)
     model_name = "efficientnet-b" + name[-1]
     file_name = f"{model_name}_weights_tf_dim_ordering_tf_kernels_autoaugment_notop.h5"
     return (file_name, efficientnet_model.BASE_WEIGHTS_PATH + file_name,
@@ -58,7 +51,6 @@ def imagenet_weights_source(name: str) -> tuple[str, str, str]:
 
 def resolve_weights(name: str, weights: str) -> str | None:
     """The local weights file for ``weights`` (downloading ImageNet weights once), or None."""
-    check_encoder_name(name)
     if weights is None or str(weights).lower() == "none":
         return None
     file_name, url, file_hash = imagenet_weights_source(name)

@@ -17,20 +17,12 @@ from keras_ptx.model.unetpp import output_names
 from keras_ptx.tf_setup import tf
 
 
-def thresholds(threshold) -> list[float]:
-    """``train.metric_threshold`` (one value or several) as a list, after checking it."""
-    values = [float(t) for t in (threshold if isinstance(threshold, (list, tuple)) else [threshold])]
-    if not values or not all(0.0 <= t < 1.0 for t in values):
-        raise ValueError(f"train.metric_threshold: expected one or more pixel thresholds in "
-                         f"[0, 1), got {threshold!r}")
-    return values
-
-
 class _PerImageScore(tf.keras.metrics.Metric):
     def __init__(self, threshold=0.5, name=None, dtype=None):
         super().__init__(name=name, dtype=dtype)
         self.threshold = threshold
-        self._thresholds = thresholds(threshold)
+        self._thresholds = [float(t) for t in
+                            (threshold if isinstance(threshold, (list, tuple)) else [threshold])]
         shape = (len(self._thresholds),)
         self.total = self.add_weight(name="total", shape=shape, initializer="zeros")
         self.count = self.add_weight(name="count", initializer="zeros")

@@ -1,6 +1,8 @@
 """XLA and mixed-precision switches: ``auto`` turns each on only when a GPU is visible.
 
-On this kind of CPU, XLA makes training 2-4x slower and float16 brings nothing (DESIGN.md).
+On a CPU, XLA makes training slower, not faster, and float16 brings nothing; XLA's cost on
+this project's CPU is measured by ``bench/bench_model.py --jit both`` (BENCHMARKS.md, "The
+model: UNet++ on EfficientNet").
 """
 from __future__ import annotations
 
@@ -13,22 +15,20 @@ def gpu_available() -> bool:
     return bool(tf.config.list_physical_devices("GPU"))
 
 
-def _resolve(value, key: str) -> bool:
-    if isinstance(value, bool):
-        return value
-    if isinstance(value, str) and value.lower() == "auto":
-        return gpu_available()
-    raise ValueError(f"{key}: expected true, false or auto, got {value!r}")
+def resolve(value: bool | str) -> bool:
+    """A true/false/auto setting (``train.jit_compile``, ``train.mixed_precision``): 'auto' is
+    True iff a GPU is visible."""
+    return value if isinstance(value, bool) else gpu_available()
 
 
 def resolve_jit_compile(value) -> bool:
     """``train.jit_compile``: True, False, or 'auto' (True iff a GPU is visible)."""
-    return _resolve(value, "train.jit_compile")
+    return resolve(value)
 
 
 def resolve_mixed_precision(value) -> bool:
     """``train.mixed_precision``: True, False, or 'auto' (True iff a GPU is visible)."""
-    return _resolve(value, "train.mixed_precision")
+    return resolve(value)
 
 
 @contextlib.contextmanager

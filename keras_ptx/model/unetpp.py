@@ -21,12 +21,11 @@ from __future__ import annotations
 
 import dataclasses
 
-from keras_ptx.config import Config, ModelConfig
-from keras_ptx.model.encoders import build_encoder, check_encoder_name
+from keras_ptx.config import DECODER_DEPTH, Config, ModelConfig
+from keras_ptx.model.encoders import build_encoder
 from keras_ptx.model.precision import dtype_policy, resolve_mixed_precision
 from keras_ptx.tf_setup import tf
 
-DEPTH = 4                           # decoder columns; X(0, 4) is the full network's mask node
 layers = tf.keras.layers
 
 
@@ -40,16 +39,13 @@ def output_names(model: ModelConfig) -> list[str]:
     return names
 
 
-def check_model_config(model: ModelConfig) -> None:
-    check_encoder_name(model.encoder)
-    filters = tuple(model.decoder_filters)
-    if len(filters) != 5 or any(f <= 0 for f in filters):
-        raise ValueError(f"model.decoder_filters: expected 5 positive widths (strides 16, 8, 4, "
-                         f"2 and the full-resolution head), got {list(filters)}")
-    if not 1 <= model.prune_level <= DEPTH:
-        raise ValueError(f"model.prune_level: expected 1 to {DEPTH}, got {model.prune_level}")
-    if not 0.0 <= model.dropout < 1.0:
-        raise ValueError(f"model.dropout: expected a rate in [0, 1), got {model.dropout}")
+def named_outputs(model: tf.keras.Model, outputs) -> dict:
+    """A call's outputs (one tensor, a list or a dict) as ``{output name: tensor}``."""
+    if isinstance(outputs, dict):
+        return outputs
+    if isinstance(outputs, (list, tuple)):
+        return dict(zip(model.output_names, outputs))
+    return {model.output_names[0]: outputs}
 
 
 def build_model(config: Config, any_size: bool = False) -> tf.keras.Model:
@@ -57,11 +53,10 @@ def build_model(config: Config, any_size: bool = False) -> tf.keras.Model:
     ``data.image_size``; with ``any_size``, any multiple-of-32 height and width, e.g. training
     crops and whole validation images through one model)."""
     model = config.model
-    check_model_config(model)
     with dtype_policy(resolve_mixed_precision(config.train.mixed_precision)):
         encoder = build_encoder(model.encoder, config.data.image_size, model.weights, any_size)
         columns = model.prune_level
-        widths = tuple(reversed(model.decoder_filters[:DEPTH])) + (model.decoder_filters[0],)
+        widths = tuple(reversed(model.decoder_filters[:DECODER_DEPTH])) + (model.decoder_filters[0],)
         nodes = {}
         for i in range(columns + 1):
             nodes[i, 0] = _conv_bn_relu(encoder.features[i], widths[i], 1, f"x{i}0_proj")

@@ -15,9 +15,9 @@ grid by :mod:`keras_ptx.data.geometry`'s rule (:func:`to_square_tf`), normalised
 hflip TTA). Post-processing (the run's rule, as ``bin/predict`` loads it) runs on the model's
 grid (``side = S``) and the binary mask is then mapped back to each input's grid
 (:func:`from_square_tf`, kept where >= 0.5): :func:`~keras_ptx.inference.postprocess.apply_tf`
-needs a static side, and its component filter costs up to ~40 ms per map at 256 but ~1.4 s at
-1024 on this CPU. ``bin/predict`` post-processes at the original size instead, so mask borders
-can differ by a pixel or so between the two.
+needs a static side, and its component filter, each of whose rounds passes over every pixel,
+costs many times more at a radiograph's 1024 px than at 256. ``bin/predict`` post-processes at
+the original size instead, so mask borders can differ by a pixel or so between the two.
 """
 from __future__ import annotations
 
@@ -25,11 +25,11 @@ import json
 import uuid
 
 import keras_ptx
-from keras_ptx.inference.postprocess import (PostProcess, PostProcessError, apply_tf,
-                                             load_for_run, tta_for)
-from keras_ptx.input.normalize import to_model_input
+from keras_ptx.errors import UserError
+from keras_ptx.inference.postprocess import PostProcess, apply_tf
 from keras_ptx.inference.runner import Predictor
-from keras_ptx.rundir import load_model, load_run_config
+from keras_ptx.inference.trained import TrainedRun
+from keras_ptx.input.normalize import to_model_input
 from keras_ptx.serving import (BYTES_INPUT, IMAGE_INPUT, PREDICT_IMAGE, SERVING_DEFAULT,
                                WARMUP_FILE)
 from keras_ptx.serving.warmup import write_warmup
@@ -38,7 +38,7 @@ from keras_ptx.tf_setup import tf
 METADATA_FILE = "assets.extra/keras_ptx_export.json"
 
 
-class ExportError(RuntimeError):
+class ExportError(UserError):
     """An export that cannot be written (the version exists or is not a positive integer)."""
 
 
@@ -73,9 +73,6 @@ def serving_functions(predictor: Predictor, post: PostProcess) -> dict:
     """The two signature functions (``tf.function`` with input signatures) around a model."""
     size = predictor.size
     spec = tf.TensorSpec([size, size, 1], tf.float32)
-    if post.cls_threshold is not None and not predictor.has_label_head:
-        raise ExportError(f"the post-processing ({post.describe()}) gates on the image-level "
-                          "head, but the model has none")
 
     @tf.function(input_signature=[tf.TensorSpec([None, size, size, 1], tf.float32)])
     def infer(squares):  # one trace of the network, shared by both signatures
@@ -147,22 +144,19 @@ def check_version_free(export_base, version: int) -> None:
                           f"{next_version(export_base)})")
 
 
-def export_model(model: tf.keras.Model, post: PostProcess, export_base,
-                 version: int | None = None, warmup_requests: int = 2, tta: str = "none",
+def export_model(predictor: Predictor, post: PostProcess, export_base,
+                 version: int | None = None, warmup_requests: int = 2,
                  metadata: dict | None = None) -> str:
-    """Write ``model`` as ``export_base/<version>/``; returns that path.
-
-    ``version`` defaults to the next free integer; an existing version is never overwritten.
-    ``tta='hflip'`` averages each map with its mirror image's, as ``bin/predict --tta hflip``.
-    """
-    predictor = Predictor(model, tta)
+    """Write ``predictor``'s model, its TTA and ``post`` as ``export_base/<version>/``; returns
+    that path. ``version`` defaults to the next free integer; an existing version is never
+    overwritten."""
     size = predictor.size
     version = next_version(export_base) if version is None else version
     check_version_free(export_base, version)
     final = _version_path(export_base, version)
     staging = tf.io.gfile.join(str(export_base), f".{version}.partial-{uuid.uuid4().hex[:8]}")
     root = tf.Module()
-    root.model_variables = list(model.variables)   # the checkpoint; Keras objects stay out
+    root.model_variables = list(predictor.model.variables)  # the checkpoint; no Keras objects
     functions = serving_functions(predictor, post)
     for name, function in functions.items():
         setattr(root, name, function)
@@ -172,7 +166,7 @@ def export_model(model: tf.keras.Model, post: PostProcess, export_base,
         write_warmup(tf.io.gfile.join(staging, WARMUP_FILE), size, warmup_requests)
         with tf.io.gfile.GFile(tf.io.gfile.join(staging, METADATA_FILE), "w") as f:
             json.dump({"keras_ptx": keras_ptx.__version__, "version": version, "image_size": size,
-                       "tta": tta, "postprocess": post.to_dict(),
+                       "tta": predictor.tta, "postprocess": post.to_dict(),
                        "postprocess_rule": post.describe(),
                        "signatures": sorted(functions), **(metadata or {})}, f, indent=2)
         check_version_free(export_base, version)
@@ -198,11 +192,8 @@ def export_run(run_dir, export_base, version: int | None = None, tta: str | None
     """
     version = next_version(export_base) if version is None else version
     check_version_free(export_base, version)        # before the model is built
-    try:
-        post, source = load_for_run(run_dir, load_run_config(run_dir))
-    except PostProcessError as exc:
-        raise ExportError(str(exc)) from None
-    config, model = load_model(run_dir)
-    tta = tta_for(post, config, tta)
-    return export_model(model, post, export_base, version, config.export.warmup_requests, tta,
-                        metadata={"run_dir": str(run_dir), "postprocess_source": source})
+    run = TrainedRun(run_dir)
+    post = run.post                                 # a bad rule is refused before the build
+    return export_model(run.predictor(run.tta(tta)), post, export_base, version,
+                        run.config.export.warmup_requests,
+                        metadata={"run_dir": str(run_dir), "postprocess_source": run.post_source})

@@ -26,6 +26,7 @@ from tqdm import tqdm
 from keras_ptx.data import rle
 from keras_ptx.data.annotations import write_annotations
 from keras_ptx.data.dicom import read_dicom
+from keras_ptx.errors import UserError
 from keras_ptx.synthetic.dicom_writer import write_dicom
 from keras_ptx.synthetic.radiograph import MIN_SIZE, generate_image, rng_for
 
@@ -45,6 +46,10 @@ PER_IMAGE_LIMIT = 5000              # synthetic.json lists images one by one up 
 PREVIEW_TILES, PREVIEW_TILE = 12, 320
 
 
+class SyntheticError(UserError):
+    """Options that cannot make a dataset, or an OUT that already holds one."""
+
+
 @dataclass(frozen=True)
 class Options:
     n_images: int
@@ -57,16 +62,16 @@ class Options:
 
     def __post_init__(self):
         if self.n_images < 1:
-            raise ValueError(f"n_images must be at least 1, got {self.n_images}")
+            raise SyntheticError(f"n_images must be at least 1, got {self.n_images}")
         if self.size < MIN_SIZE:
-            raise ValueError(f"size must be at least {MIN_SIZE}, got {self.size}")
+            raise SyntheticError(f"size must be at least {MIN_SIZE}, got {self.size}")
         for name in ("positive_fraction", "test_fraction"):
             if not 0.0 <= getattr(self, name) <= 1.0:
-                raise ValueError(f"{name} must be within [0, 1], got {getattr(self, name)}")
+                raise SyntheticError(f"{name} must be within [0, 1], got {getattr(self, name)}")
         if self.stage not in LABEL_FILES:
-            raise ValueError(f"stage must be 1 or 2, got {self.stage}")
+            raise SyntheticError(f"stage must be 1 or 2, got {self.stage}")
         if self.seed < 0:
-            raise ValueError(f"seed must be non-negative, got {self.seed}")
+            raise SyntheticError(f"seed must be non-negative, got {self.seed}")
 
 
 @dataclass(frozen=True)
@@ -150,16 +155,16 @@ def make_dataset(out, options: Options, workers: int = 1, overwrite: bool = Fals
                  progress: bool = True) -> dict:
     """Write the dataset under ``out``; returns the summary also saved as synthetic.json."""
     out = Path(out)
+    if workers < 1:
+        raise SyntheticError(f"workers must be at least 1, got {workers}")
     existing = [name for name in OUTPUTS if (out / name).exists()]
     if existing and not overwrite:
-        raise FileExistsError(f"{out} already holds a dataset ({', '.join(existing)}); "
+        raise SyntheticError(f"{out} already holds a dataset ({', '.join(existing)}); "
                               "choose another directory or replace it with --overwrite")
     for name in existing:
         target = out / name
         shutil.rmtree(target) if target.is_dir() else target.unlink()
     out.mkdir(parents=True, exist_ok=True)
-    if workers < 1:
-        raise ValueError(f"workers must be at least 1, got {workers}")
 
     work = partial(make_image, options, out)
     indices = range(options.n_images)

@@ -7,7 +7,6 @@ Explicit VR Little Endian) exist to exercise readers with the variants found in 
 from __future__ import annotations
 
 import io
-import os
 from pathlib import Path
 
 import numpy as np
@@ -16,6 +15,8 @@ from pydicom.dataset import FileDataset, FileMetaDataset
 from pydicom.encaps import encapsulate
 from pydicom.uid import (PYDICOM_IMPLEMENTATION_UID, ComputedRadiographyImageStorage,
                          ExplicitVRLittleEndian, JPEGBaseline8Bit)
+
+from keras_ptx.fileio import atomic_path
 
 TRANSFER_SYNTAXES = {"jpeg_baseline": JPEGBaseline8Bit, "explicit_le": ExplicitVRLittleEndian}
 PHOTOMETRICS = ("MONOCHROME2", "MONOCHROME1")
@@ -128,10 +129,6 @@ def write_dicom(path, pixels, *, image_id: str, study_uid: str, series_uid: str,
         ds["PixelData"].VR = "OB" if bits == 8 else "OW"
 
     path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_name(f".{path.name}.{os.getpid()}.partial")
-    try:
+    with atomic_path(path) as partial:
         ds.save_as(partial, enforce_file_format=True)
-        os.replace(partial, path)
-    finally:
-        partial.unlink(missing_ok=True)
     return path

@@ -1,8 +1,9 @@
 """Training: strategy, optimizer schedule, callbacks, weight averaging and the run itself.
 
-Entry point: :func:`keras_ptx.training.trainer.train`; ``bin/train`` is its command line.
+Entry point: :func:`keras_ptx.training.run.train`; ``bin/train`` is its command line.
 """
+from keras_ptx.errors import UserError
 
 
-class TrainingError(RuntimeError):
-    """A run that cannot start or finish: bad data directory, run directory or settings."""
+class TrainingError(UserError):
+    """A run that cannot start or finish: its run directory, records or result."""

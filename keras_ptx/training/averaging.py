@@ -6,16 +6,16 @@ weights is a collective under MultiWorkerMirroredStrategy, so all must take part
 also saves it after each epoch as ``checkpoints/swa-epoch-NNN.npz`` (the last two are kept), so
 a resumed run continues the mean from the epoch its backup holds. BatchNorm moving statistics
 are averaged like every other weight, not re-estimated from a pass over the training set.
-After training the trainer scores the mean on the validation split and keeps it only if it
-beats the best epoch.
+After training, :func:`keras_ptx.training.finish.finish` scores the mean on the validation
+split and keeps it only if it beats the best epoch.
 """
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import numpy as np
 
+from keras_ptx.fileio import atomic_path
 from keras_ptx.tf_setup import tf
 
 _PATTERN = "swa-epoch-{:03d}.npz"
@@ -64,9 +64,9 @@ class WeightAveraging(tf.keras.callbacks.Callback):
     def _save(self, epoch: int) -> None:
         self.state_dir.mkdir(parents=True, exist_ok=True)
         path = self.state_dir / _PATTERN.format(epoch)
-        tmp = path.with_name(path.name + ".tmp.npz")
-        np.savez(tmp, epochs=np.asarray(self.epochs), **{f"w{i}": m for i, m in enumerate(self.mean)})
-        os.replace(tmp, path)
+        with atomic_path(path) as tmp:
+            np.savez(tmp, epochs=np.asarray(self.epochs),
+                     **{f"w{i}": m for i, m in enumerate(self.mean)})
         for old in self.state_dir.glob("swa-epoch-[0-9][0-9][0-9].npz"):
             if int(old.stem.rsplit("-", 1)[1]) < epoch - 1:
                 old.unlink()

@@ -1,16 +1,26 @@
-"""Training callbacks that Keras does not ship: epoch statistics, the one-line epoch summary,
-validation overlays for TensorBoard, and early stopping that survives a resume."""
+"""A run's callbacks (:class:`RunCallbacks`) and those among them that Keras does not ship:
+epoch statistics, the one-line epoch summary, validation overlays for TensorBoard, and early
+stopping that survives a resume."""
 from __future__ import annotations
 
 import math
 import time
+from pathlib import Path
 
 import numpy as np
 
+from keras_ptx import rundir
+from keras_ptx.config import Config
+from keras_ptx.data.records_dir import RecordsDir
 from keras_ptx.input.normalize import gray_from_model_input
+from keras_ptx.input.pipeline import make_eval_dataset
+from keras_ptx.model.unetpp import named_outputs
 from keras_ptx.tf_setup import tf
-from keras_ptx.training.resume import Monitor, ResumePoint
+from keras_ptx.training.averaging import WeightAveraging
+from keras_ptx.training.resume import Monitor, ResumePoint, score_key
 from keras_ptx.training.schedules import current_learning_rate
+
+SAMPLE_SCAN = 256           # validation examples searched for positive cases to show
 
 
 class EpochStats(tf.keras.callbacks.Callback):
@@ -91,11 +101,7 @@ class ValidationImages(tf.keras.callbacks.Callback):
         self.writer = tf.summary.create_file_writer(str(log_dir)) if log_dir else None
 
     def on_epoch_end(self, epoch, logs=None):
-        outputs = self.model(self.images, training=False)
-        if isinstance(outputs, dict):
-            outputs = outputs["mask"]
-        elif isinstance(outputs, (list, tuple)):
-            outputs = outputs[0]
+        outputs = named_outputs(self.model, self.model(self.images, training=False))["mask"]
         if self.writer is None:
             return
         with self.writer.as_default():
@@ -134,3 +140,53 @@ def validation_sample(dataset, count: int, scan: int) -> tuple[np.ndarray, np.nd
     images, masks = np.concatenate(images)[:scan], np.concatenate(masks)[:scan]
     order = np.argsort(-(masks.reshape(len(masks), -1).max(axis=1)), kind="stable")[:count]
     return images[order], masks[order]
+
+
+class RunCallbacks:
+    """A run's own callbacks, in the order Keras calls them at an epoch's end (see
+    :mod:`keras_ptx.training.run`), with handles on the ones :mod:`~keras_ptx.training.finish`
+    reads."""
+
+    def __init__(self, config: Config, records: RecordsDir, run: Path, monitor: Monitor,
+                 start: ResumePoint, chief: bool, echo):
+        train = config.train
+        checkpoints = run / rundir.CHECKPOINTS
+        keras = tf.keras.callbacks
+        self.best = keras.ModelCheckpoint(
+            str(checkpoints / rundir.BEST_WEIGHTS), monitor=monitor.key, mode=monitor.mode,
+            save_best_only=True, save_weights_only=True, initial_value_threshold=start.best_score)
+        self.early_stopping = ResumableEarlyStopping(
+            start, monitor=monitor.key, mode=monitor.mode, patience=train.early_stopping_patience,
+            verbose=1) if train.early_stopping_patience else None
+        self.averaging = WeightAveraging(
+            max(0, train.epochs - train.swa_epochs), checkpoints, write=chief,
+            resume_epoch=start.epoch, echo=echo) if train.swa_epochs else None
+        self.callbacks = [
+            EpochStats(train.batch_size), keras.TerminateOnNaN(), self.best,
+            keras.ModelCheckpoint(str(checkpoints / rundir.LAST_WEIGHTS), save_weights_only=True),
+        ]
+        if self.early_stopping:
+            self.callbacks.append(self.early_stopping)
+        if train.lr_schedule == "plateau":
+            self.callbacks.append(keras.ReduceLROnPlateau(
+                monitor=monitor.key, mode=monitor.mode, factor=train.plateau_factor,
+                patience=train.plateau_patience, min_lr=train.min_learning_rate, verbose=1))
+        if self.averaging:
+            self.callbacks.append(self.averaging)
+        if train.tensorboard_images:
+            images, masks = validation_sample(
+                make_eval_dataset(config, records, "val", batch_size=32),
+                train.tensorboard_images, SAMPLE_SCAN)
+            self.callbacks.append(ValidationImages(
+                images, masks, config.eval.threshold,
+                log_dir=run / rundir.LOGS / "images" if chief else None))
+        if chief:
+            self.callbacks += [
+                keras.CSVLogger(str(run / rundir.HISTORY), append=start.epoch > 0),
+                keras.TensorBoard(str(run / rundir.LOGS), write_graph=False, profile_batch=0),
+            ]
+        self.callbacks.append(keras.ProgbarLogger(count_mode="steps"))
+        if chief:
+            self.callbacks.append(EpochSummary(monitor, "val_" + score_key(config.model),
+                                               train.epochs, start, echo))
+        self.callbacks.append(keras.BackupAndRestore(str(checkpoints / rundir.BACKUP)))

@@ -18,13 +18,14 @@ from __future__ import annotations
 
 import csv
 import math
-import os
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
 from keras_ptx import rundir
-from keras_ptx.config import Config, ConfigError, dump_config, load_config
+from keras_ptx.config import Config, ConfigError, ModelConfig, dump_config, load_config
+from keras_ptx.fileio import atomic_path
+from keras_ptx.model.unetpp import output_names
 from keras_ptx.tf_setup import tf
 from keras_ptx.training import TrainingError
 
@@ -46,6 +47,18 @@ class Monitor:
 
     def better(self, value: float, than: float) -> bool:
         return value > than if self.mode == "max" else value < than
+
+    @classmethod
+    def of(cls, config: Config) -> "Monitor":
+        """What picks the best epoch, early stopping and plateau decay (``train.monitor``)."""
+        if config.train.monitor == "loss":
+            return cls("val_loss", "min")
+        return cls("val_" + score_key(config.model), "max")
+
+
+def score_key(model: ModelConfig) -> str:
+    """Keras' name of the competition-score metric: prefixed by 'mask_' with several outputs."""
+    return "score" if len(output_names(model)) == 1 else "mask_score"
 
 
 @dataclass(frozen=True)
@@ -212,10 +225,8 @@ def _truncate_history(run: Path, epoch: int) -> None:
             return
         column = header.index("epoch")
         rows = [row for row in reader if row and int(row[column]) < epoch]
-    tmp = path.with_name(path.name + ".tmp")
-    with tmp.open("w", newline="") as f:
+    with atomic_path(path) as tmp, open(tmp, "w", newline="") as f:
         csv.writer(f).writerows([header, *rows])
-    os.replace(tmp, path)
 
 
 def _flatten(tree: dict, prefix: str = "") -> dict:

@@ -12,26 +12,8 @@ from __future__ import annotations
 from keras_ptx.config import TrainConfig
 from keras_ptx.tf_setup import tf
 
-SCHEDULES = ("cosine", "plateau", "constant")
-OPTIMIZERS = ("adam", "adamw", "sgd")
-
-
-def check_settings(train: TrainConfig) -> None:
-    """ValueError naming the setting when the optimizer or schedule settings cannot work."""
-    if train.optimizer not in OPTIMIZERS:
-        raise ValueError(f"train.optimizer: expected one of {', '.join(OPTIMIZERS)}, "
-                         f"got {train.optimizer!r}")
-    if train.lr_schedule not in SCHEDULES:
-        raise ValueError(f"train.lr_schedule: expected one of {', '.join(SCHEDULES)}, "
-                         f"got {train.lr_schedule!r}")
-    for key in ("learning_rate", "min_learning_rate", "weight_decay", "warmup_epochs"):
-        if getattr(train, key) < 0:
-            raise ValueError(f"train.{key}: cannot be negative, got {getattr(train, key)}")
-
-
 def learning_rate_schedule(train: TrainConfig, steps_per_epoch: int):
     """A ``LearningRateSchedule`` (cosine) or a float (plateau, constant)."""
-    check_settings(train)
     if train.lr_schedule != "cosine":
         return float(train.learning_rate)
     total = max(1, train.epochs * steps_per_epoch)

@@ -3,8 +3,9 @@
 ``train.strategy``: ``default`` (one device), ``mirrored`` (every GPU of this machine),
 ``multi_worker`` (MultiWorkerMirroredStrategy over the cluster in ``TF_CONFIG``), or ``auto``:
 multi_worker when TF_CONFIG names more than one task, mirrored with more than one GPU, else
-default. MultiWorkerMirroredStrategy must exist before TensorFlow runs any op, so the trainer
-creates the strategy first (the checks before it only touch files).
+default. MultiWorkerMirroredStrategy must exist before TensorFlow runs any op, so
+:func:`keras_ptx.training.run.train` creates the strategy first (the checks before it only
+touch files).
 """
 from __future__ import annotations
 
@@ -12,9 +13,7 @@ import json
 import os
 
 from keras_ptx.tf_setup import tf
-
-STRATEGIES = ("auto", "default", "mirrored", "multi_worker")
-
+from keras_ptx.training import TrainingError
 
 def _tf_config(environ=None) -> dict:
     text = (os.environ if environ is None else environ).get("TF_CONFIG", "")
@@ -23,9 +22,9 @@ def _tf_config(environ=None) -> dict:
     try:
         spec = json.loads(text)
     except ValueError as exc:
-        raise ValueError(f"TF_CONFIG is not valid JSON: {exc}") from None
+        raise TrainingError(f"TF_CONFIG is not valid JSON: {exc}") from None
     if not isinstance(spec, dict) or not isinstance(spec.get("cluster", {}), dict):
-        raise ValueError("TF_CONFIG must be an object with a 'cluster' mapping and a 'task'")
+        raise TrainingError("TF_CONFIG must be an object with a 'cluster' mapping and a 'task'")
     return spec
 
 
@@ -36,8 +35,7 @@ def cluster_size(environ=None) -> int:
 
 
 def resolve_strategy_name(name: str, environ=None) -> str:
-    if name not in STRATEGIES:
-        raise ValueError(f"train.strategy: expected one of {', '.join(STRATEGIES)}, got {name!r}")
+    """``train.strategy`` with ``auto`` settled for this cluster and machine."""
     if name != "auto":
         return name
     if cluster_size(environ) > 1:
@@ -62,8 +60,9 @@ def is_chief(strategy: tf.distribute.Strategy) -> bool:
 def barrier(strategy: tf.distribute.Strategy) -> None:
     """Return only when every worker has got here (one tiny all-reduce); instant on one worker.
 
-    Used after ``fit`` so that no worker reads a file the chief is still writing in its last
-    epoch's callbacks.
+    Used after the chief prepares RUN_DIR, so that no worker uses it half made, and after
+    ``fit``, so that no worker reads a file the chief is still writing in its last epoch's
+    callbacks.
     """
     if isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
         strategy.reduce(tf.distribute.ReduceOp.SUM, _ones(strategy), axis=None)

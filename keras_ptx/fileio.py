@@ -1,0 +1,69 @@
+"""Writing files so that a reader never sees half of one: write beside, then rename over.
+
+Local paths use the operating system (no TensorFlow import, so the data tools stay light);
+URLs (``gs://``, ``ram://``, ...) go through ``tf.io.gfile``, where a rename is as atomic as
+the filesystem allows. Temporary names hold ``.tmp-``, so leftovers of a killed process can be
+found with the glob ``*.tmp-*``.
+"""
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import tempfile
+import uuid
+from pathlib import Path
+
+
+def is_url(path) -> bool:
+    """Whether ``path`` names a filesystem by scheme (``gs://bucket/x``) rather than a local path."""
+    return "://" in str(path)
+
+
+def write_atomic(path, data: bytes | str) -> None:
+    """Replace ``path`` with ``data`` (text is written as UTF-8) in one rename."""
+    data = data.encode() if isinstance(data, str) else data
+    if is_url(path):
+        from keras_ptx.tf_setup import tf
+
+        staged = f"{path}.tmp-{os.getpid()}"
+        with tf.io.gfile.GFile(staged, "wb") as f:
+            f.write(data)
+        tf.io.gfile.rename(staged, str(path), overwrite=True)
+        return
+    with atomic_path(path) as tmp:
+        Path(tmp).write_bytes(data)
+
+
+@contextlib.contextmanager
+def atomic_path(path):
+    """A local temporary file name to write ``path``'s content to; on a clean exit it replaces
+    ``path`` (on error it is removed and ``path`` is untouched). For writers that need a file
+    name of their own, such as Keras' ``save_weights`` or ``numpy.savez``: the temporary name
+    keeps ``path``'s suffix, which such writers read the format from."""
+    path = str(path)
+    name = os.path.basename(path.rstrip("/"))
+    # a fresh name, not a file: the writer creates it with the usual permissions
+    tmp_name = f"{name}.tmp-{uuid.uuid4().hex[:8]}{''.join(Path(name).suffixes)}"
+    folder = tempfile.mkdtemp() if is_url(path) else os.path.dirname(os.path.abspath(path))
+    tmp = os.path.join(folder, tmp_name)
+    try:
+        yield tmp
+        if is_url(path):
+            _upload(tmp, path)
+        else:
+            os.replace(tmp, path)
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(tmp)
+        if is_url(path):
+            shutil.rmtree(folder, ignore_errors=True)
+
+
+def _upload(local: str, url: str) -> None:
+    from keras_ptx.tf_setup import tf
+
+    staged = f"{url}.tmp-{os.getpid()}"
+    tf.io.gfile.copy(local, staged, overwrite=True)
+    tf.io.gfile.rename(staged, url, overwrite=True)
+

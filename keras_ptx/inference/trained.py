@@ -1,0 +1,64 @@
+"""A finished training run as evaluate, predict and export use it.
+
+:class:`TrainedRun` reads RUN_DIR once: its validated config, its saved post-processing
+(RUN_DIR/postprocess.json, else the config's ``eval.threshold`` pixel threshold, with where it
+came from), the TTA to predict with, and on demand the model (the weights-only twin of the
+trained network, built from the config) and a :class:`~keras_ptx.inference.runner.Predictor`
+around it. The checks that decide whether the rule fits the model live here, once.
+"""
+from __future__ import annotations
+
+import functools
+from pathlib import Path
+
+from keras_ptx import rundir
+from keras_ptx.config import Config, Tta
+from keras_ptx.inference.postprocess import PostProcess
+from keras_ptx.inference.runner import Predictor
+
+
+class TrainedRun:
+    def __init__(self, run_dir):
+        self.path = Path(run_dir)
+        self.config: Config = rundir.load_run_config(run_dir)
+
+    @property
+    def post(self) -> PostProcess:
+        """The saved post-processing rule (read when first asked for)."""
+        return self._saved_rule[0]
+
+    @property
+    def post_source(self) -> str:
+        """The file :attr:`post` came from, or why it is the default."""
+        return self._saved_rule[1]
+
+    @functools.cached_property
+    def _saved_rule(self) -> tuple[PostProcess, str]:
+        path = self.path / rundir.POSTPROCESS
+        if not path.is_file():
+            threshold = self.config.eval.threshold
+            return (PostProcess(threshold=threshold),
+                    f"no {rundir.POSTPROCESS} in the run (bin/evaluate has not been run): "
+                    f"default pixel threshold {threshold:g}")
+        return PostProcess.load(path), str(path)
+
+    def tta(self, requested: Tta | None = None) -> Tta:
+        """The test-time augmentation to predict with: ``requested``, else the one the saved
+        rule was tuned with, else the run's ``eval.tta`` (a rule's thresholds fit the maps it
+        was tuned on)."""
+        return requested or self.post.tta or self.config.eval.tta
+
+    @functools.cached_property
+    def model(self):
+        """The trained network with the run's best weights (built once)."""
+        return rundir.load_model(self.path, self.config)
+
+    def predictor(self, tta: Tta) -> Predictor:
+        """A :class:`Predictor` of the model with ``tta`` to apply :attr:`post` to;
+        RunDirError when the rule needs an image-level head the model does not have."""
+        predictor = Predictor(self.model, tta)
+        if self.post.cls_threshold is not None and not predictor.has_label_head:
+            raise rundir.RunDirError(f"{self.post_source}: the post-processing "
+                                     f"({self.post.describe()}) gates on the image-level head, "
+                                     f"but the model has none")
+        return predictor

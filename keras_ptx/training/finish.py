@@ -1,0 +1,101 @@
+"""The end of a run: the final weights, RUN_DIR/best.weights.h5 and metrics.json.
+
+After ``fit`` every worker loads the best checkpoint (or the weight average, when it does
+better on the validation split); the chief saves it, without the optimizer's state, as
+RUN_DIR/best.weights.h5 (what evaluate, predict and export load) and writes metrics.json.
+Epochs are 1-based in printed lines and metrics.json, 0-based in history.csv.
+"""
+from __future__ import annotations
+
+import json
+import math
+import statistics
+from pathlib import Path
+
+from keras_ptx import rundir
+from keras_ptx.config import Config
+from keras_ptx.fileio import atomic_path, write_atomic
+from keras_ptx.model.unetpp import build_model_to_load
+from keras_ptx.training import TrainingError
+from keras_ptx.training.callbacks import RunCallbacks
+from keras_ptx.training.resume import Monitor, best_row, read_history
+from keras_ptx.training.strategy import resolve_strategy_name
+
+
+def finish(model, config: Config, run: Path, monitor: Monitor, val_data, own: RunCallbacks,
+           chief: bool, echo) -> dict:
+    """Settle ``model`` on its final weights, save them and (chief) return metrics.json's
+    content; other workers return {}."""
+    best_path = run / rundir.CHECKPOINTS / rundir.BEST_WEIGHTS
+    if not best_path.is_file():
+        raise TrainingError(f"no epoch ended with a finite {monitor.key}, so there is no best "
+                            f"checkpoint (see {run / rundir.HISTORY}); lower "
+                            f"train.learning_rate and re-run with --overwrite")
+    _load_weights(model, best_path, config)
+    final, averaged = "best_epoch", None
+    if own.averaging and own.averaging.mean is not None:
+        best_weights = model.get_weights()
+        model.set_weights(own.averaging.averaged_weights(best_weights))
+        scores = model.evaluate(val_data, return_dict=True, verbose=0)
+        averaged = {"epochs": [e + 1 for e in own.averaging.epochs],
+                    monitor.key: float(scores[monitor.key[len("val_"):]])}
+        if monitor.better(averaged[monitor.key], own.best.best):
+            final = "swa"
+        else:
+            model.set_weights(best_weights)
+    _save_for_inference(model, config, run / rundir.BEST_WEIGHTS, chief)
+    if not chief:
+        return {}
+
+    history = read_history(run)
+    best = best_row(history, monitor)
+    stop = None
+    if any(math.isnan(row.get("loss", 0.0)) for row in history):
+        stop = "nan_loss"
+    elif own.early_stopping and own.early_stopping.stopped_epoch:
+        stop = "early_stopping"
+    speeds = [row["images_per_sec"] for row in history[1:] if "images_per_sec" in row]
+    metrics = {
+        "completed": True,
+        "monitor": monitor.key,
+        "best_epoch": best["epoch"] + 1,
+        "best": {key: value for key, value in best.items() if key != "epoch"},
+        "epochs_trained": len(history),
+        "stopped": stop,
+        "final_weights": final,
+        "weight_averaging": averaged,
+        "images_per_sec": statistics.median(speeds) if speeds else None,
+    }
+    write_atomic(run / rundir.METRICS, json.dumps(metrics, indent=1, sort_keys=True) + "\n")
+    echo(f"best epoch {metrics['best_epoch']} of {len(history)}: "
+         f"{monitor.key} {best[monitor.key]:.4f}"
+         + (f"; weight average of epochs {averaged['epochs'][0]}-{averaged['epochs'][-1]}: "
+            f"{averaged[monitor.key]:.4f}" if averaged else "")
+         + f"\nsaved {'the weight average' if final == 'swa' else 'the best epoch'} as "
+           f"{run / rundir.BEST_WEIGHTS}")
+    return metrics
+
+
+def _load_weights(model, path: Path, config: Config) -> None:
+    """``model.load_weights`` for a model of any strategy: tf-keras cannot assign values read
+    from an h5 file to the sync-on-read variables (BatchNorm statistics) of a distributed
+    model, so those get the weights through a plain twin."""
+    if resolve_strategy_name(config.train.strategy) == "default":
+        model.load_weights(str(path))
+        return
+    twin = build_model_to_load(config)
+    twin.load_weights(str(path))
+    model.set_weights(twin.get_weights())
+
+
+def _save_for_inference(model, config: Config, path: Path, chief: bool) -> None:
+    """The chief writes ``model``'s weights without the optimizer's state (two thirds of a
+    compiled model's file for B0), through an uncompiled twin: what predict, evaluate and
+    export load. Every worker reads the weights: that is a collective."""
+    weights = model.get_weights()
+    if not chief:
+        return
+    twin = build_model_to_load(config)
+    twin.set_weights(weights)
+    with atomic_path(path) as tmp:
+        twin.save_weights(tmp)

@@ -1,0 +1,117 @@
+"""One training run: records, strategy, RUN_DIR, data, model, callbacks, ``fit``, the result.
+
+Order matters under MultiWorkerMirroredStrategy, which must exist before TensorFlow runs an op:
+the records folder is opened with plain file access first (the config checked itself when it
+was loaded), then the strategy is created, the records are checked, the chief alone prepares
+RUN_DIR while the others wait at a barrier, and only then are the datasets
+(:mod:`~keras_ptx.training.datasets`) and the model (inside ``strategy.scope()``) built.
+Nothing is written to RUN_DIR before every check has passed.
+
+Callbacks (:class:`~keras_ptx.training.callbacks.RunCallbacks`), in the order Keras calls them
+at an epoch's end: epoch statistics (lr, images/s), TerminateOnNaN, ModelCheckpoint (best by
+``train.monitor``, the validation score or loss; and last; weights), EarlyStopping on the same,
+ReduceLROnPlateau (``lr_schedule: plateau``), weight averaging (``swa_epochs``), TensorBoard
+overlays, CSVLogger and TensorBoard scalars (chief), the progress bar, the one-line summary
+(chief), and BackupAndRestore last, so that a backup of epoch N means every file of epoch N is
+written. Workers other than the chief write checkpoints to temporary directories (Keras does
+this itself) and nothing else. The end of the run is :mod:`~keras_ptx.training.finish`'s.
+"""
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+from keras_ptx import rundir
+from keras_ptx.config import Config
+from keras_ptx.data.records_dir import RecordsDir
+from keras_ptx.model import (build_model, make_losses, make_metrics, resolve_jit_compile,
+                             resolve_mixed_precision)
+from keras_ptx.tf_errors import augment_worker_failure, damaged_records
+from keras_ptx.tf_setup import tf
+from keras_ptx.training import TrainingError
+from keras_ptx.training.callbacks import RunCallbacks
+from keras_ptx.training.datasets import check_records, run_data
+from keras_ptx.training.finish import finish
+from keras_ptx.training.resume import (Monitor, ResumePoint, is_finished, prepare_run_dir,
+                                       resume_point)
+from keras_ptx.training.schedules import make_optimizer
+from keras_ptx.training.strategy import barrier, is_chief, make_strategy, resolve_strategy_name
+
+
+@dataclass
+class TrainResult:
+    metrics: dict                           # as in metrics.json
+    model: tf.keras.Model | None = None     # final weights; None if the run was already finished
+
+
+def train(config: Config, data_dir: str, run_dir, *, resume: bool = False,
+          overwrite: bool = False, callbacks=(), echo=print) -> TrainResult:
+    """Train ``config`` on the records in ``data_dir`` into ``run_dir`` (see module docstring).
+
+    ``callbacks`` are extra Keras callbacks, called before the run's own.
+    """
+    run = Path(run_dir)
+    config.validate()
+    records = RecordsDir.open(data_dir)
+    if not overwrite and is_finished(run, config):
+        metrics = rundir.read_json(run, rundir.METRICS)
+        echo(f"{run} already holds this finished run (best epoch {metrics['best_epoch']}, "
+             f"{metrics['monitor']} {metrics['best'][metrics['monitor']]:.4f}); nothing to do. "
+             f"Use --overwrite to train again.")
+        return TrainResult(metrics)
+
+    strategy = make_strategy(config.train.strategy)
+    check_records(config, records)
+    chief = is_chief(strategy)
+    if chief:
+        prepare_run_dir(run, config, resume=resume, overwrite=overwrite)
+    barrier(strategy)                   # the chief has prepared RUN_DIR
+    monitor = Monitor.of(config)
+    start = resume_point(run, monitor)
+    data = run_data(config, records, strategy, start)
+
+    tf.keras.utils.set_random_seed(config.train.seed)
+    with strategy.scope():
+        model = build_model(config, any_size=bool(config.data.train_crop))
+        losses, loss_weights = make_losses(config)
+        model.compile(optimizer=make_optimizer(config.train, data.steps), loss=losses,
+                      loss_weights=loss_weights, metrics=make_metrics(config),
+                      jit_compile=resolve_jit_compile(config.train.jit_compile))
+    own = RunCallbacks(config, records, run, monitor, start, chief, echo)
+    echo(_opening_line(config, strategy, data.steps, start))
+    echo(data.caching)
+    try:
+        model.fit(data.train, validation_data=data.val, epochs=config.train.epochs,
+                  steps_per_epoch=data.steps, callbacks=[*callbacks, *own.callbacks],
+                  verbose=1 if sys.stdout.isatty() else 2)
+    except tf.errors.DataLossError as exc:
+        raise TrainingError(damaged_records(data_dir, exc)) from None
+    except tf.errors.OpError as exc:      # keep only the worker's own message
+        detail = augment_worker_failure(exc)
+        if detail is None:
+            raise
+        raise TrainingError(f"augmentation stopped training: {detail}") from None
+    barrier(strategy)                   # every worker's last epoch is written
+    metrics = finish(model, config, run, monitor, data.val, own, chief, echo)
+    return TrainResult(metrics, model)
+
+
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}{'' if n == 1 else 's'}"
+
+
+def _opening_line(config: Config, strategy, steps: int, start: ResumePoint) -> str:
+    train, size, crop = config.train, config.data.image_size, config.data.train_crop
+    line = (f"training UNet++ {config.model.encoder} at {size}x{size}"
+            f"{f' on {crop}x{crop} crops' if crop else ''}: {_count(train.epochs, 'epoch')} of "
+            f"{_count(steps, 'step')}, global batch {train.batch_size} on "
+            f"{_count(strategy.num_replicas_in_sync, 'replica')} "
+            f"({resolve_strategy_name(train.strategy)} strategy), XLA "
+            f"{'on' if resolve_jit_compile(train.jit_compile) else 'off'}, mixed precision "
+            f"{'on' if resolve_mixed_precision(train.mixed_precision) else 'off'}")
+    if start.epoch:
+        line += f"\ncontinuing after epoch {start.epoch} from the backup"
+        if start.best_score is not None:
+            line += f" (best {start.best_score:.4f} so far, epoch {start.best_epoch + 1})"
+    return line

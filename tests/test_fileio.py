@@ -1,0 +1,48 @@
+"""keras_ptx.fileio: a file is replaced whole or not at all, locally and on a tf.io.gfile URL."""
+import os
+
+import numpy as np
+import pytest
+
+from keras_ptx.fileio import atomic_path, is_url, write_atomic
+from keras_ptx.tf_setup import tf
+
+
+def test_write_atomic_replaces_the_file_and_leaves_nothing_else(tmp_path):
+    path = tmp_path / "metrics.json"
+    path.write_text("old")
+    write_atomic(path, "new\n")
+    assert path.read_text() == "new\n"
+    write_atomic(path, b"\x00bytes")
+    assert path.read_bytes() == b"\x00bytes"
+    assert os.listdir(tmp_path) == ["metrics.json"]
+
+
+def test_a_failed_write_keeps_the_old_file(tmp_path):
+    path = tmp_path / "history.csv"
+    path.write_text("epoch\n0\n")
+    with pytest.raises(RuntimeError, match="disk full"):
+        with atomic_path(path) as tmp:
+            with open(tmp, "w") as f:
+                f.write("epoch\n")
+            raise RuntimeError("disk full")
+    assert path.read_text() == "epoch\n0\n"
+    assert os.listdir(tmp_path) == ["history.csv"]
+
+
+def test_the_temporary_name_keeps_the_suffix_writers_read_the_format_from(tmp_path):
+    with atomic_path(tmp_path / "swa-epoch-003.npz") as tmp:
+        assert tmp.endswith(".npz") and os.path.dirname(tmp) == str(tmp_path)
+        np.savez(tmp, a=np.arange(3))           # numpy would add .npz to a name without it
+    assert np.load(tmp_path / "swa-epoch-003.npz")["a"].tolist() == [0, 1, 2]
+    assert os.listdir(tmp_path) == ["swa-epoch-003.npz"]
+
+
+def test_a_url_is_written_through_gfile():
+    url = "ram://fileio-test/run/metrics.json"
+    assert is_url(url) and not is_url("/tmp/run/metrics.json")
+    tf.io.gfile.makedirs("ram://fileio-test/run")
+    write_atomic(url, "{}\n")
+    with tf.io.gfile.GFile(url) as f:
+        assert f.read() == "{}\n"
+    assert tf.io.gfile.listdir("ram://fileio-test/run") == ["metrics.json"]

@@ -1,0 +1,84 @@
+"""keras_ptx.data.records_dir: a records folder is read once and answers files, counts and size."""
+import json
+
+import numpy as np
+import pytest
+
+from keras_ptx.data import records
+from keras_ptx.data.records_dir import RecordsDir, RecordsError, SplitCounts
+from record_shards import write_shards
+
+SIZE = 32
+
+
+def _examples(n, positives):
+    rng = np.random.default_rng(0)
+    for k in range(n):
+        mask = np.zeros((SIZE, SIZE), np.uint8)
+        if k < positives:
+            mask[4:9, 4:9] = 1
+        yield rng.integers(0, 255, (SIZE, SIZE), dtype=np.uint8), mask
+
+
+@pytest.fixture
+def folder(tmp_path):
+    write_shards(tmp_path, "train", _examples(10, 3), shards=2)
+    write_shards(tmp_path, "val", _examples(4, 1))
+    return tmp_path
+
+
+def test_files_counts_and_size_without_a_manifest(folder):
+    data = RecordsDir.open(str(folder))
+    assert [f.rsplit("/", 1)[1] for f in data.files("train")] == [
+        records.SHARD_PATTERN.format(split="train", index=i, count=2) for i in range(2)]
+    assert data.counts("train") == SplitCounts(10, 3)        # counted from the labels
+    assert data.counts("val") == SplitCounts(4, 1)
+    assert data.listed_counts("train") is None and data.manifest is None
+    assert data.image_size("val") == SIZE
+    assert data.checked_files("train", SIZE) == data.files("train")
+    assert data.files("test") == []
+
+
+def test_the_manifest_is_read_once_and_its_counts_win(folder, monkeypatch):
+    manifest = {"splits": {"train": {"images": 12, "positives": 5}}}
+    (folder / records.MANIFEST).write_text(json.dumps(manifest))
+    data = RecordsDir(str(folder))
+    reads = []
+    real = json.loads
+    monkeypatch.setattr(json, "loads", lambda text: reads.append(1) or real(text))
+    assert data.counts("train") == SplitCounts(12, 5)
+    assert data.listed_counts("train") == SplitCounts(12, 5)
+    assert data.counts("val") == SplitCounts(4, 1)           # not listed: counted
+    assert len(reads) == 1
+
+
+@pytest.mark.parametrize("make, message", [
+    (lambda p: p / "absent", "no such directory"),
+    (lambda p: (p / "file").write_text("x") and p / "file", "not a directory"),
+    (lambda p: (p / "empty").mkdir() or p / "empty", "the directory is empty"),
+])
+def test_open_refuses_what_is_not_a_records_folder(tmp_path, make, message):
+    with pytest.raises(RecordsError, match=message):
+        RecordsDir.open(str(make(tmp_path)))
+
+
+def test_checked_files_names_the_problem(folder, tmp_path):
+    data = RecordsDir(str(folder))
+    with pytest.raises(RecordsError, match=r"are 32x32 but data.image_size is 64; rebuild"):
+        data.checked_files("train", 64)
+    with pytest.raises(RecordsError, match="no test shards in"):
+        data.checked_files("test", SIZE)
+    empty = tmp_path / "hollow"
+    write_shards(empty, "train", [])
+    with pytest.raises(RecordsError, match="the train shards in .* hold no records"):
+        RecordsDir(str(empty)).checked_files("train", SIZE)
+
+
+def test_unreadable_shards_are_a_records_error(tmp_path):
+    (tmp_path / records.SHARD_PATTERN.format(split="train", index=0, count=1)).write_bytes(
+        b"not a tfrecord file at all")
+    data = RecordsDir(str(tmp_path))
+    for ask in (lambda: data.image_size("train"), lambda: data.counts("train")):
+        with pytest.raises(RecordsError, match=r"a record shard is damaged \(corrupted record at "
+                                               r"0 .*\); find it with bin/build-tfrecords --verify"):
+            ask()
