@@ -18,6 +18,7 @@ import json
 from pathlib import Path
 
 from keras_ptx.config import Config, ConfigError, load_config
+from keras_ptx.fileio import is_url
 from keras_ptx.errors import UserError
 
 CONFIG = "config.yaml"
@@ -38,8 +39,19 @@ class RunDirError(UserError):
     """A run directory that is missing or incomplete."""
 
 
+def local_path(path, option: str) -> Path:
+    """``path`` as a local Path; RunDirError for a URL (``gs://...``): run directories and
+    prediction folders are written with local file access, which would make a local folder
+    named after the URL. Records folders and export bases may be URLs."""
+    if is_url(path):
+        raise RunDirError(f"{option} {path}: a URL; run directories and outputs other than "
+                          f"records and exports must be local paths (a bucket mounted with "
+                          f"gcsfuse or similar works)")
+    return Path(path)
+
+
 def load_run_config(run_dir) -> Config:
-    path = Path(run_dir) / CONFIG
+    path = local_path(run_dir, "--model") / CONFIG
     if not path.is_file():
         raise RunDirError(f"{run_dir}: not a training run directory (no {CONFIG})")
     try:

@@ -2,10 +2,12 @@
 plateau, and resuming after SIGKILL (tiny 64x64 records written with the shared schema)."""
 import csv
 import json
+import os
 import shutil
 import signal
 import subprocess
-import time
+import sys
+import textwrap
 from pathlib import Path
 
 import cv2
@@ -17,15 +19,17 @@ from click.testing import CliRunner
 from keras_ptx import rundir
 from keras_ptx.commands.train import command
 from keras_ptx.config import load_config
+from keras_ptx.data.records import write_shards
 from keras_ptx.inference.trained import TrainedRun
 from keras_ptx.tf_setup import tf
 from keras_ptx.training import TrainingError
 from keras_ptx.training.averaging import WeightAveraging
-from keras_ptx.training.callbacks import EpochSummary
-from keras_ptx.training.resume import Monitor, backup_epoch, best_row, prepare_run_dir, resume_point
+from keras_ptx.training.callbacks import EpochSummary, ResumablePlateau
+from keras_ptx.training.resume import (Monitor, ResumePoint, backup_epoch, best_row,
+                                       prepare_run_dir, resume_point)
 from keras_ptx.training.schedules import learning_rate_schedule
 from keras_ptx.training.strategy import cluster_size, resolve_strategy_name
-from record_shards import write_shards
+
 
 REPO = Path(__file__).resolve().parents[1]
 TEST_CONFIG = REPO / "configs" / "test.yaml"
@@ -81,6 +85,14 @@ def test_refuses_missing_empty_and_incomplete_data_dirs(tmp_path):
     assert result.exit_code == 2 and "no val split, which training validates on" in result.output
     assert "--val-fraction above 0" in result.output
     assert "Traceback" not in result.output and not (tmp_path / "run").exists()
+
+
+def test_refuses_a_run_dir_url_instead_of_making_a_local_folder_named_after_it(
+        data_dir, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    result = _run_cli("--config", TEST_CONFIG, "--data", data_dir, "--out", "gs://bucket/run")
+    assert result.exit_code == 2 and "--out gs://bucket/run: a URL" in result.output
+    assert not list(tmp_path.iterdir())
 
 
 def test_refuses_records_of_another_size(tmp_path):
@@ -153,7 +165,7 @@ def test_a_start_that_never_trained_makes_way_for_another_config(tmp_path):
     run = tmp_path / "run"
     prepare_run_dir(run, load_config(TEST_CONFIG))         # then failed, e.g. a bad weights file
     fixed = load_config(TEST_CONFIG, ["train.epochs=3"])
-    assert prepare_run_dir(run, fixed) is False
+    assert prepare_run_dir(run, fixed) is None
     assert load_config(run / rundir.CONFIG).train.epochs == 3
     (run / rundir.CHECKPOINTS / "best.h5").write_bytes(b"weights")   # something worth keeping
     with pytest.raises(TrainingError, match="different config"):
@@ -170,7 +182,7 @@ def _write_history(run, scores):
 def test_backup_epoch_and_resume_point_follow_backup_and_restore(tmp_path):
     run = tmp_path / "run"
     config = load_config(TEST_CONFIG)
-    assert prepare_run_dir(run, config) is False and backup_epoch(run) is None
+    assert prepare_run_dir(run, config) is None and backup_epoch(run) is None
     model = tf.keras.Sequential([tf.keras.Input((2,)), tf.keras.layers.Dense(1)])
     model.compile("sgd", "mse")
     backup = tf.keras.callbacks.BackupAndRestore(str(run / rundir.CHECKPOINTS / rundir.BACKUP),
@@ -179,7 +191,7 @@ def test_backup_epoch_and_resume_point_follow_backup_and_restore(tmp_path):
     assert backup_epoch(run) == 2
     # Epochs 0-3 in the history, but the backup ends at epoch 2: epoch 3's row is dropped.
     _write_history(run, [0.2, 0.7, 0.5, 0.9])
-    assert prepare_run_dir(run, config) is False
+    assert prepare_run_dir(run, config) is None
     point = resume_point(run, Monitor("val_score"))
     assert (point.epoch, point.best_score, point.best_epoch, point.wait) == (3, 0.7, 1, 1)
     point = resume_point(run, Monitor("val_score", "min"))
@@ -192,17 +204,21 @@ def test_run_dir_without_backup(tmp_path):
     run, config = tmp_path / "run", load_config(TEST_CONFIG)
     prepare_run_dir(run, config)
     (run / rundir.LOGS).mkdir()
-    assert prepare_run_dir(run, config) is False        # nothing trained yet: start again
+    assert prepare_run_dir(run, config) is None         # nothing trained yet: start again
     assert not (run / rundir.LOGS).exists()
+    # epochs in the history but no backup (killed before the first was complete): start again
+    _write_history(run, [0.3, 0.4])
+    said = prepare_run_dir(run, config)
+    assert "the 2 epoch(s) in history.csv were dropped; training starts again at epoch 1" in said
+    assert not (run / rundir.HISTORY).exists() and (run / rundir.CONFIG).exists()
     _write_history(run, [0.3])
-    with pytest.raises(TrainingError, match="neither a backup"):
-        prepare_run_dir(run, config)
     (run / rundir.METRICS).write_text(json.dumps({"completed": True}))
-    assert prepare_run_dir(run, config) is True          # finished: nothing to do
+    assert prepare_run_dir(run, config) is None          # finished: nothing to do
+    assert (run / rundir.HISTORY).exists()
     other = load_config(TEST_CONFIG, ["train.epochs=4"])
     with pytest.raises(TrainingError, match="has finished"):
         prepare_run_dir(run, other, resume=True)
-    assert prepare_run_dir(run, other, overwrite=True) is False
+    assert prepare_run_dir(run, other, overwrite=True) is None
     assert load_config(run / rundir.CONFIG) == other and not (run / rundir.HISTORY).exists()
 
 
@@ -379,30 +395,124 @@ def _history(run):
         return list(csv.DictReader(f))
 
 
-@pytest.mark.slow
-def test_killed_run_resumes_from_its_backup_and_continues_the_history(data_dir, tmp_path):
-    run = tmp_path / "run"
-    args = [str(REPO / "bin" / "train"), "--config", str(TEST_CONFIG), "--data", str(data_dir),
-            "--out", str(run), "--set", "train.epochs=3", "--set", "train.steps_per_epoch=25",
-            "--set", "train.tensorboard_images=0", *(a for s in SLIM for a in ("--set", s))]
-    backup_index = run / rundir.CHECKPOINTS / rundir.BACKUP / "chief" / "checkpoint"
-    first = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    deadline = time.monotonic() + 240
-    while not backup_index.exists():
-        assert first.poll() is None, first.stdout.read()
-        assert time.monotonic() < deadline, "no backup after epoch 1"
-        time.sleep(0.02)
-    first.send_signal(signal.SIGKILL)               # during epoch 2
-    first.wait()
-    before = _history(run)
-    assert [r["epoch"] for r in before] == ["0"] and backup_epoch(run) == 0
+# Runs bin/train's command in a process that SIGKILLs itself at one instant of an epoch's end.
+KILLED_AT = textwrap.dedent("""
+    import os, signal, sys
+    from keras_ptx.tf_setup import tf
+    import keras_ptx.training.finish as finish
+    from keras_ptx.cli import run_command
+    window, at = sys.argv[1], int(sys.argv[2])
+    callbacks = tf.keras.callbacks
 
-    second = subprocess.run(args, capture_output=True, text=True, timeout=240)
-    assert second.returncode == 0, second.stdout + second.stderr
-    assert "continuing after epoch 1" in second.stdout
-    after = _history(run)
-    assert [r["epoch"] for r in after] == ["0", "1", "2"]      # as many as an uninterrupted run
-    assert after[0] == before[0]                                # continued, not restarted
+    def die():
+        os.kill(os.getpid(), signal.SIGKILL)
+
+    def wrap(cls, name, before):
+        original = getattr(cls, name)
+        def hooked(self, epoch, logs=None):
+            if before and epoch == at:
+                die()
+            original(self, epoch, logs)
+            if not before and epoch == at:
+                die()
+        setattr(cls, name, hooked)
+
+    if window == "before the history row":
+        wrap(callbacks.CSVLogger, "on_epoch_end", before=True)
+    elif window == "between the row and the backup":
+        wrap(callbacks.BackupAndRestore, "on_epoch_end", before=True)
+    elif window == "after the backup":
+        wrap(callbacks.BackupAndRestore, "on_epoch_end", before=False)
+    elif window == "finishing":
+        finish.write_atomic = lambda *args: die()
+    run_command("train", "bin/train", sys.argv[3:])
+""")
+
+
+@pytest.mark.slow
+def test_a_kill_at_any_instant_of_an_epochs_end_resumes(data_dir, tmp_path):
+    """SIGKILL in each window of an epoch's end, one after the other, each followed by the same
+    command: the run always goes on, and its history ends with every epoch exactly once."""
+    run = tmp_path / "run"
+    args = ["--config", str(TEST_CONFIG), "--data", str(data_dir), "--out", str(run),
+            *(a for s in (*SLIM, "train.epochs=4", "train.steps_per_epoch=3",
+                          "train.tensorboard_images=0") for a in ("--set", s))]
+
+    def killed(window, epoch):
+        result = subprocess.run([sys.executable, "-c", KILLED_AT, window, str(epoch), *args],
+                                capture_output=True, text=True, timeout=240,
+                                env={**os.environ, "PYTHONUNBUFFERED": "1"})  # lines before the kill
+        assert result.returncode == -signal.SIGKILL, result.stdout[-2000:] + result.stderr[-2000:]
+        return [int(row["epoch"]) for row in _history(run)], backup_epoch(run), result.stdout
+
+    # the window the issue reported: epoch 1's row is written, its backup is not
+    assert killed("between the row and the backup", 0)[:2] == ([0], None)
+    rows, backup, out = killed("before the history row", 1)
+    assert "training starts again at epoch 1" in out and (rows, backup) == ([0], 0)
+    rows, backup, out = killed("after the backup", 1)
+    assert "continuing after epoch 1" in out and (rows, backup) == ([0, 1], 1)
+    assert killed("between the row and the backup", 2)[:2] == ([0, 1, 2], 1)
+    first = _history(run)[:2]
+    rows, backup, out = killed("finishing", 3)              # fit is over, metrics.json is not
+    assert (rows, backup) == ([0, 1, 2, 3], 3) and not (run / rundir.METRICS).exists()
+
+    last = subprocess.run([str(REPO / "bin" / "train"), *args], capture_output=True, text=True,
+                          timeout=240)
+    assert last.returncode == 0, last.stdout[-2000:] + last.stderr[-2000:]
+    assert "continuing after epoch 4" in last.stdout
+    history = _history(run)
+    assert [int(row["epoch"]) for row in history] == [0, 1, 2, 3] and history[:2] == first
+    rates = [float(row["lr"]) for row in history]
+    assert rates == sorted(rates, reverse=True) and rates[3] < rates[0]   # one cosine, continued
     metrics = json.loads((run / rundir.METRICS).read_text())
-    assert metrics["completed"] and metrics["epochs_trained"] == 3
-    assert float(after[1]["lr"]) < float(after[0]["lr"])       # the cosine went on decaying
+    assert metrics["completed"] and metrics["epochs_trained"] == 4
+    assert backup_epoch(run) is None and not (run / rundir.CHECKPOINTS / rundir.BACKUP).exists()
+    again = subprocess.run([str(REPO / "bin" / "train"), *args], capture_output=True, text=True,
+                           timeout=240)
+    assert again.returncode == 0 and "already holds this finished run" in again.stdout
+
+
+def test_a_resumed_plateau_schedule_counts_as_an_uninterrupted_one():
+    """After a resume at any epoch, the plateau callback's wait, best and cooldown equal an
+    uninterrupted run's, and the next epochs decide the rate as that run did; a plain
+    ReduceLROnPlateau (the state lost) would not."""
+    values = [0.5, 0.4, 0.45, 0.44, 0.43, 0.5, 0.39, 0.6, 0.6, 0.6, 0.6]     # val_loss per epoch
+    settings = dict(monitor="val_loss", mode="min", factor=0.5, patience=2, min_lr=0.02,
+                    cooldown=1, verbose=0)
+
+    def model(rate):
+        net = tf.keras.Sequential([tf.keras.Input((1,)), tf.keras.layers.Dense(1)])
+        net.compile(optimizer=tf.keras.optimizers.SGD(rate), loss="mse")
+        return net
+
+    def state(callback):
+        return (callback.wait, callback.best, callback.cooldown_counter,
+                float(callback.model.optimizer.lr))
+
+    uninterrupted = tf.keras.callbacks.ReduceLROnPlateau(**settings)
+    uninterrupted.set_model(model(0.1))
+    uninterrupted.on_train_begin()
+    rows, states = [], []
+    for epoch, value in enumerate(values):
+        logs = {"val_loss": value}
+        uninterrupted.on_epoch_end(epoch, logs)         # logs the rate it trained at, as fit does
+        rows.append({"epoch": epoch, "val_loss": value, "lr": float(logs["lr"])})
+        states.append(state(uninterrupted))
+    assert states[-1][3] == pytest.approx(0.02)         # it did reduce, down to min_lr
+
+    lost = 0
+    for k in range(1, len(values)):
+        for cls in (ResumablePlateau, tf.keras.callbacks.ReduceLROnPlateau):
+            resumed = (ResumablePlateau(ResumePoint(epoch=k, history=tuple(rows[:k])), **settings)
+                       if cls is ResumablePlateau else cls(**settings))
+            resumed.set_model(model(states[k - 1][3]))  # the backup restores the rate
+            resumed.on_train_begin()
+            replayed = [state(resumed)]
+            for epoch in range(k, len(values)):
+                resumed.on_epoch_end(epoch, {"val_loss": values[epoch]})
+                replayed.append(state(resumed))
+            if cls is ResumablePlateau:
+                assert replayed == states[k - 1:], k
+            else:
+                lost += replayed != states[k - 1:]
+    assert lost > 0

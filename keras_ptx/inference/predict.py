@@ -26,13 +26,14 @@ from typing import Callable, Iterator
 import numpy as np
 from tqdm import tqdm
 
+from keras_ptx import rundir
 from keras_ptx.data import rle
 from keras_ptx.data.annotations import IMAGE_ID, write_annotations
 from keras_ptx.data.dicom import (DICOM_SUFFIXES, DicomError, find_dicom_files, read_dicom,
                                   read_dicom_header)
 from keras_ptx.data.geometry import from_square, image_to_square
-from keras_ptx.inference import plots
 from keras_ptx.errors import UserError
+from keras_ptx.inference import plots
 from keras_ptx.inference.postprocess import PostProcess
 from keras_ptx.inference.runner import Predictor
 from keras_ptx.inference.trained import TrainedRun
@@ -75,6 +76,7 @@ def predict(run_dir, dicom_dir, out, layout: str = "stage1", overlays: bool = Fa
             tta: str | None = None, batch_size: int | None = None, progress: bool = True,
             log: Callable[[str], None] = print) -> Summary:
     """Predict every DICOM below ``dicom_dir`` with the run in ``run_dir``; write ``out``."""
+    out = rundir.local_path(out, "--out")
     files, skipped = dicom_files(dicom_dir)
     if not files:
         raise PredictError(f"{dicom_dir}: no DICOM files ({', '.join(DICOM_SUFFIXES)}) found")
@@ -91,7 +93,6 @@ def predict(run_dir, dicom_dir, out, layout: str = "stage1", overlays: bool = Fa
     log("image-level probability: " + ("the label head" if predictor.has_label_head
                                        else "the maximum pixel probability (no label head)"))
     start = time.perf_counter()         # predicting, not loading the model
-    out = Path(out)
     if overlays:
         (out / OVERLAYS).mkdir(parents=True, exist_ok=True)
     out.mkdir(parents=True, exist_ok=True)

@@ -6,12 +6,14 @@ from __future__ import annotations
 import math
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 
 from keras_ptx import rundir
 from keras_ptx.config import Config
 from keras_ptx.data.records_dir import RecordsDir
+from keras_ptx.fileio import atomic_path
 from keras_ptx.input.normalize import gray_from_model_input
 from keras_ptx.input.pipeline import make_eval_dataset
 from keras_ptx.model.unetpp import named_outputs
@@ -85,6 +87,40 @@ class ResumableEarlyStopping(tf.keras.callbacks.EarlyStopping):
         if self.start.best_score is not None:
             self.best, self.best_epoch, self.wait = (
                 self.start.best_score, self.start.best_epoch, self.start.wait)
+        if self.start.stopped_early(self.patience):
+            self.stopped_epoch = self.start.epoch - 1
+
+
+class ResumablePlateau(tf.keras.callbacks.ReduceLROnPlateau):
+    """``ReduceLROnPlateau`` whose wait, best and cooldown counters continue where the run's
+    earlier epochs left them: it replays ``start.history`` (each row's monitored value and the
+    rate it was trained at) through Keras' own rule. The rate itself comes back with the
+    optimizer from the backup."""
+
+    def __init__(self, start: ResumePoint = ResumePoint(), **kwargs):
+        super().__init__(**kwargs)
+        self.start = start
+
+    def on_train_begin(self, logs=None):
+        super().on_train_begin(logs)
+        model, verbose = self.model, self.verbose
+        self.verbose = 0
+        try:
+            for row in self.start.history:
+                rate = tf.Variable(row["lr"], dtype=tf.float32)
+                self.model = SimpleNamespace(optimizer=SimpleNamespace(lr=rate))
+                super().on_epoch_end(row["epoch"], dict(row))
+        finally:
+            self.model, self.verbose = model, verbose
+
+
+class AtomicCheckpoint(tf.keras.callbacks.ModelCheckpoint):
+    """``ModelCheckpoint`` of weights whose file is replaced whole: a crash while it writes
+    leaves the previous checkpoint, not half of a new one."""
+
+    def _save_handler(self, filepath):
+        with atomic_path(filepath) as tmp:
+            self.model.save_weights(tmp, overwrite=True)
 
 
 class ValidationImages(tf.keras.callbacks.Callback):
@@ -152,7 +188,7 @@ class RunCallbacks:
         train = config.train
         checkpoints = run / rundir.CHECKPOINTS
         keras = tf.keras.callbacks
-        self.best = keras.ModelCheckpoint(
+        self.best = AtomicCheckpoint(
             str(checkpoints / rundir.BEST_WEIGHTS), monitor=monitor.key, mode=monitor.mode,
             save_best_only=True, save_weights_only=True, initial_value_threshold=start.best_score)
         self.early_stopping = ResumableEarlyStopping(
@@ -163,13 +199,13 @@ class RunCallbacks:
             resume_epoch=start.epoch, echo=echo) if train.swa_epochs else None
         self.callbacks = [
             EpochStats(train.batch_size), keras.TerminateOnNaN(), self.best,
-            keras.ModelCheckpoint(str(checkpoints / rundir.LAST_WEIGHTS), save_weights_only=True),
+            AtomicCheckpoint(str(checkpoints / rundir.LAST_WEIGHTS), save_weights_only=True),
         ]
         if self.early_stopping:
             self.callbacks.append(self.early_stopping)
         if train.lr_schedule == "plateau":
-            self.callbacks.append(keras.ReduceLROnPlateau(
-                monitor=monitor.key, mode=monitor.mode, factor=train.plateau_factor,
+            self.callbacks.append(ResumablePlateau(
+                start, monitor=monitor.key, mode=monitor.mode, factor=train.plateau_factor,
                 patience=train.plateau_patience, min_lr=train.min_learning_rate, verbose=1))
         if self.averaging:
             self.callbacks.append(self.averaging)
@@ -189,4 +225,6 @@ class RunCallbacks:
         if chief:
             self.callbacks.append(EpochSummary(monitor, "val_" + score_key(config.model),
                                                train.epochs, start, echo))
-        self.callbacks.append(keras.BackupAndRestore(str(checkpoints / rundir.BACKUP)))
+        # kept after fit: finish deletes it once metrics.json is written
+        self.callbacks.append(keras.BackupAndRestore(str(checkpoints / rundir.BACKUP),
+                                                     delete_checkpoint=False))

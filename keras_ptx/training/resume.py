@@ -1,18 +1,22 @@
 """The run directory across runs: start it, continue it after a crash, or refuse.
 
-Re-running the same command after a crash (even ``kill -9``) continues from the last finished
-epoch: Keras' ``BackupAndRestore`` keeps the model, optimizer and epoch counter in
-``checkpoints/backup/`` and ``fit`` resumes from there. What the backup does not hold comes
-from ``history.csv``: the best ``train.monitor`` value so far (so the best checkpoint is
-replaced only by a better epoch) and early stopping's patience count. History rows of epochs
-after the backup (written just before a crash) are dropped, so the history continues instead
-of repeating. A resumed run may change its config, but not what picks the best epoch.
+Re-running the same command after a crash (even ``kill -9``, at any instant) continues from the
+last epoch whose backup is complete: Keras' ``BackupAndRestore`` keeps the model, optimizer and
+epoch counter in ``checkpoints/backup/`` and ``fit`` resumes from there. The backup alone
+decides where training continues. It is written last at an epoch's end, after every other file
+of that epoch, and kept after ``fit`` until metrics.json is written (a crash while finishing
+resumes with no epoch left to train, and finishes again). What the backup does not hold comes
+from ``history.csv`` (:class:`ResumePoint`): the best ``train.monitor`` value so far (so the
+best checkpoint is replaced only by a better epoch), early stopping's patience count and the
+rows a plateau schedule replays. History rows of epochs after the backup (written just before
+a crash) are dropped, so the history continues instead of repeating; with no backup at all,
+every row is dropped and training starts again at epoch 1, saying so. A resumed run may change
+its config, but not what picks the best epoch.
 
 States of an existing RUN_DIR with the same config: a backup -> continue; a finished run
-(``metrics.json`` says so) -> nothing to do; no epoch finished -> start again; epochs in the
-history but neither backup nor result -> refuse. A different config is refused unless
-``--resume`` (continue the backup under the new config, e.g. more epochs) or ``--overwrite``
-(delete the run and start again).
+(``metrics.json`` says so, no backup left) -> nothing to do; no backup -> start again. A
+different config is refused unless ``--resume`` (continue the backup under the new config,
+e.g. more epochs) or ``--overwrite`` (delete the run and start again).
 """
 from __future__ import annotations
 
@@ -68,6 +72,12 @@ class ResumePoint:
     best_score: float | None = None
     best_epoch: int | None = None       # 0-based, as in history.csv
     wait: int = 0                       # epochs since the best one
+    history: tuple[dict, ...] = ()      # the rows of the epochs before ``epoch``
+
+    def stopped_early(self, patience: int) -> bool:
+        """Whether early stopping with ``patience`` ended the run at its last epoch (as Keras'
+        ``EarlyStopping`` decides: ``patience`` epochs without improvement, after epoch 0)."""
+        return bool(patience) and self.epoch > 1 and self.wait >= patience
 
 
 def backup_dir(run_dir) -> Path:
@@ -117,9 +127,9 @@ def resume_point(run_dir, monitor: Monitor) -> ResumePoint:
     history = [row for row in read_history(run_dir) if row["epoch"] < epoch]
     best = best_row(history, monitor)
     if best is None:
-        return ResumePoint(epoch=epoch)
+        return ResumePoint(epoch=epoch, history=tuple(history))
     return ResumePoint(epoch=epoch, best_score=best[monitor.key], best_epoch=best["epoch"],
-                       wait=saved - best["epoch"])
+                       wait=saved - best["epoch"], history=tuple(history))
 
 
 def config_changes(old: Config, new: Config) -> list[str]:
@@ -139,10 +149,11 @@ def is_finished(run_dir, config: Config) -> bool:
 
 
 def prepare_run_dir(run_dir, config: Config, *, resume: bool = False,
-                    overwrite: bool = False) -> bool:
+                    overwrite: bool = False) -> str | None:
     """Make ``run_dir`` ready to train ``config`` (the chief does this, before training).
 
-    Returns True when it already holds this finished run (nothing to do). Raises
+    Returns a line for the log when it dropped epochs that no backup holds (a crash before the
+    first backup was complete: training starts again at epoch 1). Raises
     :class:`TrainingError` for a directory it must not touch or a run it cannot continue.
     """
     run = Path(run_dir)
@@ -171,25 +182,26 @@ def prepare_run_dir(run_dir, config: Config, *, resume: bool = False,
     saved = backup_epoch(run)
     if saved is None:
         if is_finished(run, config):
-            return True
+            return None
         if (rundir.read_json(run, rundir.METRICS) or {}).get("completed"):
             raise TrainingError(f"--out {run}: that run has finished, so there is no backup to "
                                 f"continue with the new config; use --overwrite to train again")
-        if read_history(run):
-            raise TrainingError(
-                f"--out {run}: has trained epochs but neither a backup to continue from nor a "
-                f"finished result ({rundir.METRICS}); use --overwrite to train again")
+        dropped = len(read_history(run))
         shutil.rmtree(run)
-        return _start(run, config)
+        _start(run, config)
+        if dropped:
+            return (f"{run}: no backup to continue from (the last run ended before its first "
+                    f"backup was complete), so the {dropped} epoch(s) in {rundir.HISTORY} were "
+                    f"dropped; training starts again at epoch 1")
+        return None
     dump_config(config, run / rundir.CONFIG)
     _truncate_history(run, saved + 1)
-    return False
+    return None
 
 
-def _start(run: Path, config: Config) -> bool:
+def _start(run: Path, config: Config) -> None:
     (run / rundir.CHECKPOINTS).mkdir(parents=True, exist_ok=True)
     dump_config(config, run / rundir.CONFIG)
-    return False
 
 
 def _never_trained(run: Path) -> bool:

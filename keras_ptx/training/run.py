@@ -13,14 +13,13 @@ at an epoch's end: epoch statistics (lr, images/s), TerminateOnNaN, ModelCheckpo
 ReduceLROnPlateau (``lr_schedule: plateau``), weight averaging (``swa_epochs``), TensorBoard
 overlays, CSVLogger and TensorBoard scalars (chief), the progress bar, the one-line summary
 (chief), and BackupAndRestore last, so that a backup of epoch N means every file of epoch N is
-written. Workers other than the chief write checkpoints to temporary directories (Keras does
+written (:mod:`~keras_ptx.training.resume`: the backup alone decides where a re-run continues). Workers other than the chief write checkpoints to temporary directories (Keras does
 this itself) and nothing else. The end of the run is :mod:`~keras_ptx.training.finish`'s.
 """
 from __future__ import annotations
 
 import sys
 from dataclasses import dataclass
-from pathlib import Path
 
 from keras_ptx import rundir
 from keras_ptx.config import Config
@@ -51,7 +50,7 @@ def train(config: Config, data_dir: str, run_dir, *, resume: bool = False,
 
     ``callbacks`` are extra Keras callbacks, called before the run's own.
     """
-    run = Path(run_dir)
+    run = rundir.local_path(run_dir, "--out")
     config.validate()
     records = RecordsDir.open(data_dir)
     if not overwrite and is_finished(run, config):
@@ -65,7 +64,9 @@ def train(config: Config, data_dir: str, run_dir, *, resume: bool = False,
     check_records(config, records)
     chief = is_chief(strategy)
     if chief:
-        prepare_run_dir(run, config, resume=resume, overwrite=overwrite)
+        dropped = prepare_run_dir(run, config, resume=resume, overwrite=overwrite)
+        if dropped:
+            echo(dropped)
     barrier(strategy)                   # the chief has prepared RUN_DIR
     monitor = Monitor.of(config)
     start = resume_point(run, monitor)
@@ -81,8 +82,11 @@ def train(config: Config, data_dir: str, run_dir, *, resume: bool = False,
     own = RunCallbacks(config, records, run, monitor, start, chief, echo)
     echo(_opening_line(config, strategy, data.steps, start))
     echo(data.caching)
+    # a run that early stopping ended (then crashed before finishing) trains no further epoch
+    last = (start.epoch if start.stopped_early(config.train.early_stopping_patience)
+            else config.train.epochs)
     try:
-        model.fit(data.train, validation_data=data.val, epochs=config.train.epochs,
+        model.fit(data.train, validation_data=data.val, epochs=last,
                   steps_per_epoch=data.steps, callbacks=[*callbacks, *own.callbacks],
                   verbose=1 if sys.stdout.isatty() else 2)
     except tf.errors.DataLossError as exc:
