@@ -38,6 +38,7 @@ Optimizer = Literal["adam", "adamw", "sgd"]
 Schedule = Literal["cosine", "plateau", "constant"]
 Monitor = Literal["score", "loss"]
 Strategy = Literal["auto", "default", "mirrored", "multi_worker"]
+Precision = Literal["float32", "mixed_float16"]     # what a loaded model computes in
 
 
 def choices(literal) -> tuple[str, ...]:

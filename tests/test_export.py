@@ -9,6 +9,7 @@ import base64
 import http.server
 import json
 import os
+import shutil
 import subprocess
 import sys
 import threading
@@ -28,8 +29,8 @@ from keras_ptx.model import build_model
 from keras_ptx.rundir import BEST_WEIGHTS, CONFIG, POSTPROCESS
 from keras_ptx.serving import PREDICT_IMAGE, SERVING_DEFAULT, WARMUP_FILE
 from keras_ptx.serving.client import ServingError, build_request, parse_response, predict
-from keras_ptx.serving.export import (decode_gray_tf, from_square_tf,
-                                      next_version, read_metadata, to_square_tf)
+from keras_ptx.serving.export import (decode_gray_tf, from_square_tf, next_version,
+                                      read_metadata, to_square_tf)
 from keras_ptx.tf_setup import tf
 
 SIZE = 64
@@ -338,3 +339,31 @@ def test_next_version_counts_integer_directories_only(tmp_path):
     for name in ("1", "3", "tmp", ".7.partial-abc", "10x"):
         (tmp_path / name).mkdir()
     assert next_version(tmp_path) == 4
+
+
+def _graph_dtypes(export) -> set:
+    """Every dtype attribute of every op in a SavedModel's graph and functions."""
+    from tensorflow.core.protobuf import saved_model_pb2
+    saved = saved_model_pb2.SavedModel.FromString((Path(export) / "saved_model.pb").read_bytes())
+    graph = saved.meta_graphs[0].graph_def
+    nodes = [*graph.node, *(n for f in graph.library.function for n in f.node_def)]
+    return {value.type for node in nodes for value in node.attr.values() if value.type}
+
+
+@pytest.mark.slow
+def test_a_mixed_precision_run_exports_float32_unless_asked(exported, tmp_path):
+    """A run trained under mixed_float16 (or train.mixed_precision: auto on a GPU host) is
+    served in float32 by default: the export host's GPU does not decide for a CPU server."""
+    from tensorflow.core.framework import types_pb2
+    run = tmp_path / "run"
+    shutil.copytree(exported["run"], run)
+    config = load_config(run / CONFIG, ["train.mixed_precision=true"])
+    dump_config(config, run / CONFIG)
+    for args, precision in (([], "float32"), (["--precision", "mixed_float16"], "mixed_float16")):
+        result = CliRunner().invoke(command, ["--model", str(run), "--out", str(tmp_path / "base"),
+                                              *args])
+        assert result.exit_code == 0, result.output
+        assert f"precision: {precision}" in result.output
+        export = sorted((tmp_path / "base").iterdir())[-1]
+        assert read_metadata(export)["precision"] == precision
+        assert (types_pb2.DT_HALF in _graph_dtypes(export)) == (precision == "mixed_float16")

@@ -4,7 +4,7 @@ from __future__ import annotations
 import click
 
 from keras_ptx.cli import command as cli_command
-from keras_ptx.config import Tta, choices
+from keras_ptx.config import Precision, Tta, choices
 
 
 @cli_command("export",
@@ -21,11 +21,15 @@ from keras_ptx.config import Tta, choices
 @click.option("--tta", type=click.Choice(choices(Tta)), default=None,
               help="Test-time augmentation inside the graph (default: the one the run's "
                    "postprocess.json was tuned with, else its eval.tta).")
-def command(run_dir, export_base, version, tta):
+@click.option("--precision", type=click.Choice(choices(Precision)), default="float32",
+              show_default=True,
+              help="What the graph computes in, whatever the run trained in and whatever this "
+                   "host has (mixed_float16 pays off only where the server has a GPU).")
+def command(run_dir, export_base, version, tta, precision):
     from keras_ptx.serving.export import export_run, read_metadata
 
-    path = export_run(run_dir, export_base, version, tta)
+    path = export_run(run_dir, export_base, version, tta, precision)
     meta = read_metadata(path)
     click.echo(f"exported {run_dir} -> {path}\n  signatures: {', '.join(meta['signatures'])}\n"
-               f"  tta: {meta['tta']}\n"
+               f"  tta: {meta['tta']}, precision: {meta['precision']}\n"
                f"  post-processing: {meta['postprocess_rule']} ({meta['postprocess_source']})")

@@ -3,24 +3,28 @@
 :class:`TrainedRun` reads RUN_DIR once: its validated config, its saved post-processing
 (RUN_DIR/postprocess.json, else the config's ``eval.threshold`` pixel threshold, with where it
 came from), the TTA to predict with, and on demand the model (the weights-only twin of the
-trained network, built from the config) and a :class:`~keras_ptx.inference.runner.Predictor`
-around it. The checks that decide whether the rule fits the model live here, once.
+trained network, built from the config, computing in the run's precision or the one asked
+for) and a :class:`~keras_ptx.inference.runner.Predictor` around it. The checks that decide whether the rule fits the model live here, once.
 """
 from __future__ import annotations
 
+import dataclasses
 import functools
 from pathlib import Path
 
 from keras_ptx import rundir
-from keras_ptx.config import Config, Tta
+from keras_ptx.config import Config, Precision, Tta
 from keras_ptx.inference.postprocess import PostProcess
 from keras_ptx.inference.runner import Predictor
 
 
 class TrainedRun:
-    def __init__(self, run_dir):
+    def __init__(self, run_dir, precision: Precision | None = None):
+        """``precision``: what :attr:`model` computes in; None = the run's
+        ``train.mixed_precision`` (on this host: ``auto`` is mixed_float16 where a GPU is)."""
         self.path = Path(run_dir)
         self.config: Config = rundir.load_run_config(run_dir)
+        self.precision = precision
 
     @property
     def post(self) -> PostProcess:
@@ -51,7 +55,12 @@ class TrainedRun:
     @functools.cached_property
     def model(self):
         """The trained network with the run's best weights (built once)."""
-        return rundir.load_model(self.path, self.config)
+        config = self.config
+        if self.precision is not None:
+            mixed = self.precision == "mixed_float16"
+            config = dataclasses.replace(config, train=dataclasses.replace(
+                config.train, mixed_precision=mixed))
+        return rundir.load_model(self.path, config)
 
     def predictor(self, tta: Tta) -> Predictor:
         """A :class:`Predictor` of the model with ``tta`` to apply :attr:`post` to;

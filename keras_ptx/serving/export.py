@@ -25,6 +25,7 @@ import json
 import uuid
 
 import keras_ptx
+from keras_ptx.config import Precision
 from keras_ptx.errors import UserError
 from keras_ptx.inference.postprocess import PostProcess, apply_tf
 from keras_ptx.inference.runner import Predictor
@@ -183,17 +184,20 @@ def read_metadata(export_dir) -> dict:
         return json.load(f)
 
 
-def export_run(run_dir, export_base, version: int | None = None, tta: str | None = None) -> str:
+def export_run(run_dir, export_base, version: int | None = None, tta: str | None = None,
+               precision: Precision = "float32") -> str:
     """Export the best model of a training run directory; returns the version path.
 
     The post-processing and the test-time augmentation are those ``bin/predict`` would use:
     RUN_DIR/postprocess.json (else ``eval.threshold``) and ``tta`` (else the rule's, else
-    ``eval.tta``).
+    ``eval.tta``). The graph computes in ``precision``, whatever the run trained in and
+    whatever this host has: float32 unless mixed_float16 is asked for.
     """
     version = next_version(export_base) if version is None else version
     check_version_free(export_base, version)        # before the model is built
-    run = TrainedRun(run_dir)
+    run = TrainedRun(run_dir, precision)
     post = run.post                                 # a bad rule is refused before the build
     return export_model(run.predictor(run.tta(tta)), post, export_base, version,
                         run.config.export.warmup_requests,
-                        metadata={"run_dir": str(run_dir), "postprocess_source": run.post_source})
+                        metadata={"run_dir": str(run_dir), "postprocess_source": run.post_source,
+                                  "precision": precision})
