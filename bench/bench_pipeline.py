@@ -46,7 +46,6 @@ import multiprocessing
 import os
 import platform
 import statistics
-import sys
 import tempfile
 import threading
 import time
@@ -57,12 +56,11 @@ import numpy as np
 
 from keras_ptx.config import load_config
 from keras_ptx.data import records
+from keras_ptx.data.records_dir import RecordsDir
+from keras_ptx.input import cache
 from keras_ptx.input.policy import build_policy
 from keras_ptx.input.pipeline import make_dataset
 from keras_ptx.tf_setup import tf
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-import record_shards  # noqa: E402  (tests/ holds the shared record writer)
 
 SHARDS = 4
 
@@ -97,7 +95,7 @@ def write_shards(directory: Path, size: int, count: int, seed: int = 0) -> int:
     """``count`` training records in :data:`SHARDS` shards; returns their mean size in bytes."""
     rng = np.random.default_rng(seed)
     examples = (example(rng, size) for _ in range(count))
-    written = record_shards.write_shards(directory, "train", examples, shards=SHARDS)
+    written = records.write_shards(directory, "train", examples, shards=SHARDS)
     return sum(len(records.serialize(record)) for record in written) // count
 
 
@@ -147,12 +145,15 @@ def median_rates(cases: dict, passes: int) -> tuple[dict, dict, dict]:
 
 def pipeline_case(config, directory, images):
     """Steady state, as in training: one endless stream (``steps_per_epoch`` set), so the
-    shuffle buffer fills once (in the warm-up round), not at every timed round."""
-    config = load_config(None, (*config, "train.steps_per_epoch=1"))
+    shuffle buffer fills once (in the warm-up round), not at every timed round; ``data.cache``
+    decided as training decides it."""
+    config = load_config(None, config)
     steps = max(1, images // config.train.batch_size)
+    folder = RecordsDir(str(directory))
+    cached = cache.plan(config.data, folder, "train").cache
 
     def start():
-        batches = iter(make_dataset(config, str(directory), "train"))
+        batches = iter(make_dataset(config, folder, "train", cached=cached, steps_per_epoch=1))
         return lambda: sum(int(next(batches)[0].shape[0]) for _ in range(steps))
 
     return start

@@ -49,6 +49,7 @@ COMMANDS = {
     "predict": "keras_ptx.commands.predict",
     "export": "keras_ptx.commands.export",
     "demo": "keras_ptx.commands.demo",
+    "doctor": "keras_ptx.commands.doctor",
 }
 
 
@@ -88,6 +89,7 @@ evaluate = _runner("evaluate")
 predict = _runner("predict")
 export = _runner("export")
 demo = _runner("demo")
+doctor = _runner("doctor")
 
 if __name__ == "__main__":
     main()

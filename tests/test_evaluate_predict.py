@@ -25,6 +25,7 @@ from keras_ptx.config import dump_config, load_config
 from keras_ptx.data import rle
 from keras_ptx.data.dicom import DicomError, read_dicom
 from keras_ptx.data.geometry import from_square, image_to_square
+from keras_ptx.data.records import write_shards
 from keras_ptx.inference import report as report_md
 from keras_ptx.inference.evaluate import case_picks
 from keras_ptx.inference.postprocess import PostProcess, PostProcessError, scale_area
@@ -34,7 +35,7 @@ from keras_ptx.inference.trained import TrainedRun
 from keras_ptx.input.normalize import to_model_input
 from keras_ptx.synthetic.dicom_writer import write_dicom
 from keras_ptx.tf_setup import tf
-from record_shards import write_shards
+
 
 SIZE = 64
 SHAPES = [(64, 64), (100, 80), (70, 130), (200, 200), (90, 90)]

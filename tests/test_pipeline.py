@@ -10,6 +10,7 @@ import pytest
 
 from keras_ptx.config import load_config
 from keras_ptx.data import manifest, records
+from keras_ptx.data.records import write_shards
 from keras_ptx.data.records_dir import RecordsDir, RecordsError
 from keras_ptx.fileio import write_atomic
 from keras_ptx.input import cache
@@ -17,7 +18,7 @@ from keras_ptx.input.normalize import fused_to_model_input, to_model_input
 from keras_ptx.input.pipeline import (epoch_steps, make_dataset, make_eval_dataset,
                                       positive_share_for_epoch)
 from keras_ptx.tf_setup import tf
-from record_shards import write_shards
+
 
 SIZE = 64
 

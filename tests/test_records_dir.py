@@ -5,8 +5,9 @@ import numpy as np
 import pytest
 
 from keras_ptx.data import records
+from keras_ptx.data.records import write_shards
 from keras_ptx.data.records_dir import RecordsDir, RecordsError, SplitCounts
-from record_shards import write_shards
+
 
 SIZE = 32
 

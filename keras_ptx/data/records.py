@@ -1,4 +1,5 @@
-"""THE TFRecord schema: the writer (build.py) and the tf.data parser both use this module.
+"""THE TFRecord schema: the writer (build.py) and the tf.data parser both use this module;
+:func:`write_shards` writes records from arrays (for tests, benches and the doctor).
 
 One ``tf.train.Example`` per radiograph. Images and masks are single-channel PNGs of
 ``size`` x ``size`` made with :mod:`keras_ptx.data.geometry`; masks hold 0/1 values (the
@@ -10,6 +11,9 @@ are empty strings, unknown age and fold -1. No patient name or ID is ever stored
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
+
+import cv2
 
 from keras_ptx.tf_setup import tf
 
@@ -132,3 +136,35 @@ def label_counts(files) -> tuple[int, int]:
 def shard_files(data_dir: str, split: str) -> list[str]:
     """Sorted shard paths of one split (local path or any tf.io.gfile URL)."""
     return sorted(tf.io.gfile.glob(f"{data_dir.rstrip('/')}/{split}-*-of-*.tfrecord"))
+
+
+def write_shards(directory, split: str, examples, *, shards: int = 1, original: int = 1024,
+                 labeled=None) -> list[Record]:
+    """Write ``examples``, (image, mask) pairs of uint8 [S, S] arrays (masks 0/1), as the
+    ``shards`` shard files of ``split`` in ``directory`` (made if missing): example k in shard
+    k % ``shards``, as record ``{split}-{k:03d}``.
+
+    A record is positive when its mask has a pixel set; its height, width and ``mask_area`` are
+    those of an ``original`` x ``original`` DICOM; it is labeled unless ``labeled[k]`` is false.
+    Returns the records in the order written.
+    """
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    writers = [tf.io.TFRecordWriter(str(directory / SHARD_PATTERN.format(
+        split=split, index=i, count=shards))) for i in range(shards)]
+    written = []
+    try:
+        for k, (image, mask) in enumerate(examples):
+            size, positive = image.shape[0], int(mask.any())
+            record = Record(
+                image_png=cv2.imencode(".png", image)[1].tobytes(),
+                mask_png=cv2.imencode(".png", mask)[1].tobytes(), image_id=f"{split}-{k:03d}",
+                has_pneumothorax=positive, n_annotations=positive,
+                mask_area=int(mask.sum()) * (original // size) ** 2, height=original,
+                width=original, size=size, labeled=1 if labeled is None else int(labeled[k]))
+            writers[k % shards].write(serialize(record))
+            written.append(record)
+    finally:
+        for writer in writers:
+            writer.close()
+    return written
