@@ -5,7 +5,7 @@ VENV := .venv
 STAMP := $(VENV)/.installed
 PY := $(VENV)/bin/python
 
-.PHONY: demo test test-fast bench clean-demo
+.PHONY: demo test test-fast test-demo bench clean-demo
 
 $(STAMP): setup.py setup.cfg
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -20,7 +20,10 @@ test: $(STAMP)
 	$(PY) -m pytest -q --durations=10
 
 test-fast: $(STAMP)
-	$(PY) -m pytest -q -m "not slow"
+	$(PY) -m pytest -q -m "not slow and not demo"
+
+test-demo: $(STAMP)
+	$(PY) -m pytest -q -m demo
 
 clean-demo:
 	rm -rf demo-run

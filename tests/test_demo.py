@@ -48,6 +48,21 @@ def test_demo_runs_every_stage_at_toy_size(tmp_path):
     assert second.stdout.count("[skip]") == 6
 
 
+@pytest.mark.demo
+def test_the_demo_learns(tmp_path):
+    """`make demo` as it ships (1,500 synthetic images, configs/demo.yaml, ~15 min on 2 cores):
+    the network must beat predicting nothing and outline the lesions it finds. Run by
+    `make test-demo` and CI, not by `make test` (the toy run above cannot learn in its budget)."""
+    work = tmp_path / "demo"
+    result = subprocess.run([sys.executable, "-m", "keras_ptx.cli", "demo", "--workdir", str(work)],
+                            capture_output=True, text=True, timeout=3600)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    report = json.loads((work / "run" / "eval" / "report.json").read_text())
+    chosen = report["kinds"][report["chosen"]]
+    assert chosen["score"] >= report["empty_baseline"] + 0.1, report["kinds"]
+    assert chosen["dice_positive"] >= 0.4, report["kinds"]
+
+
 def test_summary_rows_read_the_evaluate_report():
     report = {"chosen": "triplet", "empty_baseline": 0.8, "image_level": {"auc": None},
               "kinds": {"triplet": {"score": 0.9, "dice_positive": 0.6, "rule": "empty unless ..."}}}
