@@ -114,6 +114,11 @@ class IntensityConfig:
 
     def validate(self) -> None:
         _in_unit_interval("augment.intensity", self, "p")
+        _at_least("augment.intensity", self, 0, "brightness_limit", "contrast_limit")
+        low, high = self.gamma_limit
+        if not 0 < low <= high:
+            raise ConfigError(f"augment.intensity.gamma_limit: expected 0 < low <= high (in "
+                              f"percent, 100 = unchanged), got {list(self.gamma_limit)}")
 
 
 @dataclass
@@ -127,7 +132,9 @@ class DistortionConfig:
     optical_distort_limit: float = 0.05
 
     def validate(self) -> None:
-        _in_unit_interval("augment.distortion", self, "p")
+        _in_unit_interval("augment.distortion", self, "p", "grid_distort_limit")
+        _at_least("augment.distortion", self, 0, "elastic_alpha", "optical_distort_limit")
+        _at_least("augment.distortion", self, 1, "elastic_sigma", "grid_num_steps")
 
 
 @dataclass
@@ -139,9 +146,9 @@ class CropConfig:
 
     def validate(self) -> None:
         _in_unit_interval("augment.random_sized_crop", self, "p", "min_fraction", "max_fraction")
-        if not 0 < self.min_fraction <= self.max_fraction:
-            raise ConfigError(f"augment.random_sized_crop: min_fraction {self.min_fraction} "
-                              f"must be above 0 and at most max_fraction {self.max_fraction}")
+        if self.min_fraction > self.max_fraction:
+            raise ConfigError(f"augment.random_sized_crop: min_fraction {self.min_fraction} is "
+                              f"above max_fraction {self.max_fraction}")
 
 
 @dataclass
@@ -231,7 +238,7 @@ class TrainConfig:
         _at_least("train", self, 0, "swa_epochs", "tensorboard_images", "early_stopping_patience",
                   "learning_rate", "min_learning_rate", "weight_decay", "warmup_epochs")
         values = self.metric_threshold
-        values = values if isinstance(values, tuple) else (values,)
+        values = values if isinstance(values, (list, tuple)) else (values,)
         if not values or not all(0.0 <= t < 1.0 for t in values):
             raise ConfigError(f"train.metric_threshold: expected one or more pixel thresholds "
                               f"in [0, 1), got {self.metric_threshold!r}")
@@ -267,7 +274,9 @@ class Config:
     export: ExportConfig = field(default_factory=ExportConfig)
 
     def validate(self) -> "Config":
-        """ConfigError naming the first setting that cannot work; the config itself if none."""
+        """ConfigError naming the first setting that cannot work; the config itself if none.
+        Types and choices are checked again, for configs built or changed in Python."""
+        _build(type(self), self.to_dict(), "")
         for section in (self.data, self.augment, self.model, self.train, self.eval, self.export):
             section.validate()
         return self

@@ -2,8 +2,8 @@
 
 Local paths use the operating system (no TensorFlow import, so the data tools stay light);
 URLs (``gs://``, ``ram://``, ...) go through ``tf.io.gfile``, where a rename is as atomic as
-the filesystem allows. Temporary names hold ``.tmp-``, so leftovers of a killed process can be
-found with the glob ``*.tmp-*``.
+the filesystem allows. Temporary names are hidden (a leading dot: readers that skip dotfiles,
+like the DICOM finder, never take a killed write's leftover for a file) and hold ``.tmp-``.
 """
 from __future__ import annotations
 
@@ -44,7 +44,7 @@ def atomic_path(path):
     path = str(path)
     name = os.path.basename(path.rstrip("/"))
     # a fresh name, not a file: the writer creates it with the usual permissions
-    tmp_name = f"{name}.tmp-{uuid.uuid4().hex[:8]}{''.join(Path(name).suffixes)}"
+    tmp_name = f".{name}.tmp-{uuid.uuid4().hex[:8]}{''.join(Path(name).suffixes)}"
     folder = tempfile.mkdtemp() if is_url(path) else os.path.dirname(os.path.abspath(path))
     tmp = os.path.join(folder, tmp_name)
     try:

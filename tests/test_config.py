@@ -178,7 +178,15 @@ def test_exponent_without_a_dot_is_a_number():
     ("data.positive_share_end=0.3", "data.positive_share_end needs data.positive_share"),
     ("augment.horizontal_flip.p=2", "augment.horizontal_flip.p: must lie in [0, 1]"),
     ("augment.random_sized_crop.min_fraction=0.9",
-     "augment.random_sized_crop: min_fraction 0.9 must be above 0 and at most max_fraction 0.8"),
+     "augment.random_sized_crop: min_fraction 0.9 is above max_fraction 0.8"),
+    ("augment.intensity.gamma_limit=[120, 80]", "augment.intensity.gamma_limit: expected 0 < low"),
+    ("augment.intensity.gamma_limit=[0, 80]", "augment.intensity.gamma_limit: expected 0 < low"),
+    ("augment.intensity.brightness_limit=-0.1", "augment.intensity.brightness_limit: must be"),
+    ("augment.distortion.elastic_sigma=0.5", "augment.distortion.elastic_sigma: must be at least 1"),
+    ("augment.distortion.elastic_alpha=-1", "augment.distortion.elastic_alpha: must be at least 0"),
+    ("augment.distortion.grid_num_steps=0", "augment.distortion.grid_num_steps: must be at least 1"),
+    ("augment.distortion.grid_distort_limit=1.5", "augment.distortion.grid_distort_limit: must lie"),
+    ("augment.distortion.optical_distort_limit=-1", "augment.distortion.optical_distort_limit:"),
     ("model.decoder_filters=[64, 32, 16]", "model.decoder_filters: expected 5 positive widths"),
     ("model.decoder_filters=[64, 32, 16, 0, 8]", "model.decoder_filters: expected 5 positive"),
     ("model.prune_level=5", "model.prune_level: expected 1 to 4, got 5"),
@@ -229,3 +237,27 @@ def test_command_line_choices_come_from_the_config_types():
         command = cli.main.get_command(None, name)
         tta = next(p for p in command.params if p.name == "tta")
         assert tuple(tta.type.choices) == choices(Tta)
+
+
+def test_what_the_config_accepts_albumentations_builds():
+    """The augmentation settings at the edges of what validate() accepts build a policy (the
+    ones just past them are refused at load, above), so no refusal waits for training."""
+    from keras_ptx.input.policy import build_policy
+    edges = ["augment.intensity.gamma_limit=[1, 1]", "augment.intensity.brightness_limit=0",
+             "augment.distortion.elastic_sigma=1", "augment.distortion.elastic_alpha=0",
+             "augment.distortion.grid_num_steps=1", "augment.distortion.grid_distort_limit=1",
+             "augment.distortion.optical_distort_limit=0", "augment.random_sized_crop.min_fraction=0",
+             "augment.random_sized_crop.max_fraction=0"]
+    config = load_config(None, edges)
+    build_policy(config.augment, config.data.image_size)
+
+
+def test_a_config_changed_in_python_is_checked_again():
+    import dataclasses
+    config = load_config()
+    wrong = dataclasses.replace(config, train=dataclasses.replace(config.train, optimizer="adamx"))
+    with pytest.raises(ConfigError, match="train.optimizer: expected one of adam, adamw, sgd"):
+        wrong.validate()
+    listed = dataclasses.replace(config, train=dataclasses.replace(
+        config.train, metric_threshold=[0.3, 0.5]))
+    assert listed.validate() is listed

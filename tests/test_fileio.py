@@ -33,6 +33,7 @@ def test_a_failed_write_keeps_the_old_file(tmp_path):
 def test_the_temporary_name_keeps_the_suffix_writers_read_the_format_from(tmp_path):
     with atomic_path(tmp_path / "swa-epoch-003.npz") as tmp:
         assert tmp.endswith(".npz") and os.path.dirname(tmp) == str(tmp_path)
+        assert os.path.basename(tmp).startswith(".")   # hidden from readers that skip dotfiles
         np.savez(tmp, a=np.arange(3))           # numpy would add .npz to a name without it
     assert np.load(tmp_path / "swa-epoch-003.npz")["a"].tolist() == [0, 1, 2]
     assert os.listdir(tmp_path) == ["swa-epoch-003.npz"]

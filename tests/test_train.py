@@ -25,7 +25,7 @@ from keras_ptx.tf_setup import tf
 from keras_ptx.training import TrainingError
 from keras_ptx.training.averaging import WeightAveraging
 from keras_ptx.training.callbacks import EpochSummary, ResumablePlateau
-from keras_ptx.training.resume import (Monitor, ResumePoint, backup_epoch, best_row,
+from keras_ptx.training.resume import (Monitor, ResumePoint, backup_epoch, best_row, delete_backup,
                                        prepare_run_dir, resume_point)
 from keras_ptx.training.schedules import learning_rate_schedule
 from keras_ptx.training.strategy import cluster_size, resolve_strategy_name
@@ -206,11 +206,16 @@ def test_run_dir_without_backup(tmp_path):
     (run / rundir.LOGS).mkdir()
     assert prepare_run_dir(run, config) is None         # nothing trained yet: start again
     assert not (run / rundir.LOGS).exists()
-    # epochs in the history but no backup (killed before the first was complete): start again
-    _write_history(run, [0.3, 0.4])
+    # epoch 1's row but no backup (killed before the first was complete): start again
+    _write_history(run, [0.3])
     said = prepare_run_dir(run, config)
-    assert "the 2 epoch(s) in history.csv were dropped; training starts again at epoch 1" in said
+    assert "epoch 1's row in history.csv was dropped; training starts again at epoch 1" in said
     assert not (run / rundir.HISTORY).exists() and (run / rundir.CONFIG).exists()
+    # more epochs and no backup: it was lost (deleted by hand, an older version), not unwritten
+    _write_history(run, [0.3, 0.4])
+    with pytest.raises(TrainingError, match="has 2 trained epochs but neither a backup"):
+        prepare_run_dir(run, config)
+    (run / rundir.HISTORY).unlink()
     _write_history(run, [0.3])
     (run / rundir.METRICS).write_text(json.dumps({"completed": True}))
     assert prepare_run_dir(run, config) is None          # finished: nothing to do
@@ -516,3 +521,25 @@ def test_a_resumed_plateau_schedule_counts_as_an_uninterrupted_one():
             else:
                 lost += replayed != states[k - 1:]
     assert lost > 0
+
+
+def test_a_run_that_ended_itself_is_not_trained_further_on_resume():
+    rows = tuple({"epoch": e, "loss": loss} for e, loss in enumerate([1.0, 0.9, float("nan")]))
+    assert ResumePoint(epoch=3, history=rows).stopped(patience=0)           # TerminateOnNaN
+    assert not ResumePoint(epoch=2, history=rows[:2]).stopped(patience=0)
+    assert ResumePoint(epoch=4, wait=2, history=rows[:2]).stopped(patience=2)   # early stopping
+    assert not ResumePoint(epoch=4, wait=1, history=rows[:2]).stopped(patience=2)
+
+
+def test_the_backup_is_deleted_whole_and_a_broken_one_is_a_clear_error(tmp_path):
+    run = tmp_path / "run"
+    backup = run / rundir.CHECKPOINTS / rundir.BACKUP
+    (backup / "chief").mkdir(parents=True)
+    (backup / "chief" / "checkpoint").write_text('model_checkpoint_path: "ckpt-1"\n')
+    (backup / "chief" / "ckpt-1.index").write_bytes(b"not an index")
+    with pytest.raises(TrainingError, match="a backup that does not read .* or use --overwrite"):
+        backup_epoch(run)
+    (backup.parent / ".backup.deleting" / "x").mkdir(parents=True)    # a killed deletion's leftover
+    delete_backup(run)
+    assert os.listdir(backup.parent) == [] and backup_epoch(run) is None
+    delete_backup(run)                                                # nothing to delete: fine

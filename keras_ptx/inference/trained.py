@@ -4,7 +4,8 @@
 (RUN_DIR/postprocess.json, else the config's ``eval.threshold`` pixel threshold, with where it
 came from), the TTA to predict with, and on demand the model (the weights-only twin of the
 trained network, built from the config, computing in the run's precision or the one asked
-for) and a :class:`~keras_ptx.inference.runner.Predictor` around it. The checks that decide whether the rule fits the model live here, once.
+for) and a :class:`~keras_ptx.inference.runner.Predictor` around it. The check that the rule
+fits the model (a gated rule needs the image-level head) lives here, once.
 """
 from __future__ import annotations
 

@@ -1,6 +1,6 @@
 """A run's callbacks (:class:`RunCallbacks`) and those among them that Keras does not ship:
-epoch statistics, the one-line epoch summary, validation overlays for TensorBoard, and early
-stopping that survives a resume."""
+epoch statistics, the one-line epoch summary, validation overlays for TensorBoard, early stopping
+and plateau decay that survive a resume, and checkpoints replaced whole."""
 from __future__ import annotations
 
 import math
@@ -100,15 +100,17 @@ class ResumablePlateau(tf.keras.callbacks.ReduceLROnPlateau):
     def __init__(self, start: ResumePoint = ResumePoint(), **kwargs):
         super().__init__(**kwargs)
         self.start = start
+        # the replay's stand-in for the optimizer's rate: made here, outside any strategy scope
+        self._rate = tf.Variable(0.0, dtype=tf.float32, trainable=False)
 
     def on_train_begin(self, logs=None):
         super().on_train_begin(logs)
         model, verbose = self.model, self.verbose
         self.verbose = 0
+        self.model = SimpleNamespace(optimizer=SimpleNamespace(lr=self._rate))
         try:
             for row in self.start.history:
-                rate = tf.Variable(row["lr"], dtype=tf.float32)
-                self.model = SimpleNamespace(optimizer=SimpleNamespace(lr=rate))
+                self._rate.assign(row["lr"])
                 super().on_epoch_end(row["epoch"], dict(row))
         finally:
             self.model, self.verbose = model, verbose

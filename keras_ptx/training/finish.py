@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import math
-import shutil
 import statistics
 from pathlib import Path
 
@@ -20,7 +19,7 @@ from keras_ptx.fileio import atomic_path, write_atomic
 from keras_ptx.model.unetpp import build_model_to_load
 from keras_ptx.training import TrainingError
 from keras_ptx.training.callbacks import RunCallbacks
-from keras_ptx.training.resume import Monitor, backup_dir, best_row, read_history
+from keras_ptx.training.resume import Monitor, best_row, delete_backup, read_history
 from keras_ptx.training.strategy import resolve_strategy_name
 
 
@@ -69,7 +68,7 @@ def finish(model, config: Config, run: Path, monitor: Monitor, val_data, own: Ru
         "images_per_sec": statistics.median(speeds) if speeds else None,
     }
     write_atomic(run / rundir.METRICS, json.dumps(metrics, indent=1, sort_keys=True) + "\n")
-    shutil.rmtree(backup_dir(run), ignore_errors=True)     # finished: nothing left to resume
+    delete_backup(run)                                      # finished: nothing left to resume
     echo(f"best epoch {metrics['best_epoch']} of {len(history)}: "
          f"{monitor.key} {best[monitor.key]:.4f}"
          + (f"; weight average of epochs {averaged['epochs'][0]}-{averaged['epochs'][-1]}: "

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import csv
 import math
+import os
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -79,9 +80,26 @@ class ResumePoint:
         ``EarlyStopping`` decides: ``patience`` epochs without improvement, after epoch 0)."""
         return bool(patience) and self.epoch > 1 and self.wait >= patience
 
+    def stopped(self, patience: int) -> bool:
+        """Whether the run's last epoch ended training: early stopping, or a NaN loss
+        (``TerminateOnNaN``)."""
+        return self.stopped_early(patience) or (
+            bool(self.history) and math.isnan(self.history[-1].get("loss", 0.0)))
+
 
 def backup_dir(run_dir) -> Path:
     return Path(run_dir) / rundir.CHECKPOINTS / rundir.BACKUP
+
+
+def delete_backup(run_dir) -> None:
+    """Remove the backup, first renaming it away whole, so that a crash while the files are
+    deleted never leaves half a backup where the next run looks."""
+    backup = backup_dir(run_dir)
+    if backup.exists():
+        gone = backup.with_name(f".{backup.name}.deleting")
+        shutil.rmtree(gone, ignore_errors=True)          # a crash's leftover
+        os.replace(backup, gone)
+        shutil.rmtree(gone)
 
 
 def backup_epoch(run_dir) -> int | None:
@@ -89,7 +107,11 @@ def backup_epoch(run_dir) -> int | None:
     latest = tf.train.latest_checkpoint(str(backup_dir(run_dir) / _BACKUP_SUBDIR))
     if latest is None:
         return None
-    reader = tf.train.load_checkpoint(latest)
+    try:
+        reader = tf.train.load_checkpoint(latest)
+    except tf.errors.OpError as exc:
+        raise TrainingError(f"{latest}: a backup that does not read ({exc.message}); remove "
+                            f"{backup_dir(run_dir)} or use --overwrite") from None
     if not reader.has_tensor(_SAVED_EPOCH_KEY):
         raise TrainingError(f"{latest}: a backup without its epoch counter; remove "
                             f"{backup_dir(run_dir)} or use --overwrite")
@@ -187,12 +209,16 @@ def prepare_run_dir(run_dir, config: Config, *, resume: bool = False,
             raise TrainingError(f"--out {run}: that run has finished, so there is no backup to "
                                 f"continue with the new config; use --overwrite to train again")
         dropped = len(read_history(run))
+        if dropped > 1:     # more than the first epoch: its backup was lost, not unwritten
+            raise TrainingError(
+                f"--out {run}: has {dropped} trained epochs but neither a backup to continue "
+                f"from nor a finished result ({rundir.METRICS}); use --overwrite to train again")
         shutil.rmtree(run)
         _start(run, config)
         if dropped:
             return (f"{run}: no backup to continue from (the last run ended before its first "
-                    f"backup was complete), so the {dropped} epoch(s) in {rundir.HISTORY} were "
-                    f"dropped; training starts again at epoch 1")
+                    f"backup was complete), so epoch 1's row in {rundir.HISTORY} was dropped; "
+                    f"training starts again at epoch 1")
         return None
     dump_config(config, run / rundir.CONFIG)
     _truncate_history(run, saved + 1)

@@ -5,7 +5,7 @@ the records folder is opened with plain file access first (the config checked it
 was loaded), then the strategy is created, the records are checked, the chief alone prepares
 RUN_DIR while the others wait at a barrier, and only then are the datasets
 (:mod:`~keras_ptx.training.datasets`) and the model (inside ``strategy.scope()``) built.
-Nothing is written to RUN_DIR before every check has passed.
+Nothing is written to RUN_DIR before every check of the config and the records has passed.
 
 Callbacks (:class:`~keras_ptx.training.callbacks.RunCallbacks`), in the order Keras calls them
 at an epoch's end: epoch statistics (lr, images/s), TerminateOnNaN, ModelCheckpoint (best by
@@ -13,8 +13,9 @@ at an epoch's end: epoch statistics (lr, images/s), TerminateOnNaN, ModelCheckpo
 ReduceLROnPlateau (``lr_schedule: plateau``), weight averaging (``swa_epochs``), TensorBoard
 overlays, CSVLogger and TensorBoard scalars (chief), the progress bar, the one-line summary
 (chief), and BackupAndRestore last, so that a backup of epoch N means every file of epoch N is
-written (:mod:`~keras_ptx.training.resume`: the backup alone decides where a re-run continues). Workers other than the chief write checkpoints to temporary directories (Keras does
-this itself) and nothing else. The end of the run is :mod:`~keras_ptx.training.finish`'s.
+written (the backup alone decides where a re-run continues: :mod:`~keras_ptx.training.resume`).
+Workers other than the chief write checkpoints to temporary directories (Keras does this
+itself) and nothing else. The end of the run is :mod:`~keras_ptx.training.finish`'s.
 """
 from __future__ import annotations
 
@@ -82,9 +83,9 @@ def train(config: Config, data_dir: str, run_dir, *, resume: bool = False,
     own = RunCallbacks(config, records, run, monitor, start, chief, echo)
     echo(_opening_line(config, strategy, data.steps, start))
     echo(data.caching)
-    # a run that early stopping ended (then crashed before finishing) trains no further epoch
-    last = (start.epoch if start.stopped_early(config.train.early_stopping_patience)
-            else config.train.epochs)
+    # a run whose last epoch ended training (then crashed while finishing) trains no further
+    stopped = start.stopped(config.train.early_stopping_patience)
+    last = start.epoch if stopped else config.train.epochs
     try:
         model.fit(data.train, validation_data=data.val, epochs=last,
                   steps_per_epoch=data.steps, callbacks=[*callbacks, *own.callbacks],
