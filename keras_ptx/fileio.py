@@ -14,10 +14,32 @@ import tempfile
 import uuid
 from pathlib import Path
 
+from keras_ptx.errors import UserError
+
+
+# What adds a filesystem scheme to TensorFlow, for the message refusing one it lacks.
+SCHEME_PLUGINS = {"s3": "pip install tensorflow-io", "az": "pip install tensorflow-io",
+                  "hdfs": "pip install tensorflow-io, and a Hadoop client",
+                  "http": "pip install tensorflow-io", "https": "pip install tensorflow-io"}
+
 
 def is_url(path) -> bool:
     """Whether ``path`` names a filesystem by scheme (``gs://bucket/x``) rather than a local path."""
     return "://" in str(path)
+
+
+def check_openable(path, option: str) -> None:
+    """UserError for a URL whose scheme this TensorFlow has no filesystem for (asked without
+    touching the URL), naming the scheme and what would add it."""
+    if not is_url(path):
+        return
+    from keras_ptx.tf_setup import tf
+
+    scheme = str(path).split("://", 1)[0]
+    if scheme not in tf.io.gfile.get_registered_schemes():
+        hint = SCHEME_PLUGINS.get(scheme.lower())
+        raise UserError(f"{option} {path}: this TensorFlow cannot open {scheme}:// URLs"
+                        + (f" ({hint})" if hint else ""))
 
 
 def write_atomic(path, data: bytes | str) -> None:

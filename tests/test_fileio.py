@@ -47,3 +47,25 @@ def test_a_url_is_written_through_gfile():
     with tf.io.gfile.GFile(url) as f:
         assert f.read() == "{}\n"
     assert tf.io.gfile.listdir("ram://fileio-test/run") == ["metrics.json"]
+
+
+def test_a_scheme_this_tensorflow_cannot_open_is_refused_up_front(tmp_path, monkeypatch):
+    """Never a local folder named after the URL, and nothing written (TensorFlow is asked which
+    schemes it has; the URL itself is never touched)."""
+    from click.testing import CliRunner
+    from keras_ptx.cli import main
+    from keras_ptx.errors import UserError
+    from keras_ptx.fileio import check_openable
+    with pytest.raises(UserError, match=r"^--data s3://b/x: this TensorFlow cannot open s3:// "
+                                        r"URLs \(pip install tensorflow-io\)$"):
+        check_openable("s3://b/x", "--data")
+    check_openable("ram://b/x", "--data")
+    check_openable(tmp_path / "local", "--data")
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "dicoms").mkdir()
+    for args in (["build-tfrecords", "--dicom-dir", "dicoms", "--out", "s4://bucket/records"],
+                 ["evaluate", "--model", ".", "--data", "s4://bucket/records"],
+                 ["export", "--model", ".", "--out", "s4://bucket/exports"]):
+        result = CliRunner().invoke(main, args)
+        assert result.exit_code == 2 and "cannot open s4:// URLs" in result.output, result.output
+    assert sorted(os.listdir(tmp_path)) == ["dicoms"]

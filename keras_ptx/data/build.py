@@ -32,7 +32,7 @@ from keras_ptx.data.dicom import DICOM_SUFFIXES, find_dicom_files
 from keras_ptx.data.manifest import FORMAT, Rejection, join, read_json, sha256, to_json
 from keras_ptx.data.split import assign_bins
 from keras_ptx.errors import UserError
-from keras_ptx.fileio import is_url, write_atomic
+from keras_ptx.fileio import check_openable, is_url, write_atomic
 from keras_ptx.tf_setup import tf
 
 STATE = "build-state.json"
@@ -316,6 +316,7 @@ def check_options(options: Options) -> None:
     """Refuse (:class:`~keras_ptx.errors.UserError`) options a build cannot use, writing nothing."""
     if not os.path.isdir(options.dicom_dir):
         raise BuildError(f"--dicom-dir {options.dicom_dir}: no such folder")
+    check_openable(options.out, "--out")
     if tf.io.gfile.exists(options.out) and not tf.io.gfile.isdir(options.out):
         raise BuildError(f"--out {options.out}: exists and is not a directory")
     if not is_url(options.out) and not os.path.exists(options.out):

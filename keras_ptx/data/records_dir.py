@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 from keras_ptx.data import records
 from keras_ptx.errors import UserError
+from keras_ptx.fileio import check_openable
 from keras_ptx.tf_errors import damaged_records
 from keras_ptx.tf_setup import tf
 
@@ -43,6 +44,7 @@ class RecordsDir:
     def open(cls, path: str) -> "RecordsDir":
         """RecordsError for a missing, non-directory or empty ``path``."""
         path = str(path)
+        check_openable(path, "--data")
         if not tf.io.gfile.isdir(path):
             raise RecordsError(f"--data {path}: " + ("not a directory" if tf.io.gfile.exists(path)
                                                      else "no such directory"))

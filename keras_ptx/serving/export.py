@@ -27,6 +27,7 @@ import uuid
 import keras_ptx
 from keras_ptx.config import Precision
 from keras_ptx.errors import UserError
+from keras_ptx.fileio import check_openable
 from keras_ptx.inference.postprocess import PostProcess, apply_tf
 from keras_ptx.inference.runner import Predictor
 from keras_ptx.inference.trained import TrainedRun
@@ -193,6 +194,7 @@ def export_run(run_dir, export_base, version: int | None = None, tta: str | None
     ``eval.tta``). The graph computes in ``precision``, whatever the run trained in and
     whatever this host has: float32 unless mixed_float16 is asked for.
     """
+    check_openable(export_base, "--out")
     version = next_version(export_base) if version is None else version
     check_version_free(export_base, version)        # before the model is built
     run = TrainedRun(run_dir, precision)
