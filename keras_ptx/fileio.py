@@ -44,17 +44,8 @@ def check_openable(path, option: str) -> None:
 
 def write_atomic(path, data: bytes | str) -> None:
     """Replace ``path`` with ``data`` (text is written as UTF-8) in one rename."""
-    data = data.encode() if isinstance(data, str) else data
-    if is_url(path):
-        from keras_ptx.tf_setup import tf
-
-        staged = f"{path}.tmp-{os.getpid()}"
-        with tf.io.gfile.GFile(staged, "wb") as f:
-            f.write(data)
-        tf.io.gfile.rename(staged, str(path), overwrite=True)
-        return
     with atomic_path(path) as tmp:
-        Path(tmp).write_bytes(data)
+        Path(tmp).write_bytes(data.encode() if isinstance(data, str) else data)
 
 
 @contextlib.contextmanager
