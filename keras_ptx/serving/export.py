@@ -47,12 +47,16 @@ class ExportError(UserError):
 def to_square_tf(gray, size: int):
     """:func:`geometry.image_to_square` in TF ops: float ``[H, W, 1]`` 0..255 -> ``[S, S, 1]``.
 
-    Pads bottom/right to a square, then resizes (area when shrinking, bilinear when growing) and
-    rounds to whole gray levels as the uint8 records hold; within one gray level of OpenCV.
+    Pads bottom/right to a square by repeating the last row and column (indices clamped to the
+    image, which fills pads of any width), then resizes (area when shrinking, bilinear when
+    growing) and rounds to whole gray levels as the uint8 records hold; within one gray level
+    of OpenCV.
     """
     shape = tf.shape(gray)
     side = tf.maximum(shape[0], shape[1])
-    square = tf.image.pad_to_bounding_box(gray, 0, 0, side, side)
+    rows = tf.minimum(tf.range(side), shape[0] - 1)
+    cols = tf.minimum(tf.range(side), shape[1] - 1)
+    square = tf.gather(tf.gather(gray, rows, axis=0), cols, axis=1)
     resized = tf.cond(side > size,
                       lambda: tf.image.resize(square, [size, size], method="area"),
                       lambda: tf.image.resize(square, [size, size], method="bilinear"))
