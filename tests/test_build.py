@@ -23,12 +23,13 @@ from pydicom.dataset import FileDataset, FileMetaDataset
 from pydicom.uid import BasicTextSRStorage, ExplicitVRLittleEndian, generate_uid
 
 from keras_ptx.commands.build_tfrecords import command
-from keras_ptx.data import records, rle
+from keras_ptx.data import geometry, records, rle
 from keras_ptx.data.annotations import union_mask, write_annotations
 from keras_ptx.data.build import BuildError, Options, build
 from keras_ptx.data.dicom import read_dicom
 from keras_ptx.data.geometry import image_to_square, mask_to_square
 from keras_ptx.data.manifest import verify
+from keras_ptx.data.records_dir import RecordsDir, RecordsError
 from keras_ptx.data.split import assign_bins
 from keras_ptx.errors import UserError
 from keras_ptx.synthetic.dicom_writer import write_dicom
@@ -277,6 +278,26 @@ def test_a_negative_with_mask_pixels_fails_verify_and_is_what_training_skips(bui
     positive = next(i for i, ex in enumerate(parsed) if ex["has_pneumothorax"])
     np.testing.assert_array_equal(
         records.parse(serialized[positive], negatives_empty=True)["mask"], parsed[positive]["mask"])
+
+
+def test_records_of_the_zero_padding_rule_fail_verify_and_are_not_reused(dataset, built, tmp_path):
+    """A build before #21 (zero padding) is found out by --verify, training and evaluation
+    (RecordsDir) and a rebuild into its folder, each naming both rules and the way out."""
+    old = "pad-bottom-right-to-square-then-resize"
+    out = tmp_path / "copy"
+    shutil.copytree(built[0], out)
+    manifest = json.loads((out / records.MANIFEST).read_text())
+    manifest["options"]["geometry"] = old
+    manifest["plan_sha256"] = "0" * 64          # the old options made another plan
+    (out / records.MANIFEST).write_text(json.dumps(manifest))
+    rebuild = f"rule '{old}', but this keras_ptx .* with '{geometry.RULE}' .* rebuild them"
+    assert len(verify(str(out))) == 1 and re.search(rebuild, verify(str(out))[0])
+    result = CliRunner().invoke(command, ["--verify", str(out)])
+    assert result.exit_code != 0 and re.search(rebuild, result.output)
+    with pytest.raises(RecordsError, match=rebuild):
+        RecordsDir.open(str(out)).checked_files("train", SIZE)
+    with pytest.raises(BuildError, match=f"geometry: '{old}' -> '{geometry.RULE}'"):
+        build(options(dataset[0], out, workers=1), log=lambda *_: None)
 
 
 # --- bad inputs ------------------------------------------------------------------------------

@@ -4,7 +4,7 @@ import json
 import numpy as np
 import pytest
 
-from keras_ptx.data import records
+from keras_ptx.data import geometry, records
 from keras_ptx.data.records import write_shards
 from keras_ptx.data.records_dir import RecordsDir, RecordsError, SplitCounts
 
@@ -83,3 +83,13 @@ def test_unreadable_shards_are_a_records_error(tmp_path):
         with pytest.raises(RecordsError, match=r"a record shard is damaged \(corrupted record at "
                                                r"0 .*\); find it with bin/build-tfrecords --verify"):
             ask()
+
+
+def test_records_of_another_geometry_rule_are_refused(folder):
+    data = RecordsDir(str(folder))
+    (folder / records.MANIFEST).write_text(json.dumps({"options": {"image_size": SIZE}}))
+    assert data.checked_files("train", SIZE) == data.files("train")      # names no rule
+    (folder / records.MANIFEST).write_text(json.dumps({"options": {"geometry": "zero-pad"}}))
+    with pytest.raises(RecordsError, match=rf"records in {folder} were made with the geometry "
+                                           rf"rule 'zero-pad', but .*'{geometry.RULE}'.*rebuild"):
+        RecordsDir(str(folder)).checked_files("val", SIZE)

@@ -1,9 +1,10 @@
 """``OUT/manifest.json``: what a build wrote, what it left out and why; and ``--verify``.
 
-The manifest holds the build options, each split's counts (images, positives, annotations)
-and shards (file, example count, sha256), every rejected input with its reason, and the input
-total (train + val + test + rejected). It has no timestamps and sorted keys, so the same
-inputs and options always give the same bytes. All I/O goes through ``tf.io.gfile``.
+The manifest holds the build options (``geometry``: the :mod:`keras_ptx.data.geometry` rule
+the images were put on the square grid with), each split's counts (images, positives,
+annotations) and shards (file, example count, sha256), every rejected input with its reason,
+and the input total (train + val + test + rejected). It has no timestamps and sorted keys, so
+the same inputs and options always give the same bytes. All I/O goes through ``tf.io.gfile``.
 """
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from keras_ptx.data import records
+from keras_ptx.data import geometry, records
 from keras_ptx.tf_setup import tf
 
 FORMAT = 1
@@ -52,6 +53,19 @@ def join(out: str, name: str) -> str:
     return f"{out.rstrip('/')}/{name}"
 
 
+def geometry_problem(manifest: dict, folder: str) -> str | None:
+    """Why the records in ``folder`` cannot be used with this keras_ptx's geometry rule (a
+    model would train or be scored on other squares than predict and export make), or None.
+    A manifest that names no rule (not written by a build) is not judged."""
+    options = manifest.get("options") if isinstance(manifest, dict) else None
+    built = options.get("geometry") if isinstance(options, dict) else None
+    if built in (None, geometry.RULE):
+        return None
+    return (f"the records in {folder} were made with the geometry rule {built!r}, but this "
+            f"keras_ptx puts images on the square grid with {geometry.RULE!r} (as predict and "
+            f"export do); rebuild them with build-tfrecords into a new --out")
+
+
 def summary(manifest: dict) -> str:
     """The table the command prints at the end of a build."""
     rows = [("split", "images", "positives", "annotations", "shards")]
@@ -77,7 +91,8 @@ def verify(out: str) -> list[str]:
         manifest = read_json(path)
     except (ValueError, tf.errors.OpError) as exc:
         return [f"{path}: unreadable manifest ({exc})"]
-    problems = []
+    problem = geometry_problem(manifest, out)
+    problems = [problem] if problem else []
     size = manifest["options"]["image_size"]
     seen: set[str] = set()
     for split in records.SPLITS:

@@ -3,7 +3,8 @@
 :class:`RecordsDir` answers what training, the input pipeline, the cache plan and evaluate
 need to know about a records folder: each split's shard files, its record and positive counts
 (from the build's manifest, read once, else counted from the shards' labels), and the size of
-its images, checked against the run's ``data.image_size`` by reading one record per split.
+its images, checked against the run's ``data.image_size`` by reading one record per split, and
+the manifest's geometry rule, checked against this keras_ptx's.
 Every answer is computed at most once per object. Paths may be local or any ``tf.io.gfile``
 URL.
 """
@@ -13,6 +14,7 @@ import json
 from dataclasses import dataclass
 
 from keras_ptx.data import records
+from keras_ptx.data.manifest import geometry_problem
 from keras_ptx.errors import UserError
 from keras_ptx.fileio import check_openable
 from keras_ptx.tf_errors import damaged_records
@@ -20,7 +22,8 @@ from keras_ptx.tf_setup import tf
 
 
 class RecordsError(UserError):
-    """A records folder that is missing, empty, unreadable or of another image size."""
+    """A records folder that is missing, empty, unreadable, of another image size or made with
+    another geometry rule."""
 
 
 @dataclass(frozen=True)
@@ -116,8 +119,12 @@ class RecordsDir:
         return self._sizes[split]
 
     def checked_files(self, split: str, image_size: int) -> list[str]:
-        """The split's shards, after checking there are some and that their images are
-        ``image_size`` (RecordsError naming the problem otherwise)."""
+        """The split's shards, after checking there are some, that their images are
+        ``image_size`` and that the manifest's geometry rule is this keras_ptx's (RecordsError
+        naming the problem otherwise)."""
+        problem = geometry_problem(self.manifest or {}, self.path)
+        if problem:
+            raise RecordsError(problem)
         stored = self.image_size(split)
         if stored != image_size:
             raise RecordsError(
