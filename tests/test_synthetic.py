@@ -1,6 +1,7 @@
 """bin/make-synthetic: SIIM layout and formats, labels that are exactly the drawn lesions,
 label statistics, determinism (seed, workers), and the DICOM writer's variants."""
 import hashlib
+import json
 from pathlib import Path
 
 import numpy as np
@@ -10,17 +11,20 @@ from click.testing import CliRunner
 from pydicom.uid import ExplicitVRLittleEndian, JPEGBaseline8Bit
 
 from keras_ptx.cli import main
-from keras_ptx.data import rle
-from keras_ptx.data.annotations import load_annotations
+from keras_ptx.data import records, rle
+from keras_ptx.data.annotations import load_annotations, union_mask
+from keras_ptx.data.build import Options as BuildOptions, build
 from keras_ptx.data.dicom import read_dicom
+from keras_ptx.data.geometry import from_square, mask_to_square
 from keras_ptx.synthetic.anatomy import _skin_fold
 from keras_ptx.synthetic.dataset import Options, is_positive, make_dataset, plan_image
 from keras_ptx.synthetic.dicom_writer import write_dicom
-from keras_ptx.synthetic.radiograph import generate_image
+from keras_ptx.synthetic.radiograph import generate_image, image_shape
 from keras_ptx.synthetic.raster import Frame
+from keras_ptx.tf_setup import tf
 
 OPTIONS = Options(n_images=30, seed=3, size=128, positive_fraction=0.5, test_fraction=0.2,
-                  mix_formats=True)
+                  mix_formats=True, mix_shapes=True)
 JPEG_MEAN_ERROR = 3.0               # grey levels, mean absolute, quality 95
 
 
@@ -44,13 +48,15 @@ def test_labels_and_pixels_are_exactly_what_was_drawn(dataset):
     seen = {"train": 0, "test": 0}
     for index in range(OPTIONS.n_images):
         plan = plan_image(OPTIONS, index)
-        drawn = generate_image(OPTIONS.seed, index, OPTIONS.size, plan.positive, plan.patient)
+        drawn = generate_image(OPTIONS.seed, index, OPTIONS.size, plan.positive, plan.patient,
+                               plan.aspect)
         rles = (labels if plan.split == "train" else truth)[plan.image_id]
         assert plan.image_id not in (truth if plan.split == "train" else labels)
         assert len(rles) == len(drawn.masks) and bool(rles) == plan.positive
         for text, mask in zip(rles, drawn.masks):
-            np.testing.assert_array_equal(rle.decode(text, OPTIONS.size, OPTIONS.size), mask)
+            np.testing.assert_array_equal(rle.decode(text, *drawn.pixels.shape), mask)
         image = read_dicom(out / plan.relpath)
+        assert image.pixels.shape == drawn.pixels.shape == image_shape(OPTIONS.size, plan.aspect)
         assert image.image_id == plan.image_id
         error = np.abs(image.pixels.astype(int) - drawn.pixels)
         if plan.transfer_syntax == "jpeg_baseline":
@@ -62,12 +68,41 @@ def test_labels_and_pixels_are_exactly_what_was_drawn(dataset):
     assert summary["counts"]["positive"] == round(OPTIONS.n_images * OPTIONS.positive_fraction)
 
 
+def test_one_image_in_five_is_non_square_when_asked_and_builds_into_records(dataset, tmp_path):
+    """--mix-shapes: detector formats with --size as the long side, labelled on their own grid,
+    whose record masks come back onto it (area-resized to 64 and back from 128)."""
+    out, summary = dataset
+    assert summary["counts"]["shapes"] == {"128x128": 24, "128x104": 2, "104x128": 2,
+                                           "128x121": 1, "102x128": 1}
+    build(BuildOptions(dicom_dir=str(out / "dicom-images-train"), labels=str(out / "train-rle.csv"),
+                       out=str(tmp_path), image_size=64, workers=1), log=lambda *_: None)
+    labels = load_annotations(out / "train-rle.csv")
+    positives = 0
+    for split in ("train", "val"):
+        for ex in tf.data.TFRecordDataset(records.shard_files(str(tmp_path), split)).map(
+                records.parse).as_numpy_iterator():
+            height, width = int(ex["height"]), int(ex["width"])
+            if height == width:
+                continue
+            mask = union_mask(labels[ex["image_id"].decode()], height, width)
+            square = ex["mask"][..., 0]
+            np.testing.assert_array_equal(square, mask_to_square(mask, 64))
+            back = from_square(square, height, width) >= 0.5
+            if mask.any():
+                positives += 1
+                assert 2 * (back & (mask > 0)).sum() / (back.sum() + mask.sum()) > 0.6
+            else:
+                assert not square.any() and not back.any()
+    assert positives, "no non-square positive in the records: the round trip is untested"
+
+
 def test_lesion_mask_is_exactly_the_darkened_region():
     # A positive image is its negative twin plus the lesions: darker exactly inside the mask,
     # and the bright visceral pleural line lies just outside it.
     for index in range(12):
-        positive = generate_image(5, index, 192, positive=True)
-        negative = generate_image(5, index, 192, positive=False)
+        aspect = (1.0, 35 / 43, 43 / 35)[index % 3]
+        positive = generate_image(5, index, 192, positive=True, aspect=aspect)
+        negative = generate_image(5, index, 192, positive=False, aspect=aspect)
         diff = positive.pixels.astype(int) - negative.pixels
         mask = positive.union
         assert mask.any() and not negative.masks
@@ -99,7 +134,7 @@ def test_siim_layout_headers_and_csv_conventions(dataset):
         assert (ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.SOPInstanceUID) == \
             (study, series, path.stem)
         assert ds.Modality == "CR" and ds.SOPClassUID == "1.2.840.10008.5.1.4.1.1.1"
-        assert ds.Rows == ds.Columns == OPTIONS.size
+        assert max(ds.Rows, ds.Columns) == OPTIONS.size
         assert str(ds.PatientName).startswith("SYNTHETIC^PATIENT")
         assert ds.PatientID.startswith("SYNTHETIC-")
         assert ds.PatientSex in ("M", "F") and ds.ViewPosition in ("AP", "PA")
@@ -181,6 +216,7 @@ def test_command_stage2_and_refuses_to_overwrite(tmp_path):
     assert lines[0] == "ImageId,EncodedPixels"
     assert sum(line.endswith(",-1") for line in lines) == 3
     assert not (tmp_path / "train-rle.csv").exists()
+    assert json.loads((tmp_path / "synthetic.json").read_text())["counts"]["shapes"] == {"64x64": 6}
     again = runner.invoke(main, args)
     assert again.exit_code == 2 and "already holds a dataset" in again.output
     assert runner.invoke(main, [*args, "--overwrite"]).exit_code == 0

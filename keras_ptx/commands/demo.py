@@ -93,7 +93,7 @@ def command(workdir: Path, config_path: Path, n_images: int, dicom_size: int,
     _stage("synthetic data", synth / "synthetic.json",
            ["make-synthetic", str(synth), "--n-images", str(n_images), "--size", str(dicom_size),
             "--positive-fraction", str(positive_fraction), "--workers", str(workers),
-            "--test-fraction", "0.05"])
+            "--test-fraction", "0.05", "--mix-shapes"])
     _stage("TFRecords", records / "manifest.json",
            ["build-tfrecords", "--dicom-dir", str(synth / "dicom-images-train"),
             "--labels", str(synth / "train-rle.csv"), "--out", str(records),

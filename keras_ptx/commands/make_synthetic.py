@@ -26,9 +26,12 @@ from keras_ptx.cli import command as cli_command
               show_default="all cores", help="Parallel worker processes.")
 @click.option("--mix-formats", is_flag=True,
               help="Write some MONOCHROME1, 16-bit and uncompressed files among the JPEGs.")
+@click.option("--mix-shapes", is_flag=True,
+              help="Make one image in five a non-square detector format (portrait or "
+                   "landscape; --size is its long side).")
 @click.option("--overwrite", is_flag=True, help="Replace a dataset already in OUT.")
 def command(out, n_images, seed, size, positive_fraction, stage, test_fraction, workers,
-            mix_formats, overwrite):
+            mix_formats, mix_shapes, overwrite):
     """Write a synthetic SIIM-ACR pneumothorax dataset to OUT.
 
     OUT gets dicom-images-train/ and dicom-images-test/ (<Study>/<Series>/<SOP>.dcm, JPEG
@@ -38,7 +41,8 @@ def command(out, n_images, seed, size, positive_fraction, stage, test_fraction, 
     from keras_ptx.synthetic.dataset import Options, SyntheticError, make_dataset
     options = Options(n_images=n_images, seed=seed, size=size,
                       positive_fraction=positive_fraction, stage=int(stage),
-                      test_fraction=test_fraction, mix_formats=mix_formats)
+                      test_fraction=test_fraction, mix_formats=mix_formats,
+                      mix_shapes=mix_shapes)
     try:
         summary = make_dataset(out, options, workers=workers, overwrite=overwrite)
     except OSError as exc:                          # OUT unwritable, disk full

@@ -250,12 +250,12 @@ def _skin_fold(frame: Frame, u, v, rng) -> np.ndarray:
     return (beyond * np.exp(-dist / rng.uniform(0.02, 0.06))).astype(np.float32)
 
 
-def draw_chest(habitus: Habitus, rng: np.random.Generator, res: int) -> Chest:
+def draw_chest(habitus: Habitus, rng: np.random.Generator, res: int, zoom: float = 1.0) -> Chest:
     """Draw one radiograph of ``habitus`` at ``res`` x ``res`` (positioning, view and exposure
-    are drawn from ``rng``)."""
+    are drawn from ``rng``), the patient ``zoom`` times the usual size."""
     tags: list[str] = []
     view = "AP" if rng.random() < 0.45 else "PA"
-    frame = Frame(res, scale=float(rng.uniform(1.0, 1.14)),
+    frame = Frame(res, scale=zoom * float(rng.uniform(1.0, 1.14)),
                   angle=float(np.clip(rng.normal(0, 0.025), -0.07, 0.07)),
                   shift=(float(rng.normal(0, 0.015)), float(rng.normal(0.01, 0.02))))
     inspiration = float(rng.uniform(0.86, 1.0) if view == "AP" else rng.uniform(0.93, 1.07))

@@ -5,7 +5,7 @@
 ``OUT/synthetic-test-labels.csv`` (the test images' truth, which SIIM never shipped with the
 test set; for checking predictions), ``OUT/synthetic.json`` and ``OUT/preview.png``.
 
-Everything about image ``index`` (identity, split, label, format, pixels) derives from
+Everything about image ``index`` (identity, split, label, format, shape, pixels) derives from
 ``(seed, index)`` alone, so the output is byte-identical whatever the number of workers.
 """
 from __future__ import annotations
@@ -14,6 +14,7 @@ import json
 import math
 import multiprocessing
 import shutil
+from collections import Counter
 from dataclasses import asdict, dataclass
 from functools import partial
 from pathlib import Path
@@ -26,6 +27,7 @@ from tqdm import tqdm
 from keras_ptx.data import rle
 from keras_ptx.data.annotations import write_annotations
 from keras_ptx.data.dicom import read_dicom
+from keras_ptx.data.geometry import image_to_square, pad_to_square
 from keras_ptx.errors import UserError
 from keras_ptx.synthetic.dicom_writer import write_dicom
 from keras_ptx.synthetic.radiograph import MIN_SIZE, generate_image, rng_for
@@ -41,6 +43,9 @@ PIXEL_SPACINGS = (0.139, 0.143, 0.168, 0.171)    # mm at 1024 pixels, as in SIIM
 MIXED_FORMATS = {7: ("jpeg_baseline", "MONOCHROME1", 8), 13: ("explicit_le", "MONOCHROME2", 16),
                  17: ("explicit_le", "MONOCHROME2", 8), 19: ("explicit_le", "MONOCHROME1", 16)}
 STANDARD_FORMAT = ("jpeg_baseline", "MONOCHROME2", 8)
+# --mix-shapes: index % 20 -> a detector's (height, width), the long side --size pixels:
+# 35x43 cm portrait and landscape, 24x30 cm landscape and pydicom-data's RG1 CR (1955x1841)
+MIXED_SHAPES = {2: (43, 35), 7: (35, 43), 11: (1955, 1841), 16: (24, 30)}
 IDENTITY_STREAM, PATIENT_SPLIT_STREAM = 2, 3
 PER_IMAGE_LIMIT = 5000              # synthetic.json lists images one by one up to this many
 PREVIEW_TILES, PREVIEW_TILE = 12, 320
@@ -59,6 +64,7 @@ class Options:
     stage: int = 1
     test_fraction: float = 0.1
     mix_formats: bool = False
+    mix_shapes: bool = False
 
     def __post_init__(self):
         if self.n_images < 1:
@@ -90,6 +96,7 @@ class Plan:
     photometric: str
     bits: int
     pixel_spacing: float
+    aspect: float                   # width / height
 
     @property
     def relpath(self) -> str:
@@ -113,6 +120,7 @@ def plan_image(options: Options, index: int) -> Plan:
     syntax, photometric, bits = (MIXED_FORMATS.get(index % 20, STANDARD_FORMAT)
                                  if options.mix_formats else STANDARD_FORMAT)
     spacing = float(rng.choice(PIXEL_SPACINGS)) * 1024 / options.size
+    height, width = MIXED_SHAPES.get(index % 20, (1, 1)) if options.mix_shapes else (1, 1)
     return Plan(index=index, patient=patient, split="test" if test else "train",
                 positive=is_positive(index, options.positive_fraction),
                 image_id=_uid(seed, index, "image"), study_uid=_uid(seed, index, "study"),
@@ -120,13 +128,14 @@ def plan_image(options: Options, index: int) -> Plan:
                 patient_id=f"SYNTHETIC-{seed}-{patient + 1:06d}",
                 patient_name=f"SYNTHETIC^PATIENT{patient + 1:04d}",
                 transfer_syntax=syntax, photometric=photometric, bits=bits,
-                pixel_spacing=round(spacing, 6))
+                pixel_spacing=round(spacing, 6), aspect=width / height)
 
 
 def make_image(options: Options, out: Path, index: int) -> dict:
     """Draw and write image ``index``; returns its record (labels and statistics)."""
     plan = plan_image(options, index)
-    image = generate_image(options.seed, index, options.size, plan.positive, plan.patient)
+    image = generate_image(options.seed, index, options.size, plan.positive, plan.patient,
+                           plan.aspect)
     write_dicom(out / plan.relpath, image.pixels, image_id=plan.image_id,
                 study_uid=plan.study_uid, series_uid=plan.series_uid,
                 patient_id=plan.patient_id, patient_name=plan.patient_name, sex=image.sex,
@@ -138,7 +147,8 @@ def make_image(options: Options, out: Path, index: int) -> dict:
             "split": plan.split, "path": plan.relpath, "rles": [rle.encode(m) for m in image.masks],
             "area": sum(areas), "annotation_areas": areas, "tags": list(image.tags),
             "sex": image.sex, "age": image.age, "view": image.view,
-            "format": f"{plan.transfer_syntax}/{plan.photometric}/{plan.bits}bit"}
+            "format": f"{plan.transfer_syntax}/{plan.photometric}/{plan.bits}bit",
+            "shape": "x".join(map(str, image.pixels.shape))}
 
 
 def _label_rows(records):
@@ -205,8 +215,8 @@ def _summary(options: Options, records, label_file: str) -> dict:
               "positive": len(positives),
               "positive_train": sum(r["split"] == "train" for r in positives),
               "annotations": sum(len(r["rles"]) for r in records),
-              "formats": {f: sum(r["format"] == f for r in records)
-                          for f in sorted({r["format"] for r in records})}}
+              **{f"{key}s": dict(sorted(Counter(r[key] for r in records).items()))
+                 for key in ("format", "shape")}}
     stats = {}
     if areas.size:
         stats = {"union_area_median": float(np.median(areas)),
@@ -224,8 +234,9 @@ def _summary(options: Options, records, label_file: str) -> dict:
 
 
 def write_preview(out: Path, records, path: Path) -> Path | None:
-    """A contact sheet of up to 12 train images read back from their DICOMs, each annotation
-    outlined in its own colour (from the RLE labels), captioned with the union area."""
+    """A contact sheet of up to 12 train images read back from their DICOMs, each on the square
+    grid as the records hold it, each annotation outlined in its own colour (from the RLE
+    labels), captioned with the union area."""
     positives = [r for r in records if r["rles"]]
     negatives = [r for r in records if not r["rles"]]
     chosen = positives[:8]
@@ -239,11 +250,10 @@ def write_preview(out: Path, records, path: Path) -> Path | None:
     for record in chosen:
         image = read_dicom(out / record["path"]).pixels
         h, w = image.shape
-        tile = cv2.cvtColor(cv2.resize(image, (PREVIEW_TILE, PREVIEW_TILE),
-                                       interpolation=cv2.INTER_AREA), cv2.COLOR_GRAY2BGR)
+        tile = cv2.cvtColor(image_to_square(image, PREVIEW_TILE), cv2.COLOR_GRAY2BGR)
         for k, text in enumerate(record["rles"]):
-            mask = cv2.resize(rle.decode(text, h, w), (PREVIEW_TILE, PREVIEW_TILE),
-                              interpolation=cv2.INTER_NEAREST)
+            mask = cv2.resize(pad_to_square(rle.decode(text, h, w), label=True),
+                              (PREVIEW_TILE, PREVIEW_TILE), interpolation=cv2.INTER_NEAREST)
             contours, _ = cv2.findContours(mask, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
             cv2.drawContours(tile, contours, -1, colours[k % len(colours)], 1, cv2.LINE_AA)
         caption = (f"#{record['index']} {record['view']} "

@@ -5,6 +5,11 @@ devices and detector noise are added at full resolution. Every random choice com
 generators seeded by ``(seed, patient)`` (the patient's build) and ``(seed, index)`` (this
 exam; the lesions have a stream of their own), so an image never depends on which worker draws
 it or in what order, and a positive image differs from its negative twin only in the lesions.
+
+A non-square detector format (``aspect`` = width / height, ``size`` its long side) is drawn on
+the ``size`` x ``size`` canvas with the patient scaled down to fill the short side as they fill
+a square image, and the canvas is cropped to its centre: a portrait image shows more above and
+below the chest, a landscape one more beside it.
 """
 from __future__ import annotations
 
@@ -24,7 +29,7 @@ MIN_SIZE = 32
 
 @dataclass(frozen=True)
 class SyntheticImage:
-    """``pixels``: (size, size) uint8, air dark. ``masks``: one boolean mask per annotation
+    """``pixels``: (height, width) uint8, air dark. ``masks``: one boolean mask per annotation
     (disjoint, in the pixel array's orientation). ``tags``: what was drawn (view, lesion
     locations, devices, confounders)."""
     pixels: np.ndarray
@@ -48,21 +53,33 @@ def rng_for(seed: int, key: int, stream: int) -> np.random.Generator:
     return np.random.default_rng(np.random.SeedSequence([seed, key, stream]))
 
 
+def image_shape(size: int, aspect: float) -> tuple[int, int]:
+    """(height, width) of an image whose long side is ``size`` and width / height ``aspect``."""
+    return (size, round(size * aspect)) if aspect <= 1 else (round(size / aspect), size)
+
+
 def generate_image(seed: int, index: int, size: int = 1024, positive: bool = False,
-                   patient: int | None = None) -> SyntheticImage:
-    """Draw image ``index`` of the dataset ``seed`` (``patient`` defaults to ``index``)."""
+                   patient: int | None = None, aspect: float = 1.0) -> SyntheticImage:
+    """Draw image ``index`` of the dataset ``seed`` (``patient`` defaults to ``index``), of
+    width / height ``aspect`` with ``size`` its long side."""
     if size < MIN_SIZE:
         raise ValueError(f"size must be at least {MIN_SIZE} pixels, got {size}")
     habitus = sample_habitus(rng_for(seed, index if patient is None else patient,
                                      PATIENT_STREAM))
     rng = rng_for(seed, index, IMAGE_STREAM)
-    chest = draw_chest(habitus, rng, working_resolution(size))
+    zoom = min(aspect, 1 / aspect)
+    chest = draw_chest(habitus, rng, working_resolution(size), zoom)
     # Lesions draw from their own stream: a positive image is its negative twin plus the lesion.
+    # Their areas (shares of the canvas) shrink with the patient, so they keep their lung share.
     lesion_rng = rng_for(seed, index, LESION_STREAM)
-    lesions = place_lesions(lesion_rng, chest, sample_areas(lesion_rng)) if positive else []
+    areas = [area * zoom ** 2 for area in sample_areas(lesion_rng)]
+    lesions = place_lesions(lesion_rng, chest, areas) if positive else []
     image = upsample(chest.image, size)
     masks = render_lesions(image, chest, lesions, line_width=max(1.2, 2.5 * size / 1024))
-    kept = [(lesion, mask) for lesion, mask in zip(lesions, masks) if mask.any()]
+    height, width = image_shape(size, aspect)
+    top, left = (size - height) // 2, (size - width) // 2
+    window = np.s_[top:top + height, left:left + width]
+    kept = [(lesion, mask[window]) for lesion, mask in zip(lesions, masks) if mask[window].any()]
     tags = [chest.view, *chest.tags, *(lesion.tag for lesion, _ in kept)]
     tags += draw_devices(image, chest.frame.at(size), chest.view, rng)
     # Detector noise, grain about two pixels at 1024, stronger where fewer photons arrive.
@@ -70,6 +87,6 @@ def generate_image(seed: int, index: int, size: int = 1024, positive: bool = Fal
     noise = upsample(rng.standard_normal((grain, grain), dtype=np.float32), size)
     noise *= rng.uniform(0.008, 0.022)
     image += noise * (0.6 + 0.8 * image)
-    pixels = cv2.convertScaleAbs(np.clip(image, 0.0, 1.0, out=image), alpha=255.0)
+    pixels = cv2.convertScaleAbs(np.clip(image[window], 0.0, 1.0), alpha=255.0)
     return SyntheticImage(pixels=pixels, masks=tuple(mask for _, mask in kept), tags=tuple(tags),
                           sex=habitus.sex, age=habitus.age, view=chest.view)
