@@ -13,15 +13,15 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import os
 import typing
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Literal, Optional, Union
 
 import yaml
 
 from keras_ptx.errors import UserError
-from keras_ptx.fileio import write_atomic
+from keras_ptx.fileio import exists, read_text, write_atomic
 
 
 class ConfigError(UserError):
@@ -297,11 +297,10 @@ def load_config(path=None, overrides=()) -> Config:
     """Read a YAML config (or the defaults when ``path`` is None) and apply ``key=value`` overrides."""
     raw: dict = {}
     if path is not None:
-        path = Path(path)
-        if not path.is_file():
+        if not exists(path) or os.path.isdir(path):
             raise ConfigError(f"{path}: no such config file")
         try:
-            raw = yaml.safe_load(path.read_text()) or {}
+            raw = yaml.safe_load(read_text(path)) or {}
         except yaml.YAMLError as exc:
             raise ConfigError(f"{path}: not valid YAML: {exc}") from None
         if not isinstance(raw, dict):

@@ -2,7 +2,8 @@
 
 Local paths use the operating system (no TensorFlow import, so the data tools stay light);
 URLs (``gs://``, ``ram://``, ...) go through ``tf.io.gfile``, where a rename is as atomic as
-the filesystem allows. Temporary names are hidden (a leading dot: readers that skip dotfiles,
+the filesystem allows. Paths are kept as strings (``pathlib`` would fold ``gs://b`` into
+``gs:/b``) and joined with :func:`join`; the readers here accept both kinds. Temporary names are hidden (a leading dot: readers that skip dotfiles,
 like the DICOM finder, never take a killed write's leftover for a file) and hold ``.tmp-``.
 """
 from __future__ import annotations
@@ -42,6 +43,75 @@ def check_openable(path, option: str) -> None:
                         + (f" ({hint})" if hint else ""))
 
 
+def join(*parts) -> str:
+    """``os.path.join`` of ``parts`` as strings: keeps a URL's ``scheme://``."""
+    return os.path.join(*(os.fspath(part) for part in parts))
+
+
+def _gfile():
+    from keras_ptx.tf_setup import tf
+
+    return tf.io.gfile
+
+
+def exists(path) -> bool:
+    return _gfile().exists(str(path)) if is_url(path) else os.path.exists(path)
+
+
+def read_bytes(path) -> bytes:
+    if not is_url(path):
+        return Path(path).read_bytes()
+    with _gfile().GFile(str(path), "rb") as f:
+        return f.read()
+
+
+def read_text(path) -> str:
+    return read_bytes(path).decode()
+
+
+@contextlib.contextmanager
+def local_copy(path):
+    """A local file name holding ``path``'s content (``path`` itself when it is local), for
+    readers that open files by name (h5py, ``numpy.load``)."""
+    if not is_url(path):
+        yield str(path)
+        return
+    folder = tempfile.mkdtemp()
+    local = os.path.join(folder, os.path.basename(str(path).rstrip("/")))
+    try:
+        _gfile().copy(str(path), local)
+        yield local
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def staging_folder(path) -> str:
+    """Where to write a folder that :func:`publish_folder` then moves to ``path``: a hidden
+    sibling on a local disk, a local temporary folder for a URL."""
+    if is_url(path):
+        return tempfile.mkdtemp(prefix=".staging-")
+    return join(os.path.dirname(os.path.abspath(path)),
+                f".{os.path.basename(path)}.partial-{uuid.uuid4().hex[:8]}")
+
+
+def publish_folder(staged: str, path, last: str | None = None) -> None:
+    """Move the local folder ``staged`` to ``path``: one rename on a local disk. To a URL,
+    where a folder rename is not atomic (object stores) or moves no files (ram://), it is
+    uploaded file by file, the top-level file ``last`` after all others, so that a reader
+    waiting for that file sees the rest first."""
+    if not is_url(path):
+        os.rename(staged, path)
+        return
+    files = [os.path.relpath(os.path.join(folder, name), staged)
+             for folder, _, names in os.walk(staged) for name in names]
+    gfile = _gfile()
+    for name in sorted(files, key=lambda name: name == last):
+        target = join(path, name)
+        gfile.makedirs(os.path.dirname(target))
+        gfile.copy(os.path.join(staged, name), target)
+    shutil.rmtree(staged)
+
+
 def write_atomic(path, data: bytes | str) -> None:
     """Replace ``path`` with ``data`` (text is written as UTF-8) in one rename."""
     with atomic_path(path) as tmp:
@@ -74,9 +144,8 @@ def atomic_path(path):
 
 
 def _upload(local: str, url: str) -> None:
-    from keras_ptx.tf_setup import tf
-
-    staged = f"{url}.tmp-{os.getpid()}"
-    tf.io.gfile.copy(local, staged, overwrite=True)
-    tf.io.gfile.rename(staged, url, overwrite=True)
+    gfile = _gfile()
+    staged = join(os.path.dirname(url), f".{os.path.basename(url)}.tmp-{uuid.uuid4().hex[:8]}")
+    gfile.copy(local, staged, overwrite=True)
+    gfile.rename(staged, url, overwrite=True)
 

@@ -11,15 +11,18 @@ RUN_DIR/
   postprocess.json       post-processing chosen by `bin/evaluate` on the val split, with the
                          TTA it was tuned with (used by predict and export)
   eval/                  evaluation report, plots, overlays (eval-<split>/ for other splits)
+
+RUN_DIR may be a URL of any filesystem TensorFlow opens (``gs://``, ``ram://``, ...): paths are
+strings joined with :func:`path`, and files go through ``tf.io.gfile`` or
+:mod:`keras_ptx.fileio`.
 """
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 from keras_ptx.config import Config, ConfigError, load_config
-from keras_ptx.fileio import is_url
 from keras_ptx.errors import UserError
+from keras_ptx.fileio import check_openable, exists, join, local_copy, read_text
 
 CONFIG = "config.yaml"
 CHECKPOINTS = "checkpoints"
@@ -39,23 +42,19 @@ class RunDirError(UserError):
     """A run directory that is missing or incomplete."""
 
 
-def local_path(path, option: str) -> Path:
-    """``path`` as a local Path; RunDirError for a URL (``gs://...``): run directories and
-    prediction folders are written with local file access, which would make a local folder
-    named after the URL. Records folders and export bases may be URLs."""
-    if is_url(path):
-        raise RunDirError(f"{option} {path}: a URL; run directories and outputs other than "
-                          f"records and exports must be local paths (a bucket mounted with "
-                          f"gcsfuse or similar works)")
-    return Path(path)
+def path(run_dir, *names) -> str:
+    """A file or folder in ``run_dir`` (a local path or a URL), as a string."""
+    return join(run_dir, *names)
 
 
 def load_run_config(run_dir) -> Config:
-    path = local_path(run_dir, "--model") / CONFIG
-    if not path.is_file():
+    check_openable(run_dir, "--model")
+    if not exists(run_dir):
+        raise RunDirError(f"{run_dir}: no such run directory")
+    if not exists(path(run_dir, CONFIG)):
         raise RunDirError(f"{run_dir}: not a training run directory (no {CONFIG})")
     try:
-        return load_config(path)
+        return load_config(path(run_dir, CONFIG))
     except ConfigError as exc:
         raise RunDirError(f"{run_dir}: its {CONFIG} does not load: {exc}") from None
 
@@ -64,23 +63,24 @@ def load_model(run_dir, config: Config):
     """Rebuild the run's model from ``config`` (its config.yaml) and load its best weights."""
     from keras_ptx.model.unetpp import build_model_to_load
 
-    weights = Path(run_dir) / BEST_WEIGHTS
-    if not weights.is_file():
-        if (Path(run_dir) / CHECKPOINTS / BEST_WEIGHTS).is_file():
+    weights = path(run_dir, BEST_WEIGHTS)
+    if not exists(weights):
+        if exists(path(run_dir, CHECKPOINTS, BEST_WEIGHTS)):
             raise RunDirError(f"{run_dir}: training has not finished (its best weights so far "
                               f"are in {CHECKPOINTS}/); run bin/train again with the same "
                               f"arguments to finish it")
         raise RunDirError(f"{run_dir}: no {BEST_WEIGHTS}; training has not finished an epoch")
     model = build_model_to_load(config)
-    model.load_weights(str(weights))
+    with local_copy(weights) as local:         # h5py opens local files only
+        model.load_weights(local)
     return model
 
 
-def eval_dir(run_dir, split: str) -> Path:
+def eval_dir(run_dir, split: str) -> str:
     """Where evaluate reports on ``split``: RUN_DIR/eval for val, RUN_DIR/eval-<split> else."""
-    return Path(run_dir) / (EVAL if split == "val" else f"{EVAL}-{split}")
+    return path(run_dir, EVAL if split == "val" else f"{EVAL}-{split}")
 
 
 def read_json(run_dir, name):
-    path = Path(run_dir) / name
-    return json.loads(path.read_text()) if path.is_file() else None
+    file = path(run_dir, name)
+    return json.loads(read_text(file)) if exists(file) else None

@@ -100,7 +100,7 @@ def command(workdir: Path, config_path: Path, n_images: int, dicom_size: int,
             "--image-size", str(config.data.image_size), "--workers", str(workers)])
     _stage("training", run / rundir.METRICS,
            ["train", "--config", str(config_path), "--data", str(records), "--out", str(run), "--resume", *sets])
-    report_path = rundir.eval_dir(run, "val") / rundir.EVAL_REPORT
+    report_path = Path(rundir.eval_dir(run, "val")) / rundir.EVAL_REPORT
     _stage("evaluation", report_path,
            ["evaluate", "--model", str(run), "--data", str(records), "--split", "val"])
     _stage("SavedModel export", export / "1" / "saved_model.pb",

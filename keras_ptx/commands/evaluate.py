@@ -8,8 +8,8 @@ from keras_ptx.config import Tta, choices
 
 
 @cli_command("evaluate")
-@click.option("--model", "run_dir", required=True, type=click.Path(exists=True, file_okay=False),
-              help="Training run directory (config.yaml and best.weights.h5).")
+@click.option("--model", "run_dir", required=True, metavar="RUN_DIR",
+              help="Training run directory, a local path or a URL (config.yaml and best.weights.h5).")
 @click.option("--data", "data_dir", required=True,
               help="TFRecord folder from build-tfrecords (local path or tf.io.gfile URL).")
 @click.option("--split", default="val", show_default=True, help="Split to evaluate on.")
@@ -38,4 +38,4 @@ def command(run_dir, data_dir, split, tta, batch_size, cases, save_postprocess):
                       cases=cases, save_postprocess=save_postprocess)
     click.echo(summary_table(report))
     click.echo(report["resolution"]["note"])
-    click.echo(f"report: {rundir.eval_dir(run_dir, split) / rundir.EVAL_REPORT_MD}")
+    click.echo(f"report: {rundir.path(rundir.eval_dir(run_dir, split), rundir.EVAL_REPORT_MD)}")

@@ -12,8 +12,8 @@ from keras_ptx.config import Precision, Tta, choices
                     "signatures serving_default (encoded PNG/JPEG bytes of any size) and "
                     "predict_image (float32 gray images on the model's grid), with decoding, "
                     "resizing, normalisation and the run's post-processing inside the graph.")
-@click.option("--model", "run_dir", required=True,
-              type=click.Path(exists=True, file_okay=False), help="Training run directory.")
+@click.option("--model", "run_dir", required=True, metavar="RUN_DIR",
+              help="Training run directory, a local path or a URL.")
 @click.option("--out", "export_base", required=True,
               help="TF Serving model base path (local or gs://); versions go beneath it.")
 @click.option("--version", type=click.IntRange(min=1), default=None,

@@ -8,8 +8,8 @@ from keras_ptx.config import Tta, choices
 
 
 @cli_command("predict")
-@click.option("--model", "run_dir", required=True, type=click.Path(exists=True, file_okay=False),
-              help="Training run directory (config.yaml, best.weights.h5, postprocess.json).")
+@click.option("--model", "run_dir", required=True, metavar="RUN_DIR",
+              help="Training run directory, a local path or a URL (config.yaml, best.weights.h5, postprocess.json).")
 @click.option("--dicom-dir", required=True, type=click.Path(exists=True, file_okay=False),
               help="Folder searched recursively for DICOM files (.dcm, .dicom).")
 @click.option("--out", required=True, type=click.Path(file_okay=False), help="Output folder.")
@@ -30,6 +30,7 @@ def command(run_dir, dicom_dir, out, layout, overlays, tta, batch_size):
     submission must list every image). Applies the run's saved post-processing (bin/evaluate),
     else its eval.threshold.
     """
+    from keras_ptx.fileio import join
     from keras_ptx.inference.predict import predict
 
     summary = predict(run_dir, dicom_dir, out, layout=layout, overlays=overlays, tta=tta,
@@ -39,5 +40,5 @@ def command(run_dir, dicom_dir, out, layout, overlays, tta, batch_size):
                f"{summary.seconds:.1f} s, {rate:.1f} images/s")
     if summary.errors:
         click.echo(f"{summary.errors} unreadable or duplicate, {summary.filled} of them "
-                   f"submitted as -1: see {summary.out / 'errors.csv'}", err=True)
-    click.echo(f"submission: {summary.out / 'submission.csv'}")
+                   f"submitted as -1: see {join(summary.out, 'errors.csv')}", err=True)
+    click.echo(f"submission: {join(summary.out, 'submission.csv')}")

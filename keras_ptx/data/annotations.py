@@ -154,11 +154,11 @@ def _resolve(image_id: str, entries: list[tuple[int, str]], report: list[Problem
     return tuple(value for value in first_line if value != rle.EMPTY)
 
 
-def write_annotations(path, rows: Iterable[tuple[str, str]], layout: str = "stage1") -> Path:
-    """Write ``(image_id, rle or '-1')`` rows in a published layout, atomically; returns path."""
+def write_annotations(path, rows: Iterable[tuple[str, str]], layout: str = "stage1"):
+    """Write ``(image_id, rle or '-1')`` rows in a published layout to ``path`` (a local path or
+    a URL), atomically; returns path."""
     if layout not in HEADERS:
         raise ValueError(f"layout must be one of {sorted(HEADERS)}, got {layout!r}")
-    path = Path(path)
     prefix = _VALUE_PREFIX[layout]
     with atomic_path(path) as partial:
         with open(partial, "w", newline="", encoding="utf-8") as handle:

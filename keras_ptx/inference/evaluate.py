@@ -13,7 +13,6 @@ from __future__ import annotations
 import dataclasses
 import json
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import numpy as np
 from tqdm import tqdm
@@ -21,7 +20,7 @@ from tqdm import tqdm
 from keras_ptx import rundir
 from keras_ptx.data.records_dir import RecordsDir
 from keras_ptx.errors import UserError
-from keras_ptx.fileio import write_atomic
+from keras_ptx.fileio import join, write_atomic
 from keras_ptx.inference import plots, report as report_md
 from keras_ptx.inference.postprocess import REFERENCE_SIDE
 from keras_ptx.inference.runner import Predictor
@@ -63,7 +62,7 @@ def evaluate(run_dir, data_dir: str, split: str = "val", tta: str | None = None,
     from keras_ptx.input.pipeline import make_eval_dataset
     from keras_ptx.tf_setup import tf
 
-    run_dir = Path(run_dir)
+    run_dir = str(run_dir)
     if split == "test":
         raise EvaluateError("the test split holds the images built without labels: nothing to "
                             "score (evaluate val, or train)")
@@ -90,11 +89,11 @@ def evaluate(run_dir, data_dir: str, split: str = "val", tta: str | None = None,
     chosen = choose(results)
     saved = None
     if split == "val" if save_postprocess is None else save_postprocess:
-        saved = run_dir / rundir.POSTPROCESS
+        saved = rundir.path(run_dir, rundir.POSTPROCESS)
         dataclasses.replace(chosen.post, tta=tta).save(saved)
 
     out = rundir.eval_dir(run_dir, split)
-    (out / CASES).mkdir(parents=True, exist_ok=True)
+    tf.io.gfile.makedirs(join(out, CASES))
     labels = np.array(seen.labels, dtype=bool)
     image_prob = seen.cache.all_cls_prob()
     truth_empty = seen.cache.truth_sums() == 0
@@ -116,7 +115,7 @@ def evaluate(run_dir, data_dir: str, split: str = "val", tta: str | None = None,
                          "rule": r.post.describe(), "postprocess": r.post.to_dict()}
                   for name, r in results.items()},
         "chosen": chosen.post.name,
-        "postprocess_file": str(saved) if saved else None,
+        "postprocess_file": saved,
         "image_level": {
             "source": "label head" if predictor.has_label_head else "maximum pixel probability",
             **classification_metrics(image_prob, labels, 0.5)},
@@ -125,9 +124,9 @@ def evaluate(run_dir, data_dir: str, split: str = "val", tta: str | None = None,
         report["image_level"]["at_chosen_gate"] = classification_metrics(
             image_prob, labels, chosen.post.cls_threshold)
     report["plots"] = _plot(out, results, image_prob, labels, report["image_level"]["auc"])
-    report["cases"] = _draw_cases(seen, chosen, dataset(), out / CASES, cases)
-    write_atomic(out / rundir.EVAL_REPORT, json.dumps(report, indent=2) + "\n")
-    write_atomic(out / rundir.EVAL_REPORT_MD, report_md.to_markdown(report))
+    report["cases"] = _draw_cases(seen, chosen, dataset(), join(out, CASES), cases)
+    write_atomic(join(out, rundir.EVAL_REPORT), json.dumps(report, indent=2) + "\n")
+    write_atomic(join(out, rundir.EVAL_REPORT_MD), report_md.to_markdown(report))
     return report
 
 
@@ -148,14 +147,16 @@ def _run_model(predictor: Predictor, dataset, cache: MapCache, split: str, progr
     return seen
 
 
-def _plot(out: Path, results, image_prob, labels, auc) -> list[str]:
+def _plot(out: str, results, image_prob, labels, auc) -> list[str]:
     """Score-against-parameter charts of each kind and the image-level ROC; their file names."""
     names = []
     for name, result in results.items():
-        names.append(plots.plot_profiles(out / f"score_{name}.png",
-                                         f"{name}: best score at each value", result.profiles).name)
+        names.append(f"score_{name}.png")
+        plots.plot_profiles(join(out, names[-1]), f"{name}: best score at each value",
+                            result.profiles)
     fpr, tpr, _ = roc_curve(image_prob, labels)
-    names.append(plots.plot_roc(out / ROC_PNG, fpr, tpr, auc).name)
+    plots.plot_roc(join(out, ROC_PNG), fpr, tpr, auc)
+    names.append(ROC_PNG)
     return names
 
 
@@ -176,7 +177,7 @@ def case_picks(dice: np.ndarray, positive: np.ndarray, n: int) -> tuple[np.ndarr
             wrong[np.argsort(dice[wrong], kind="stable")][:n])
 
 
-def _draw_cases(seen: Pass, chosen, dataset, out: Path, n: int) -> list[dict]:
+def _draw_cases(seen: Pass, chosen, dataset, out: str, n: int) -> list[dict]:
     """Overlays of the :func:`case_picks` of the chosen rule."""
     dice = chosen.dice
     best, worst = case_picks(dice, seen.cache.truth_sums() > 0, n)
@@ -195,7 +196,7 @@ def _draw_cases(seen: Pass, chosen, dataset, out: Path, n: int) -> list[dict]:
                 pred = chosen.post.apply(proxy, cls[i])
                 name = f"{tag}-{rank}-{plots.safe_filename(seen.image_ids[i])}.png"
                 caption = f"{tag} {rank}: Dice {dice[i]:.3f}"
-                plots.save_png(out / name, plots.overlay(_gray(image), pred, truth, caption,
+                plots.save_png(join(out, name), plots.overlay(_gray(image), pred, truth, caption,
                                                                  min_side=CASE_SIDE))
                 cases.append({"case": tag, "rank": rank, "image_id": seen.image_ids[i],
                               "dice": float(dice[i]), "file": f"{CASES}/{name}"})

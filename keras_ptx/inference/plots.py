@@ -6,12 +6,14 @@ backend), so they work in worker threads and on headless machines.
 """
 from __future__ import annotations
 
+import io
 import re
-from pathlib import Path
 
 import cv2
 import numpy as np
 from matplotlib.figure import Figure
+
+from keras_ptx.fileio import write_atomic
 
 PRED_RGB = (230, 40, 40)
 TRUTH_RGB = (40, 210, 60)
@@ -56,14 +58,21 @@ def safe_filename(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]", "_", name)[:150] or "image"
 
 
-def save_png(path, rgb: np.ndarray) -> Path:
-    path = Path(path)
-    if not cv2.imwrite(str(path), np.ascontiguousarray(rgb[..., ::-1])):
-        raise OSError(f"{path}: could not write the PNG")
-    return path
+def save_png(path, rgb: np.ndarray) -> None:
+    """Write ``rgb`` as a PNG to ``path`` (a local path or a URL), whole or not at all."""
+    ok, data = cv2.imencode(".png", np.ascontiguousarray(rgb[..., ::-1]))
+    if not ok:
+        raise OSError(f"{path}: could not encode the PNG")
+    write_atomic(path, data.tobytes())
 
 
-def plot_profiles(path, title: str, profiles: dict) -> Path:
+def _save_figure(fig: Figure, path) -> None:
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=100)
+    write_atomic(path, buffer.getvalue())
+
+
+def plot_profiles(path, title: str, profiles: dict) -> None:
     """One panel per parameter: the best score reachable at each of its values."""
     fig = Figure(figsize=(3.2 * max(1, len(profiles)), 3.0), layout="constrained")
     axes = fig.subplots(1, max(1, len(profiles)), squeeze=False)[0]
@@ -75,11 +84,10 @@ def plot_profiles(path, title: str, profiles: dict) -> Path:
         ax.set_ylabel("competition score")
         ax.grid(alpha=0.3)
     fig.suptitle(title)
-    fig.savefig(path, dpi=100)
-    return Path(path)
+    _save_figure(fig, path)
 
 
-def plot_roc(path, fpr, tpr, auc) -> Path:
+def plot_roc(path, fpr, tpr, auc) -> None:
     fig = Figure(figsize=(4, 4), layout="constrained")
     ax = fig.subplots()
     ax.plot(fpr, tpr, label=f"AUC {auc:.3f}" if auc is not None else None)
@@ -89,5 +97,4 @@ def plot_roc(path, fpr, tpr, auc) -> Path:
     ax.set_title("image level: pneumothorax present")
     if auc is not None:
         ax.legend(loc="lower right")
-    fig.savefig(path, dpi=100)
-    return Path(path)
+    _save_figure(fig, path)

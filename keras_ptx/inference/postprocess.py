@@ -22,14 +22,13 @@ from __future__ import annotations
 import dataclasses
 import json
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Optional
 
 import numpy as np
 from scipy import ndimage
 
 from keras_ptx.config import Tta, choices
-from keras_ptx.fileio import write_atomic
+from keras_ptx.fileio import read_text, write_atomic
 from keras_ptx.errors import UserError
 
 REFERENCE_SIDE = 1024
@@ -143,7 +142,7 @@ class PostProcess:
     @classmethod
     def load(cls, path) -> "PostProcess":
         try:
-            raw = json.loads(Path(path).read_text())
+            raw = json.loads(read_text(path))
         except json.JSONDecodeError as exc:
             raise PostProcessError(f"{path}: not valid JSON: {exc}") from None
         try:

@@ -26,17 +26,18 @@ from typing import Callable, Iterator
 import numpy as np
 from tqdm import tqdm
 
-from keras_ptx import rundir
 from keras_ptx.data import rle
 from keras_ptx.data.annotations import IMAGE_ID, write_annotations
 from keras_ptx.data.dicom import (DICOM_SUFFIXES, DicomError, find_dicom_files, read_dicom,
                                   read_dicom_header)
 from keras_ptx.data.geometry import from_square, image_to_square
 from keras_ptx.errors import UserError
+from keras_ptx.fileio import check_openable, join
 from keras_ptx.inference import plots
 from keras_ptx.inference.postprocess import PostProcess
 from keras_ptx.inference.runner import Predictor
 from keras_ptx.inference.trained import TrainedRun
+from keras_ptx.tf_setup import tf
 
 SUBMISSION = "submission.csv"
 PREDICTIONS = "predictions.csv"
@@ -59,7 +60,7 @@ class Summary:
     seconds: float
     postprocess: PostProcess
     postprocess_source: str          # the file it came from, or why the default was used
-    out: Path
+    out: str
 
 
 def dicom_files(dicom_dir) -> tuple[list[Path], int]:
@@ -76,7 +77,8 @@ def predict(run_dir, dicom_dir, out, layout: str = "stage1", overlays: bool = Fa
             tta: str | None = None, batch_size: int | None = None, progress: bool = True,
             log: Callable[[str], None] = print) -> Summary:
     """Predict every DICOM below ``dicom_dir`` with the run in ``run_dir``; write ``out``."""
-    out = rundir.local_path(out, "--out")
+    out = str(out)
+    check_openable(out, "--out")
     files, skipped = dicom_files(dicom_dir)
     if not files:
         raise PredictError(f"{dicom_dir}: no DICOM files ({', '.join(DICOM_SUFFIXES)}) found")
@@ -93,12 +95,10 @@ def predict(run_dir, dicom_dir, out, layout: str = "stage1", overlays: bool = Fa
     log("image-level probability: " + ("the label head" if predictor.has_label_head
                                        else "the maximum pixel probability (no label head)"))
     start = time.perf_counter()         # predicting, not loading the model
-    if overlays:
-        (out / OVERLAYS).mkdir(parents=True, exist_ok=True)
-    out.mkdir(parents=True, exist_ok=True)
+    tf.io.gfile.makedirs(join(out, OVERLAYS) if overlays else out)
     counts = {"images": 0, "positives": 0, "errors": 0, "filled": 0}
-    with open(out / PREDICTIONS, "w", newline="") as pred_file, \
-            open(out / ERRORS, "w", newline="") as error_file, \
+    with tf.io.gfile.GFile(join(out, PREDICTIONS), "w") as pred_file, \
+            tf.io.gfile.GFile(join(out, ERRORS), "w") as error_file, \
             tqdm(total=len(files), desc="predict", unit="img", disable=not progress) as bar:
         predictions = csv.writer(pred_file, lineterminator="\n")
         predictions.writerow(PREDICTION_COLUMNS)
@@ -116,14 +116,14 @@ def predict(run_dir, dicom_dir, out, layout: str = "stage1", overlays: bool = Fa
                 predictions.writerow([image.image_id, image.path, *image.pixels.shape,
                                       f"{probability:.6f}", area, int(area > 0)])
                 if overlays:
-                    plots.save_png(out / OVERLAYS / f"{plots.safe_filename(image.image_id)}.png",
+                    plots.save_png(join(out, OVERLAYS, f"{plots.safe_filename(image.image_id)}.png"),
                                    plots.overlay(image.pixels, mask, caption=
                                                  f"p={probability:.2f} area={area}px"))
                 counts["images"] += 1
                 counts["positives"] += area > 0
                 yield image.image_id, rle.encode(mask)
 
-        write_annotations(out / SUBMISSION, rows(), layout=layout)
+        write_annotations(join(out, SUBMISSION), rows(), layout=layout)
     return Summary(seconds=time.perf_counter() - start, postprocess=post,
                    postprocess_source=run.post_source, out=out, **counts)
 

@@ -11,10 +11,10 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-from pathlib import Path
 
 from keras_ptx import rundir
 from keras_ptx.config import Config, Precision, Tta
+from keras_ptx.fileio import exists
 from keras_ptx.inference.postprocess import PostProcess
 from keras_ptx.inference.runner import Predictor
 
@@ -23,7 +23,7 @@ class TrainedRun:
     def __init__(self, run_dir, precision: Precision | None = None):
         """``precision``: what :attr:`model` computes in; None = the run's
         ``train.mixed_precision`` (on this host: ``auto`` is mixed_float16 where a GPU is)."""
-        self.path = Path(run_dir)
+        self.path = str(run_dir)
         self.config: Config = rundir.load_run_config(run_dir)
         self.precision = precision
 
@@ -39,13 +39,13 @@ class TrainedRun:
 
     @functools.cached_property
     def _saved_rule(self) -> tuple[PostProcess, str]:
-        path = self.path / rundir.POSTPROCESS
-        if not path.is_file():
+        path = rundir.path(self.path, rundir.POSTPROCESS)
+        if not exists(path):
             threshold = self.config.eval.threshold
             return (PostProcess(threshold=threshold),
                     f"no {rundir.POSTPROCESS} in the run (bin/evaluate has not been run): "
                     f"default pixel threshold {threshold:g}")
-        return PostProcess.load(path), str(path)
+        return PostProcess.load(path), path
 
     def tta(self, requested: Tta | None = None) -> Tta:
         """The test-time augmentation to predict with: ``requested``, else the one the saved

@@ -22,12 +22,11 @@ the original size instead, so mask borders can differ by a pixel or so between t
 from __future__ import annotations
 
 import json
-import uuid
 
 import keras_ptx
 from keras_ptx.config import Precision
 from keras_ptx.errors import UserError
-from keras_ptx.fileio import check_openable
+from keras_ptx.fileio import check_openable, publish_folder, staging_folder
 from keras_ptx.inference.postprocess import PostProcess, apply_tf
 from keras_ptx.inference.runner import Predictor
 from keras_ptx.inference.trained import TrainedRun
@@ -160,7 +159,7 @@ def export_model(predictor: Predictor, post: PostProcess, export_base,
     version = next_version(export_base) if version is None else version
     check_version_free(export_base, version)
     final = _version_path(export_base, version)
-    staging = tf.io.gfile.join(str(export_base), f".{version}.partial-{uuid.uuid4().hex[:8]}")
+    staging = staging_folder(final)
     root = tf.Module()
     root.model_variables = list(predictor.model.variables)  # the checkpoint; no Keras objects
     functions = serving_functions(predictor, post)
@@ -176,7 +175,7 @@ def export_model(predictor: Predictor, post: PostProcess, export_base,
                        "postprocess_rule": post.describe(),
                        "signatures": sorted(functions), **(metadata or {})}, f, indent=2)
         check_version_free(export_base, version)
-        tf.io.gfile.rename(staging, final)
+        publish_folder(staging, final, last="saved_model.pb")
     finally:
         if tf.io.gfile.exists(staging):
             tf.io.gfile.rmtree(staging)

@@ -4,28 +4,31 @@ The running mean of the weights at the end of every epoch from ``epochs - swa_ep
 the strong SIIM entries averaged their last checkpoints. Every worker keeps the mean (reading
 weights is a collective under MultiWorkerMirroredStrategy, so all must take part); the chief
 also saves it after each epoch as ``checkpoints/swa-epoch-NNN.npz`` (the last two are kept), so
-a resumed run continues the mean from the epoch its backup holds. BatchNorm moving statistics
+a resumed run continues the mean from the epoch its backup holds (the chief reads it and sends
+it to the others). BatchNorm moving statistics
 are averaged like every other weight, not re-estimated from a pass over the training set.
 After training, :func:`keras_ptx.training.finish.finish` scores the mean on the validation
 split and keeps it only if it beats the best epoch.
 """
 from __future__ import annotations
 
-from pathlib import Path
+import os
 
 import numpy as np
 
-from keras_ptx.fileio import atomic_path
+from keras_ptx.fileio import atomic_path, join, local_copy
 from keras_ptx.tf_setup import tf
+from keras_ptx.training.strategy import broadcast, from_chief, is_chief
 
 _PATTERN = "swa-epoch-{:03d}.npz"
 
 
 class WeightAveraging(tf.keras.callbacks.Callback):
-    def __init__(self, first_epoch: int, state_dir, *, write: bool, resume_epoch: int = 0,
+    def __init__(self, first_epoch: int, state_dir: str, strategy, *, resume_epoch: int = 0,
                  echo=print):
         super().__init__()
-        self.first_epoch, self.state_dir, self.write = first_epoch, Path(state_dir), write
+        self.first_epoch, self.state_dir, self.strategy = first_epoch, str(state_dir), strategy
+        self.write = is_chief(strategy)
         self.resume_epoch, self.echo = resume_epoch, echo
         self.mean: list[np.ndarray] | None = None
         self.epochs: list[int] = []
@@ -33,11 +36,18 @@ class WeightAveraging(tf.keras.callbacks.Callback):
     def on_train_begin(self, logs=None):
         if self.resume_epoch <= self.first_epoch:
             return
-        path = self.state_dir / _PATTERN.format(self.resume_epoch - 1)
-        if not path.is_file():
+        if self.write:
+            self._load(join(self.state_dir, _PATTERN.format(self.resume_epoch - 1)))
+        self.epochs = from_chief(self.strategy, self.epochs if self.write else None)
+        if self.epochs:
+            like = self.mean or [np.zeros(w.shape, np.float64) for w in self.model.weights]
+            self.mean = [m.numpy() for m in broadcast(self.strategy, like)]
+
+    def _load(self, path: str) -> None:
+        if not tf.io.gfile.exists(path):
             self.echo(f"weight averaging: no saved mean in {path}; averaging restarts here")
             return
-        with np.load(path) as state:
+        with local_copy(path) as local, np.load(local) as state:
             self.epochs = [int(e) for e in state["epochs"]]
             self.mean = [state[f"w{i}"] for i in range(len(state.files) - 1)]
 
@@ -62,11 +72,10 @@ class WeightAveraging(tf.keras.callbacks.Callback):
         return [m.astype(w.dtype) for m, w in zip(self.mean, like)]
 
     def _save(self, epoch: int) -> None:
-        self.state_dir.mkdir(parents=True, exist_ok=True)
-        path = self.state_dir / _PATTERN.format(epoch)
-        with atomic_path(path) as tmp:
+        tf.io.gfile.makedirs(self.state_dir)
+        with atomic_path(join(self.state_dir, _PATTERN.format(epoch))) as tmp:
             np.savez(tmp, epochs=np.asarray(self.epochs),
                      **{f"w{i}": m for i, m in enumerate(self.mean)})
-        for old in self.state_dir.glob("swa-epoch-[0-9][0-9][0-9].npz"):
-            if int(old.stem.rsplit("-", 1)[1]) < epoch - 1:
-                old.unlink()
+        for old in tf.io.gfile.glob(join(self.state_dir, "swa-epoch-[0-9][0-9][0-9].npz")):
+            if int(os.path.basename(old)[len("swa-epoch-"):-len(".npz")]) < epoch - 1:
+                tf.io.gfile.remove(old)

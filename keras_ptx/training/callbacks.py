@@ -1,11 +1,13 @@
 """A run's callbacks (:class:`RunCallbacks`) and those among them that Keras does not ship:
 epoch statistics, the one-line epoch summary, validation overlays for TensorBoard, early stopping
-and plateau decay that survive a resume, and checkpoints replaced whole."""
+and plateau decay that survive a resume, checkpoints replaced whole, and a backup that workers
+other than the chief never read."""
 from __future__ import annotations
 
 import math
+import shutil
+import tempfile
 import time
-from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
@@ -21,6 +23,7 @@ from keras_ptx.tf_setup import tf
 from keras_ptx.training.averaging import WeightAveraging
 from keras_ptx.training.resume import Monitor, ResumePoint, score_key
 from keras_ptx.training.schedules import current_learning_rate
+from keras_ptx.training.strategy import is_chief, sync_from_chief
 
 SAMPLE_SCAN = 256           # validation examples searched for positive cases to show
 
@@ -125,6 +128,40 @@ class AtomicCheckpoint(tf.keras.callbacks.ModelCheckpoint):
             self.model.save_weights(tmp, overwrite=True)
 
 
+class SharedBackupAndRestore(tf.keras.callbacks.BackupAndRestore):
+    """``BackupAndRestore`` (kept after ``fit``) whose state only the chief reads back.
+
+    Keras has every worker restore from the chief's backup folder, which on machines that share
+    no disk is not there. Here the other workers back up into a local temporary folder (every
+    worker must take part in writing a backup: reading BatchNorm statistics is a collective)
+    and restore nothing; when the chief has restored (``resuming``, which every worker knows
+    from the chief), they receive its weights and optimizer state
+    (:func:`~keras_ptx.training.strategy.sync_from_chief`). ``fit`` must then be given the
+    resumed ``initial_epoch`` on every worker.
+    """
+
+    def __init__(self, backup_dir: str, strategy, resuming: bool):
+        self.strategy, self.resuming = strategy, resuming
+        self._scratch = None if is_chief(strategy) else tempfile.mkdtemp(prefix="keras-ptx-backup-")
+        super().__init__(self._scratch or backup_dir, delete_checkpoint=False)
+
+    def on_train_begin(self, logs=None):
+        if not self.resuming:
+            super().on_train_begin(logs)
+            return
+        self.model.optimizer.build(self.model.trainable_variables)  # its state exists to sync
+        super().on_train_begin(logs)
+        if self._scratch:
+            # the chief's restore made the checkpoint's save counter, a collective: match it
+            self._training_state.read_checkpoint_manager.checkpoint.save_counter
+        sync_from_chief(self.strategy, [*self.model.variables, *self.model.optimizer.variables])
+
+    def on_train_end(self, logs=None):
+        super().on_train_end(logs)
+        if self._scratch:
+            shutil.rmtree(self._scratch, ignore_errors=True)
+
+
 class ValidationImages(tf.keras.callbacks.Callback):
     """Each epoch, a few validation images with the true mask (green) and the predicted one
     (red; overlap yellow) drawn into TensorBoard under ``validation/overlay``.
@@ -185,23 +222,25 @@ class RunCallbacks:
     :mod:`keras_ptx.training.run`), with handles on the ones :mod:`~keras_ptx.training.finish`
     reads."""
 
-    def __init__(self, config: Config, records: RecordsDir, run: Path, monitor: Monitor,
-                 start: ResumePoint, chief: bool, echo):
+    def __init__(self, config: Config, records: RecordsDir, run: str, monitor: Monitor,
+                 start: ResumePoint, strategy, echo):
         train = config.train
-        checkpoints = run / rundir.CHECKPOINTS
+        chief = is_chief(strategy)
+        checkpoints = rundir.path(run, rundir.CHECKPOINTS)
         keras = tf.keras.callbacks
         self.best = AtomicCheckpoint(
-            str(checkpoints / rundir.BEST_WEIGHTS), monitor=monitor.key, mode=monitor.mode,
+            rundir.path(checkpoints, rundir.BEST_WEIGHTS), monitor=monitor.key, mode=monitor.mode,
             save_best_only=True, save_weights_only=True, initial_value_threshold=start.best_score)
         self.early_stopping = ResumableEarlyStopping(
             start, monitor=monitor.key, mode=monitor.mode, patience=train.early_stopping_patience,
             verbose=1) if train.early_stopping_patience else None
         self.averaging = WeightAveraging(
-            max(0, train.epochs - train.swa_epochs), checkpoints, write=chief,
+            max(0, train.epochs - train.swa_epochs), checkpoints, strategy,
             resume_epoch=start.epoch, echo=echo) if train.swa_epochs else None
         self.callbacks = [
             EpochStats(train.batch_size), keras.TerminateOnNaN(), self.best,
-            AtomicCheckpoint(str(checkpoints / rundir.LAST_WEIGHTS), save_weights_only=True),
+            AtomicCheckpoint(rundir.path(checkpoints, rundir.LAST_WEIGHTS),
+                             save_weights_only=True),
         ]
         if self.early_stopping:
             self.callbacks.append(self.early_stopping)
@@ -217,16 +256,17 @@ class RunCallbacks:
                 train.tensorboard_images, SAMPLE_SCAN)
             self.callbacks.append(ValidationImages(
                 images, masks, config.eval.threshold,
-                log_dir=run / rundir.LOGS / "images" if chief else None))
+                log_dir=rundir.path(run, rundir.LOGS, "images") if chief else None))
         if chief:
             self.callbacks += [
-                keras.CSVLogger(str(run / rundir.HISTORY), append=start.epoch > 0),
-                keras.TensorBoard(str(run / rundir.LOGS), write_graph=False, profile_batch=0),
+                keras.CSVLogger(rundir.path(run, rundir.HISTORY), append=start.epoch > 0),
+                keras.TensorBoard(rundir.path(run, rundir.LOGS), write_graph=False,
+                                  profile_batch=0),
             ]
         self.callbacks.append(keras.ProgbarLogger(count_mode="steps"))
         if chief:
             self.callbacks.append(EpochSummary(monitor, "val_" + score_key(config.model),
                                                train.epochs, start, echo))
         # kept after fit: finish deletes it once metrics.json is written
-        self.callbacks.append(keras.BackupAndRestore(str(checkpoints / rundir.BACKUP),
-                                                     delete_checkpoint=False))
+        self.callbacks.append(SharedBackupAndRestore(rundir.path(checkpoints, rundir.BACKUP),
+                                                     strategy, resuming=start.epoch > 0))

@@ -1,7 +1,8 @@
 """The end of a run: the final weights, RUN_DIR/best.weights.h5 and metrics.json.
 
-After ``fit`` every worker loads the best checkpoint (or the weight average, when it does
-better on the validation split); the chief saves it, without the optimizer's state, as
+After ``fit`` the chief loads the best checkpoint and every other worker receives its weights
+from the chief (they never read RUN_DIR); all then take the weight average instead when it does
+better on the validation split. The chief saves the result, without the optimizer's state, as
 RUN_DIR/best.weights.h5 (what evaluate, predict and export load), writes metrics.json and only
 then deletes the backup: a crash before that re-runs the finish.
 Epochs are 1-based in printed lines and metrics.json, 0-based in history.csv.
@@ -11,28 +12,30 @@ from __future__ import annotations
 import json
 import math
 import statistics
-from pathlib import Path
 
 from keras_ptx import rundir
 from keras_ptx.config import Config
-from keras_ptx.fileio import atomic_path, write_atomic
+from keras_ptx.fileio import atomic_path, local_copy, write_atomic
+from keras_ptx.tf_setup import tf
 from keras_ptx.model.unetpp import build_model_to_load
 from keras_ptx.training import TrainingError
 from keras_ptx.training.callbacks import RunCallbacks
 from keras_ptx.training.resume import Monitor, best_row, delete_backup, read_history
-from keras_ptx.training.strategy import resolve_strategy_name
+from keras_ptx.training.strategy import (from_chief, is_chief, resolve_strategy_name,
+                                        sync_from_chief)
 
 
-def finish(model, config: Config, run: Path, monitor: Monitor, val_data, own: RunCallbacks,
-           chief: bool, echo) -> dict:
+def finish(model, config: Config, run: str, monitor: Monitor, val_data, own: RunCallbacks,
+           strategy, echo) -> dict:
     """Settle ``model`` on its final weights, save them and (chief) return metrics.json's
     content; other workers return {}."""
-    best_path = run / rundir.CHECKPOINTS / rundir.BEST_WEIGHTS
-    if not best_path.is_file():
+    chief = is_chief(strategy)
+    best_path = rundir.path(run, rundir.CHECKPOINTS, rundir.BEST_WEIGHTS)
+    if not from_chief(strategy, tf.io.gfile.exists(best_path) if chief else None):
         raise TrainingError(f"no epoch ended with a finite {monitor.key}, so there is no best "
-                            f"checkpoint (see {run / rundir.HISTORY}); lower "
+                            f"checkpoint (see {rundir.path(run, rundir.HISTORY)}); lower "
                             f"train.learning_rate and re-run with --overwrite")
-    _load_weights(model, best_path, config)
+    _load_weights(model, best_path, config, strategy)
     final, averaged = "best_epoch", None
     if own.averaging and own.averaging.mean is not None:
         best_weights = model.get_weights()
@@ -44,7 +47,7 @@ def finish(model, config: Config, run: Path, monitor: Monitor, val_data, own: Ru
             final = "swa"
         else:
             model.set_weights(best_weights)
-    _save_for_inference(model, config, run / rundir.BEST_WEIGHTS, chief)
+    _save_for_inference(model, config, rundir.path(run, rundir.BEST_WEIGHTS), chief)
     if not chief:
         return {}
 
@@ -67,30 +70,35 @@ def finish(model, config: Config, run: Path, monitor: Monitor, val_data, own: Ru
         "weight_averaging": averaged,
         "images_per_sec": statistics.median(speeds) if speeds else None,
     }
-    write_atomic(run / rundir.METRICS, json.dumps(metrics, indent=1, sort_keys=True) + "\n")
+    write_atomic(rundir.path(run, rundir.METRICS), json.dumps(metrics, indent=1, sort_keys=True) + "\n")
     delete_backup(run)                                      # finished: nothing left to resume
     echo(f"best epoch {metrics['best_epoch']} of {len(history)}: "
          f"{monitor.key} {best[monitor.key]:.4f}"
          + (f"; weight average of epochs {averaged['epochs'][0]}-{averaged['epochs'][-1]}: "
             f"{averaged[monitor.key]:.4f}" if averaged else "")
          + f"\nsaved {'the weight average' if final == 'swa' else 'the best epoch'} as "
-           f"{run / rundir.BEST_WEIGHTS}")
+           f"{rundir.path(run, rundir.BEST_WEIGHTS)}")
     return metrics
 
 
-def _load_weights(model, path: Path, config: Config) -> None:
+def _load_weights(model, path: str, config: Config, strategy) -> None:
     """``model.load_weights`` for a model of any strategy: tf-keras cannot assign values read
     from an h5 file to the sync-on-read variables (BatchNorm statistics) of a distributed
-    model, so those get the weights through a plain twin."""
+    model, so the chief reads them into a plain twin and every worker gets them from it."""
     if resolve_strategy_name(config.train.strategy) == "default":
-        model.load_weights(str(path))
+        with local_copy(path) as local:         # h5py opens local files only
+            model.load_weights(local)
         return
-    twin = build_model_to_load(config)
-    twin.load_weights(str(path))
-    model.set_weights(twin.get_weights())
+    weights = None
+    if is_chief(strategy):
+        twin = build_model_to_load(config)
+        with local_copy(path) as local:
+            twin.load_weights(local)
+        weights = twin.get_weights()
+    sync_from_chief(strategy, model.weights, weights)
 
 
-def _save_for_inference(model, config: Config, path: Path, chief: bool) -> None:
+def _save_for_inference(model, config: Config, path: str, chief: bool) -> None:
     """The chief writes ``model``'s weights without the optimizer's state (two thirds of a
     compiled model's file for B0), through an uncompiled twin: what predict, evaluate and
     export load. Every worker reads the weights: that is a collective."""

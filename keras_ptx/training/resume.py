@@ -21,15 +21,13 @@ e.g. more epochs) or ``--overwrite`` (delete the run and start again).
 from __future__ import annotations
 
 import csv
+import io
 import math
-import os
-import shutil
-from dataclasses import dataclass
-from pathlib import Path
+from dataclasses import asdict, dataclass
 
 from keras_ptx import rundir
 from keras_ptx.config import Config, ConfigError, ModelConfig, dump_config, load_config
-from keras_ptx.fileio import atomic_path
+from keras_ptx.fileio import write_atomic
 from keras_ptx.model.unetpp import output_names
 from keras_ptx.tf_setup import tf
 from keras_ptx.training import TrainingError
@@ -86,25 +84,33 @@ class ResumePoint:
         return self.stopped_early(patience) or (
             bool(self.history) and math.isnan(self.history[-1].get("loss", 0.0)))
 
+    def to_dict(self) -> dict:
+        return asdict(self)
 
-def backup_dir(run_dir) -> Path:
-    return Path(run_dir) / rundir.CHECKPOINTS / rundir.BACKUP
+    @classmethod
+    def from_dict(cls, raw: dict) -> "ResumePoint":
+        return cls(**{**raw, "history": tuple(raw["history"])})
+
+
+def backup_dir(run_dir) -> str:
+    return rundir.path(run_dir, rundir.CHECKPOINTS, rundir.BACKUP)
 
 
 def delete_backup(run_dir) -> None:
-    """Remove the backup, first renaming it away whole, so that a crash while the files are
-    deleted never leaves half a backup where the next run looks."""
-    backup = backup_dir(run_dir)
-    if backup.exists():
-        gone = backup.with_name(f".{backup.name}.deleting")
-        shutil.rmtree(gone, ignore_errors=True)          # a crash's leftover
-        os.replace(backup, gone)
-        shutil.rmtree(gone)
+    """Remove the backup, its index first: from then on no reader sees a backup, so a crash
+    while the other files are deleted never leaves half of one to continue from (a folder
+    rename, the alternative, is not atomic on object stores and does not move a ram://
+    folder's files)."""
+    index = rundir.path(backup_dir(run_dir), _BACKUP_SUBDIR, "checkpoint")
+    if tf.io.gfile.exists(index):
+        tf.io.gfile.remove(index)
+    if tf.io.gfile.exists(backup_dir(run_dir)):
+        tf.io.gfile.rmtree(backup_dir(run_dir))
 
 
 def backup_epoch(run_dir) -> int | None:
     """The last epoch (0-based) whose end BackupAndRestore saved, or None without a backup."""
-    latest = tf.train.latest_checkpoint(str(backup_dir(run_dir) / _BACKUP_SUBDIR))
+    latest = tf.train.latest_checkpoint(rundir.path(backup_dir(run_dir), _BACKUP_SUBDIR))
     if latest is None:
         return None
     try:
@@ -121,10 +127,10 @@ def backup_epoch(run_dir) -> int | None:
 
 def read_history(run_dir) -> list[dict]:
     """history.csv as a list of {column: float}, 'epoch' as int (0-based)."""
-    path = Path(run_dir) / rundir.HISTORY
-    if not path.is_file():
+    path = rundir.path(run_dir, rundir.HISTORY)
+    if not tf.io.gfile.exists(path):
         return []
-    with path.open(newline="") as f:
+    with tf.io.gfile.GFile(path) as f:
         return [{key: int(value) if key == "epoch" else float(value or "nan")
                  for key, value in row.items()} for row in csv.DictReader(f)]
 
@@ -163,8 +169,8 @@ def config_changes(old: Config, new: Config) -> list[str]:
 
 def is_finished(run_dir, config: Config) -> bool:
     """Whether ``run_dir`` holds a finished run of exactly ``config``."""
-    run = Path(run_dir)
-    if not (run / rundir.CONFIG).is_file() or backup_epoch(run) is not None:
+    run = str(run_dir)
+    if not tf.io.gfile.exists(rundir.path(run, rundir.CONFIG)) or backup_epoch(run) is not None:
         return False
     metrics = rundir.read_json(run, rundir.METRICS) or {}
     return bool(metrics.get("completed")) and not config_changes(_saved_config(run), config)
@@ -178,17 +184,18 @@ def prepare_run_dir(run_dir, config: Config, *, resume: bool = False,
     first backup was complete: training starts again at epoch 1). Raises
     :class:`TrainingError` for a directory it must not touch or a run it cannot continue.
     """
-    run = Path(run_dir)
-    if run.exists() and not run.is_dir():
+    run = str(run_dir)
+    gfile = tf.io.gfile
+    if gfile.exists(run) and not gfile.isdir(run):
         raise TrainingError(f"--out {run}: exists and is not a directory")
-    if overwrite and run.exists():
+    if overwrite and gfile.exists(run):
         _require_run_dir(run, "delete it")
-        shutil.rmtree(run)
-    if not run.exists() or not any(run.iterdir()):
+        gfile.rmtree(run)
+    if not gfile.exists(run) or not gfile.listdir(run):
         return _start(run, config)
     _require_run_dir(run, "use it")
     if _never_trained(run):             # a start that failed before its first epoch
-        shutil.rmtree(run)
+        gfile.rmtree(run)
         return _start(run, config)
     changes = config_changes(_saved_config(run), config)
     if changes and not resume:
@@ -213,58 +220,63 @@ def prepare_run_dir(run_dir, config: Config, *, resume: bool = False,
             raise TrainingError(
                 f"--out {run}: has {dropped} trained epochs but neither a backup to continue "
                 f"from nor a finished result ({rundir.METRICS}); use --overwrite to train again")
-        shutil.rmtree(run)
+        gfile.rmtree(run)
         _start(run, config)
         if dropped:
             return (f"{run}: no backup to continue from (the last run ended before its first "
                     f"backup was complete), so epoch 1's row in {rundir.HISTORY} was dropped; "
                     f"training starts again at epoch 1")
         return None
-    dump_config(config, run / rundir.CONFIG)
+    dump_config(config, rundir.path(run, rundir.CONFIG))
     _truncate_history(run, saved + 1)
     return None
 
 
-def _start(run: Path, config: Config) -> None:
-    (run / rundir.CHECKPOINTS).mkdir(parents=True, exist_ok=True)
-    dump_config(config, run / rundir.CONFIG)
+def _start(run: str, config: Config) -> None:
+    tf.io.gfile.makedirs(rundir.path(run, rundir.CHECKPOINTS))
+    dump_config(config, rundir.path(run, rundir.CONFIG))
 
 
-def _never_trained(run: Path) -> bool:
+def _names(folder: str) -> set[str]:
+    return {name.rstrip("/") for name in tf.io.gfile.listdir(folder)}
+
+
+def _never_trained(run: str) -> bool:
     """Whether ``run`` holds only what :func:`_start` writes: nothing to keep or continue."""
-    checkpoints = run / rundir.CHECKPOINTS
-    return ({p.name for p in run.iterdir()} <= {rundir.CONFIG, rundir.CHECKPOINTS}
-            and (not checkpoints.exists() or not any(checkpoints.iterdir())))
+    checkpoints = rundir.path(run, rundir.CHECKPOINTS)
+    return (_names(run) <= {rundir.CONFIG, rundir.CHECKPOINTS}
+            and (not tf.io.gfile.exists(checkpoints) or not _names(checkpoints)))
 
 
-def _require_run_dir(run: Path, action: str) -> None:
-    if any(run.iterdir()) and not (run / rundir.CONFIG).is_file():
+def _require_run_dir(run: str, action: str) -> None:
+    if _names(run) and not tf.io.gfile.exists(rundir.path(run, rundir.CONFIG)):
         raise TrainingError(f"--out {run}: not empty and not a run directory (no "
                             f"{rundir.CONFIG}); refusing to {action}")
 
 
-def _saved_config(run: Path) -> Config:
+def _saved_config(run: str) -> Config:
     try:
-        return load_config(run / rundir.CONFIG)
+        return load_config(rundir.path(run, rundir.CONFIG))
     except ConfigError as exc:
         raise TrainingError(f"--out {run}: its {rundir.CONFIG} no longer loads ({exc}); "
                             f"use --overwrite or another --out") from None
 
 
-def _truncate_history(run: Path, epoch: int) -> None:
+def _truncate_history(run: str, epoch: int) -> None:
     """Keep the history rows of epochs before ``epoch`` (the ones the backup includes)."""
-    path = run / rundir.HISTORY
-    if not path.is_file():
+    path = rundir.path(run, rundir.HISTORY)
+    if not tf.io.gfile.exists(path):
         return
-    with path.open(newline="") as f:
+    with tf.io.gfile.GFile(path) as f:
         reader = csv.reader(f)
         header = next(reader, None)
         if header is None or "epoch" not in header:
             return
         column = header.index("epoch")
         rows = [row for row in reader if row and int(row[column]) < epoch]
-    with atomic_path(path) as tmp, open(tmp, "w", newline="") as f:
-        csv.writer(f).writerows([header, *rows])
+    text = io.StringIO()
+    csv.writer(text).writerows([header, *rows])
+    write_atomic(path, text.getvalue())
 
 
 def _flatten(tree: dict, prefix: str = "") -> dict:

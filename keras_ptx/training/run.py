@@ -2,10 +2,12 @@
 
 Order matters under MultiWorkerMirroredStrategy, which must exist before TensorFlow runs an op:
 the records folder is opened with plain file access first (the config checked itself when it
-was loaded), then the strategy is created, the records are checked, the chief alone prepares
-RUN_DIR while the others wait at a barrier, and only then are the datasets
-(:mod:`~keras_ptx.training.datasets`) and the model (inside ``strategy.scope()``) built.
-Nothing is written to RUN_DIR before every check of the config and the records has passed.
+was loaded), then the strategy is created, the records are checked, the chief alone looks at
+RUN_DIR and prepares it, and sends the others what they need from it (a refusal, "already
+finished", or where training continues: :func:`~keras_ptx.training.strategy.from_chief`);
+only then are the datasets (:mod:`~keras_ptx.training.datasets`) and the model (inside
+``strategy.scope()``) built. Nothing is written to RUN_DIR before every check of the config
+and the records has passed.
 
 Callbacks (:class:`~keras_ptx.training.callbacks.RunCallbacks`), in the order Keras calls them
 at an epoch's end: epoch statistics (lr, images/s), TerminateOnNaN, ModelCheckpoint (best by
@@ -14,8 +16,12 @@ ReduceLROnPlateau (``lr_schedule: plateau``), weight averaging (``swa_epochs``),
 overlays, CSVLogger and TensorBoard scalars (chief), the progress bar, the one-line summary
 (chief), and BackupAndRestore last, so that a backup of epoch N means every file of epoch N is
 written (the backup alone decides where a re-run continues: :mod:`~keras_ptx.training.resume`).
-Workers other than the chief write checkpoints to temporary directories (Keras does this
-itself) and nothing else. The end of the run is :mod:`~keras_ptx.training.finish`'s.
+Workers other than the chief write checkpoints to temporary directories under their own
+``--out`` (Keras does this itself) and read nothing there: their backup lives in a local
+temporary folder, and a resumed run's weights and optimizer state reach them from the chief
+(:class:`~keras_ptx.training.callbacks.SharedBackupAndRestore`). Each worker may have its own
+disk; only the records must be readable by all. The end of the run is
+:mod:`~keras_ptx.training.finish`'s.
 """
 from __future__ import annotations
 
@@ -25,6 +31,8 @@ from dataclasses import dataclass
 from keras_ptx import rundir
 from keras_ptx.config import Config
 from keras_ptx.data.records_dir import RecordsDir
+from keras_ptx.errors import UserError
+from keras_ptx.fileio import check_openable
 from keras_ptx.model import (build_model, make_losses, make_metrics, resolve_jit_compile,
                              resolve_mixed_precision)
 from keras_ptx.tf_errors import augment_worker_failure, damaged_records
@@ -36,7 +44,8 @@ from keras_ptx.training.finish import finish
 from keras_ptx.training.resume import (Monitor, ResumePoint, is_finished, prepare_run_dir,
                                        resume_point)
 from keras_ptx.training.schedules import make_optimizer
-from keras_ptx.training.strategy import barrier, is_chief, make_strategy, resolve_strategy_name
+from keras_ptx.training.strategy import (from_chief, is_chief, make_strategy,
+                                        resolve_strategy_name)
 
 
 @dataclass
@@ -51,26 +60,22 @@ def train(config: Config, data_dir: str, run_dir, *, resume: bool = False,
 
     ``callbacks`` are extra Keras callbacks, called before the run's own.
     """
-    run = rundir.local_path(run_dir, "--out")
+    run = str(run_dir)
+    check_openable(run, "--out")
     config.validate()
     records = RecordsDir.open(data_dir)
-    if not overwrite and is_finished(run, config):
-        metrics = rundir.read_json(run, rundir.METRICS)
-        echo(f"{run} already holds this finished run (best epoch {metrics['best_epoch']}, "
-             f"{metrics['monitor']} {metrics['best'][metrics['monitor']]:.4f}); nothing to do. "
-             f"Use --overwrite to train again.")
-        return TrainResult(metrics)
-
     strategy = make_strategy(config.train.strategy)
     check_records(config, records)
     chief = is_chief(strategy)
-    if chief:
-        dropped = prepare_run_dir(run, config, resume=resume, overwrite=overwrite)
-        if dropped:
-            echo(dropped)
-    barrier(strategy)                   # the chief has prepared RUN_DIR
     monitor = Monitor.of(config)
-    start = resume_point(run, monitor)
+    plan = from_chief(strategy, _plan(run, config, monitor, resume, overwrite, echo)
+                      if chief else None)
+    if "refused" in plan:
+        raise TrainingError(plan["refused"] if chief else
+                            f"the chief refused to train: {plan['refused']}")
+    if "finished" in plan:
+        return TrainResult(plan["finished"])
+    start = ResumePoint.from_dict(plan["start"])
     data = run_data(config, records, strategy, start)
 
     tf.keras.utils.set_random_seed(config.train.seed)
@@ -80,14 +85,14 @@ def train(config: Config, data_dir: str, run_dir, *, resume: bool = False,
         model.compile(optimizer=make_optimizer(config.train, data.steps), loss=losses,
                       loss_weights=loss_weights, metrics=make_metrics(config),
                       jit_compile=resolve_jit_compile(config.train.jit_compile))
-    own = RunCallbacks(config, records, run, monitor, start, chief, echo)
+    own = RunCallbacks(config, records, run, monitor, start, strategy, echo)
     echo(_opening_line(config, strategy, data.steps, start))
     echo(data.caching)
     # a run whose last epoch ended training (then crashed while finishing) trains no further
     stopped = start.stopped(config.train.early_stopping_patience)
     last = start.epoch if stopped else config.train.epochs
     try:
-        model.fit(data.train, validation_data=data.val, epochs=last,
+        model.fit(data.train, validation_data=data.val, initial_epoch=start.epoch, epochs=last,
                   steps_per_epoch=data.steps, callbacks=[*callbacks, *own.callbacks],
                   verbose=1 if sys.stdout.isatty() else 2)
     except tf.errors.DataLossError as exc:
@@ -97,9 +102,27 @@ def train(config: Config, data_dir: str, run_dir, *, resume: bool = False,
         if detail is None:
             raise
         raise TrainingError(f"augmentation stopped training: {detail}") from None
-    barrier(strategy)                   # every worker's last epoch is written
-    metrics = finish(model, config, run, monitor, data.val, own, chief, echo)
+    metrics = finish(model, config, run, monitor, data.val, own, strategy, echo)
     return TrainResult(metrics, model)
+
+
+def _plan(run: str, config: Config, monitor: Monitor, resume: bool, overwrite: bool,
+          echo) -> dict:
+    """The chief's look at RUN_DIR, for every worker: ``refused`` (why), ``finished`` (its
+    metrics.json) or ``start`` (a :class:`ResumePoint` as a dict), after preparing RUN_DIR."""
+    try:
+        if not overwrite and is_finished(run, config):
+            metrics = rundir.read_json(run, rundir.METRICS)
+            echo(f"{run} already holds this finished run (best epoch {metrics['best_epoch']}, "
+                 f"{metrics['monitor']} {metrics['best'][metrics['monitor']]:.4f}); nothing to "
+                 f"do. Use --overwrite to train again.")
+            return {"finished": metrics}
+        dropped = prepare_run_dir(run, config, resume=resume, overwrite=overwrite)
+        if dropped:
+            echo(dropped)
+        return {"start": resume_point(run, monitor).to_dict()}
+    except UserError as exc:
+        return {"refused": str(exc)}
 
 
 def _count(n: int, noun: str) -> str:
