@@ -1,4 +1,4 @@
-"""The tf.distribute strategy of a run, which worker is the chief, and a barrier between workers.
+"""The tf.distribute strategy of a run, which worker is the chief, and what the chief sends the others.
 
 ``train.strategy``: ``default`` (one device), ``mirrored`` (every GPU of this machine),
 ``multi_worker`` (MultiWorkerMirroredStrategy over the cluster in ``TF_CONFIG``), or ``auto``:
@@ -116,19 +116,3 @@ def _components(variable) -> tuple:
     """This worker's copies of a distributed variable: assigned one by one, since assigning the
     variable itself is a collective, and reading a sync-on-read one averages it over workers."""
     return tuple(getattr(variable, "values", None) or (variable,))
-
-
-def barrier(strategy: tf.distribute.Strategy) -> None:
-    """Return only when every worker has got here (one tiny all-reduce); instant on one worker.
-
-    Used after the chief prepares RUN_DIR, so that no worker uses it half made, and after
-    ``fit``, so that no worker reads a file the chief is still writing in its last epoch's
-    callbacks.
-    """
-    if _multi_worker(strategy):
-        strategy.reduce(tf.distribute.ReduceOp.SUM, _ones(strategy), axis=None)
-
-
-@tf.function
-def _ones(strategy):
-    return strategy.run(lambda: tf.constant(1.0))
