@@ -38,7 +38,7 @@ Optimizer = Literal["adam", "adamw", "sgd"]
 Schedule = Literal["cosine", "plateau", "constant"]
 Monitor = Literal["score", "loss"]
 Strategy = Literal["auto", "default", "mirrored", "multi_worker"]
-Precision = Literal["float32", "mixed_float16"]     # what a loaded model computes in
+Precision = Literal["float32", "mixed_float16", "mixed_bfloat16"]  # Keras dtype policies
 
 
 def choices(literal) -> tuple[str, ...]:
@@ -226,7 +226,9 @@ class TrainConfig:
     # pixel threshold of the streaming competition metric; a list: the best score over them
     metric_threshold: Union[float, tuple[float, ...]] = 0.5
     jit_compile: Union[bool, Auto] = "auto"     # auto = on with a GPU, off on CPU
-    mixed_precision: Union[bool, Auto] = "auto"  # auto = mixed_float16 with a GPU
+    # true = mixed_float16, false = float32, or a policy (mixed_bfloat16: CPUs with AVX512_BF16
+    # or AMX, and TPUs/recent GPUs); auto = mixed_float16 with a GPU, else float32
+    mixed_precision: Union[bool, Precision, Auto] = "auto"
     strategy: Strategy = "auto"         # auto: multi_worker under TF_CONFIG, mirrored on 2+ GPUs
     swa_epochs: int = 0                 # average weights over the last N epochs (0 = off)
     tensorboard_images: int = 4

@@ -145,20 +145,32 @@ def test_imagenet_weights_come_from_the_download_cache(monkeypatch, saved_encode
     assert kwargs["cache_subdir"] == "models" and kwargs["file_hash"]
 
 
-def test_jit_and_mixed_precision_switches(monkeypatch):
-    assert resolve_jit_compile(True) is True and resolve_mixed_precision(False) is False
+def test_jit_and_precision_switches(monkeypatch, tmp_path):
+    assert resolve_jit_compile(True) is True and resolve_mixed_precision(False) == "float32"
+    assert resolve_mixed_precision(True) == "mixed_float16"
+    assert resolve_mixed_precision("mixed_bfloat16") == "mixed_bfloat16"
     monkeypatch.setattr(precision, "gpu_available", lambda: False)
-    assert resolve_jit_compile("auto") is False and resolve_mixed_precision("auto") is False
+    assert resolve_jit_compile("auto") is False and resolve_mixed_precision("auto") == "float32"
+    cpuinfo, real = tmp_path / "cpuinfo", precision.cpu_has_bfloat16
+    monkeypatch.setattr(precision, "cpu_has_bfloat16", lambda: real(str(cpuinfo)))
+    for flags, best in (("fpu avx2 avx512f", "float32"), ("fpu avx512_bf16 avx2", "mixed_bfloat16"),
+                        ("amx_bf16 amx_tile", "mixed_bfloat16")):
+        cpuinfo.write_text(f"processor : 0\nflags : {flags}\n")
+        assert precision.best_inference_precision() == best, flags
+    assert real(str(tmp_path / "missing")) is False
     monkeypatch.setattr(precision, "gpu_available", lambda: True)
-    assert resolve_jit_compile("auto") is True and resolve_mixed_precision("auto") is True
+    assert resolve_jit_compile("auto") is True and resolve_mixed_precision("auto") == "mixed_float16"
+    assert precision.best_inference_precision() == "mixed_float16"
 
 
-def test_mixed_float16_network_keeps_float32_outputs():
+@pytest.mark.parametrize("setting, compute", [("true", "float16"),
+                                              ("mixed_bfloat16", "bfloat16")])
+def test_mixed_precision_network_keeps_float32_outputs(setting, compute):
     policy = tf.keras.mixed_precision.global_policy().name
-    model = build_model(_config("train.mixed_precision=true", "model.prune_level=1",
+    model = build_model(_config(f"train.mixed_precision={setting}", "model.prune_level=1",
                                 "model.classification_head=false"))
     assert tf.keras.mixed_precision.global_policy().name == policy
-    assert model.get_layer("x01_conv1").compute_dtype == "float16"
+    assert model.get_layer("x01_conv1").compute_dtype == compute
     assert model.output.dtype == tf.float32
 
 

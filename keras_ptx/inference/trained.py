@@ -58,9 +58,8 @@ class TrainedRun:
         """The trained network with the run's best weights (built once)."""
         config = self.config
         if self.precision is not None:
-            mixed = self.precision == "mixed_float16"
             config = dataclasses.replace(config, train=dataclasses.replace(
-                config.train, mixed_precision=mixed))
+                config.train, mixed_precision=self.precision))
         return rundir.load_model(self.path, config)
 
     def predictor(self, tta: Tta) -> Predictor:

@@ -136,8 +136,8 @@ def _opening_line(config: Config, strategy, steps: int, start: ResumePoint) -> s
             f"{_count(steps, 'step')}, global batch {train.batch_size} on "
             f"{_count(strategy.num_replicas_in_sync, 'replica')} "
             f"({resolve_strategy_name(train.strategy)} strategy), XLA "
-            f"{'on' if resolve_jit_compile(train.jit_compile) else 'off'}, mixed precision "
-            f"{'on' if resolve_mixed_precision(train.mixed_precision) else 'off'}")
+            f"{'on' if resolve_jit_compile(train.jit_compile) else 'off'}, precision "
+            f"{resolve_mixed_precision(train.mixed_precision)}")
     if start.epoch:
         line += f"\ncontinuing after epoch {start.epoch} from the backup"
         if start.best_score is not None:
