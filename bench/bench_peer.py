@@ -1,0 +1,150 @@
+#!/usr/bin/env python
+"""The network's inference latency against the peer, segmentation_models_pytorch's UnetPlusPlus
+with the same encoder and decoder widths, on this CPU, alternating between the two.
+
+keras_ptx: the UNet++ as a SavedModel computes it (the mask and label outputs through a
+``tf.function``, no post-processing), built under each Keras precision policy asked for
+(``float32``, ``mixed_bfloat16``). The peer: ``UnetPlusPlus(encoder_name="efficientnet-bN",
+encoder_weights=None, classes=1)`` in eval mode under ``torch.no_grad()``, in float32 (its
+default) and under ``torch.autocast("cpu", dtype=torch.bfloat16)`` (its best setting on a CPU
+with native bfloat16). Random weights (latency does not depend on them), 256 x 256 inputs,
+batch 1 and 16.
+
+Each measurement runs in its own process, so the two frameworks never share a process or its
+thread pools; rounds alternate keras_ptx and the peer, per encoder, and the table gives the
+median ms per image over rounds. PyTorch and segmentation-models-pytorch are not dependencies
+of keras_ptx: install them in a separate environment and pass its interpreter, e.g.
+
+    python3.11 -m venv /work/bench-venv
+    /work/bench-venv/bin/pip install torch segmentation-models-pytorch
+    .venv/bin/python bench/bench_peer.py --torch-python /work/bench-venv/bin/python --rounds 3
+
+Run on a quiet machine.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+import subprocess
+import sys
+import time
+
+ENCODERS = {"efficientnetb0": "efficientnet-b0", "efficientnetb4": "efficientnet-b4"}
+
+
+def _time(run, batch: int, seconds: float) -> float:
+    """Median ms per image of ``run()`` (one batch) over calls lasting about ``seconds``."""
+    for _ in range(2):                                  # warm-up (tracing, allocation)
+        run()
+    times = []
+    end = time.perf_counter() + seconds
+    while time.perf_counter() < end or len(times) < 3:
+        start = time.perf_counter()
+        run()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times) * 1000 / batch
+
+
+def measure_keras(encoder: str, size: int, batches, policies, seconds: float) -> list[dict]:
+    import numpy as np
+
+    from keras_ptx.config import load_config
+    from keras_ptx.model import build_model
+    from keras_ptx.tf_setup import tf
+
+    rows = []
+    for policy in policies:
+        config = load_config(None, [f"model.encoder={encoder}", "model.weights=none",
+                                    f"data.image_size={size}",
+                                    f"train.mixed_precision={policy}"])
+        model = build_model(config)
+
+        @tf.function
+        def forward(x, model=model):
+            return model(x, training=False)
+
+        for batch in batches:
+            images = tf.constant(np.random.default_rng(0).normal(
+                size=(batch, size, size, 3)).astype(np.float32))
+            rows.append({"framework": "keras_ptx", "encoder": encoder, "precision": policy,
+                         "batch": batch,
+                         "ms": _time(lambda: forward(images), batch, seconds)})
+    return rows
+
+
+def measure_peer(encoder: str, size: int, batches, policies, seconds: float) -> list[dict]:
+    import segmentation_models_pytorch as smp
+    import torch
+
+    model = smp.UnetPlusPlus(encoder_name=ENCODERS[encoder], encoder_weights=None,
+                             classes=1).eval()
+    rows = []
+    for policy in policies:
+        for batch in batches:
+            images = torch.randn(batch, 3, size, size, generator=torch.Generator().manual_seed(0))
+
+            def run():
+                with torch.no_grad(), torch.autocast(
+                        "cpu", dtype=torch.bfloat16, enabled=policy == "mixed_bfloat16"):
+                    model(images)
+
+            rows.append({"framework": f"smp {smp.__version__}", "encoder": encoder,
+                         "precision": policy if policy == "float32" else "autocast bfloat16",
+                         "batch": batch, "ms": _time(run, batch, seconds)})
+    return rows
+
+
+def _child(python: str, side: str, args) -> list[dict]:
+    command = [python, __file__, "--side", side, "--encoders", *args.encoders,
+               "--size", str(args.size), "--batches", *map(str, args.batches),
+               "--precisions", *args.precisions, "--seconds", str(args.seconds)]
+    result = subprocess.run(command, capture_output=True, text=True, check=False)
+    if result.returncode:
+        sys.exit(f"{' '.join(command)} failed:\n{result.stderr[-3000:]}")
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--torch-python", help="interpreter with torch and "
+                        "segmentation-models-pytorch (required unless --side)")
+    parser.add_argument("--encoders", nargs="+", default=list(ENCODERS), choices=list(ENCODERS))
+    parser.add_argument("--size", type=int, default=256)
+    parser.add_argument("--batches", nargs="+", type=int, default=[1, 16])
+    parser.add_argument("--precisions", nargs="+", default=["float32", "mixed_bfloat16"],
+                        choices=["float32", "mixed_bfloat16"])
+    parser.add_argument("--seconds", type=float, default=8.0, help="per measurement")
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--side", choices=["keras", "peer"], help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.side:                                   # a child: one framework, print JSON rows
+        measure = measure_keras if args.side == "keras" else measure_peer
+        print(json.dumps([row for encoder in args.encoders for row in measure(
+            encoder, args.size, args.batches, args.precisions, args.seconds)]))
+        return
+    if not args.torch_python:
+        parser.error("--torch-python is required")
+    results: dict[tuple, list[float]] = {}
+    for round_ in range(args.rounds):
+        for encoder in args.encoders:
+            child = argparse.Namespace(**{**vars(args), "encoders": [encoder]})
+            sides = [(sys.executable, "keras"), (args.torch_python, "peer")]
+            for python, side in sides if round_ % 2 == 0 else sides[::-1]:
+                for row in _child(python, side, child):
+                    key = (row["encoder"], row["batch"], row["framework"], row["precision"])
+                    results.setdefault(key, []).append(row["ms"])
+                    print(f"round {round_ + 1}: {' '.join(map(str, key))}: {row['ms']:.1f} ms",
+                          file=sys.stderr, flush=True)
+    print(f"{platform.processor() or platform.machine()}, {args.rounds} rounds, "
+          f"{args.size}x{args.size}; ms per image, median (min-max)\n")
+    print("| encoder | batch | network | precision | ms / image | range |")
+    print("|---|---:|---|---|---:|---|")
+    for key, values in sorted(results.items()):
+        print(f"| {' | '.join(map(str, key))} | {statistics.median(values):.1f} | "
+              f"{min(values):.1f}-{max(values):.1f} |")
+
+
+if __name__ == "__main__":
+    main()
