@@ -80,6 +80,7 @@ class DataConfig:
     augment_processes: bool = True      # each call augments in a worker process (no GIL); false = in threads
     positive_share: Optional[float] = None      # share of positive images per epoch; None = natural
     positive_share_end: Optional[float] = None  # if set, share falls linearly to this by the last epoch
+    fold: Optional[int] = None          # records built with --folds K: validate on fold k, train on the others
     seed: int = 42
 
     def validate(self) -> None:
@@ -89,7 +90,7 @@ class DataConfig:
             raise ConfigError(f"data.train_crop: {self.train_crop} must be a multiple of "
                               f"{SIZE_MULTIPLE} (the encoder halves it five times) up to "
                               f"data.image_size ({self.image_size}), or 0")
-        _at_least("data", self, 0, "train_crop", "shuffle_buffer", "num_parallel_calls")
+        _at_least("data", self, 0, "train_crop", "shuffle_buffer", "num_parallel_calls", "fold")
         _at_least("data", self, 1, "batches_per_call")
         _in_unit_interval("data", self, "positive_share", "positive_share_end")
         if self.positive_share is None and self.positive_share_end is not None:

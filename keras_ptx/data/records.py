@@ -139,14 +139,14 @@ def shard_files(data_dir: str, split: str) -> list[str]:
 
 
 def write_shards(directory, split: str, examples, *, shards: int = 1, original: int = 1024,
-                 labeled=None) -> list[Record]:
+                 labeled=None, folds=None) -> list[Record]:
     """Write ``examples``, (image, mask) pairs of uint8 [S, S] arrays (masks 0/1), as the
     ``shards`` shard files of ``split`` in ``directory`` (made if missing): example k in shard
     k % ``shards``, as record ``{split}-{k:03d}``.
 
     A record is positive when its mask has a pixel set; its height, width and ``mask_area`` are
-    those of an ``original`` x ``original`` DICOM; it is labeled unless ``labeled[k]`` is false.
-    Returns the records in the order written.
+    those of an ``original`` x ``original`` DICOM; it is labeled unless ``labeled[k]`` is false;
+    its fold is ``folds[k]`` (-1 without ``folds``). Returns the records in the order written.
     """
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
@@ -161,7 +161,8 @@ def write_shards(directory, split: str, examples, *, shards: int = 1, original: 
                 mask_png=cv2.imencode(".png", mask)[1].tobytes(), image_id=f"{split}-{k:03d}",
                 has_pneumothorax=positive, n_annotations=positive,
                 mask_area=int(mask.sum()) * (original // size) ** 2, height=original,
-                width=original, size=size, labeled=1 if labeled is None else int(labeled[k]))
+                width=original, size=size, labeled=1 if labeled is None else int(labeled[k]),
+                fold=-1 if folds is None else int(folds[k]))
             writers[k % shards].write(serialize(record))
             written.append(record)
     finally:

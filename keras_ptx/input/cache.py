@@ -27,10 +27,10 @@ class CachePlan:
 
 
 def plan(data: DataConfig, records: RecordsDir, split: str) -> CachePlan:
-    """Whether to cache ``split`` of ``records``, by ``data.cache``."""
+    """Whether to cache ``split`` of ``records`` (of the fold run ``data.fold``), by ``data.cache``."""
     if isinstance(data.cache, bool):
         return CachePlan(data.cache, f"data.cache={str(data.cache).lower()}")
-    need = records.counts(split).records * data.image_size ** 2 * 2
+    need = records.counts(split, data.fold).records * data.image_size ** 2 * 2
     have = available_memory()
     fits = need <= AUTO_SHARE * have
     return CachePlan(fits, f"auto: {need / 1e9:.2f} GB decoded, {have / 1e9:.1f} GB available"

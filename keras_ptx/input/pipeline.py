@@ -9,7 +9,9 @@ default (:mod:`keras_ptx.input.augment`), and labels of lesions cut away set to 
 sliced into batches (a tail short of one batch dropped) -> gray-to-RGB ImageNet normalisation
 compiled by XLA (:mod:`keras_ptx.input.normalize`) -> prefetch.
 Evaluation: the same without shuffling, augmentation or dropped examples, in a fixed order.
-The records come as a :class:`~keras_ptx.data.records_dir.RecordsDir`; what the caller decides
+The records come as a :class:`~keras_ptx.data.records_dir.RecordsDir`, which names the shards
+a split is read from and, in a fold run (``data.fold``), the filter on the records' fold that
+follows the read; what the caller decides
 (keep decoded records in memory, steps per epoch) comes as arguments: this module holds only
 the tf.data graphs.
 
@@ -68,10 +70,10 @@ def make_dataset(config: Config, records: RecordsDir, split: str, *,
     of ``train.batch_size`` and this worker reads only its shard.
     """
     training = split == "train" if training is None else training
-    files = records.checked_files(split, config.data.image_size)
+    source = records.source(split, config.data.image_size, config.data.fold)
     batch = _batch_size(config.train.batch_size, input_context)
     if not training:
-        ds = _examples(files, config, input_context, cached).map(_pair, num_parallel_calls=AUTOTUNE)
+        ds = _examples(source, config, input_context, cached).map(_pair, num_parallel_calls=AUTOTUNE)
         return _finish(ds.batch(batch), deterministic=True)
 
     first, num_epochs = epoch or 0, num_epochs or config.train.epochs
@@ -79,13 +81,13 @@ def make_dataset(config: Config, records: RecordsDir, split: str, *,
                        input_context.input_pipeline_id if input_context is not None else 0)
     deterministic = config.data.deterministic
     if positive_share_for_epoch(config, first, num_epochs) is None:
-        serialized = _serialized(files, input_context, seed, deterministic)
+        serialized = _serialized(source, input_context, seed, deterministic)
         ds = _shuffled_examples(serialized, config, seed, cached)
         if steps_per_epoch:
             ds = ds.repeat()
     else:
-        per_epoch = steps_per_epoch or epoch_steps(config.train, records, split)
-        ds = _balanced(config, records.counts(split), f"the {split} shards in {records}", files, input_context,
+        per_epoch = steps_per_epoch or epoch_steps(config.train, records, split, config.data.fold)
+        ds = _balanced(config, records.counts(split, config.data.fold), f"the {split} shards in {records}", source, input_context,
                        first, num_epochs, per_epoch, batch, seed, cached)
     if not config.augment.enabled and not config.data.train_crop:
         return _finish(ds.batch(batch, drop_remainder=True), deterministic)
@@ -127,7 +129,7 @@ def make_eval_dataset(config: Config, records: RecordsDir, split: str,
     ``mask_area`` (pixels on that grid) and ``labeled`` (0 for records without ground truth),
     all int64 [B].
     """
-    files = records.checked_files(split, config.data.image_size)
+    source = records.source(split, config.data.image_size, config.data.fold)
 
     def to_dict(example):
         image, mask, label = _pair(example)
@@ -138,7 +140,7 @@ def make_eval_dataset(config: Config, records: RecordsDir, split: str,
         return {**batch, "image": to_model_input(batch["image"]),
                 "mask": tf.cast(batch["mask"], tf.float32)}
 
-    ds = _examples(files, config, None, cached=False).map(to_dict, num_parallel_calls=AUTOTUNE)
+    ds = _examples(source, config, None, cached=False).map(to_dict, num_parallel_calls=AUTOTUNE)
     ds = ds.batch(batch_size or config.eval.batch_size).map(normalise, num_parallel_calls=AUTOTUNE)
     return _with_determinism(ds.prefetch(AUTOTUNE), True)
 
@@ -158,10 +160,11 @@ def positive_share_for_epoch(config: Config, epoch: int, num_epochs: int) -> flo
     return start + (end - start) * progress
 
 
-def epoch_steps(train: TrainConfig, records: RecordsDir, split: str = "train") -> int:
+def epoch_steps(train: TrainConfig, records: RecordsDir, split: str = "train",
+                fold: int | None = None) -> int:
     """Global training steps per epoch: ``train.steps_per_epoch``, else one pass of whole
-    batches over ``split`` of ``records`` (at least one)."""
-    return train.steps_per_epoch or max(1, records.counts(split).records // train.batch_size)
+    batches over ``split`` of ``records`` (of fold run ``fold``) (at least one)."""
+    return train.steps_per_epoch or max(1, records.counts(split, fold).records // train.batch_size)
 
 
 def _batch_size(global_batch: int, input_context) -> int:
@@ -177,22 +180,27 @@ def _epoch_seed(seed: int, epoch: int, pipeline: int) -> int:
                .generate_state(1)[0])
 
 
-def _serialized(files, input_context, shuffle_seed, deterministic) -> tf.data.Dataset:
-    """This worker's serialized records; files shuffled when ``shuffle_seed`` is given.
+def _serialized(source, input_context, shuffle_seed, deterministic) -> tf.data.Dataset:
+    """This worker's serialized records of ``source`` (:meth:`RecordsDir.source`: the files and
+    the filter picking the split's records from them); files shuffled when ``shuffle_seed`` is
+    given.
 
     Workers split the files when there are at least as many files as workers, else the records
     of one sequential read (a fixed order, so the record shards are disjoint).
     """
+    files, keep = source
     workers, worker = ((input_context.num_input_pipelines, input_context.input_pipeline_id)
                        if input_context is not None else (1, 0))
     if len(files) < workers:
-        return tf.data.TFRecordDataset(files).shard(workers, worker)
-    mine = files[worker::workers]
-    ds = tf.data.Dataset.from_tensor_slices(mine)
-    if shuffle_seed is not None:
-        ds = ds.shuffle(len(mine), seed=shuffle_seed, reshuffle_each_iteration=True)
-    return ds.interleave(tf.data.TFRecordDataset, cycle_length=min(len(mine), READ_CYCLE),
-                         num_parallel_calls=AUTOTUNE, deterministic=deterministic)
+        ds = tf.data.TFRecordDataset(files).shard(workers, worker)
+    else:
+        mine = files[worker::workers]
+        ds = tf.data.Dataset.from_tensor_slices(mine)
+        if shuffle_seed is not None:
+            ds = ds.shuffle(len(mine), seed=shuffle_seed, reshuffle_each_iteration=True)
+        ds = ds.interleave(tf.data.TFRecordDataset, cycle_length=min(len(mine), READ_CYCLE),
+                           num_parallel_calls=AUTOTUNE, deterministic=deterministic)
+    return ds if keep is None else ds.filter(keep)
 
 
 def _parse(config: Config, keys=None):
@@ -206,9 +214,9 @@ def _training_pair(config: Config):
     return lambda serialized: _pair(parse(serialized))
 
 
-def _examples(files, config: Config, input_context, cached: bool) -> tf.data.Dataset:
+def _examples(source, config: Config, input_context, cached: bool) -> tf.data.Dataset:
     """Decoded examples in a fixed order (evaluation)."""
-    ds = _serialized(files, input_context, None, True)
+    ds = _serialized(source, input_context, None, True)
     ds = ds.map(_parse(config), num_parallel_calls=AUTOTUNE)
     return ds.cache() if cached else ds
 
@@ -227,7 +235,7 @@ def _shuffled_examples(serialized, config: Config, seed: int, cached: bool) -> t
     return shuffle(serialized).map(parse, num_parallel_calls=AUTOTUNE)
 
 
-def _balanced(config: Config, counts: SplitCounts, where: str, files, input_context,
+def _balanced(config: Config, counts: SplitCounts, where: str, source, input_context,
               first_epoch: int, num_epochs: int, steps_per_epoch: int, batch: int, seed: int,
               cached: bool) -> tf.data.Dataset:
     """Endless stream drawing positives at the scheduled share from per-class streams;
@@ -242,7 +250,7 @@ def _balanced(config: Config, counts: SplitCounts, where: str, files, input_cont
                                f"none ({positives} of {total} positive)")
     streams = []
     for positive in (True, False):
-        serialized = _serialized(files, input_context, seed, config.data.deterministic).filter(
+        serialized = _serialized(source, input_context, seed, config.data.deterministic).filter(
             lambda s, positive=positive: tf.equal(is_positive(s), positive))
         streams.append(_shuffled_examples(serialized, config, seed, cached).repeat())
 

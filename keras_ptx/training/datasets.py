@@ -3,7 +3,8 @@
 Training: ``distribute_datasets_from_function``, so each worker reads its own files at the
 per-replica batch; Keras runs distributed datasets for a fixed number of steps without
 restarting them, so the stream is endless and an epoch is ``steps`` global batches (one pass
-over the split unless ``train.steps_per_epoch`` says otherwise). Validation: a plain dataset
+over the split unless ``train.steps_per_epoch`` says otherwise; in a fold run, ``data.fold``,
+the splits are the fold's: :mod:`keras_ptx.data.records_dir`). Validation: a plain dataset
 that Keras distributes and restarts each epoch, which is what gives every validation image
 exactly once per epoch, partial batches included (its first ``train.validation_steps``
 batches, if set); workers take alternate batches. ``data.cache: auto`` is settled here, once
@@ -34,15 +35,20 @@ class RunData:
 
 
 def check_records(config: Config, records: RecordsDir) -> None:
-    """TrainingError unless both splits' records exist with ``data.image_size`` and an epoch
-    of one pass over the training split has a whole batch (reads one record per split)."""
-    if records.files("train") and not records.files("val"):
+    """TrainingError unless both splits' records exist with ``data.image_size`` (in a fold run:
+    the records have the fold, and it and the other folds have images) and an epoch of one pass
+    over the training split has a whole batch (reads one record per split)."""
+    fold = config.data.fold
+    if fold is None and records.files("train") and not records.files("val"):
         raise TrainingError(f"--data {records}: no val split, which training validates on (and "
                             f"picks its best epoch by); rebuild with --val-fraction above 0")
     for split in SPLITS:
-        records.checked_files(split, config.data.image_size)
+        records.source(split, config.data.image_size, fold)
+        if fold is not None and not records.counts(split, fold).records:
+            raise TrainingError(f"--data {records}: no {split} images in the fold run "
+                                f"data.fold={fold}")
     one_pass = config.train.steps_per_epoch is None and config.data.positive_share is None
-    count = records.counts("train").records if one_pass else None
+    count = records.counts("train", fold).records if one_pass else None
     if one_pass and count < config.train.batch_size:
         raise TrainingError(f"--data {records}: {count} training records, fewer than one "
                             f"batch of train.batch_size={config.train.batch_size}")
@@ -58,7 +64,7 @@ def run_data(config: Config, records: RecordsDir, strategy, start: ResumePoint) 
     plans = {split: cache.plan(config.data, records, split) for split in SPLITS}
     if config.train.validation_steps and plans["val"].cache:
         plans["val"] = cache.CachePlan(False, "train.validation_steps reads part of it")
-    steps = pipeline.epoch_steps(config.train, records)
+    steps = pipeline.epoch_steps(config.train, records, fold=config.data.fold)
     train = strategy.distribute_datasets_from_function(
         lambda context: pipeline.make_dataset(
             config, records, "train", cached=plans["train"].cache, steps_per_epoch=steps,
