@@ -45,6 +45,7 @@ COMMANDS = {
     "make-synthetic": "keras_ptx.commands.make_synthetic",
     "build-tfrecords": "keras_ptx.commands.build_tfrecords",
     "train": "keras_ptx.commands.train",
+    "train-folds": "keras_ptx.commands.train_folds",
     "evaluate": "keras_ptx.commands.evaluate",
     "predict": "keras_ptx.commands.predict",
     "export": "keras_ptx.commands.export",
@@ -85,6 +86,7 @@ def _runner(name):
 make_synthetic = _runner("make-synthetic")
 build_tfrecords = _runner("build-tfrecords")
 train = _runner("train")
+train_folds = _runner("train-folds")
 evaluate = _runner("evaluate")
 predict = _runner("predict")
 export = _runner("export")

@@ -12,6 +12,14 @@ RUN_DIR/
                          TTA it was tuned with (used by predict and export)
   eval/                  evaluation report, plots, overlays (eval-<split>/ for other splits)
 
+A fold folder (``train-folds``) holds one RUN_DIR per fold and, at its top, the ensemble's:
+OUT/
+  folds.json             K, the folds trained, the records folder
+  fold-0/, fold-1/, ...  a RUN_DIR each, trained with data.fold set to its fold
+  eval/                  the out-of-fold evaluation (every image scored by the fold model that
+                         never saw it)
+  postprocess.json       the rule chosen on the out-of-fold predictions
+
 RUN_DIR may be a URL of any filesystem TensorFlow opens (``gs://``, ``ram://``, ...): paths are
 strings joined with :func:`path`, and files go through ``tf.io.gfile`` or
 :mod:`keras_ptx.fileio`.
@@ -36,6 +44,7 @@ BACKUP = "backup"                       # in checkpoints/
 EVAL = "eval"
 EVAL_REPORT = "report.json"             # in eval/ (and eval-<split>/), with report.md beside it
 EVAL_REPORT_MD = "report.md"
+FOLDS = "folds.json"                    # at the top of a fold folder
 
 
 class RunDirError(UserError):
@@ -79,6 +88,11 @@ def load_model(run_dir, config: Config):
 def eval_dir(run_dir, split: str) -> str:
     """Where evaluate reports on ``split``: RUN_DIR/eval for val, RUN_DIR/eval-<split> else."""
     return path(run_dir, EVAL if split == "val" else f"{EVAL}-{split}")
+
+
+def fold_dir(out, fold: int) -> str:
+    """The RUN_DIR of ``fold`` in the fold folder ``out``."""
+    return path(out, f"fold-{fold}")
 
 
 def read_json(run_dir, name):

@@ -34,6 +34,8 @@ def _cases(tmp: Path) -> dict[str, tuple[list[str], int, list[str]]]:
                              "--out", str(tmp / "records")], 2, [not_utf8]),
         "train": (["--config", str(tmp / "config.yaml"), "--data", str(tmp / "empty"),
                    "--out", str(tmp / "run")], 2, ["train.epochz: unknown key"]),
+        "train-folds": (["--config", str(tmp / "config.yaml"), "--data", str(tmp / "empty"),
+                         "--out", str(tmp / "folds")], 2, ["train.epochz: unknown key"]),
         "evaluate": (["--model", str(tmp / "not-a-run"), "--data", str(tmp / "empty")], 2,
                      [f"--data {tmp / 'empty'}: the directory is empty"]),
         "predict": (["--model", str(tmp / "not-a-run"), "--dicom-dir", str(tmp / "dicoms"),
@@ -76,4 +78,5 @@ def test_a_refusal_is_one_clean_error_line(refusals, name):
 
 def test_a_refusal_leaves_no_output_behind(refusals):
     tmp, _ = refusals
-    assert not [out for out in ("records", "run", "predicted", "export") if (tmp / out).exists()]
+    assert not [out for out in ("records", "run", "folds", "predicted", "export")
+                if (tmp / out).exists()]
