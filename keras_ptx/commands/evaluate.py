@@ -9,7 +9,8 @@ from keras_ptx.config import Tta, choices
 
 @cli_command("evaluate")
 @click.option("--model", "run_dir", required=True, metavar="RUN_DIR",
-              help="Training run directory, a local path or a URL (config.yaml and best.weights.h5).")
+              help="Training run directory, a local path or a URL (config.yaml and best.weights.h5), "
+                   "or a fold folder of train-folds (evaluated out of fold).")
 @click.option("--data", "data_dir", required=True,
               help="TFRecord folder from build-tfrecords (local path or tf.io.gfile URL).")
 @click.option("--split", default="val", show_default=True, help="Split to evaluate on.")
@@ -28,7 +29,8 @@ def command(run_dir, data_dir, split, tta, batch_size, cases, save_postprocess):
 
     Writes RUN_DIR/eval/ (report.json, report.md, plots, overlays; eval-<split>/ for another
     split) and, for the val split, saves the best rule with its TTA to RUN_DIR/postprocess.json,
-    which predict and export then apply.
+    which predict and export then apply. A fold folder is scored out of fold (each image by
+    the fold model that never saw it), into OUT/eval/ and OUT/postprocess.json.
     """
     from keras_ptx import rundir
     from keras_ptx.inference.evaluate import evaluate

@@ -7,10 +7,17 @@ for predict and export. Scores are computed on the record grid (records hold mas
 record size; the original-resolution truth would need the RLE), with the competition's
 1024 x 1024 pixel counts scaled to it; the report says so. A second, model-free pass reads back
 the few images drawn as best/worst-case overlays.
+
+A fold folder (``train-folds``) is evaluated out of fold: each fold's model runs over the images
+of its own fold, the one it validated on and never trained on, into one cache, so every image
+is scored exactly once by a model that never saw it; the rule is chosen on these predictions
+(the honest version of a search on the split that picked the best epoch) and saved as
+OUT/postprocess.json for the ensemble, the report in OUT/eval/ with the images scored per fold.
 """
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 from dataclasses import dataclass, field
 
@@ -32,6 +39,7 @@ from keras_ptx.tf_errors import damaged_records
 
 ROC_PNG = "roc.png"
 CASES = "cases"
+OUT_OF_FOLD = "out-of-fold"         # the report's split for a fold folder
 CASE_SIDE = 512                     # case overlays are enlarged to at least this side
 
 
@@ -52,14 +60,14 @@ class Pass:
 def evaluate(run_dir, data_dir: str, split: str = "val", tta: str | None = None,
              batch_size: int | None = None, grid: SearchGrid = SearchGrid(), cases: int = 4,
              progress: bool = True, save_postprocess: bool | None = None) -> dict:
-    """Evaluate ``run_dir`` on ``split`` of ``data_dir``; write the report to
-    :func:`keras_ptx.rundir.eval_dir` and, with ``save_postprocess`` (default: for the val split only, the
-    one held out for this purpose), the chosen rule, with the TTA it was tuned with, to
+    """Evaluate ``run_dir`` on ``split`` of ``data_dir`` (a fold folder: out of fold, see the
+    module docstring); write the report to :func:`keras_ptx.rundir.eval_dir` and, with
+    ``save_postprocess`` (default: for the val split or out of fold only, the images held out
+    for this purpose), the chosen rule, with the TTA it was tuned with, to
     RUN_DIR/postprocess.json.
 
     Returns the report (as written to report.json).
     """
-    from keras_ptx.input.pipeline import make_eval_dataset
     from keras_ptx.tf_setup import tf
 
     run_dir = str(run_dir)
@@ -67,19 +75,22 @@ def evaluate(run_dir, data_dir: str, split: str = "val", tta: str | None = None,
         raise EvaluateError("the test split holds the images built without labels: nothing to "
                             "score (evaluate val, or train)")
     records = RecordsDir.open(data_dir)
-    run = TrainedRun(run_dir)
-    config = run.config
+    marker = rundir.read_json(run_dir, rundir.FOLDS)
+    folds = marker is not None
+    runs = _runs(run_dir, marker, records, split)
+    config = runs[0].config
     tta = tta or config.eval.tta        # evaluate tunes a rule, so not the saved rule's TTA
-    predictor = Predictor(run.model, tta)
-
-    def dataset():
-        return make_eval_dataset(config, records, split, batch_size)
-
     side = config.data.image_size
-    listed = records.listed_counts(split)           # for the progress bar's total
+    seen = Pass(MapCache(grid, side))
+    scored = {}
     try:
-        seen = _run_model(predictor, dataset(), MapCache(grid, side), split, progress,
-                          listed.records if listed else None)
+        for run in runs:
+            predictor = Predictor(run.model, tta)
+            before = len(seen.cache)
+            _run_model(predictor, _dataset(run.config, records, split, batch_size), seen,
+                       f"evaluate {f'fold {run.config.data.fold}' if folds else split}",
+                       progress, _total(records, run.config, split))
+            scored[str(run.config.data.fold)] = len(seen.cache) - before
     except tf.errors.DataLossError as exc:
         raise EvaluateError(damaged_records(data_dir, exc)) from None
     if len(seen.cache) == 0:
@@ -92,14 +103,19 @@ def evaluate(run_dir, data_dir: str, split: str = "val", tta: str | None = None,
         saved = rundir.path(run_dir, rundir.POSTPROCESS)
         dataclasses.replace(chosen.post, tta=tta).save(saved)
 
+    def dataset():
+        return functools.reduce(tf.data.Dataset.concatenate, (
+            _dataset(run.config, records, split, batch_size) for run in runs))
+
     out = rundir.eval_dir(run_dir, split)
     tf.io.gfile.makedirs(join(out, CASES))
     labels = np.array(seen.labels, dtype=bool)
     image_prob = seen.cache.all_cls_prob()
     truth_empty = seen.cache.truth_sums() == 0
     report = {
-        "run_dir": str(run_dir), "data": str(data_dir), "split": split, "tta": tta,
-        "images": len(seen.cache), "positives": int(labels.sum()), "unlabeled_skipped": seen.unlabeled,
+        "run_dir": str(run_dir), "data": str(data_dir), "split": OUT_OF_FOLD if folds else split,
+        "tta": tta, "images": len(seen.cache), "positives": int(labels.sum()),
+        "unlabeled_skipped": seen.unlabeled, "images_per_fold": scored if folds else None,
         "resolution": {
             "scored_at": f"{side}x{side} record grid",
             "note": (f"Scores are computed on the {side}x{side} record grid (the records hold "
@@ -130,10 +146,41 @@ def evaluate(run_dir, data_dir: str, split: str = "val", tta: str | None = None,
     return report
 
 
-def _run_model(predictor: Predictor, dataset, cache: MapCache, split: str, progress: bool,
-               total: int | None) -> Pass:
-    seen = Pass(cache)
-    with tqdm(desc=f"evaluate {split}", unit="img", total=total, disable=not progress) as bar:
+def _runs(run_dir: str, marker: dict | None, records: RecordsDir, split: str) -> list[TrainedRun]:
+    """The runs whose models score the images: ``run_dir`` itself, or each trained fold of the
+    fold folder whose folds.json is ``marker`` (EvaluateError for a split other than val, or
+    records of other folds)."""
+    if marker is None:
+        return [TrainedRun(run_dir)]
+    if split != "val":
+        raise EvaluateError(f"{run_dir} is a fold folder: it is evaluated out of fold (each "
+                            f"image by the fold model that never saw it), not on --split {split}")
+    if marker["folds"] != records.folds:
+        raise EvaluateError(f"{run_dir} holds runs of {marker['folds']} folds, but the records "
+                            f"in {records} have {records.folds or 'no'} folds")
+    return [TrainedRun(rundir.fold_dir(run_dir, k)) for k in marker["trained"]]
+
+
+def _dataset(config, records: RecordsDir, split: str, batch_size: int | None):
+    from keras_ptx.input.pipeline import make_eval_dataset
+
+    return make_eval_dataset(config, records, split, batch_size)
+
+
+def _total(records: RecordsDir, config, split: str) -> int | None:
+    """The images ``split`` holds for ``config`` (a fold run's, when ``data.fold`` is set),
+    for the progress bar; None when unknown without reading the shards."""
+    if config.data.fold is not None:
+        return records.counts(split, config.data.fold).records
+    listed = records.listed_counts(split)
+    return listed.records if listed else None
+
+
+def _run_model(predictor: Predictor, dataset, seen: Pass, desc: str, progress: bool,
+               total: int | None) -> None:
+    """Add the model's maps of ``dataset``'s labeled images to ``seen``."""
+    cache = seen.cache
+    with tqdm(desc=desc, unit="img", total=total, disable=not progress) as bar:
         for batch in dataset:
             maps, image_prob = predictor(batch["image"])
             labeled = batch["labeled"].numpy() > 0
@@ -144,7 +191,6 @@ def _run_model(predictor: Predictor, dataset, cache: MapCache, split: str, progr
                 seen.labels += (batch["label"].numpy().reshape(-1)[labeled] > 0.5).tolist()
                 seen.mask_area += batch["mask_area"].numpy()[labeled].tolist()
             bar.update(len(labeled))
-    return seen
 
 
 def _plot(out: str, results, image_prob, labels, auc) -> list[str]:

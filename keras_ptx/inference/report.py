@@ -33,7 +33,10 @@ def to_markdown(report: dict) -> str:
         "",
         f"{report['images']} labeled images ({report['positives']} with pneumothorax) from "
         f"`{report['data']}`; test-time augmentation: {report['tta']}."
-        + (f" Unlabeled records skipped: {report['unlabeled_skipped']}." if report["unlabeled_skipped"] else ""),
+        + (f" Unlabeled records skipped: {report['unlabeled_skipped']}." if report["unlabeled_skipped"] else "")
+        + (" Images scored by each fold's model (its own fold): " + ", ".join(
+            f"fold {k}: {n}" for k, n in report["images_per_fold"].items()) + "."
+           if report.get("images_per_fold") else ""),
         "",
         f"**Resolution.** {report['resolution']['note']}"
         + (f" {report['resolution']['positives_empty_at_record_size']} positive image(s) have no "
