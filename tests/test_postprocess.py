@@ -3,8 +3,10 @@ import json
 import numpy as np
 import pytest
 
-from keras_ptx.inference.postprocess import (PostProcess, PostProcessError, apply_tf,
-                                             remove_small_components, scale_area)
+from keras_ptx.data.geometry import from_square
+from keras_ptx.inference.postprocess import (PostProcess, PostProcessError, apply_tf, image_map,
+                                             image_mask_tf, remove_small_components,
+                                             scale_area, scale_area_tf)
 from keras_ptx.inference.score import dice_per_image
 from keras_ptx.inference.search import MapCache, SearchGrid, choose, search
 from keras_ptx.tf_setup import tf
@@ -40,6 +42,15 @@ def test_area_scaling_from_1024():
     assert scale_area(1000, 512) == 250
     assert scale_area(1, 64) == 1               # a requirement never vanishes
     assert scale_area(0, 64) == 0
+
+
+def test_area_scaling_in_tf_is_the_same_for_every_side():
+    sides = tf.range(1, 4097)
+    for area in (1, 2, 8, 250, 600, 2000, 40000, 1024 ** 2):
+        got = tf.vectorized_map(lambda side: scale_area_tf(area, side), sides).numpy()
+        np.testing.assert_array_equal(got, [scale_area(area, s) for s in range(1, 4097)])
+    assert scale_area(2, 1536) == 4 and scale_area(2, 2560) == 12      # 4.5 and 12.5: to even
+    assert scale_area_tf(0, tf.constant(512)).numpy() == 0
 
 
 def test_threshold_is_strict_and_keeps_shape():
@@ -123,6 +134,53 @@ def test_apply_tf_matches_apply(post):
     np.testing.assert_array_equal(got, expected)
 
 
+def _shapes(size):
+    """Masks whose components are hard to label in few rounds: a spiral, a comb, a noise field,
+    and a blob whose runs alternate with holes."""
+    spiral = np.zeros((size, size), bool)
+    top, left, bottom, right = 0, 0, size - 1, size - 1
+    while top + 2 <= bottom and left + 2 <= right:
+        spiral[top, left:right + 1] = spiral[top:bottom + 1, right] = True
+        spiral[bottom, left:right + 1] = spiral[top + 2:bottom + 1, left] = True
+        spiral[top + 2, left:left + 3] = True
+        top, left, bottom, right = top + 4, left + 4, bottom - 4, right - 4
+    comb = np.zeros((size, size), bool)
+    comb[:, ::2] = True
+    comb[-1] = True
+    rng = np.random.default_rng(1)
+    noise = rng.random((size, size)) > 0.45
+    holes = np.ones((size, size), bool)
+    holes[1:-1:2, 1:-1:2] = False
+    return {"spiral": spiral, "comb": comb, "noise": noise, "holes": holes}
+
+
+@pytest.mark.parametrize("size", [(96, 96), (61, 130)])
+def test_tf_component_areas_are_exact_on_hard_shapes(size):
+    shapes = {name: mask[:size[0], :size[1]] for name, mask in _shapes(max(size)).items()}
+    batch = np.stack(list(shapes.values()))[..., None]
+    labels = [remove_small_components(m, 1) for m in shapes.values()]     # the masks themselves
+    areas = tf.function(lambda m: apply_tf(PostProcess(kind="triplet", bottom_threshold=0.5,
+                                                       min_area=1), m, side=1024))
+    np.testing.assert_array_equal(areas(batch.astype(np.float32)).numpy()[..., 0], labels)
+    for name, mask in shapes.items():
+        for min_area in (2, 5, 40):
+            post = PostProcess(kind="triplet", bottom_threshold=0.5, min_area=min_area)
+            got = apply_tf(post, mask[None, ..., None].astype(np.float32), side=1024).numpy()
+            np.testing.assert_array_equal(got[0, ..., 0], post.apply(mask.astype(np.float32),
+                                                                     side=1024), err_msg=name)
+
+
+def test_tf_components_stop_at_the_edges_between_stacked_images():
+    """Images are labelled as stacked rows: a run on the last row of one image and one on the
+    first row of the next are not neighbours."""
+    masks = np.zeros((2, 5, 6, 1), np.float32)
+    masks[0, -1] = masks[1, 0] = 1
+    post = PostProcess(kind="triplet", bottom_threshold=0.5, min_area=7)
+    assert apply_tf(post, masks, side=1024).numpy().sum() == 0
+    assert apply_tf(PostProcess(kind="triplet", bottom_threshold=0.5, min_area=6), masks,
+                    side=1024).numpy().sum() == 12
+
+
 def test_tf_component_filter_follows_a_long_snake():
     maps = _blobby_maps(np.random.default_rng(0), 1, 64)[..., None]
     snake = maps[0, ..., 0] >= 0.95
@@ -131,6 +189,55 @@ def test_tf_component_filter_follows_a_long_snake():
     drop = PostProcess(kind="triplet", bottom_threshold=0.94, min_area=(area + 1) * 256)
     assert apply_tf(keep, maps).numpy().sum() == keep.apply(maps[0]).sum() == area
     assert apply_tf(drop, maps).numpy().sum() == 0
+
+
+def test_image_map_is_the_geometry_rule():
+    """bin/predict's map at the image's size is data.geometry.from_square's (OpenCV) rule."""
+    rng = np.random.default_rng(2)
+    for height, width in [(64, 64), (64, 48), (128, 96), (100, 77), (40, 30), (333, 200)]:
+        prob = rng.random((64, 64)).astype(np.float32)
+        np.testing.assert_allclose(image_map(prob, height, width),
+                                   from_square(prob, height, width), atol=1e-5)
+
+
+# Each kind, gated and not, with gates and areas that matter on _blobby_maps at image sizes.
+IMAGE_RULES = [
+    PostProcess(threshold=0.6),
+    PostProcess(threshold=0.7, cls_threshold=0.5),
+    PostProcess(kind="triplet", top_threshold=0.8, min_pixels=30000, bottom_threshold=0.5),
+    PostProcess(kind="triplet", top_threshold=0.7, min_pixels=20000, bottom_threshold=0.45,
+                min_area=6000),
+    PostProcess(kind="triplet", top_threshold=0.75, min_pixels=500, bottom_threshold=0.55,
+                min_area=800, cls_threshold=0.4),
+]
+# on the grid, larger and smaller, square and not, up to a radiograph's size and beyond
+IMAGE_SIZES = [(64, 64), (1024, 1024), (1100, 900), (40, 30), (17, 64)] + [
+    tuple(int(v) for v in np.random.default_rng(4).integers(8, 700, 2)) for _ in range(4)]
+
+
+@pytest.mark.parametrize("post", IMAGE_RULES, ids=lambda p: p.describe())
+def test_image_masks_in_tf_are_bin_predicts(post):
+    """The SavedModel's mask (image_mask_tf, sizes only known at run time) is the one bin/predict
+    computes (PostProcess.apply on image_map) for the same map and size, pixel for pixel."""
+    rng = np.random.default_rng(6)
+    maps = _blobby_maps(rng, len(IMAGE_SIZES), 64)
+    cls = rng.random(len(IMAGE_SIZES)).astype(np.float32)
+    scalar = tf.TensorSpec([], tf.int32)
+    fn = tf.function(lambda m, c, h, w: image_mask_tf(post, m, c, h, w), input_signature=[
+        tf.TensorSpec([64, 64], tf.float32), tf.TensorSpec([], tf.float32), scalar, scalar])
+    no_filter = PostProcess(**{**post.to_dict(), "min_area": 0})
+    empty, filtered = 0, 0
+    for square, c, (height, width) in zip(maps, cls, IMAGE_SIZES):
+        own = image_map(square, height, width)
+        expected = post.apply(own, c)
+        got = fn(square, c, height, width).numpy()
+        assert got.dtype == np.uint8 and got.shape == (height, width)
+        np.testing.assert_array_equal(got, expected, err_msg=f"{height}x{width}")
+        empty += not expected.any()
+        filtered += bool((no_filter.apply(own, c) != expected).any())
+    gated = post.cls_threshold is not None or post.min_pixels > 0
+    assert empty < len(IMAGE_SIZES) and (empty > 0 or not gated), "a gate was never tested"
+    assert filtered or not post.min_area, "the component filter removed nothing"
 
 
 # --- the post-processing search -------------------------------------------------------------

@@ -14,8 +14,12 @@ by ``(side / 1024) ** 2`` for a map whose square side is ``side`` (the record si
 record grid, ``max(height, width)`` on an original radiograph). All comparisons are made in
 float32. :func:`PostProcess.apply` (numpy, one map) and :func:`apply_tf` (TensorFlow ops, a
 batch, for the SavedModel) give identical masks; the TF component filter labels components
-exactly with a parallel union-find (hook onto the largest neighbouring root, jump pointers),
-iterated until nothing changes.
+exactly (runs of pixels joined by a parallel union-find) on maps of any, even dynamic, size.
+
+At an image's own size, ``bin/predict`` and the SavedModel's ``serving_default`` give the same
+masks, pixel for pixel: both map the square grid's probabilities back with one TF op
+(:func:`image_map_tf`) and then apply the rule with the image's side, ``bin/predict`` through
+:meth:`PostProcess.apply`, the SavedModel through :func:`image_mask_tf`.
 """
 from __future__ import annotations
 
@@ -48,6 +52,20 @@ def scale_area(area: int, side: int) -> int:
     if area <= 0:
         return 0
     return max(1, int(round(area * (side / REFERENCE_SIDE) ** 2)))
+
+
+def scale_area_tf(area: int, side):
+    """:func:`scale_area` for a side that is a scalar tensor: int32, the same value.
+
+    The product is exact in float64 for any side below 65536, and ``tf.round``, like Python's
+    ``round``, rounds halves to even.
+    """
+    from keras_ptx.tf_setup import tf
+
+    if area <= 0:
+        return tf.constant(0, tf.int32)
+    ratio = tf.cast(side, tf.float64) / REFERENCE_SIDE
+    return tf.maximum(tf.cast(tf.round(area * (ratio * ratio)), tf.int32), 1)
 
 
 @dataclass(frozen=True)
@@ -164,17 +182,15 @@ def remove_small_components(mask: np.ndarray, min_area: int) -> np.ndarray:
 def apply_tf(post: PostProcess, prob_maps, cls_prob=None, side=None):
     """:meth:`PostProcess.apply` in TensorFlow ops on a batch ``[B, H, W, 1]`` -> uint8 ``[B, H, W, 1]``.
 
-    ``cls_prob`` is ``[B]`` or ``[B, 1]``; ``side`` defaults to ``max(H, W)`` (static when known).
+    ``cls_prob`` is ``[B]`` or ``[B, 1]``; ``side`` (an int or a scalar tensor) defaults to
+    ``max(H, W)``, which may be dynamic.
     """
     from keras_ptx.tf_setup import tf
 
     prob = tf.cast(tf.convert_to_tensor(prob_maps), tf.float32)
     if side is None:
-        static = prob.shape[1:3]
-        if static[0] is None or static[1] is None:
-            raise PostProcessError("apply_tf needs the map's static height and width or `side`")
-        side = max(static[0], static[1])
-    top, min_pixels, bottom, min_area = post.rule(int(side))
+        side = tf.reduce_max(tf.shape(prob)[1:3])
+    top, min_pixels, bottom, min_area = post.rule(REFERENCE_SIDE)   # the counts at 1024^2
     keep = tf.ones(tf.shape(prob)[:1], dtype=tf.bool)
     if post.cls_threshold is not None:
         if cls_prob is None:
@@ -183,48 +199,98 @@ def apply_tf(post: PostProcess, prob_maps, cls_prob=None, side=None):
         keep = keep & (cls >= tf.constant(post.cls_threshold, tf.float32))
     if min_pixels:
         above = tf.reduce_sum(tf.cast(prob > tf.constant(top, tf.float32), tf.int32), axis=[1, 2, 3])
-        keep = keep & (above >= min_pixels)
+        keep = keep & (above >= scale_area_tf(min_pixels, side))
     mask = (prob > tf.constant(bottom, tf.float32)) & keep[:, None, None, None]
-    if min_area:
-        mask = mask & (_component_areas_tf(mask) >= min_area)
+    if min_area:                                    # nothing to label on an empty batch
+        mask = tf.cond(tf.reduce_any(mask), lambda: mask & (
+            _component_areas_tf(mask) >= scale_area_tf(min_area, side)), lambda: mask)
     return tf.cast(mask, tf.uint8)
 
 
-def _component_areas_tf(mask):
-    """For each pixel of a boolean ``[B, H, W, 1]`` mask, the area of its 8-connected component.
+def image_map_tf(square_map, height, width):
+    """A float ``[S, S]`` map on the model's square grid -> ``[height, width]``, the image's own grid.
 
-    Parallel union-find on a parent array over each image's pixels (1-based flat indices, held
-    in float32, exact up to 4096 x 4096; index 0 is the background). Pointers only ever grow
-    and stay inside a component. Each round hooks every pixel's current root onto the largest
-    root among its 8 neighbours (3x3 max-pool, segment max), then shortcuts pointers by
-    jumping four times. At the fixed point every pointer is a root and neighbours share roots, so
-    each component has exactly one root: its largest index. Rounds grow roughly with the log
-    of a component's extent, not its length.
+    :func:`keras_ptx.data.geometry.from_square`'s rule in TF ops: bilinear (half-pixel centres)
+    to the image's longest side, then the top-left ``height`` x ``width``. ``bin/predict``
+    (:func:`image_map`) and the SavedModel both map with this op, so both post-process the same
+    floats.
+    """
+    from keras_ptx.tf_setup import tf
+
+    side = tf.maximum(height, width)
+    square = tf.image.resize(tf.cast(square_map, tf.float32)[..., None], [side, side],
+                             method="bilinear")
+    return square[:height, :width, 0]
+
+
+def image_map(square_map, height: int, width: int) -> np.ndarray:
+    """:func:`image_map_tf` for numpy callers: float32 ``(S, S)`` -> ``(height, width)``."""
+    return image_map_tf(square_map, height, width).numpy()
+
+
+def image_mask_tf(post: PostProcess, square_map, cls_prob, height, width):
+    """The uint8 mask ``[height, width]`` of one ``[S, S]`` map at its image's own size.
+
+    :func:`image_map_tf`, then :func:`apply_tf` with the image's side: the TF twin of
+    ``post.apply(image_map(square_map, height, width), cls_prob)``, which ``bin/predict`` runs.
+    """
+    from keras_ptx.tf_setup import tf
+
+    prob = image_map_tf(square_map, height, width)[None, ..., None]
+    cls = None if cls_prob is None else tf.reshape(cls_prob, [1])
+    return apply_tf(post, prob, cls, side=tf.maximum(height, width))[0, ..., 0]
+
+
+def _component_areas_tf(mask):
+    """For each pixel of a boolean ``[B, H, W, 1]`` mask, the area of its 8-connected component
+    (sizes may be dynamic; off the mask the value is meaningless).
+
+    Labels horizontal runs, not pixels: the images' rows are stacked, each run of mask pixels in
+    a row gets an id (a cumulative sum of run starts), and two runs in consecutive rows of one
+    image are joined where any of their pixels touch (three column offsets; one edge where a
+    run pair begins, so a few edges per run). A parallel union-find over the run ids then hooks
+    each edge's roots onto the larger one and shortcuts pointers by jumping four times per
+    round, until nothing changes; pointers only grow and stay inside a component, so each
+    component ends with one root (its largest run id). Rounds grow with the log of a component's
+    runs; the work per round is over runs and edges, not pixels.
     """
     from keras_ptx.tf_setup import tf
 
     shape = tf.shape(mask)
-    batch, n = shape[0], shape[1] * shape[2]
-    ids = tf.reshape(tf.range(1, n + 1, dtype=tf.int32), [1, shape[1], shape[2], 1])
-    zeros = tf.zeros_like(mask, dtype=tf.float32)
-    own = tf.where(mask, tf.cast(tf.broadcast_to(ids, shape), tf.float32), zeros)
-    start = tf.concat([tf.zeros([batch, 1]), tf.reshape(own, [batch, n])], axis=1)
-    offset = tf.range(batch)[:, None] * (n + 1)            # parent arrays side by side
+    height, width = shape[1], shape[2]
+    rows = tf.reshape(mask, [-1, width])                        # [B * H, W]
+    on = tf.cast(rows, tf.int32)
+    starts = on * (1 - tf.pad(on[:, :-1], [[0, 0], [1, 0]]))   # 1 where a run begins
+    run = tf.reshape(tf.cumsum(tf.reshape(starts, [-1])), tf.shape(rows)) * on
+    count = tf.reduce_sum(starts) + 1                          # run ids 1..K; 0 is off the mask
+    same_image = tf.cast(tf.range(1, tf.shape(rows)[0]) % height > 0, tf.int32)[:, None]
+    up, down = run[:-1] * same_image, run[1:]
 
-    def jump(parent):
-        return tf.gather(parent, tf.cast(parent, tf.int32), batch_dims=1)
+    def shifted(x, d):          # column c holds x[:, c + d] (0 outside the row)
+        return x if d == 0 else tf.pad(x[:, d:], [[0, 0], [0, d]]) if d > 0 \
+            else tf.pad(x[:, :d], [[0, 0], [-d, 0]])
+
+    sources, targets = [], []
+    for d in (-1, 0, 1):
+        below = shifted(down, d)
+        touching = (up > 0) & (below > 0)
+        begins = touching & ((up != shifted(up, -1)) | (below != shifted(below, -1)))
+        sources.append(tf.boolean_mask(up, begins))
+        targets.append(tf.boolean_mask(below, begins))
+    source, target = tf.concat(sources, 0), tf.concat(targets, 0)
+    ends = tf.concat([source, target], 0)
+    others = tf.concat([target, source], 0)
 
     def step(parent, _):
-        labels = tf.reshape(parent[:, 1:], shape)
-        neighbour = tf.where(mask, tf.nn.max_pool2d(labels, 3, 1, "SAME"), zeros)
-        roots = tf.cast(tf.reshape(labels, [batch, n]), tf.int32) + offset
-        hook = tf.math.unsorted_segment_max(tf.reshape(neighbour, [-1]), tf.reshape(roots, [-1]),
-                                            batch * (n + 1))
-        hooked = tf.maximum(parent, tf.reshape(hook, [batch, n + 1]))
-        new = jump(jump(jump(jump(hooked))))
+        hook = tf.math.unsorted_segment_max(tf.gather(parent, others), tf.gather(parent, ends),
+                                            count)
+        new = tf.maximum(parent, hook)
+        for _ in range(4):
+            new = tf.gather(new, new)
         return new, tf.reduce_any(tf.not_equal(new, parent))
 
-    parent, _ = tf.while_loop(lambda _, changed: changed, step, (start, tf.constant(True)))
-    segment = tf.cast(parent[:, 1:], tf.int32) + offset
-    counts = tf.math.unsorted_segment_sum(tf.ones_like(segment), segment, batch * (n + 1))
-    return tf.reshape(tf.gather(counts, segment), shape)
+    root, _ = tf.while_loop(lambda _, changed: changed, step,
+                            (tf.range(count), tf.constant(True)))
+    lengths = tf.math.unsorted_segment_sum(tf.reshape(on, [-1]), tf.reshape(run, [-1]), count)
+    run_areas = tf.gather(tf.math.unsorted_segment_sum(lengths, root, count), root)
+    return tf.reshape(tf.gather(run_areas, run), shape)

@@ -2,10 +2,12 @@
 
 Files are streamed in sorted order, a batch at a time: read with the project's DICOM reader,
 mapped onto the model's square grid (:func:`~keras_ptx.data.geometry.image_to_square`), run
-through the model, mapped back to each image's own size (``from_square``), post-processed with
-the run's saved rule (RUN_DIR/postprocess.json; the run's ``eval.threshold`` pixel threshold,
-the paper's 0.75 by default, when evaluate has not been run) and written out row by row, so
-memory does not grow with the number of files.
+through the model, mapped back to each image's own size and post-processed there with the
+run's saved rule (RUN_DIR/postprocess.json; the run's ``eval.threshold`` pixel threshold, the
+paper's 0.75 by default, when evaluate has not been run) and written out row by row, so memory
+does not grow with the number of files. The mapping back is
+:func:`~keras_ptx.inference.postprocess.image_map`, the TF op the SavedModel uses too, so an
+export's ``serving_default`` answers the same masks and RLEs as this does.
 
 OUT/
   submission.csv    one row per image: ImageId, relative column-major RLE or -1 (stage1/stage2)
@@ -30,11 +32,11 @@ from keras_ptx.data import rle
 from keras_ptx.data.annotations import IMAGE_ID, write_annotations
 from keras_ptx.data.dicom import (DICOM_SUFFIXES, DicomError, find_dicom_files, read_dicom,
                                   read_dicom_header)
-from keras_ptx.data.geometry import from_square, image_to_square
+from keras_ptx.data.geometry import image_to_square
 from keras_ptx.errors import UserError
 from keras_ptx.fileio import check_openable, join
 from keras_ptx.inference import plots
-from keras_ptx.inference.postprocess import PostProcess
+from keras_ptx.inference.postprocess import PostProcess, image_map
 from keras_ptx.inference.runner import Predictor
 from keras_ptx.inference.trained import TrainedRun
 from keras_ptx.tf_setup import tf
@@ -185,5 +187,5 @@ def _run_batch(batch, predictor: Predictor, bar):
     squares = np.stack([image_to_square(image.pixels, predictor.size) for image in batch])
     maps, probability = predictor.from_gray(squares)
     for image, square_map, p in zip(batch, maps, probability):
-        yield image, from_square(square_map, *image.pixels.shape), float(p)
+        yield image, image_map(square_map, *image.pixels.shape), float(p)
         bar.update(1)
