@@ -1,9 +1,11 @@
 """bin/export: the SavedModel runs with plain TensorFlow and agrees with the project's own path.
 
-One export of a 64x64 EfficientNet-B0 UNet++ (random weights, a triplet post-processing tuned
-to its outputs) is made through the CLI; one fresh Python process that imports only TensorFlow
-(and TF Serving's protos) loads it, runs both signatures, replays the warm-up records and
-answers a client request body the way TF Serving's REST layer would.
+Two exports of a 64x64 EfficientNet-B0 UNet++ (random weights, a triplet post-processing tuned
+to its outputs), without and with hflip TTA, are made through the CLI; one fresh Python process
+that imports only TensorFlow (and TF Serving's protos) loads them, runs every signature, loads
+the first the way TF Serving's C++ server does (a TF1 Session fed and fetched by the
+SignatureDefs' tensor names), replays the warm-up records and answers a client request body
+the way TF Serving's REST layer would.
 """
 import base64
 import http.server
@@ -22,19 +24,23 @@ from click.testing import CliRunner
 
 from keras_ptx.commands.export import command
 from keras_ptx.config import dump_config, load_config
-from keras_ptx.data import geometry
-from keras_ptx.inference.postprocess import PostProcess
+from keras_ptx.data import geometry, rle
+from keras_ptx.inference.postprocess import PostProcess, image_map
+from keras_ptx.inference.runner import Predictor
 from keras_ptx.input.normalize import to_model_input
 from keras_ptx.model import build_model
 from keras_ptx.rundir import BEST_WEIGHTS, CONFIG, POSTPROCESS
-from keras_ptx.serving import PREDICT_IMAGE, SERVING_DEFAULT, WARMUP_FILE
+from keras_ptx.serving import (BATCHING_FILE, PREDICT_IMAGE, SERVING_COMPACT, SERVING_DEFAULT,
+                               WARMUP_FILE)
 from keras_ptx.serving.client import ServingError, build_request, parse_response, predict
-from keras_ptx.serving.export import (decode_gray_tf, from_square_tf, next_version,
+from keras_ptx.serving.export import (BATCHING, decode_gray_tf, encode_rle_tf, next_version,
                                       read_metadata, to_square_tf)
 from keras_ptx.tf_setup import tf
 
 SIZE = 64
-WARMUP = 3
+WARMUP = 4
+VERSIONS = {"1": "none", "2": "hflip"}      # export version: its TTA
+SIGNATURES = sorted([SERVING_DEFAULT, SERVING_COMPACT, PREDICT_IMAGE])
 # name: (height, width, encoding, colour) -- on the grid as is, padded only, shrunk, grown;
 # gray, gray stored as RGB, and a tinted colour JPEG
 IMAGES = {"square": (64, 64, ".png", "gray"), "tall": (64, 48, ".png", "gray"),
@@ -48,17 +54,38 @@ import numpy as np
 import tensorflow as tf
 from tensorflow_serving.apis import prediction_log_pb2
 
-export, inputs, out = sys.argv[1:4]
-model = tf.saved_model.load(export)
+base, inputs, out = sys.argv[1:4]
 names = json.loads(open(inputs + "/names.json").read())
-data = tf.constant([open(f"{inputs}/{n}", "rb").read() for n in names])
-result = {"signatures": sorted(model.signatures.keys())}
-arrays = {}
-for key, value in model.signatures["serving_default"](image_bytes=data).items():
-    arrays["serve/" + key] = value.numpy()
+images = [open(f"{inputs}/{n}", "rb").read() for n in names]
 squares = np.load(inputs + "/squares.npy")
-for key, value in model.signatures["predict_image"](images=tf.constant(squares)).items():
-    arrays["image/" + key] = value.numpy()
+feeds = {"image_bytes": np.array(images, dtype=object), "images": squares}
+result, arrays = {}, {}
+
+
+def plain(value):  # strings as unicode, so that the arrays load without pickle
+    return np.vectorize(bytes.decode, otypes=[str])(value) if value.dtype == object else value
+
+
+for version in ("1", "2"):
+    model = tf.saved_model.load(f"{base}/{version}")
+    result["signatures/" + version] = sorted(model.signatures.keys())
+    for name, signature in model.signatures.items():
+        (key,) = signature.structured_input_signature[1]
+        for output, value in signature(**{key: tf.constant(feeds[key])}).items():
+            arrays[f"{version}/{name}/{output}"] = plain(value.numpy())
+export = base + "/1"
+model = tf.saved_model.load(export)
+
+# As TF Serving's C++ loader: a TF1 session, tensors fed and fetched by the SignatureDefs' names.
+with tf.Graph().as_default() as graph, tf.compat.v1.Session(graph=graph) as session:
+    meta = tf.compat.v1.saved_model.loader.load(session, ["serve"], export)
+    result["session_signatures"] = sorted(k for k in meta.signature_def if not k.startswith("__"))
+    for name in result["session_signatures"]:
+        definition = meta.signature_def[name]
+        feed = {info.name: feeds[key] for key, info in definition.inputs.items()}
+        fetch = {key: info.name for key, info in definition.outputs.items()}
+        for output, value in session.run(fetch, feed).items():
+            arrays[f"session/{name}/{output}"] = plain(value)
 
 replayed = []
 for record in tf.data.TFRecordDataset(export + "/assets.extra/tf_serving_warmup_requests"):
@@ -67,17 +94,18 @@ for record in tf.data.TFRecordDataset(export + "/assets.extra/tf_serving_warmup_
     feed = {k: tf.constant(tf.make_ndarray(v)) for k, v in request.inputs.items()}
     outputs = model.signatures[request.model_spec.signature_name](**feed)
     replayed.append({"signature": request.model_spec.signature_name,
-                     "batch": int(outputs["probabilities"].shape[0]),
+                     "batch": int(outputs["height" if "height" in outputs else "mask"].shape[0]),
                      "outputs": sorted(outputs)})
 result["warmup"] = replayed
 
 # What TF Serving's REST layer does with the client's body: b64 -> DT_STRING, row-format answer.
 body = json.loads(open(inputs + "/request.json").read())
 feed = tf.constant([base64.b64decode(i["b64"]) for i in body["instances"]])
-signature = model.signatures[body["signature_name"]]
-outputs = {k: v.numpy() for k, v in signature(image_bytes=feed).items()}
-result["response"] = {"predictions": [{k: v[i].tolist() for k, v in outputs.items()}
-                                      for i in range(len(feed))]}
+for name in ("serving_default", "serving_compact"):
+    outputs = {k: v.numpy() for k, v in model.signatures[name](image_bytes=feed).items()}
+    result["response/" + name] = {"predictions": [
+        {k: v[i].decode() if v.dtype == object else v[i].tolist() for k, v in outputs.items()}
+        for i in range(len(feed))]}
 try:
     model.signatures["serving_default"](image_bytes=tf.constant([b"not an image"]))
     result["bad_bytes"] = None
@@ -133,14 +161,17 @@ def exported(tmp_path_factory):
                        min_area=8 * 256)
     post.save(run / POSTPROCESS)
 
-    result = CliRunner().invoke(command, ["--model", str(run), "--out", str(base)])
-    assert result.exit_code == 0, result.output
-    assert "post-processing: empty unless" in result.output
+    for version, tta in VERSIONS.items():
+        result = CliRunner().invoke(command, ["--model", str(run), "--out", str(base),
+                                              "--tta", tta])
+        assert result.exit_code == 0, result.output
+        assert "post-processing: empty unless" in result.output
+        assert f"{base / version}" in result.output
     export = base / "1"
     env = {k: v for k, v in os.environ.items() if k not in ("TF_USE_LEGACY_KERAS", "SM_FRAMEWORK")}
     cli = subprocess.Popen([str(Path(sys.executable).with_name("saved_model_cli")), "show",
                             "--all", "--dir", str(export)], stdout=subprocess.PIPE, text=True)
-    subprocess.run([sys.executable, "-c", FRESH, str(export), str(inputs), str(out)],
+    subprocess.run([sys.executable, "-c", FRESH, str(base), str(inputs), str(out)],
                    check=True, cwd=root, env=env, timeout=300)
     shown, _ = cli.communicate(timeout=300)
     assert cli.returncode == 0
@@ -152,51 +183,92 @@ def exported(tmp_path_factory):
 
 @pytest.mark.slow
 def test_export_layout_and_plain_tensorflow_load(exported):
-    export, result = exported["export"], exported["result"]
-    assert (export / "saved_model.pb").is_file() and (export / "variables").is_dir()
-    assert (export / WARMUP_FILE).is_file()
-    assert sorted(p.name for p in exported["base"].iterdir()) == ["1"]   # no staging left
-    assert result["signatures"] == sorted([SERVING_DEFAULT, PREDICT_IMAGE])
+    result = exported["result"]
+    assert sorted(p.name for p in exported["base"].iterdir()) == list(VERSIONS)  # no staging
     assert result["modules"] == []
-    meta = read_metadata(export)
-    assert meta["postprocess"] == exported["post"].to_dict()
-    assert meta["postprocess_source"] == str(exported["run"] / POSTPROCESS)
-    assert meta["image_size"] == SIZE and meta["tta"] == "none"
+    for version, tta in VERSIONS.items():
+        export = exported["base"] / version
+        assert (export / "saved_model.pb").is_file() and (export / "variables").is_dir()
+        assert (export / WARMUP_FILE).is_file() and (export / BATCHING_FILE).is_file()
+        assert result["signatures/" + version] == SIGNATURES
+        meta = read_metadata(export)
+        assert meta["postprocess"] == exported["post"].to_dict()
+        assert meta["postprocess_source"] == str(exported["run"] / POSTPROCESS)
+        assert meta["image_size"] == SIZE and meta["tta"] == tta
+        assert meta["signatures"] == SIGNATURES
+        assert meta["batching"] == {"file": BATCHING_FILE, **BATCHING}
 
 
 @pytest.mark.slow
 def test_probabilities_equal_the_in_process_model(exported):
     arrays, model = exported["arrays"], exported["model"]
-    mask, label = model(to_model_input(exported["squares"].astype(np.float32)), training=False)
-    mask, label = mask.numpy()[..., 0], label.numpy()[:, 0]
     served = [list(IMAGES).index(n) for n in EXACT]
-    np.testing.assert_allclose(arrays["serve/probabilities"][served], mask, atol=1e-5)
-    np.testing.assert_allclose(arrays["serve/pneumothorax_probability"][served], label, atol=1e-5)
-    np.testing.assert_allclose(arrays["image/probabilities"], mask, atol=1e-5)
-    np.testing.assert_allclose(arrays["image/pneumothorax_probability"], label, atol=1e-5)
+    for version, tta in VERSIONS.items():
+        mask, label = Predictor(model, tta)(to_model_input(exported["squares"].astype(np.float32)))
+        for name, rows in ((SERVING_DEFAULT, served), (PREDICT_IMAGE, slice(None))):
+            np.testing.assert_allclose(arrays[f"{version}/{name}/probabilities"][rows], mask,
+                                       atol=1e-5)
+            np.testing.assert_allclose(arrays[f"{version}/{name}/pneumothorax_probability"][rows],
+                                       label, atol=1e-5)
+    assert not np.allclose(arrays["1/serving_default/probabilities"],
+                           arrays["2/serving_default/probabilities"], atol=1e-3)
 
 
 @pytest.mark.slow
-def test_masks_equal_the_project_post_processing(exported):
+@pytest.mark.parametrize("version", VERSIONS)
+def test_masks_and_rles_are_what_bin_predict_gives(exported, version):
+    """For the probabilities the export answers, its masks and RLEs are bin/predict's, exactly:
+    the map at the image's size (image_map), the rule there (PostProcess.apply), rle.encode."""
     arrays, post = exported["arrays"], exported["post"]
-    masks = arrays["serve/mask"]
+    served = {key.split("/", 2)[2]: value for key, value in arrays.items()
+              if key.startswith(f"{version}/{SERVING_DEFAULT}/")}
+    compact = {key.split("/", 2)[2]: value for key, value in arrays.items()
+               if key.startswith(f"{version}/{SERVING_COMPACT}/")}
+    assert sorted(compact) == ["has_pneumothorax", "height", "pneumothorax_probability", "rle",
+                               "width"]
+    masks = served["mask"]
     assert masks.shape == (len(IMAGES), 100, 77) and masks.dtype == np.uint8
+    no_filter = PostProcess(**{**post.to_dict(), "min_area": 0})
     kept, removed = 0, 0
     for i, (name, (height, width, _, _)) in enumerate(IMAGES.items()):
-        prob, cls = arrays["serve/probabilities"][i], arrays["serve/pneumothorax_probability"][i]
-        on_grid = post.apply(prob, cls, side=SIZE)
-        expected = (geometry.from_square(on_grid, height, width) >= 0.5).astype(np.uint8)
-        assert (arrays["serve/height"][i], arrays["serve/width"][i]) == (height, width)
+        own = image_map(served["probabilities"][i], height, width)
+        cls = served["pneumothorax_probability"][i]
+        expected = post.apply(own, cls)
+        assert (served["height"][i], served["width"][i]) == (height, width)
         np.testing.assert_array_equal(masks[i, :height, :width], expected, err_msg=name)
         assert not masks[i, height:].any() and not masks[i, :, width:].any()
-        assert arrays["serve/has_pneumothorax"][i] == expected.any()
-        kept += int(on_grid.sum())
-        removed += int((post.apply(prob, cls, side=SIZE) != PostProcess(
-            **{**post.to_dict(), "min_area": 0}).apply(prob, cls, side=SIZE)).sum())
+        assert served["has_pneumothorax"][i] == expected.any()
+        assert served["rle"][i] == rle.encode(expected)
+        for key in compact:
+            assert compact[key][i] == served[key][i], key
+        kept += int(expected.sum())
+        removed += int((no_filter.apply(own, cls) != expected).sum())
     assert kept > 0 and removed > 0, "the post-processing had nothing to do: the test is blind"
-    for i, square in enumerate(arrays["image/probabilities"]):
-        expected = post.apply(square, arrays["image/pneumothorax_probability"][i], side=SIZE)
-        np.testing.assert_array_equal(arrays["image/mask"][i], expected)
+    image = {key.split("/", 2)[2]: value for key, value in arrays.items()
+             if key.startswith(f"{version}/{PREDICT_IMAGE}/")}
+    for i, square in enumerate(image["probabilities"]):
+        expected = post.apply(square, image["pneumothorax_probability"][i], side=SIZE)
+        np.testing.assert_array_equal(image["mask"][i], expected)
+
+
+@pytest.mark.slow
+def test_a_tf1_session_loads_and_runs_it_as_tf_serving_does(exported):
+    """Loaded as TF Serving's C++ loader loads it (session, SignatureDef tensor names), every
+    signature answers what the Python-loaded SavedModel answers, and every output is
+    batch-major, as TF Serving's batching splits it."""
+    arrays, result = exported["arrays"], exported["result"]
+    assert result["session_signatures"] == SIGNATURES
+    batch = {SERVING_DEFAULT: len(IMAGES), SERVING_COMPACT: len(IMAGES),
+             PREDICT_IMAGE: len(EXACT)}
+    session = {key: value for key, value in arrays.items() if key.startswith("session/")}
+    assert {key.split("/")[1] for key in session} == set(SIGNATURES)
+    for key, value in session.items():
+        loaded = arrays["1/" + key.split("/", 1)[1]]
+        assert value.shape[0] == batch[key.split("/")[1]], key
+        if value.dtype.kind == "f":
+            np.testing.assert_allclose(value, loaded, atol=1e-6, err_msg=key)
+        else:
+            np.testing.assert_array_equal(value, loaded, err_msg=key)
 
 
 def test_square_geometry_matches_numpy_rule():
@@ -206,9 +278,92 @@ def test_square_geometry_matches_numpy_rule():
         ours = to_square_tf(tf.constant(gray[..., None], tf.float32), SIZE).numpy()[..., 0]
         reference = geometry.image_to_square(gray, SIZE).astype(np.float32)
         assert np.abs(ours - reference).max() <= 1.0, (height, width)
-        prob = np.random.default_rng(seed).random((SIZE, SIZE)).astype(np.float32)
-        back = from_square_tf(tf.constant(prob[..., None]), height, width).numpy()[..., 0]
-        np.testing.assert_allclose(back, geometry.from_square(prob, height, width), atol=1e-5)
+
+
+def _masks():
+    """Masks an RLE must survive: empty, full, one pixel, the last pixel, several components
+    (one touching the last column), square and not."""
+    masks = {}
+    for height, width in ((1, 1), (6, 6), (7, 4), (3, 9)):
+        masks[f"empty {height}x{width}"] = np.zeros((height, width), np.uint8)
+        masks[f"full {height}x{width}"] = np.ones((height, width), np.uint8)
+        one = np.zeros((height, width), np.uint8)
+        one[height // 2, width // 2] = 1
+        masks[f"one pixel {height}x{width}"] = one
+        last = np.zeros((height, width), np.uint8)
+        last[-1, -1] = 1
+        masks[f"last pixel {height}x{width}"] = last
+    several = np.zeros((7, 4), np.uint8)
+    several[0, 0] = several[2:5, 1] = several[1:3, 3] = several[6, 2:] = 1
+    masks["several 7x4"] = several
+    masks["several 6x6"] = (np.add.outer(np.arange(6), np.arange(6)) % 3 == 0).astype(np.uint8)
+    return masks
+
+
+def _decode_plainly(text: str, height: int, width: int) -> np.ndarray:
+    """SIIM's relative RLE read one run at a time, column-major (the competition's definition)."""
+    flat = np.zeros(height * width, np.uint8)
+    if text != "-1":
+        values = [int(token) for token in text.split(" ")]
+        position = 0
+        for gap, length in zip(values[0::2], values[1::2]):
+            position += gap
+            flat[position:position + length] = 1
+            position += length
+    return flat.reshape(width, height).T
+
+
+def test_rle_in_the_graph_decodes_to_the_mask():
+    encode = tf.function(encode_rle_tf, input_signature=[tf.TensorSpec([None, None], tf.uint8)])
+    for name, mask in _masks().items():
+        text = encode(mask).numpy().decode()
+        assert text == rle.encode(mask), name
+        np.testing.assert_array_equal(rle.decode(text, *mask.shape), mask, err_msg=name)
+        np.testing.assert_array_equal(_decode_plainly(text, *mask.shape), mask, err_msg=name)
+    assert encode(_masks()["empty 6x6"]).numpy() == b"-1"
+    assert encode(_masks()["last pixel 7x4"]).numpy() == b"27 1"
+
+
+def _batching_parameters_message():
+    """TF Serving's BatchingParameters (session_bundle_config.proto, fields 1-7), built here:
+    tensorflow-serving-api does not ship that proto."""
+    from google.protobuf import (descriptor_pb2, descriptor_pool, message_factory,
+                                 wrappers_pb2)
+    pool = descriptor_pool.DescriptorPool()
+    pool.AddSerializedFile(wrappers_pb2.DESCRIPTOR.serialized_pb)
+    proto = descriptor_pb2.FileDescriptorProto(
+        name="batching_parameters.proto", package="tensorflow.serving", syntax="proto3",
+        dependency=["google/protobuf/wrappers.proto"])
+    message = proto.message_type.add(name="BatchingParameters")
+    field = descriptor_pb2.FieldDescriptorProto
+    for number, name, kind, type_name, label in (
+            (1, "max_batch_size", field.TYPE_MESSAGE, ".google.protobuf.Int64Value", 1),
+            (2, "batch_timeout_micros", field.TYPE_MESSAGE, ".google.protobuf.Int64Value", 1),
+            (3, "max_enqueued_batches", field.TYPE_MESSAGE, ".google.protobuf.Int64Value", 1),
+            (4, "num_batch_threads", field.TYPE_MESSAGE, ".google.protobuf.Int64Value", 1),
+            (5, "thread_pool_name", field.TYPE_MESSAGE, ".google.protobuf.StringValue", 1),
+            (6, "allowed_batch_sizes", field.TYPE_INT64, None, 3),
+            (7, "pad_variable_length_inputs", field.TYPE_BOOL, None, 1)):
+        message.field.add(name=name, number=number, type=kind, label=label,
+                          **({"type_name": type_name} if type_name else {}))
+    pool.Add(proto)
+    return message_factory.GetMessageClass(
+        pool.FindMessageTypeByName("tensorflow.serving.BatchingParameters"))()
+
+
+@pytest.mark.slow
+def test_batching_parameters_are_tf_servings_text_proto(exported):
+    from google.protobuf import text_format
+    for version in VERSIONS:
+        message = _batching_parameters_message()
+        text_format.Parse((exported["base"] / version / BATCHING_FILE).read_text(), message)
+        parsed = {name: getattr(message, name).value for name in BATCHING
+                  if name != "pad_variable_length_inputs"}
+        assert parsed == {k: v for k, v in BATCHING.items() if k != "pad_variable_length_inputs"}
+        assert message.pad_variable_length_inputs is True
+        assert not message.allowed_batch_sizes and not message.HasField("thread_pool_name")
+    with pytest.raises(text_format.ParseError):       # the parser is strict: it would notice
+        text_format.Parse("max_batch_size: 8\n", _batching_parameters_message())
 
 
 def test_decoding_converts_colour_with_itu_601_weights():
@@ -229,26 +384,34 @@ def test_decoding_converts_colour_with_itu_601_weights():
 def test_warmup_records_replay(exported):
     replayed = exported["result"]["warmup"]
     assert len(replayed) == WARMUP
-    assert {r["signature"] for r in replayed} == {SERVING_DEFAULT, PREDICT_IMAGE}
-    assert [r["batch"] for r in replayed] == [1, 1, 2]
+    assert {r["signature"] for r in replayed} == set(SIGNATURES)
+    assert [r["batch"] for r in replayed] == [1, 1, 2, 1]
     for record in replayed:
-        assert {"probabilities", "mask", "has_pneumothorax"} <= set(record["outputs"])
+        assert {"pneumothorax_probability", "has_pneumothorax"} <= set(record["outputs"])
 
 
 @pytest.mark.slow
 def test_client_request_through_the_signature_matches_a_direct_call(exported):
-    arrays = exported["arrays"]
-    results = parse_response(json.dumps(exported["result"]["response"]))
-    assert len(results) == 3
-    for result, i in zip(results, [0, 1, 4]):
+    """A request of three of the images answers what the batch of all five answered for them
+    (as TF Serving's batching may merge requests), through the client's parsing."""
+    arrays = {key.split("/", 2)[2]: value for key, value in exported["arrays"].items()
+              if key.startswith(f"1/{SERVING_DEFAULT}/")}
+    results = parse_response(json.dumps(exported["result"]["response/" + SERVING_DEFAULT]))
+    compact = parse_response(json.dumps(exported["result"]["response/" + SERVING_COMPACT]))
+    assert len(results) == len(compact) == 3
+    for result, small, i in zip(results, compact, [0, 1, 4]):
         height, width = IMAGES[list(IMAGES)[i]][:2]
         assert result["mask"].shape == (height, width) and result["mask"].dtype == np.uint8
-        np.testing.assert_array_equal(result["mask"], arrays["serve/mask"][i, :height, :width])
-        np.testing.assert_allclose(result["probabilities"], arrays["serve/probabilities"][i],
+        np.testing.assert_array_equal(result["mask"], arrays["mask"][i, :height, :width])
+        np.testing.assert_allclose(result["probabilities"], arrays["probabilities"][i],
                                    atol=1e-6)
-        assert result["has_pneumothorax"] == bool(arrays["serve/has_pneumothorax"][i])
+        assert result["has_pneumothorax"] == bool(arrays["has_pneumothorax"][i])
         assert result["pneumothorax_probability"] == pytest.approx(
-            float(arrays["serve/pneumothorax_probability"][i]), abs=1e-6)
+            float(arrays["pneumothorax_probability"][i]), abs=1e-6)
+        assert result["rle"] == small["rle"] == arrays["rle"][i]
+        assert sorted(small) == ["has_pneumothorax", "height", "pneumothorax_probability", "rle",
+                                 "width"]
+        assert (small["height"], small["width"]) == (height, width)
 
 
 def test_client_request_body_and_errors(tmp_path):
@@ -310,11 +473,12 @@ def test_bad_image_bytes_give_a_clear_error(exported):
 
 
 @pytest.mark.slow
-def test_saved_model_cli_lists_both_signatures(exported):
+def test_saved_model_cli_lists_every_signature(exported):
     shown = exported["saved_model_cli"]
-    for text in ("signature_def['serving_default']", "signature_def['predict_image']",
-                 "inputs['image_bytes']", "inputs['images']", "DT_STRING",
-                 "outputs['mask']", "outputs['pneumothorax_probability']", "(-1, 64, 64, 1)"):
+    for text in ("signature_def['serving_default']", "signature_def['serving_compact']",
+                 "signature_def['predict_image']", "inputs['image_bytes']", "inputs['images']",
+                 "DT_STRING", "outputs['mask']", "outputs['rle']",
+                 "outputs['pneumothorax_probability']", "(-1, 64, 64, 1)"):
         assert text in shown, text
 
 
@@ -323,7 +487,7 @@ def test_versions_are_never_overwritten(exported):
     result = CliRunner().invoke(command, ["--model", str(exported["run"]),
                                           "--out", str(exported["base"]), "--version", "1"])
     assert result.exit_code != 0 and "already exists" in result.output
-    assert "next free: 2" in result.output
+    assert "next free: 3" in result.output
     result = CliRunner().invoke(command, ["--model", str(exported["run"]),
                                           "--out", str(exported["base"]), "--version", "0"])
     assert result.exit_code != 0

@@ -3,12 +3,15 @@
     body = build_request(["a.png", "b.jpg"])          # {"signature_name": ..., "instances": [...]}
     results = predict("http://localhost:8501/v1/models/ptx:predict", ["a.png", "b.jpg"])
     results[0]["mask"]                                 # uint8 (height, width), the image's own size
+    results[0]["rle"]                                  # the same mask as submission.csv holds it
+    predict(url, ["a.png"], signature_name=SERVING_COMPACT)   # keras_ptx.serving's: no mask, no map
 
-Requests use TF Serving's row format: ``serving_default`` has one input (``image_bytes``), so
-each instance is the image itself as ``{"b64": ...}``. The answer's ``predictions`` hold one
-object per image; :func:`parse_response` turns them into numpy arrays and crops each mask to its
-image's ``height`` x ``width``. A 1024 x 1024 mask is ~2 MB of JSON; for large batches prefer
-gRPC (tensorflow-serving-api's PredictionService) with the same signature.
+Requests use TF Serving's row format: the image signatures have one input (``image_bytes``),
+so each instance is the image itself as ``{"b64": ...}``. The answer's ``predictions`` hold one
+object per image; :func:`parse_response` turns them into numpy arrays (strings and scalars as
+Python values) and crops each mask to its image's ``height`` x ``width``. A 1024 x 1024 mask is
+megabytes of JSON; ``serving_compact`` answers only the RLE, the size, the probability and the
+flag (see BENCHMARKS.md for both sizes).
 """
 from __future__ import annotations
 
@@ -25,7 +28,8 @@ from keras_ptx.serving import SERVING_DEFAULT
 
 ImageSource = Union[str, Path, bytes]
 _DTYPES = {"probabilities": np.float32, "mask": np.uint8, "pneumothorax_probability": np.float32,
-           "has_pneumothorax": np.bool_, "height": np.int32, "width": np.int32}
+           "has_pneumothorax": np.bool_, "height": np.int32, "width": np.int32, "rle": np.str_}
+_SCALARS = ("pneumothorax_probability", "has_pneumothorax", "height", "width", "rle")
 
 
 class ServingError(RuntimeError):
@@ -59,15 +63,15 @@ def parse_response(response: Union[dict, str, bytes]) -> list[dict]:
         raise ServingError(f"expected a 'predictions' list, got keys {sorted(response)}")
     results = []
     for prediction in response["predictions"]:
-        if not isinstance(prediction, dict) or "mask" not in prediction:
+        if not isinstance(prediction, dict) or "has_pneumothorax" not in prediction:
             raise ServingError("each prediction should be an object with the export's outputs, "
                                f"got {str(prediction)[:80]!r}")
         result = {name: np.asarray(value, dtype=_DTYPES.get(name))
                   for name, value in prediction.items()}
-        for name in ("pneumothorax_probability", "has_pneumothorax", "height", "width"):
+        for name in _SCALARS:
             if name in result:
                 result[name] = result[name].item()
-        if "height" in result:
+        if "mask" in result and "height" in result:
             result["mask"] = result["mask"][:result["height"], :result["width"]]
         results.append(result)
     return results

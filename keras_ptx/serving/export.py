@@ -1,10 +1,14 @@
 """Export a training run as a SavedModel that TF Serving loads as it is.
 
 ``EXPORT_BASE/<version>/`` follows TF Serving's model-base-path layout: ``saved_model.pb``,
-``variables/`` and ``assets.extra/`` (the warm-up records and ``keras_ptx_export.json``, which
-records the run, the grid size and the post-processing baked in). Tag ``serve``. The version is
-written under a dot-prefixed temporary name and renamed when complete, so a server polling the
-base path never loads half an export (it ignores names that are not integers).
+``variables/``, ``assets.extra/`` (the warm-up records and ``keras_ptx_export.json``, which
+records the run, the grid size, the post-processing baked in and the batching settings) and
+``batching_params.pbtxt``, TF Serving's BatchingParameters for this model (:data:`BATCHING`;
+the file name TF Serving reads from a version with ``--enable_batching
+--enable_per_model_batching_parameters``, or name it with ``--batching_parameters_file``).
+Tag ``serve``. The version is written under a dot-prefixed temporary name and renamed when
+complete, so a server polling the base path never loads half an export (it ignores names that
+are not integers).
 
 Everything between the request and the answer is TensorFlow ops (no py_function), so the
 model server needs no Python, keras_ptx or segmentation-models. The signatures are described
@@ -12,12 +16,12 @@ in :mod:`keras_ptx.serving`. Each image is decoded, converted to gray, put on th
 grid by :mod:`keras_ptx.data.geometry`'s rule (:func:`to_square_tf`), normalised by
 :func:`keras_ptx.input.normalize.to_model_input`, and run through the model as
 :class:`keras_ptx.inference.runner.Predictor` runs it (same image-level probability, optional
-hflip TTA). Post-processing (the run's rule, as ``bin/predict`` loads it) runs on the model's
-grid (``side = S``) and the binary mask is then mapped back to each input's grid
-(:func:`from_square_tf`, kept where >= 0.5): :func:`~keras_ptx.inference.postprocess.apply_tf`
-needs a static side, and its component filter, each of whose rounds passes over every pixel,
-costs many times more at a radiograph's 1024 px than at 256. ``bin/predict`` post-processes at
-the original size instead, so mask borders can differ by a pixel or so between the two.
+hflip TTA). Each probability map is then mapped to its image's own size and post-processed
+there with the run's rule (:func:`keras_ptx.inference.postprocess.image_mask_tf`), exactly as
+``bin/predict`` does it, so both give the same mask and the same RLE (:func:`encode_rle_tf`)
+for the same probabilities. ``batching_params.pbtxt`` works with any of the signatures: each
+output's first dimension is the batch, and the masks of a batch are zero-padded to its largest
+image (the ``height`` and ``width`` outputs say what each image owns).
 """
 from __future__ import annotations
 
@@ -25,18 +29,28 @@ import json
 
 import keras_ptx
 from keras_ptx.config import Precision
+from keras_ptx.data import rle
 from keras_ptx.errors import UserError
 from keras_ptx.fileio import check_openable, publish_folder, staging_folder
-from keras_ptx.inference.postprocess import PostProcess, apply_tf
+from keras_ptx.inference.postprocess import PostProcess, apply_tf, image_mask_tf
 from keras_ptx.inference.runner import Predictor
 from keras_ptx.inference.trained import TrainedRun
 from keras_ptx.input.normalize import to_model_input
-from keras_ptx.serving import (BYTES_INPUT, IMAGE_INPUT, PREDICT_IMAGE, SERVING_DEFAULT,
-                               WARMUP_FILE)
+from keras_ptx.serving import (BATCHING_FILE, BYTES_INPUT, IMAGE_INPUT, PREDICT_IMAGE,
+                               SERVING_COMPACT, SERVING_DEFAULT, WARMUP_FILE)
 from keras_ptx.serving.warmup import write_warmup
 from keras_ptx.tf_setup import tf
 
 METADATA_FILE = "assets.extra/keras_ptx_export.json"
+# TF Serving's batching, for the image_bytes signatures on a CPU server: a request waits at most
+# 2 ms for others to share its batch, far below one 1024 px image's time; 2 batches run at
+# once and 8 more may queue (beyond that TF Serving answers UNAVAILABLE rather than letting
+# latency grow). No allowed_batch_sizes: padding a batch would run whole copies of an image.
+# pad_variable_length_inputs pads inputs that differ beyond the batch dimension; ours never do
+# (one string per image, or S x S), and outputs need no padding option: they are batch-major
+# and the graph pads the masks itself.
+BATCHING = {"max_batch_size": 8, "batch_timeout_micros": 2000, "num_batch_threads": 2,
+            "max_enqueued_batches": 8, "pad_variable_length_inputs": True}
 
 
 class ExportError(UserError):
@@ -62,30 +76,37 @@ def to_square_tf(gray, size: int):
     return tf.clip_by_value(tf.round(resized), 0.0, 255.0)
 
 
-def from_square_tf(array, height, width):
-    """:func:`geometry.from_square` in TF ops: float ``[S, S, C]`` -> ``[height, width, C]``."""
-    side = tf.maximum(height, width)
-    return tf.image.resize(array, [side, side], method="bilinear")[:height, :width]
-
-
 def decode_gray_tf(data):
     """Encoded image bytes (PNG, JPEG, GIF, BMP) -> float32 ``[H, W, 1]`` whole gray levels."""
     rgb = tf.io.decode_image(data, channels=3, dtype=tf.uint8, expand_animations=False)
     return tf.round(tf.image.rgb_to_grayscale(tf.cast(rgb, tf.float32)))
 
 
+def encode_rle_tf(mask):
+    """:func:`keras_ptx.data.rle.encode` in TF ops: uint8 ``[H, W]`` -> scalar string.
+
+    SIIM's relative, column-major runs (``start length ...``), ``-1`` for an empty mask.
+    """
+    flat = tf.reshape(tf.transpose(mask), [-1]) > 0
+    padded = tf.concat([[False], flat, [False]], 0)
+    changes = tf.where(padded[1:] != padded[:-1])[:, 0]        # run starts and ends, alternating
+    starts, ends = changes[0::2], changes[1::2]
+    gaps = starts - tf.concat([tf.zeros([1], tf.int64), ends[:-1]], 0)
+    pairs = tf.reshape(tf.stack([gaps, ends - starts], axis=1), [-1])
+    text = tf.strings.reduce_join(tf.strings.as_string(pairs), separator=" ")
+    return tf.where(tf.size(changes) > 0, text, rle.EMPTY)
+
+
 def serving_functions(predictor: Predictor, post: PostProcess) -> dict:
-    """The two signature functions (``tf.function`` with input signatures) around a model."""
+    """The signature functions (``tf.function`` with input signatures) around a model."""
     size = predictor.size
     spec = tf.TensorSpec([size, size, 1], tf.float32)
 
     @tf.function(input_signature=[tf.TensorSpec([None, size, size, 1], tf.float32)])
-    def infer(squares):  # one trace of the network, shared by both signatures
-        prob, image_prob = predictor.run_tf(to_model_input(squares))
-        return prob, apply_tf(post, prob[..., None], image_prob, side=size)[..., 0], image_prob
+    def infer(squares):  # one trace of the network, shared by every signature
+        return predictor.run_tf(to_model_input(squares))
 
-    @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name=BYTES_INPUT)])
-    def serve(image_bytes):
+    def answer(image_bytes, with_mask: bool) -> dict:
         def load(data):
             gray = decode_gray_tf(data)
             shape = tf.shape(gray)
@@ -93,31 +114,56 @@ def serving_functions(predictor: Predictor, post: PostProcess) -> dict:
 
         squares, heights, widths = tf.map_fn(
             load, image_bytes, fn_output_signature=(spec, tf.int32, tf.int32))
-        prob, mask, image_prob = infer(squares)
+        prob, image_prob = infer(squares)
         max_h = tf.reduce_max(tf.concat([heights, [0]], 0))
         max_w = tf.reduce_max(tf.concat([widths, [0]], 0))
 
-        def back(args):
-            square_mask, height, width = args
-            grid = from_square_tf(tf.cast(square_mask[..., None], tf.float32), height, width)
-            padded = tf.image.pad_to_bounding_box(tf.cast(grid >= 0.5, tf.uint8), 0, 0,
-                                                  max_h, max_w)
-            return padded[..., 0]
+        def at_own_size(args):
+            square_map, cls, height, width = args
+            mask = image_mask_tf(post, square_map, cls, height, width)
+            outputs = (encode_rle_tf(mask), tf.reduce_any(mask > 0))
+            if with_mask:
+                padded = tf.image.pad_to_bounding_box(mask[..., None], 0, 0, max_h, max_w)
+                outputs += (padded[..., 0],)
+            return outputs
 
-        masks = tf.map_fn(back, (mask, heights, widths),
-                          fn_output_signature=tf.TensorSpec([None, None], tf.uint8))
-        return {"probabilities": prob, "mask": masks, "height": heights,
-                "width": widths, "pneumothorax_probability": image_prob,
-                "has_pneumothorax": tf.reduce_any(masks > 0, axis=[1, 2])}
+        kinds = (tf.TensorSpec([], tf.string), tf.TensorSpec([], tf.bool))
+        if with_mask:
+            kinds += (tf.TensorSpec([None, None], tf.uint8),)
+        rles, flags, *masks = tf.map_fn(at_own_size, (prob, image_prob, heights, widths),
+                                        fn_output_signature=kinds)
+        outputs = {"rle": rles, "height": heights, "width": widths,
+                   "pneumothorax_probability": image_prob, "has_pneumothorax": flags}
+        if with_mask:
+            outputs.update(probabilities=prob, mask=masks[0])
+        return outputs
+
+    bytes_spec = tf.TensorSpec([None], tf.string, name=BYTES_INPUT)
+
+    @tf.function(input_signature=[bytes_spec])
+    def serve(image_bytes):
+        return answer(image_bytes, with_mask=True)
+
+    @tf.function(input_signature=[bytes_spec])
+    def serve_compact(image_bytes):
+        return answer(image_bytes, with_mask=False)
 
     @tf.function(input_signature=[
         tf.TensorSpec([None, size, size, 1], tf.float32, name=IMAGE_INPUT)])
     def predict_image(images):
-        prob, mask, image_prob = infer(images)
+        prob, image_prob = infer(images)
+        mask = apply_tf(post, prob[..., None], image_prob, side=size)[..., 0]
         return {"probabilities": prob, "mask": mask, "pneumothorax_probability": image_prob,
                 "has_pneumothorax": tf.reduce_any(mask > 0, axis=[1, 2])}
 
-    return {SERVING_DEFAULT: serve, PREDICT_IMAGE: predict_image}
+    return {SERVING_DEFAULT: serve, SERVING_COMPACT: serve_compact, PREDICT_IMAGE: predict_image}
+
+
+def batching_parameters() -> str:
+    """:data:`BATCHING` as TF Serving's BatchingParameters text proto (integers are wrapped
+    ``google.protobuf.Int64Value`` fields there, the flag a plain bool)."""
+    return "".join(f"{name}: {str(value).lower()}\n" if isinstance(value, bool)
+                   else f"{name} {{ value: {value} }}\n" for name, value in BATCHING.items())
 
 
 def version_dirs(export_base) -> list[int]:
@@ -169,11 +215,15 @@ def export_model(predictor: Predictor, post: PostProcess, export_base,
         tf.saved_model.save(root, staging, signatures=functions)
         tf.io.gfile.makedirs(tf.io.gfile.join(staging, "assets.extra"))
         write_warmup(tf.io.gfile.join(staging, WARMUP_FILE), size, warmup_requests)
+        with tf.io.gfile.GFile(tf.io.gfile.join(staging, BATCHING_FILE), "w") as f:
+            f.write(batching_parameters())
         with tf.io.gfile.GFile(tf.io.gfile.join(staging, METADATA_FILE), "w") as f:
             json.dump({"keras_ptx": keras_ptx.__version__, "version": version, "image_size": size,
                        "tta": predictor.tta, "postprocess": post.to_dict(),
                        "postprocess_rule": post.describe(),
-                       "signatures": sorted(functions), **(metadata or {})}, f, indent=2)
+                       "signatures": sorted(functions),
+                       "batching": {"file": BATCHING_FILE, **BATCHING},
+                       **(metadata or {})}, f, indent=2)
         check_version_free(export_base, version)
         publish_folder(staging, final, last="saved_model.pb")
     finally:

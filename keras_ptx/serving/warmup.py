@@ -2,10 +2,10 @@
 
 TF Serving replays these PredictionLog records when it loads a version, before the version
 takes traffic, so the first real request does not pay for graph initialisation. The records
-cycle through three requests that between them touch every path of the graph: one gray PNG on
-the model's grid (``serving_default``), one ready image (``predict_image``), and a batch of a
+cycle through four requests that between them touch every path of the graph: one gray PNG on
+the model's grid (``serving_default``), one ready image (``predict_image``), a batch of a
 larger colour JPEG and a smaller gray PNG (``serving_default``: both resize directions, colour
-conversion and ragged sizes).
+conversion and ragged sizes), and the smaller PNG alone (``serving_compact``).
 """
 from __future__ import annotations
 
@@ -15,7 +15,8 @@ from keras_ptx.tf_setup import tf  # before tensorflow_serving, which imports Te
 
 from tensorflow_serving.apis import model_pb2, predict_pb2, prediction_log_pb2
 
-from keras_ptx.serving import BYTES_INPUT, IMAGE_INPUT, PREDICT_IMAGE, SERVING_DEFAULT
+from keras_ptx.serving import (BYTES_INPUT, IMAGE_INPUT, PREDICT_IMAGE, SERVING_COMPACT,
+                               SERVING_DEFAULT)
 
 
 def synthetic_image(height: int, width: int) -> np.ndarray:
@@ -48,6 +49,7 @@ def warmup_logs(size: int, count: int) -> list[prediction_log_pb2.PredictionLog]
         lambda: _request(SERVING_DEFAULT, BYTES_INPUT, np.array([png], dtype=object)),
         lambda: _request(PREDICT_IMAGE, IMAGE_INPUT, gray[None, ..., None].astype(np.float32)),
         lambda: _request(SERVING_DEFAULT, BYTES_INPUT, np.array([jpeg, small], dtype=object)),
+        lambda: _request(SERVING_COMPACT, BYTES_INPUT, np.array([small], dtype=object)),
     ]
     return [variants[i % len(variants)]() for i in range(count)]
 
