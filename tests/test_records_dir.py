@@ -79,10 +79,18 @@ def test_unreadable_shards_are_a_records_error(tmp_path):
     (tmp_path / records.SHARD_PATTERN.format(split="train", index=0, count=1)).write_bytes(
         b"not a tfrecord file at all")
     data = RecordsDir(str(tmp_path))
-    for ask in (lambda: data.image_size("train"), lambda: data.counts("train")):
+    for ask in (lambda: data.image_size("train"), lambda: data.counts("train"),
+                lambda: data.fold_counts()):
         with pytest.raises(RecordsError, match=r"a record shard is damaged \(corrupted record at "
                                                r"0 .*\); find it with bin/build-tfrecords --verify"):
             ask()
+
+
+def test_folds_are_the_manifests_else_counted_from_the_records(folder):
+    data = RecordsDir(str(folder))
+    assert data.folds == 0 and data.fold_counts() == {-1: SplitCounts(14, 4)}     # no folds
+    (folder / records.MANIFEST).write_text(json.dumps({"options": {"folds": 5}}))
+    assert RecordsDir(str(folder)).folds == 5
 
 
 def test_records_of_another_geometry_rule_are_refused(folder):
