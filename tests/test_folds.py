@@ -111,6 +111,14 @@ def test_clear_errors_for_records_without_folds_or_a_fold_out_of_range(folded, t
     with pytest.raises(TrainingError, match="train-folds sets each run's fold"):
         train_folds(_config("data.fold=1"), str(folder), str(tmp_path / "cv"))
     assert not (tmp_path / "run").exists() and not (tmp_path / "cv").exists()
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / rundir.CONFIG).write_text("{}")
+    with pytest.raises(TrainingError, match="not a fold folder .* and not empty"):
+        train_folds(_config(), str(folder), str(tmp_path / "run"))
+    (tmp_path / "cv").mkdir()
+    (tmp_path / "cv" / rundir.FOLDS).write_text(json.dumps({"folds": 5, "data": "elsewhere"}))
+    with pytest.raises(TrainingError, match="holds runs of 5 folds .* these records have 3"):
+        train_folds(_config(), str(folder), str(tmp_path / "cv"))
     assert parse_folds("all", 3) == [0, 1, 2] and parse_folds("2, 0", 3) == [0, 2]
 
 
