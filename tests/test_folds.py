@@ -164,12 +164,14 @@ def test_out_of_fold_evaluation_scores_every_labeled_image_once_with_its_folds_m
     assert report["images_per_fold"] == {"0": 6, "1": 4, "2": 4}
     assert report["postprocess_file"] == str(out / rundir.POSTPROCESS)
     assert (out / rundir.POSTPROCESS).is_file() and (out / rundir.EVAL / "roc.png").is_file()
-    assert "fold 0: 6, fold 1: 4, fold 2: 4" in (out / rundir.EVAL / rundir.EVAL_REPORT_MD).read_text()
+    markdown = (out / rundir.EVAL / rundir.EVAL_REPORT_MD).read_text()
+    assert "fold 0: 6, fold 1: 4, fold 2: 4" in markdown
     assert not any((out / f"fold-{k}" / rundir.POSTPROCESS).exists() for k in range(FOLDS))
 
     result = CliRunner().invoke(main, ["evaluate", "--model", str(out), "--data", str(folder),
                                        "--split", "train"])
-    assert result.exit_code == 2 and "is a fold folder: it is evaluated out of fold" in result.stderr
+    assert result.exit_code == 2
+    assert "is a fold folder: it is evaluated out of fold" in result.stderr
 
 
 # Runs bin/train-folds' command in a process that SIGKILLs itself right after the backup of the
@@ -211,10 +213,11 @@ def test_a_kill_in_the_second_fold_resumes_it_and_skips_the_first(tmp_path):
     assert again.returncode == 0, again.stdout[-2000:] + again.stderr[-2000:]
     assert f"{out / 'fold-0'} already holds this finished run" in again.stdout
     assert "continuing after epoch 1" in again.stdout
-    table = again.stdout.splitlines()[-3:]
-    assert table[0].split()[:3] == ["fold", "train", "val"]
-    for k, row in enumerate(table[1:]):
+    table = again.stdout.splitlines()[-5:]
+    assert table[0].split()[:3] == ["fold", "train", "val"] and "score" in table[0]
+    for k, row in enumerate(table[1:3]):
         assert row.split()[:3] == [str(k), "8", "8"] and row.split()[4] == "2"     # epochs
+    assert table[3].startswith("mean") and table[4].startswith("best epoch by val_score")
     for k in range(2):
         with open(out / f"fold-{k}" / rundir.HISTORY) as f:
             assert [line.split(",")[0] for line in f.read().splitlines()[1:]] == ["0", "1"]

@@ -12,7 +12,7 @@ from keras_ptx.cli import command as cli_command
 @click.option("--data", "data_dir", required=True,
               help="Folder of TFRecord shards from build-tfrecords --folds K (local or gs://).")
 @click.option("--out", required=True, type=click.Path(file_okay=False),
-              help="Fold folder: folds.json and one run directory per fold (fold-0/, fold-1/, ...).")
+              help="Fold folder: folds.json and a run directory per fold (fold-0/, fold-1/, ...).")
 @click.option("--folds", default="all", show_default=True, metavar="all|K,K,...",
               help="The folds to train, e.g. 0,2.")
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",

@@ -73,7 +73,8 @@ def make_dataset(config: Config, records: RecordsDir, split: str, *,
     source = records.source(split, config.data.image_size, config.data.fold)
     batch = _batch_size(config.train.batch_size, input_context)
     if not training:
-        ds = _examples(source, config, input_context, cached).map(_pair, num_parallel_calls=AUTOTUNE)
+        ds = _examples(source, config, input_context, cached).map(_pair,
+                                                                  num_parallel_calls=AUTOTUNE)
         return _finish(ds.batch(batch), deterministic=True)
 
     first, num_epochs = epoch or 0, num_epochs or config.train.epochs
@@ -87,8 +88,9 @@ def make_dataset(config: Config, records: RecordsDir, split: str, *,
             ds = ds.repeat()
     else:
         per_epoch = steps_per_epoch or epoch_steps(config.train, records, split, config.data.fold)
-        ds = _balanced(config, records.counts(split, config.data.fold), f"the {split} shards in {records}", source, input_context,
-                       first, num_epochs, per_epoch, batch, seed, cached)
+        ds = _balanced(config, records.counts(split, config.data.fold),
+                       f"the {split} shards in {records}", source, input_context, first,
+                       num_epochs, per_epoch, batch, seed, cached)
     if not config.augment.enabled and not config.data.train_crop:
         return _finish(ds.batch(batch, drop_remainder=True), deterministic)
     augment = graph_augmenter(config.augment, config.data.image_size, config.data.train_crop,

@@ -99,12 +99,18 @@ def _mark(out: str, records: RecordsDir, chosen: list[int]) -> None:
 
 
 def fold_table(results: list[FoldResult]) -> str:
-    """One line per fold: its images, best epoch and the best epoch's validation values."""
-    rows = [("fold", "train", "val", "best epoch", "epochs", "monitor", "best", "val_loss")]
-    for r in results:
-        m = r.metrics
-        rows.append((str(r.fold), str(r.train_images), str(r.val_images), str(m["best_epoch"]),
-                     str(m["epochs_trained"]), m["monitor"], f"{m['best'][m['monitor']]:.4f}",
-                     f"{m['best']['val_loss']:.4f}"))
+    """One line per fold (its images, best epoch and that epoch's validation values, the
+    ``val_`` prefix dropped) and their mean."""
+    keys = sorted({key for r in results for key in r.metrics["best"] if key.startswith("val_")})
+    rows = [("fold", "train", "val", "best epoch", "epochs", *(k[len("val_"):] for k in keys))]
+    values = [[r.metrics["best"].get(k, float("nan")) for k in keys] for r in results]
+    for r, row in zip(results, values):
+        rows.append((str(r.fold), str(r.train_images), str(r.val_images),
+                     str(r.metrics["best_epoch"]), str(r.metrics["epochs_trained"]),
+                     *(f"{v:.4f}" for v in row)))
+    rows.append(("mean", "", "", "", "", *(f"{sum(v) / len(v):.4f}" for v in zip(*values))))
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
-    return "\n".join("  ".join(cell.rjust(w) for cell, w in zip(row, widths)) for row in rows)
+    lines = ["  ".join(cell.rjust(w) for cell, w in zip(row, widths)) for row in rows]
+    monitors = sorted({r.metrics["monitor"] for r in results})
+    return "\n".join(lines + [f"best epoch by {', '.join(monitors)}; values of that epoch on the "
+                               f"fold's validation images"])
