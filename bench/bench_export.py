@@ -6,8 +6,14 @@ For each encoder (default B0 and B4, weights none, UNet++ at --size 256), export
 ``tf.saved_model.load`` and times its signatures at batch 1 and 16:
 
 - ``serving_default``: 1024 x 1024 gray PNGs (a SIIM radiograph's size), so the time includes
-  PNG decoding, the geometry rule, the network, post-processing and the mask back at 1024;
+  PNG decoding, the geometry rule, the network, the map back at 1024, post-processing there
+  and the RLE;
+- ``serving_compact``: the same without the mask and the probability map among the outputs;
 - ``predict_image``: float32 images already on the 256 grid (network + post-processing).
+
+It also prints the size of TF Serving's REST answer (row format, as its json_tensor.cc writes
+it: rapidjson's PrettyWriter, arrays on one line, floats as the shortest of %g and %.9g that
+reads back) to one 1024 PNG, for each image signature.
 
 Post-processing is the winner's triplet with a component filter (the costliest rule; see
 ``--post threshold`` for the plain pixel threshold). With random weights the probabilities sit
@@ -21,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import gc
+import json
 import platform
 import statistics
 import tempfile
@@ -54,6 +61,31 @@ def export_and_load(encoder: str, size: int, post: PostProcess, base: str):
     return tf.saved_model.load(path), seconds
 
 
+def _json_value(value) -> str:
+    if isinstance(value, np.ndarray):
+        return "[" + ", ".join(_json_value(v) for v in value) + "]"
+    if isinstance(value, (bytes, np.bytes_)):
+        return json.dumps(value.decode())
+    if isinstance(value, (bool, np.bool_)):
+        return "true" if value else "false"
+    if isinstance(value, (np.floating, float)):
+        text = "%.6g" % value
+        if np.float32(text) != np.float32(value):
+            text = "%.9g" % value
+        return text if "." in text or "e" in text else text + ".0"
+    return str(int(value))
+
+
+def rest_answer(outputs: dict) -> str:
+    """TF Serving's REST row-format answer (``{"predictions": [...]}``) to these outputs."""
+    items = []
+    for i in range(len(next(iter(outputs.values())))):
+        fields = [f'            "{name}": {_json_value(value.numpy()[i])}'
+                  for name, value in outputs.items()]
+        items.append("        {\n" + ",\n".join(fields) + "\n        }")
+    return '{\n    "predictions": [\n' + ",\n".join(items) + "\n    ]\n}"
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--encoders", nargs="+", default=["efficientnetb0", "efficientnetb4"])
@@ -73,14 +105,19 @@ def main():
             exports[encoder] = seconds
             for batch in args.batches:
                 serve = loaded.signatures["serving_default"]
+                compact = loaded.signatures["serving_compact"]
                 image = loaded.signatures["predict_image"]
                 cases[encoder, "serving_default (1024 PNG)", batch] = (
                     lambda s=serve, b=batch: s(image_bytes=tf.constant([png] * b)))
+                cases[encoder, "serving_compact (1024 PNG)", batch] = (
+                    lambda s=compact, b=batch: s(image_bytes=tf.constant([png] * b)))
                 cases[encoder, f"predict_image ({args.size} float)", batch] = (
                     lambda s=image, b=batch: s(images=tf.constant(np.repeat(square, b, 0))))
         for run in cases.values():      # warm-up: first calls allocate and pick kernels
             run()
             run()
+        sizes = {key[:2]: len(rest_answer(run()).encode())
+                 for key, run in cases.items() if key[2] == 1 and "PNG" in key[1]}
         times = {key: [] for key in cases}
         for _ in range(args.repeats):
             for key, run in cases.items():
@@ -98,6 +135,9 @@ def main():
         print(f"| {encoder} | {signature} | {batch} | {statistics.median(ms):.1f} | "
               f"{min(ms):.1f} | {max(ms):.1f} |")
     print("\nexport time: " + ", ".join(f"{e} {s:.0f} s" for e, s in exports.items()))
+    print("\nREST answer to one 1024 x 1024 PNG: " + ", ".join(
+        f"{encoder} {signature.split()[0]} {size:,} bytes"
+        for (encoder, signature), size in sizes.items()))
 
 
 if __name__ == "__main__":
