@@ -232,6 +232,8 @@ class TrainConfig:
     mixed_precision: Union[bool, Precision, Auto] = "auto"
     strategy: Strategy = "auto"         # auto: multi_worker under TF_CONFIG, mirrored on 2+ GPUs
     swa_epochs: int = 0                 # average weights over the last N epochs (0 = off)
+    init_from: Optional[str] = None     # a finished RUN_DIR whose best weights start this run
+    freeze_encoder_epochs: int = 0      # train only the decoder and heads for the first N epochs
     tensorboard_images: int = 4
     seed: int = 42
 
@@ -239,7 +241,12 @@ class TrainConfig:
         _at_least("train", self, 1, "epochs", "batch_size", "steps_per_epoch",
                   "validation_steps")
         _at_least("train", self, 0, "swa_epochs", "tensorboard_images", "early_stopping_patience",
-                  "learning_rate", "min_learning_rate", "weight_decay", "warmup_epochs")
+                  "learning_rate", "min_learning_rate", "weight_decay", "warmup_epochs",
+                  "freeze_encoder_epochs")
+        if self.swa_epochs and self.epochs - self.swa_epochs < self.freeze_encoder_epochs:
+            raise ConfigError(f"train.swa_epochs: the {self.swa_epochs} averaged epochs overlap "
+                              f"the {self.freeze_encoder_epochs} with a frozen encoder "
+                              f"(train.freeze_encoder_epochs); average only epochs after them")
         values = self.metric_threshold
         values = values if isinstance(values, (list, tuple)) else (values,)
         if not values or not all(0.0 <= t < 1.0 for t in values):

@@ -41,6 +41,17 @@ def feature_layer_names(name: str) -> tuple[str, ...]:
     return tuple(reversed(sm.Backbones.get_feature_layers(name, n=4))) + (DEEPEST_LAYER,)
 
 
+def encoder_layers(model: tf.keras.Model, name: str) -> list:
+    """The layers with weights of ``model`` (a network of
+    :func:`~keras_ptx.model.unetpp.build_model` on encoder ``name``) that belong to its
+    encoder: those between its input and the encoder features it uses (a pruned network uses
+    the shallower ones only)."""
+    present = {layer.name for layer in model.layers}
+    taps = [model.get_layer(layer).output for layer in feature_layer_names(name)
+            if layer in present]
+    return [layer for layer in tf.keras.Model(model.inputs, taps).layers if layer.weights]
+
+
 def imagenet_weights_source(name: str) -> tuple[str, str, str]:
     """(file name, URL, sha256) of the efficientnet package's ImageNet weights without the top."""
     model_name = "efficientnet-b" + name[-1]

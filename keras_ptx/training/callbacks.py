@@ -18,6 +18,7 @@ from keras_ptx.data.records_dir import RecordsDir
 from keras_ptx.fileio import atomic_path
 from keras_ptx.input.normalize import gray_from_model_input
 from keras_ptx.input.pipeline import make_eval_dataset
+from keras_ptx.model.encoders import encoder_layers
 from keras_ptx.model.unetpp import named_outputs
 from keras_ptx.tf_setup import tf
 from keras_ptx.training.averaging import WeightAveraging
@@ -162,6 +163,49 @@ class SharedBackupAndRestore(tf.keras.callbacks.BackupAndRestore):
             shutil.rmtree(self._scratch, ignore_errors=True)
 
 
+class FreezeEncoder(tf.keras.callbacks.Callback):
+    """Trains the decoder and heads only for epochs before ``epochs``
+    (``train.freeze_encoder_epochs``), then the whole network, within one ``fit``; frozen
+    encoder layers are not trainable, so their BatchNorm layers run in inference mode.
+
+    Why one ``fit`` whose step function is rebuilt: ``fit`` traces its step once, with the
+    trainable variables and BatchNorm modes of that moment, so a flip of ``trainable`` takes
+    effect only in a step built afterwards. Rebuilding it (``make_train_function(force=True)``,
+    what ``compile`` would make ``fit`` do, without resetting the loss, metrics and optimizer)
+    at the epoch where the state changes keeps everything else one run: the callbacks' state,
+    the history, the learning-rate schedule and the backup. A resume needs nothing more: the
+    state follows each epoch's number, which the backup decides. The optimizer is built for
+    every variable before the first epoch (its state variables exist, and are saved in the
+    backup, in the same order whether the run starts frozen, resumes or never freezes);
+    frozen variables get no gradient, so their optimizer state and values stay as they were.
+    Two ``fit`` calls, the alternative, would restart every callback (history, early stopping,
+    the plateau replay) at the boundary.
+    """
+
+    def __init__(self, epochs: int, encoder: str):
+        super().__init__()
+        self.epochs, self.encoder = epochs, encoder
+        self._frozen, self._layers = False, []
+
+    def on_train_begin(self, logs=None):
+        self.model.optimizer.build(self.model.trainable_variables)
+        self._layers = encoder_layers(self.model, self.encoder)
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self._set(epoch < self.epochs)
+
+    def on_train_end(self, logs=None):
+        self._set(False)        # the network as compiled, for what follows fit
+
+    def _set(self, frozen: bool) -> None:
+        if frozen == self._frozen:
+            return
+        for layer in self._layers:
+            layer.trainable = not frozen
+        self._frozen = frozen
+        self.model.train_function = self.model.make_train_function(force=True)
+
+
 class ValidationImages(tf.keras.callbacks.Callback):
     """Each epoch, a few validation images with the true mask (green) and the predicted one
     (red; overlap yellow) drawn into TensorBoard under ``validation/overlay``.
@@ -237,8 +281,12 @@ class RunCallbacks:
         self.averaging = WeightAveraging(
             max(0, train.epochs - train.swa_epochs), checkpoints, strategy,
             resume_epoch=start.epoch, echo=echo) if train.swa_epochs else None
-        self.callbacks = [
-            EpochStats(train.batch_size), keras.TerminateOnNaN(), self.best,
+        self.callbacks = [EpochStats(train.batch_size)]
+        if train.freeze_encoder_epochs:     # before the backup, which restores the optimizer
+            self.callbacks.append(FreezeEncoder(train.freeze_encoder_epochs,
+                                                config.model.encoder))
+        self.callbacks += [
+            keras.TerminateOnNaN(), self.best,
             AtomicCheckpoint(rundir.path(checkpoints, rundir.LAST_WEIGHTS),
                              save_weights_only=True),
         ]

@@ -6,12 +6,14 @@ was loaded), then the strategy is created, the records are checked, the chief al
 RUN_DIR and prepares it, and sends the others what they need from it (a refusal, "already
 finished", or where training continues: :func:`~keras_ptx.training.strategy.from_chief`);
 only then are the datasets (:mod:`~keras_ptx.training.datasets`) and the model (inside
-``strategy.scope()``) built. Nothing is written to RUN_DIR before every check of the config
-and the records has passed.
+``strategy.scope()``) built. Nothing is written to RUN_DIR before every check of the config,
+the records and ``train.init_from`` (:mod:`~keras_ptx.training.warm_start`) has passed.
 
 Callbacks (:class:`~keras_ptx.training.callbacks.RunCallbacks`), in the order Keras calls them
-at an epoch's end: epoch statistics (lr, images/s), TerminateOnNaN, ModelCheckpoint (best by
-``train.monitor``, the validation score or loss; and last; weights), EarlyStopping on the same,
+at an epoch's end: epoch statistics (lr, images/s), the encoder's freezing
+(``train.freeze_encoder_epochs``: :class:`~keras_ptx.training.callbacks.FreezeEncoder`),
+TerminateOnNaN, ModelCheckpoint (best by ``train.monitor``, the validation score or loss; and
+last; weights), EarlyStopping on the same,
 ReduceLROnPlateau (``lr_schedule: plateau``), weight averaging (``swa_epochs``), TensorBoard
 overlays, CSVLogger and TensorBoard scalars (chief), the progress bar, the one-line summary
 (chief), and BackupAndRestore last, so that a backup of epoch N means every file of epoch N is
@@ -41,11 +43,12 @@ from keras_ptx.training import TrainingError
 from keras_ptx.training.callbacks import RunCallbacks
 from keras_ptx.training.datasets import check_records, run_data
 from keras_ptx.training.finish import finish
-from keras_ptx.training.resume import (Monitor, ResumePoint, is_finished, prepare_run_dir,
-                                       resume_point)
+from keras_ptx.training.resume import (Monitor, ResumePoint, backup_epoch, is_finished,
+                                       prepare_run_dir, resume_point)
 from keras_ptx.training.schedules import make_optimizer
 from keras_ptx.training.strategy import (from_chief, is_chief, make_strategy,
                                         resolve_strategy_name)
+from keras_ptx.training.warm_start import InitPlan, load_init_weights, plan_init
 
 
 @dataclass
@@ -85,6 +88,8 @@ def train(config: Config, data_dir: str, run_dir, *, resume: bool = False,
         model.compile(optimizer=make_optimizer(config.train, data.steps), loss=losses,
                       loss_weights=loss_weights, metrics=make_metrics(config),
                       jit_compile=resolve_jit_compile(config.train.jit_compile))
+    if "init" in plan:
+        load_init_weights(model, InitPlan.from_dict(plan["init"]), strategy)
     own = RunCallbacks(config, records, run, monitor, start, strategy, echo)
     echo(_opening_line(config, strategy, data.steps, start))
     echo(data.caching)
@@ -117,10 +122,17 @@ def _plan(run: str, config: Config, monitor: Monitor, resume: bool, overwrite: b
                  f"{metrics['monitor']} {metrics['best'][metrics['monitor']]:.4f}); nothing to "
                  f"do. Use --overwrite to train again.")
             return {"finished": metrics}
+        # a run that starts (no backup to continue) from another's weights: checked first
+        init = (plan_init(config) if config.train.init_from and
+                (overwrite or backup_epoch(run) is None) else None)
         dropped = prepare_run_dir(run, config, resume=resume, overwrite=overwrite)
         if dropped:
             echo(dropped)
-        return {"start": resume_point(run, monitor).to_dict()}
+        start = resume_point(run, monitor)
+        if init is None or start.epoch:
+            return {"start": start.to_dict()}
+        echo(init.describe())
+        return {"start": start.to_dict(), "init": init.to_dict()}
     except UserError as exc:
         return {"refused": str(exc)}
 
