@@ -196,15 +196,23 @@ class LossConfig:
     focal: float = 0.0
     lovasz: float = 0.0
     classifier: float = 0.2
+    # U-Net's border-weighted BCE (Ronneberger et al., 2015): pixel weights 1 + border_w0 *
+    # exp(-(d1 + d2)^2 / (2 border_sigma^2)) off the lesions, border_sigma in pixels at 1024
+    border_bce: float = 0.0
+    border_w0: float = 10.0
+    border_sigma: float = 5.0
 
     def validate(self) -> None:
-        for key in ("bce", "dice", "focal", "lovasz", "classifier"):
+        for key in ("bce", "dice", "focal", "lovasz", "border_bce", "classifier", "border_w0"):
             if getattr(self, key) < 0:
                 raise ConfigError(f"train.loss.{key}: a weight cannot be negative, "
                                   f"got {getattr(self, key)}")
-        if not any((self.bce, self.dice, self.focal, self.lovasz)):
-            raise ConfigError("train.loss: every mask term (bce, dice, focal, lovasz) has "
-                              "weight 0")
+        if self.border_sigma <= 0:
+            raise ConfigError(f"train.loss.border_sigma: must be positive, got "
+                              f"{self.border_sigma}")
+        if not any((self.bce, self.dice, self.focal, self.lovasz, self.border_bce)):
+            raise ConfigError("train.loss: every mask term (bce, dice, focal, lovasz, "
+                              "border_bce) has weight 0")
 
 
 @dataclass

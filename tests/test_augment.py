@@ -13,6 +13,7 @@ import pytest
 from keras_ptx.config import AugmentConfig, CropConfig, DistortionConfig, FlipConfig, IntensityConfig
 from keras_ptx.input import augment as augment_module, workers
 from keras_ptx.input.augment import GraphAugmenter, graph_augmenter
+from keras_ptx.input.border import Border, border_weights
 from keras_ptx.input.policy import build_policy, reseed
 from keras_ptx.input.workers import pool
 from keras_ptx.tf_setup import tf
@@ -173,6 +174,25 @@ def test_worker_processes_give_exactly_what_threads_give(fresh_workers, train_cr
             np.testing.assert_array_equal(a, b)
             assert a.ctypes.data % 64 == 0 and b.ctypes.data % 64 == 0   # TF adopts, not copies
     assert len(pool.workers) == 1
+
+
+def test_border_weights_come_from_each_augmented_mask_in_threads_and_processes(fresh_workers):
+    border = Border(w0=10.0, sigma=2.0)
+    make = functools.partial(build_policy, STRONG, SIZE)
+    image, mask = _square()
+    mask[36:46, 10:28] = 1                          # a second lesion, 2 pixels below
+    images, masks = (np.stack([a] * 3) for a in (image, mask))
+    seeds = np.arange(3)
+    in_threads = GraphAugmenter(make, border=border)._apply(images, masks, seeds)
+    in_processes = GraphAugmenter(make, processes=True, border=border)._apply(images, masks, seeds)
+    for a, b in zip(in_threads, in_processes):
+        np.testing.assert_array_equal(a, b)
+    _, out_masks, weights = in_processes
+    assert weights.dtype == np.float32 and weights.shape == (3, SIZE, SIZE, 1)
+    assert weights.max() > 2.0 and weights.min() == 1.0
+    for out_mask, weight in zip(out_masks, weights):
+        np.testing.assert_array_equal(weight[..., 0], border_weights(out_mask[..., 0], border))
+        assert not np.array_equal(weight[..., 0], border_weights(mask[..., 0], border))
 
 
 def test_parallel_calls_get_a_worker_each_and_stay_deterministic(fresh_workers):

@@ -23,6 +23,7 @@ import numpy as np
 
 from keras_ptx.config import AugmentConfig
 from keras_ptx.input import workers
+from keras_ptx.input.border import Border
 from keras_ptx.input.policy import augment_batch, build_policy
 from keras_ptx.tf_setup import tf
 
@@ -49,8 +50,10 @@ class GraphAugmenter:
     """
 
     def __init__(self, make_policy: Callable[[], A.BaseCompose], out_size: int | None = None,
-                 processes: bool = False, streams: int | None = None):
+                 processes: bool = False, streams: int | None = None,
+                 border: Border | None = None):
         self._make_policy = make_policy
+        self._border = border
         self._streams = streams
         self.parallel_calls = (tf.data.AUTOTUNE if streams is None
                                else streams * (workers.SLOTS if processes else 1))
@@ -66,28 +69,33 @@ class GraphAugmenter:
             policy = self._idle.pop()
         except IndexError:
             policy = self._make_policy()
-        outs = [workers.aligned_empty((len(images), out_side, out_side, 1)) for _ in range(2)]
+        shape = (len(images), out_side, out_side, 1)
+        outs = [workers.aligned_empty(shape) for _ in range(2)]
+        if self._border is not None:
+            outs.append(workers.aligned_empty(shape, np.float32))
         try:
-            augment_batch(policy, images, masks, seeds, *outs)
+            augment_batch(policy, images, masks, seeds, *outs[:2], self._border, *outs[2:])
         finally:
             self._idle.append(policy)
         return tuple(outs)
 
-    def _apply(self, images: np.ndarray, masks: np.ndarray, seeds) -> tuple[np.ndarray, np.ndarray]:
+    def _apply(self, images: np.ndarray, masks: np.ndarray, seeds) -> tuple[np.ndarray, ...]:
         out_side = self._out_size or images.shape[1]
         with _calls.running():
             if self._factory is None:
                 return self._in_thread(images, masks, seeds, out_side)
-            return workers.augment(self._factory, images, masks, seeds, out_side, self._streams)
+            return workers.augment(self._factory, images, masks, seeds, out_side, self._streams,
+                                   self._border)
 
     def __call__(self, images, masks, seeds):
-        new_images, new_masks = tf.numpy_function(
-            self._apply, [images, masks, seeds], [tf.uint8, tf.uint8], stateful=False,
-            name="albumentations")
+        """(images, masks) augmented, and with border weighting their float32 weights."""
+        types = [tf.uint8, tf.uint8] + [tf.float32] * (self._border is not None)
+        outputs = tf.numpy_function(self._apply, [images, masks, seeds], types, stateful=False,
+                                    name="albumentations")
         side = self._out_size or images.shape[1]
-        new_images.set_shape([images.shape[0], side, side, 1])
-        new_masks.set_shape([masks.shape[0], side, side, 1])
-        return new_images, new_masks
+        for output in outputs:
+            output.set_shape([images.shape[0], side, side, 1])
+        return tuple(outputs)
 
 
 class _CallsInFlight:
@@ -151,8 +159,10 @@ def _pickled(make_policy) -> bytes:
 
 
 def graph_augmenter(config: AugmentConfig, size: int, train_crop: int = 0,
-                    processes: bool = False, streams: int | None = None) -> GraphAugmenter:
-    """The configured policy, ready to map over batches ``(images, masks, seeds)``.
+                    processes: bool = False, streams: int | None = None,
+                    border: Border | None = None) -> GraphAugmenter:
+    """The configured policy, ready to map over batches ``(images, masks, seeds)``; with
+    ``border``, each augmented mask's border weights come out as well.
 
     Switches OpenCV's own thread pool off for the process (``cv2.setNumThreads(0)``, as
     albumentations advises for data loaders; worker processes do the same): tf.data already
@@ -162,4 +172,4 @@ def graph_augmenter(config: AugmentConfig, size: int, train_crop: int = 0,
     build_policy(config, size, train_crop=train_crop)  # fail now, not inside a tf.data thread
     cv2.setNumThreads(0)
     return GraphAugmenter(functools.partial(build_policy, config, size, train_crop=train_crop),
-                          train_crop or None, processes, streams)
+                          train_crop or None, processes, streams, border)

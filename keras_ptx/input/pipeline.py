@@ -5,7 +5,8 @@ image, mask and label only (:func:`keras_ptx.data.records.parse`) and shuffle (c
 once, shuffled from memory; else shuffled, then decoded) -> (optional class-balanced sampling
 from one such stream per class) -> groups of ``data.batches_per_call`` batches ->
 prefetch -> albumentations via one ``tf.numpy_function`` call per group, in worker processes by
-default (:mod:`keras_ptx.input.augment`), and labels of lesions cut away set to 0 -> the group
+default (:mod:`keras_ptx.input.augment`; with ``train.loss.border_bce``, each augmented mask's
+border weights too), and labels of lesions cut away set to 0 -> the group
 sliced into batches (a tail short of one batch dropped) -> gray-to-RGB ImageNet normalisation
 compiled by XLA (:mod:`keras_ptx.input.normalize`) -> prefetch.
 Evaluation: the same without shuffling, augmentation or dropped examples, in a fixed order.
@@ -43,6 +44,7 @@ from keras_ptx.config import Config, TrainConfig
 from keras_ptx.data.records import is_positive, parse
 from keras_ptx.data.records_dir import RecordsDir, RecordsError, SplitCounts
 from keras_ptx.input.augment import graph_augmenter
+from keras_ptx.input.border import Border, batch_border_weights, border_for
 from keras_ptx.input.normalize import fused_to_model_input, to_model_input
 from keras_ptx.tf_setup import tf
 
@@ -58,7 +60,10 @@ def make_dataset(config: Config, records: RecordsDir, split: str, *,
                  num_epochs: int | None = None,
                  input_context: tf.distribute.InputContext | None = None) -> tf.data.Dataset:
     """Batches ``(image [B,S,S,3] float32, {'mask': [B,S,S,1] float32, 'label': [B,1] float32})``
-    (in training, S is ``data.train_crop`` when that is set).
+    (in training, S is ``data.train_crop`` when that is set). With ``train.loss.border_bce``,
+    the mask is [B,S,S,2]: the mask and its border weights (:mod:`keras_ptx.input.border`),
+    computed in the augmentation call from the augmented mask (every training batch then goes
+    through one, even without augmentation).
 
     ``training`` defaults to ``split == 'train'``; ``cached`` keeps the decoded records in memory
     after the first pass (:mod:`keras_ptx.input.cache` decides). In training,
@@ -72,10 +77,15 @@ def make_dataset(config: Config, records: RecordsDir, split: str, *,
     training = split == "train" if training is None else training
     source = records.source(split, config.data.image_size, config.data.fold)
     batch = _batch_size(config.train.batch_size, input_context)
+    border = border_for(config)
     if not training:
         ds = _examples(source, config, input_context, cached).map(_pair,
                                                                   num_parallel_calls=AUTOTUNE)
-        return _finish(ds.batch(batch), deterministic=True)
+        ds = ds.batch(batch)
+        if border is not None:
+            ds = ds.map(functools.partial(_with_border_weights, border),
+                        num_parallel_calls=AUTOTUNE)
+        return _finish(ds, deterministic=True)
 
     first, num_epochs = epoch or 0, num_epochs or config.train.epochs
     seed = _epoch_seed(config.data.seed, first,
@@ -91,10 +101,11 @@ def make_dataset(config: Config, records: RecordsDir, split: str, *,
         ds = _balanced(config, records.counts(split, config.data.fold),
                        f"the {split} shards in {records}", source, input_context, first,
                        num_epochs, per_epoch, batch, seed, cached)
-    if not config.augment.enabled and not config.data.train_crop:
+    if not config.augment.enabled and not config.data.train_crop and border is None:
         return _finish(ds.batch(batch, drop_remainder=True), deterministic)
     augment = graph_augmenter(config.augment, config.data.image_size, config.data.train_crop,
-                              config.data.augment_processes, config.data.num_parallel_calls or None)
+                              config.data.augment_processes, config.data.num_parallel_calls or None,
+                              border)
 
     def augmented(pairs, seeds):
         """A group of whole batches, flat, through one augmentation call; returned as
@@ -102,8 +113,8 @@ def make_dataset(config: Config, records: RecordsDir, split: str, *,
         whole = tf.shape(seeds)[0] // batch * batch           # less only in a finite epoch's tail
         images, masks, labels, seeds = (t[:whole] for t in (*pairs, seeds))
         had_lesion = _present(masks)
-        images, masks = augment(images, masks, seeds)
-        outputs = (images, masks, labels * _kept(had_lesion, masks))
+        images, masks, *weights = augment(images, masks, seeds)
+        outputs = (images, masks, labels * _kept(had_lesion, masks), *weights)
         return tuple(tf.reshape(t, [-1, batch, *t.shape[1:]]) for t in outputs)
 
     # Each call takes several batches (assembled ahead of it in one copy), which shares its fixed
@@ -286,9 +297,20 @@ def _kept(had_lesion, new_masks):
     return tf.cast(_present(new_masks) | ~had_lesion, tf.float32)[:, None]
 
 
-def _to_model_batch(image, mask, label):
-    """Model batch from uint8 image and mask batches."""
-    return fused_to_model_input(image), {"mask": tf.cast(mask, tf.float32), "label": label}
+def _with_border_weights(border: Border, image, mask, label):
+    """A batch with its masks' border weights (float32 [B, S, S, 1]) appended."""
+    weights = tf.numpy_function(functools.partial(batch_border_weights, border=border), [mask],
+                                tf.float32, stateful=False, name="border_weights")
+    return image, mask, label, tf.ensure_shape(weights, mask.shape)
+
+
+def _to_model_batch(image, mask, label, weights=None):
+    """Model batch from uint8 image and mask batches; with border weights, the mask target
+    is [B, S, S, 2]: the mask, then its weights (:mod:`keras_ptx.model.losses`)."""
+    mask = tf.cast(mask, tf.float32)
+    if weights is not None:
+        mask = tf.concat([mask, weights], axis=-1)
+    return fused_to_model_input(image), {"mask": mask, "label": label}
 
 
 def _finish(batches: tf.data.Dataset, deterministic: bool) -> tf.data.Dataset:

@@ -22,6 +22,7 @@ import cv2
 import numpy as np
 
 from keras_ptx.config import AugmentConfig
+from keras_ptx.input.border import Border, border_weights
 
 
 def build_policy(config: AugmentConfig, size: int, seed: int | None = None,
@@ -64,12 +65,16 @@ def reseed(policy: A.BaseCompose, seed: int) -> None:
 
 
 def augment_batch(policy: A.BaseCompose, images: np.ndarray, masks: np.ndarray, seeds,
-                  out_images: np.ndarray, out_masks: np.ndarray) -> None:
+                  out_images: np.ndarray, out_masks: np.ndarray, border: Border | None = None,
+                  out_weights: np.ndarray | None = None) -> None:
     """Augment uint8 [B, S, S, 1] ``images`` and ``masks`` into ``out_images``/``out_masks``
     ([B, T, T, 1]), restarting the policy's stream from each example's seed, so an example's
-    result depends neither on the thread or process, nor on the rest of its batch."""
+    result depends neither on the thread or process, nor on the rest of its batch. With
+    ``border``, also each augmented mask's border weights into float32 ``out_weights``."""
     for i, (image, mask, seed) in enumerate(zip(images, masks, seeds)):
         reseed(policy, seed)
         out = policy(image=image[..., 0], mask=mask[..., 0])
         out_images[i, ..., 0] = out["image"]
         out_masks[i, ..., 0] = out["mask"]
+        if border is not None:
+            out_weights[i, ..., 0] = border_weights(out["mask"], border)

@@ -8,7 +8,8 @@ TensorFlow) and waits for it without holding the lock.
 
 - Pixels travel through a shared buffer per worker (an anonymous file both map, handed over
   as a descriptor, so nothing is left on disk): the caller copies inputs in, the worker writes
-  outputs there, and the caller copies them out. Only a small header goes through the pipe.
+  outputs there (with border weights, :mod:`keras_ptx.input.border`, a float32 one more), and
+  the caller copies them out. Only a small header goes through the pipe.
 - The policy travels as a pickled factory (e.g. ``functools.partial(build_policy, ...)``);
   each worker builds it once and keeps it.
 - Each worker has :data:`SLOTS` buffer slots and serves its calls in order, so a second call
@@ -41,6 +42,8 @@ from pathlib import Path
 
 import numpy as np
 
+from keras_ptx.input.border import Border
+
 # glibc hands each array of 128 KB or more (a float32 256 px image is 256 KB) to mmap and back,
 # and trims the heap as it shrinks, so every image faulted in fresh pages (~65 faults per 256 px
 # image). Keeping the worker's memory in its heap cut its CPU per image by ~25% (0.93 -> 0.69
@@ -72,31 +75,36 @@ def _shared_file(nbytes: int) -> int:
     return fd
 
 
-def aligned_empty(shape: tuple[int, ...], alignment: int = 64) -> np.ndarray:
-    """An uninitialised uint8 array starting on an ``alignment``-byte boundary: TensorFlow
-    adopts such a ``numpy_function`` result as it is, where it copies a less aligned one."""
-    nbytes = int(np.prod(shape))
+def aligned_empty(shape: tuple[int, ...], dtype=np.uint8, alignment: int = 64) -> np.ndarray:
+    """An uninitialised array starting on an ``alignment``-byte boundary: TensorFlow adopts
+    such a ``numpy_function`` result as it is, where it copies a less aligned one."""
+    nbytes = int(np.prod(shape)) * np.dtype(dtype).itemsize
     raw = np.empty(nbytes + alignment, np.uint8)
     start = -raw.ctypes.data % alignment
-    return raw[start:start + nbytes].reshape(shape)
+    return raw[start:start + nbytes].view(dtype).reshape(shape)
 
 
-def _layout(batch: int, side: int, out_side: int) -> list[tuple[int, ...]]:
-    """Shapes of images, masks, out images and out masks, laid end to end in a buffer."""
-    return [(batch, side, side, 1)] * 2 + [(batch, out_side, out_side, 1)] * 2
+def _layout(batch: int, side: int, out_side: int, weights: bool) -> list[tuple]:
+    """(shape, dtype) of images, masks, out images, out masks and, with ``weights``, the out
+    masks' float32 border weights, laid end to end in a buffer."""
+    inputs, outputs = (batch, side, side, 1), (batch, out_side, out_side, 1)
+    return ([(inputs, np.uint8)] * 2 + [(outputs, np.uint8)] * 2
+            + [(outputs, np.float32)] * weights)
 
 
-def _layout_bytes(batch: int, side: int, out_side: int) -> int:
-    return sum(int(np.prod(shape)) for shape in _layout(batch, side, out_side))
+def _layout_bytes(batch: int, side: int, out_side: int, weights: bool) -> int:
+    return sum(int(np.prod(shape)) * np.dtype(dtype).itemsize
+               for shape, dtype in _layout(batch, side, out_side, weights))
 
 
-def _views(buffer, offset: int, batch: int, side: int, out_side: int) -> list[np.ndarray]:
-    """uint8 views of :func:`_layout` in ``buffer`` from ``offset`` on."""
+def _views(buffer, offset: int, batch: int, side: int, out_side: int,
+           weights: bool) -> list[np.ndarray]:
+    """Views of :func:`_layout` in ``buffer`` from ``offset`` on."""
     views = []
-    for shape in _layout(batch, side, out_side):
+    for shape, dtype in _layout(batch, side, out_side, weights):
         count = int(np.prod(shape))
-        views.append(np.frombuffer(buffer, np.uint8, count, offset).reshape(shape))
-        offset += count
+        views.append(np.frombuffer(buffer, dtype, count, offset).reshape(shape))
+        offset += count * np.dtype(dtype).itemsize
     return views
 
 
@@ -135,17 +143,18 @@ class Worker:
         return self.failure is None and self.process.poll() is None
 
     def run(self, factory: bytes, images: np.ndarray, masks: np.ndarray, seeds: np.ndarray,
-            out_side: int) -> tuple[np.ndarray, np.ndarray]:
+            out_side: int, border: Border | None = None) -> tuple[np.ndarray, ...]:
         batch, side = images.shape[:2]
         with self._send:
             n = self.sent
             offset = n % SLOTS * self.slot_bytes
-            in_images, in_masks, out_images, out_masks = _views(self.buffer, offset, batch, side,
-                                                                out_side)
+            in_images, in_masks, *outputs = _views(self.buffer, offset, batch, side, out_side,
+                                                   border is not None)
             np.copyto(in_images, images)            # nothing is sent yet if these fail
             np.copyto(in_masks, masks)
             header = pickle.dumps((factory, offset, batch, side, out_side,
-                                   np.asarray(seeds, np.int64)), protocol=pickle.HIGHEST_PROTOCOL)
+                                   np.asarray(seeds, np.int64), border),
+                                  protocol=pickle.HIGHEST_PROTOCOL)
             try:
                 self.process.stdin.write(header)
                 self.process.stdin.flush()
@@ -166,9 +175,9 @@ class Worker:
             if status != "ok":
                 raise AugmentWorkerError(f"augmentation failed in worker process "
                                          f"{self.process.pid}:\n{detail}")
-            outs = aligned_empty(out_images.shape), aligned_empty(out_masks.shape)
-            np.copyto(outs[0], out_images)
-            np.copyto(outs[1], out_masks)
+            outs = tuple(aligned_empty(out.shape, out.dtype) for out in outputs)
+            for out, shared in zip(outs, outputs):
+                np.copyto(out, shared)
             return outs
         finally:
             with self._turn:
@@ -272,13 +281,16 @@ atexit.register(pool.shutdown)
 
 
 def augment(factory: bytes, images: np.ndarray, masks: np.ndarray, seeds: np.ndarray,
-            out_side: int, streams: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+            out_side: int, streams: int | None = None,
+            border: Border | None = None) -> tuple[np.ndarray, ...]:
     """Augment a uint8 [B, S, S, 1] batch in a worker process of :data:`pool` with the policy
-    that the pickled ``factory`` builds; returns images and masks of [B, out_side, out_side, 1].
+    that the pickled ``factory`` builds; returns images and masks of [B, out_side, out_side, 1]
+    and, with ``border``, the masks' float32 border weights of that shape.
     ``streams``: the workers wanted (None: one per call that finds none idle)."""
-    worker = pool.borrow(_layout_bytes(images.shape[0], images.shape[1], out_side), streams)
+    worker = pool.borrow(_layout_bytes(images.shape[0], images.shape[1], out_side,
+                                       border is not None), streams)
     try:
-        return worker.run(factory, images, masks, seeds, out_side)
+        return worker.run(factory, images, masks, seeds, out_side, border)
     finally:
         pool.give_back(worker)
 
@@ -292,14 +304,16 @@ def _serve(buffer: mmap.mmap, requests, replies):
     policies: dict[bytes, object] = {}
     while True:
         try:
-            factory, offset, batch, side, out_side, seeds = pickle.load(requests)
+            factory, offset, batch, side, out_side, seeds, border = pickle.load(requests)
         except EOFError:
             return
         try:
             if factory not in policies:
                 policies[factory] = pickle.loads(factory)()
-            images, masks, out_images, out_masks = _views(buffer, offset, batch, side, out_side)
-            augment_batch(policies[factory], images, masks, seeds, out_images, out_masks)
+            images, masks, *outputs = _views(buffer, offset, batch, side, out_side,
+                                             border is not None)
+            augment_batch(policies[factory], images, masks, seeds, *outputs[:2], border,
+                          *outputs[2:])
             reply = ("ok", None)
         except Exception:   # reported to the caller, which raises it there
             reply = ("error", traceback.format_exc())

@@ -1,8 +1,10 @@
 """Losses of the network's outputs, chosen and weighted in ``train.loss``.
 
 Mask terms: binary cross-entropy, soft Dice over the batch, binary focal loss (all three from
-segmentation-models) and the Lovasz hinge (Berman et al., 2018; written here, per image and
-vectorised, as segmentation-models has none). The paper's recipe is BCE + Dice. Deep-supervision
+segmentation-models), the Lovasz hinge (Berman et al., 2018; written here, per image and
+vectorised, as segmentation-models has none) and U-Net's border-weighted cross-entropy
+(:func:`border_bce`: the pixel weights come with the truth, as its second channel, from the
+input pipeline: :mod:`keras_ptx.input.border`). The paper's recipe is BCE + Dice. Deep-supervision
 outputs share the mask loss and every mask output weighs 1/n (the paper's average); ``label``
 gets binary cross-entropy weighted by ``train.loss.classifier``.
 """
@@ -19,17 +21,30 @@ _EPSILON = 1e-7
 
 
 class MaskLoss(sm.base.Loss):
-    """Weighted sum of mask loss terms on probabilities; the truth is cast to their dtype."""
+    """Weighted sum of mask loss terms on probabilities; the truth is cast to their dtype.
+    With a ``border`` weight, the truth is [..., 2]: the mask, then its border weights."""
 
-    def __init__(self, terms):
+    def __init__(self, terms, border: float = 0.0):
         super().__init__(name="mask_loss")
         self.terms = tuple((float(weight), term) for weight, term in terms if weight)
-        if not self.terms:
-            raise ValueError("train.loss: every mask term (bce, dice, focal, lovasz) has weight 0")
+        self.border = float(border)
+        if not self.terms and not self.border:
+            raise ValueError("train.loss: every mask term (bce, dice, focal, lovasz, "
+                             "border_bce) has weight 0")
 
     def __call__(self, gt, pr):
         gt = tf.cast(gt, pr.dtype)
-        return tf.add_n([weight * term(gt, pr) for weight, term in self.terms])
+        mask = gt[..., :1]
+        losses = [weight * term(mask, pr) for weight, term in self.terms]
+        if self.border:
+            losses.append(self.border * border_bce(mask, gt[..., 1:], pr))
+        return tf.add_n(losses)
+
+
+def border_bce(gt, weights, pr):
+    """Mean over pixels of ``weights`` x binary cross-entropy of probabilities ``pr`` against
+    ``gt`` (from the logits Keras' sigmoid caches on its output, as Keras' own BCE does)."""
+    return tf.reduce_mean(weights * tf.keras.backend.binary_crossentropy(gt, pr))
 
 
 class LovaszHingeLoss(sm.base.Loss):
@@ -73,7 +88,7 @@ def mask_loss(loss: LossConfig) -> MaskLoss:
     return MaskLoss([(loss.bce, sm.losses.BinaryCELoss()),
                      (loss.dice, sm.losses.DiceLoss()),
                      (loss.focal, sm.losses.BinaryFocalLoss()),
-                     (loss.lovasz, LovaszHingeLoss())])
+                     (loss.lovasz, LovaszHingeLoss())], loss.border_bce)
 
 
 def make_losses(config: Config) -> tuple[dict, dict]:

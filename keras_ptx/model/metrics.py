@@ -31,6 +31,7 @@ class _PerImageScore(tf.keras.metrics.Metric):
         batch = tf.shape(y_pred)[0]
         probs = tf.reshape(tf.cast(y_pred, self.dtype), [batch, 1, -1])
         pred = tf.cast(probs > tf.constant(self._thresholds, self.dtype)[:, None], self.dtype)
+        y_true = y_true[..., :1]    # a border-weighted loss's truth has its weights next
         true = tf.cast(tf.reshape(y_true, [batch, 1, -1]) > 0.5, self.dtype)
         intersection = tf.reduce_sum(pred * true, axis=2)                   # [B, thresholds]
         pred_area = tf.reduce_sum(pred, axis=2)
