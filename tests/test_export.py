@@ -523,11 +523,22 @@ def test_a_mixed_precision_run_exports_float32_unless_asked(exported, tmp_path):
     shutil.copytree(exported["run"], run)
     config = load_config(run / CONFIG, ["train.mixed_precision=true"])
     dump_config(config, run / CONFIG)
-    for args, precision in (([], "float32"), (["--precision", "mixed_float16"], "mixed_float16")):
+    cases = (([], "float32"), (["--precision", "mixed_float16"], "mixed_float16"),
+             (["--precision", "mixed_bfloat16"], "mixed_bfloat16"))
+    probabilities = {}
+    for args, precision in cases:
         result = CliRunner().invoke(command, ["--model", str(run), "--out", str(tmp_path / "base"),
                                               *args])
         assert result.exit_code == 0, result.output
         assert f"precision: {precision}" in result.output
-        export = sorted((tmp_path / "base").iterdir())[-1]
+        export = sorted((tmp_path / "base").iterdir(), key=lambda p: int(p.name))[-1]
         assert read_metadata(export)["precision"] == precision
-        assert (types_pb2.DT_HALF in _graph_dtypes(export)) == (precision == "mixed_float16")
+        dtypes = _graph_dtypes(export)
+        assert (types_pb2.DT_HALF in dtypes) == (precision == "mixed_float16")
+        assert (types_pb2.DT_BFLOAT16 in dtypes) == (precision == "mixed_bfloat16")
+        predict_image = tf.saved_model.load(str(export)).signatures["predict_image"]
+        probabilities[precision] = predict_image(
+            images=tf.constant(exported["squares"], tf.float32))["probabilities"].numpy()
+    # the reduced precisions stay within a few bfloat16 steps of float32 on this network
+    for precision in ("mixed_float16", "mixed_bfloat16"):
+        assert np.abs(probabilities[precision] - probabilities["float32"]).max() < 0.05

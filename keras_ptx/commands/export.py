@@ -9,9 +9,11 @@ from keras_ptx.config import Precision, Tta, choices
 
 @cli_command("export",
                help="Export RUN_DIR's best model to EXPORT_BASE/<version>/ for TF Serving: "
-                    "signatures serving_default (encoded PNG/JPEG bytes of any size) and "
-                    "predict_image (float32 gray images on the model's grid), with decoding, "
-                    "resizing, normalisation and the run's post-processing inside the graph.")
+                    "signatures serving_default (encoded PNG/JPEG bytes of any size: mask, "
+                    "RLE, probability), serving_compact (the same without the mask and "
+                    "probability map) and predict_image (float32 gray images on the model's "
+                    "grid), with decoding, resizing, normalisation and the run's "
+                    "post-processing inside the graph.")
 @click.option("--model", "run_dir", required=True, metavar="RUN_DIR",
               help="Training run directory, a local path or a URL.")
 @click.option("--out", "export_base", required=True,
@@ -21,10 +23,12 @@ from keras_ptx.config import Precision, Tta, choices
 @click.option("--tta", type=click.Choice(choices(Tta)), default=None,
               help="Test-time augmentation inside the graph (default: the one the run's "
                    "postprocess.json was tuned with, else its eval.tta).")
-@click.option("--precision", type=click.Choice(choices(Precision)), default="float32",
-              show_default=True,
+@click.option("--precision", type=click.Choice([*choices(Precision), "auto"]),
+              default="float32", show_default=True,
               help="What the graph computes in, whatever the run trained in and whatever this "
-                   "host has (mixed_float16 pays off only where the server has a GPU).")
+                   "host has: mixed_float16 pays off only where the server has a GPU, "
+                   "mixed_bfloat16 on a CPU with AVX512_BF16 or AMX; auto: this host's best, "
+                   "for a server like it.")
 def command(run_dir, export_base, version, tta, precision):
     from keras_ptx.serving.export import export_run, read_metadata
 

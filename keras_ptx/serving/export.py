@@ -28,7 +28,7 @@ from __future__ import annotations
 import json
 
 import keras_ptx
-from keras_ptx.config import Precision
+from keras_ptx.config import Auto, Precision
 from keras_ptx.data import rle
 from keras_ptx.errors import UserError
 from keras_ptx.fileio import check_openable, publish_folder, staging_folder
@@ -36,6 +36,7 @@ from keras_ptx.inference.postprocess import PostProcess, apply_tf, image_mask_tf
 from keras_ptx.inference.runner import Predictor
 from keras_ptx.inference.trained import TrainedRun
 from keras_ptx.input.normalize import to_model_input
+from keras_ptx.model.precision import best_inference_precision
 from keras_ptx.serving import (BATCHING_FILE, BYTES_INPUT, IMAGE_INPUT, PREDICT_IMAGE,
                                SERVING_COMPACT, SERVING_DEFAULT, WARMUP_FILE)
 from keras_ptx.serving.warmup import write_warmup
@@ -239,14 +240,18 @@ def read_metadata(export_dir) -> dict:
 
 
 def export_run(run_dir, export_base, version: int | None = None, tta: str | None = None,
-               precision: Precision = "float32") -> str:
+               precision: Precision | Auto = "float32") -> str:
     """Export the best model of a training run directory; returns the version path.
 
     The post-processing and the test-time augmentation are those ``bin/predict`` would use:
     RUN_DIR/postprocess.json (else ``eval.threshold``) and ``tta`` (else the rule's, else
     ``eval.tta``). The graph computes in ``precision``, whatever the run trained in and
-    whatever this host has: float32 unless mixed_float16 is asked for.
+    whatever this host has: float32 unless another policy is asked for; ``auto`` is this
+    host's best (:func:`~keras_ptx.model.precision.best_inference_precision`), for a server
+    like it.
     """
+    if precision == "auto":
+        precision = best_inference_precision()
     check_openable(export_base, "--out")
     version = next_version(export_base) if version is None else version
     check_version_free(export_base, version)        # before the model is built
