@@ -240,6 +240,7 @@ class TrainConfig:
     mixed_precision: Union[bool, Precision, Auto] = "auto"
     strategy: Strategy = "auto"         # auto: multi_worker under TF_CONFIG, mirrored on 2+ GPUs
     swa_epochs: int = 0                 # average weights over the last N epochs (0 = off)
+    keep_best: int = 1                  # keep the weights of the N best epochs (ensembles)
     init_from: Optional[str] = None     # a finished RUN_DIR whose best weights start this run
     freeze_encoder_epochs: int = 0      # train only the decoder and heads for the first N epochs
     tensorboard_images: int = 4
@@ -247,7 +248,7 @@ class TrainConfig:
 
     def validate(self) -> None:
         _at_least("train", self, 1, "epochs", "batch_size", "steps_per_epoch",
-                  "validation_steps")
+                  "validation_steps", "keep_best")
         _at_least("train", self, 0, "swa_epochs", "tensorboard_images", "early_stopping_patience",
                   "learning_rate", "min_learning_rate", "weight_decay", "warmup_epochs",
                   "freeze_encoder_epochs")

@@ -3,11 +3,14 @@
 RUN_DIR/
   config.yaml            resolved config of the run
   checkpoints/           best.weights.h5 (best epoch by train.monitor), last.weights.h5,
-                         backup/ (BackupAndRestore's state), swa-epoch-NNN.npz (running weight average)
+                         backup/ (BackupAndRestore's state), swa-epoch-NNN.npz (running weight average),
+                         top-epoch-NNN.weights.h5 (train.keep_best above 1: the best epochs so far)
   logs/                  TensorBoard event files
   history.csv            one row per epoch
   metrics.json           best epoch and its scores
   best.weights.h5        the best model's weights (rebuilt from config.yaml, then loaded)
+  top/                   epoch-NNN.weights.h5 of the train.keep_best best epochs (when above 1;
+                         metrics.json's top_epochs lists them best first): checkpoint ensembles
   postprocess.json       post-processing chosen by `bin/evaluate` on the val split, with the
                          TTA it was tuned with (used by predict and export)
   eval/                  evaluation report, plots, overlays (eval-<split>/ for other splits)
@@ -45,6 +48,8 @@ EVAL = "eval"
 EVAL_REPORT = "report.json"             # in eval/ (and eval-<split>/), with report.md beside it
 EVAL_REPORT_MD = "report.md"
 FOLDS = "folds.json"                    # at the top of a fold folder
+TOP = "top"                             # the best epochs' weights, train.keep_best of them
+TOP_FILE = "epoch-{:03d}.weights.h5"    # in top/, the 1-based epoch
 
 
 class RunDirError(UserError):

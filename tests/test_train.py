@@ -304,7 +304,8 @@ def test_end_to_end_run_with_planted_plateau_stops_early_and_keeps_the_best(data
     from keras_ptx.training.run import train
 
     run = tmp_path / "run"
-    config = load_config(TEST_CONFIG, ["train.epochs=6", "train.early_stopping_patience=2"])
+    config = load_config(TEST_CONFIG, ["train.epochs=6", "train.early_stopping_patience=2",
+                                       "train.keep_best=2"])
     planted = PlantScores("val_mask_score", [0.2, 0.6, 0.5, 0.4, 0.9, 0.9])
     lines = []
     result = train(config, str(data_dir), run, callbacks=[planted], echo=lines.append)
@@ -329,6 +330,18 @@ def test_end_to_end_run_with_planted_plateau_stops_early_and_keeps_the_best(data
     for got, want in zip(reloaded.get_weights(), best):
         np.testing.assert_array_equal(got, want)
     assert not np.array_equal(planted.weights[3][0], best[0])     # it did train on
+
+    # keep_best 2: epochs 2 and 3 (0.6, 0.5), best first, as inference weights in top/
+    assert metrics["top_epochs"] == [2, 3]
+    assert sorted(p.name for p in (run / rundir.CHECKPOINTS).glob("top-epoch-*")) == [
+        "top-epoch-002.weights.h5", "top-epoch-003.weights.h5"]
+    assert sorted(p.name for p in (run / rundir.TOP).iterdir()) == [
+        rundir.TOP_FILE.format(2), rundir.TOP_FILE.format(3)]
+    twin = TrainedRun(run).model
+    for epoch in (2, 3):
+        twin.load_weights(str(run / rundir.TOP / rundir.TOP_FILE.format(epoch)))
+        for got, want in zip(twin.get_weights(), planted.weights[epoch - 1]):
+            np.testing.assert_array_equal(got, want)
 
     for name in (rundir.CONFIG, rundir.HISTORY, rundir.METRICS, rundir.BEST_WEIGHTS,
                  f"{rundir.CHECKPOINTS}/{rundir.BEST_WEIGHTS}",
@@ -546,3 +559,12 @@ def test_the_backup_is_deleted_index_first_and_a_broken_one_is_a_clear_error(tmp
     delete_backup(run)
     assert os.listdir(backup.parent) == [] and backup_epoch(run) is None
     delete_backup(run)                                  # nothing to delete: fine
+
+
+def test_the_best_epochs_ranking_keeps_the_first_of_ties_and_skips_nan():
+    from keras_ptx.training.checkpoints import ranking
+    rows = [{"epoch": 0, "val_score": 0.5}, {"epoch": 1, "val_score": float("nan")},
+            {"epoch": 2, "val_score": 0.7}, {"epoch": 3, "val_score": 0.5}, {"epoch": 4}]
+    assert ranking(rows, Monitor("val_score"), 3) == [(0.7, 2), (0.5, 0), (0.5, 3)]
+    assert ranking(rows, Monitor("val_score"), 2) == [(0.7, 2), (0.5, 0)]
+    assert ranking(rows, Monitor("val_score", "min"), 1) == [(0.5, 0)]

@@ -15,13 +15,13 @@ import numpy as np
 from keras_ptx import rundir
 from keras_ptx.config import Config
 from keras_ptx.data.records_dir import RecordsDir
-from keras_ptx.fileio import atomic_path
 from keras_ptx.input.normalize import gray_from_model_input
 from keras_ptx.input.pipeline import make_eval_dataset
 from keras_ptx.model.encoders import encoder_layers
 from keras_ptx.model.unetpp import named_outputs
 from keras_ptx.tf_setup import tf
 from keras_ptx.training.averaging import WeightAveraging
+from keras_ptx.training.checkpoints import AtomicCheckpoint, TopEpochs
 from keras_ptx.training.resume import Monitor, ResumePoint, score_key
 from keras_ptx.training.schedules import current_learning_rate
 from keras_ptx.training.strategy import is_chief, sync_from_chief
@@ -118,15 +118,6 @@ class ResumablePlateau(tf.keras.callbacks.ReduceLROnPlateau):
                 super().on_epoch_end(row["epoch"], dict(row))
         finally:
             self.model, self.verbose = model, verbose
-
-
-class AtomicCheckpoint(tf.keras.callbacks.ModelCheckpoint):
-    """``ModelCheckpoint`` of weights whose file is replaced whole: a crash while it writes
-    leaves the previous checkpoint, not half of a new one."""
-
-    def _save_handler(self, filepath):
-        with atomic_path(filepath) as tmp:
-            self.model.save_weights(tmp, overwrite=True)
 
 
 class SharedBackupAndRestore(tf.keras.callbacks.BackupAndRestore):
@@ -287,6 +278,8 @@ class RunCallbacks:
                                                 config.model.encoder))
         self.callbacks += [
             keras.TerminateOnNaN(), self.best,
+            *([TopEpochs(checkpoints, train.keep_best, monitor, start, chief)]
+              if train.keep_best > 1 else []),
             AtomicCheckpoint(rundir.path(checkpoints, rundir.LAST_WEIGHTS),
                              save_weights_only=True),
         ]

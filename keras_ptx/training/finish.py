@@ -3,8 +3,9 @@
 After ``fit`` the chief loads the best checkpoint and every other worker receives its weights
 from the chief (they never read RUN_DIR); all then take the weight average instead when it does
 better on the validation split. The chief saves the result, without the optimizer's state, as
-RUN_DIR/best.weights.h5 (what evaluate, predict and export load), writes metrics.json and only
-then deletes the backup: a crash before that re-runs the finish.
+RUN_DIR/best.weights.h5 (what evaluate, predict and export load) and, with ``train.keep_best``
+above 1, the best epochs' weights in RUN_DIR/top/, writes metrics.json and only then deletes the
+backup: a crash before that re-runs the finish.
 Epochs are 1-based in printed lines and metrics.json, 0-based in history.csv.
 """
 from __future__ import annotations
@@ -20,6 +21,7 @@ from keras_ptx.tf_setup import tf
 from keras_ptx.model.unetpp import build_model_to_load
 from keras_ptx.training import TrainingError
 from keras_ptx.training.callbacks import RunCallbacks
+from keras_ptx.training.checkpoints import finish_top_epochs
 from keras_ptx.training.resume import Monitor, best_row, delete_backup, read_history
 from keras_ptx.training.strategy import (from_chief, is_chief, resolve_strategy_name,
                                         sync_from_chief)
@@ -69,6 +71,8 @@ def finish(model, config: Config, run: str, monitor: Monitor, val_data, own: Run
         "final_weights": final,
         "weight_averaging": averaged,
         "images_per_sec": statistics.median(speeds) if speeds else None,
+        "top_epochs": (finish_top_epochs(run, config, history, monitor)
+                       if config.train.keep_best > 1 else [best["epoch"] + 1]),
     }
     write_atomic(rundir.path(run, rundir.METRICS), json.dumps(metrics, indent=1, sort_keys=True) + "\n")
     delete_backup(run)                                      # finished: nothing left to resume
