@@ -122,6 +122,18 @@ def test_clear_errors_for_records_without_folds_or_a_fold_out_of_range(folded, t
     assert parse_folds("all", 3) == [0, 1, 2] and parse_folds("2, 0", 3) == [0, 2]
 
 
+def test_folds_need_no_val_split(tmp_path):
+    """Records built with --val-fraction 0 --folds K: a fold run validates on its fold."""
+    from keras_ptx.training.datasets import check_records
+
+    write_shards(tmp_path, "train", _examples(8, 6), original=SIZE, folds=[0, 1] * 4)
+    records = RecordsDir(str(tmp_path))
+    check_records(_config("data.fold=1"), records)
+    assert records.counts("val", 1) == SplitCounts(4, 0) and records.counts("train", 1).records == 4
+    with pytest.raises(TrainingError, match="no val split"):
+        check_records(_config(), records)
+
+
 def _tiny_model(seed):
     """A stand-in network with only a mask output, each fold's with its own weights."""
     inputs = tf.keras.Input((SIZE, SIZE, 3))
