@@ -4,6 +4,8 @@ import numpy as np
 import pytest
 
 from keras_ptx.config import load_config
+from keras_ptx.data.records_dir import RecordsDir
+from keras_ptx.input.pipeline import make_dataset
 from keras_ptx.input.border import Border, border_for, border_weights
 from keras_ptx.model.losses import border_bce, mask_loss
 from keras_ptx.tf_setup import tf
@@ -66,6 +68,24 @@ def test_the_border_term_is_weighted_bce_by_hand():
     truth = tf.constant(np.concatenate([gt, weights], axis=-1))
     np.testing.assert_allclose(mask_loss(config)(truth, tf.constant(pr)),
                                0.5 * plain_bce + 2 * by_hand, rtol=1e-5)
+
+
+def test_training_and_validation_batches_carry_the_weights_of_their_masks(tmp_path):
+    data = write_records(tmp_path / "records", "train", 8, seed=1)
+    write_records(data, "val", 4, seed=2)
+    records = RecordsDir.open(str(data))
+    plain = load_config(TEST_CONFIG)
+    assert make_dataset(plain, records, "train").element_spec[1]["mask"].shape[-1] == 1
+    config = load_config(TEST_CONFIG, ["train.loss.border_bce=1", "train.loss.border_sigma=60",
+                                       "augment.enabled=true"])
+    border = border_for(config)
+    for split in ("train", "val"):
+        _, targets = next(iter(make_dataset(config, records, split)))
+        truth = targets["mask"].numpy()
+        assert truth.shape[-1] == 2 and truth[..., 1].max() > 1.0
+        for mask, weights in zip(truth[..., 0], truth[..., 1]):
+            np.testing.assert_allclose(weights, border_weights(mask.astype(np.uint8), border),
+                                       rtol=1e-6)      # numpy's exp may round a last bit apart
 
 
 @pytest.mark.slow
