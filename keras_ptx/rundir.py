@@ -73,11 +73,14 @@ def load_run_config(run_dir) -> Config:
         raise RunDirError(f"{run_dir}: its {CONFIG} does not load: {exc}") from None
 
 
-def load_model(run_dir, config: Config):
-    """Rebuild the run's model from ``config`` (its config.yaml) and load its best weights."""
+def load_model(run_dir, config: Config, weights_file: str = BEST_WEIGHTS):
+    """Rebuild the run's model from ``config`` (its config.yaml) and load its best weights (or
+    another weights file of RUN_DIR, such as ``top/epoch-003.weights.h5``)."""
     from keras_ptx.model.unetpp import build_model_to_load
 
-    weights = path(run_dir, BEST_WEIGHTS)
+    weights = path(run_dir, weights_file)
+    if weights_file != BEST_WEIGHTS and not exists(weights):
+        raise RunDirError(f"{run_dir}: no {weights_file}")
     if not exists(weights):
         if exists(path(run_dir, CHECKPOINTS, BEST_WEIGHTS)):
             raise RunDirError(f"{run_dir}: training has not finished (its best weights so far "

@@ -14,8 +14,13 @@ from keras_ptx.config import Precision, Tta, choices
                     "probability map) and predict_image (float32 gray images on the model's "
                     "grid), with decoding, resizing, normalisation and the run's "
                     "post-processing inside the graph.")
-@click.option("--model", "run_dir", required=True, metavar="RUN_DIR",
-              help="Training run directory, a local path or a URL.")
+@click.option("--model", "run_dir", required=True, multiple=True, metavar="RUN_DIR",
+              help="Training run directory or fold folder (train-folds), a local path or a "
+                   "URL; repeat it for an ensemble (probabilities averaged; the first one's "
+                   "postprocess.json applies).")
+@click.option("--checkpoints", type=click.IntRange(min=1), default=1, show_default=True,
+              help="Checkpoints per run: its N best epochs (RUN_DIR/top/, train.keep_best of "
+                   "at least N) averaged; 1 = best.weights.h5.")
 @click.option("--out", "export_base", required=True,
               help="TF Serving model base path (local or gs://); versions go beneath it.")
 @click.option("--version", type=click.IntRange(min=1), default=None,
@@ -29,11 +34,13 @@ from keras_ptx.config import Precision, Tta, choices
                    "host has: mixed_float16 pays off only where the server has a GPU, "
                    "mixed_bfloat16 on a CPU with AVX512_BF16 or AMX; auto: this host's best, "
                    "for a server like it.")
-def command(run_dir, export_base, version, tta, precision):
+def command(run_dir, checkpoints, export_base, version, tta, precision):
     from keras_ptx.serving.export import export_run, read_metadata
 
-    path = export_run(run_dir, export_base, version, tta, precision)
+    path = export_run(run_dir, export_base, version, tta, precision, checkpoints)
     meta = read_metadata(path)
-    click.echo(f"exported {run_dir} -> {path}\n  signatures: {', '.join(meta['signatures'])}\n"
+    members = "" if len(meta["members"]) == 1 else f" ({len(meta['members'])} models averaged)"
+    click.echo(f"exported {', '.join(run_dir)}{members} -> {path}\n"
+               f"  signatures: {', '.join(meta['signatures'])}\n"
                f"  tta: {meta['tta']}, precision: {meta['precision']}\n"
                f"  post-processing: {meta['postprocess_rule']} ({meta['postprocess_source']})")

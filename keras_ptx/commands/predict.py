@@ -8,8 +8,13 @@ from keras_ptx.config import Tta, choices
 
 
 @cli_command("predict")
-@click.option("--model", "run_dir", required=True, metavar="RUN_DIR",
-              help="Training run directory, a local path or a URL (config.yaml, best.weights.h5, postprocess.json).")
+@click.option("--model", "run_dir", required=True, multiple=True, metavar="RUN_DIR",
+              help="Training run directory or fold folder (train-folds), a local path or a "
+                   "URL; repeat it for an ensemble (probabilities averaged; the first one's "
+                   "postprocess.json applies).")
+@click.option("--checkpoints", type=click.IntRange(min=1), default=1, show_default=True,
+              help="Checkpoints per run: its N best epochs (RUN_DIR/top/, train.keep_best of "
+                   "at least N) averaged; 1 = best.weights.h5.")
 @click.option("--dicom-dir", required=True, type=click.Path(exists=True, file_okay=False),
               help="Folder searched recursively for DICOM files (.dcm, .dicom).")
 @click.option("--out", required=True, type=click.Path(file_okay=False), help="Output folder.")
@@ -21,7 +26,7 @@ from keras_ptx.config import Tta, choices
                    "tuned with, else its eval.tta].")
 @click.option("--batch-size", type=click.IntRange(min=1), default=None,
               help="Images per model call [default: the run's eval.batch_size].")
-def command(run_dir, dicom_dir, out, layout, overlays, tta, batch_size):
+def command(run_dir, checkpoints, dicom_dir, out, layout, overlays, tta, batch_size):
     """Predict a pneumothorax mask for every DICOM below DICOM_DIR at its original size.
 
     Writes OUT/submission.csv (one row per image, relative RLE, -1 for none), predictions.csv
@@ -34,6 +39,7 @@ def command(run_dir, dicom_dir, out, layout, overlays, tta, batch_size):
     from keras_ptx.inference.predict import predict
 
     summary = predict(run_dir, dicom_dir, out, layout=layout, overlays=overlays, tta=tta,
+                      checkpoints=checkpoints,
                       batch_size=batch_size, log=lambda m: click.echo(m, err=True))
     rate = summary.images / summary.seconds if summary.seconds else 0.0
     click.echo(f"{summary.images} images predicted ({summary.positives} with pneumothorax); "

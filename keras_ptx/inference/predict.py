@@ -38,7 +38,7 @@ from keras_ptx.fileio import check_openable, join
 from keras_ptx.inference import plots
 from keras_ptx.inference.postprocess import PostProcess, image_map
 from keras_ptx.inference.runner import Predictor
-from keras_ptx.inference.trained import TrainedRun
+from keras_ptx.inference.ensemble import Ensemble
 from keras_ptx.tf_setup import tf
 
 SUBMISSION = "submission.csv"
@@ -77,8 +77,10 @@ def dicom_files(dicom_dir) -> tuple[list[Path], int]:
 
 def predict(run_dir, dicom_dir, out, layout: str = "stage1", overlays: bool = False,
             tta: str | None = None, batch_size: int | None = None, progress: bool = True,
-            log: Callable[[str], None] = print) -> Summary:
-    """Predict every DICOM below ``dicom_dir`` with the run in ``run_dir``; write ``out``."""
+            log: Callable[[str], None] = print, checkpoints: int = 1) -> Summary:
+    """Predict every DICOM below ``dicom_dir`` with the run in ``run_dir`` (or the ensemble of
+    several runs or fold folders, each with its ``checkpoints`` best epochs:
+    :class:`~keras_ptx.inference.ensemble.Ensemble`); write ``out``."""
     out = str(out)
     check_openable(out, "--out")
     files, skipped = dicom_files(dicom_dir)
@@ -87,8 +89,10 @@ def predict(run_dir, dicom_dir, out, layout: str = "stage1", overlays: bool = Fa
     if skipped:
         log(f"{skipped} file(s) without a {' or '.join(DICOM_SUFFIXES)} suffix skipped (rename "
             f"DICOMs stored without one)")
-    run = TrainedRun(run_dir)
+    run = Ensemble(run_dir, checkpoints)
     config, post = run.config, run.post             # the rule is read before the model is built
+    if len(run.weights) > 1:
+        log(f"ensemble: {run.describe()}, probabilities averaged")
     log(f"post-processing: {post.describe()} ({run.post_source})")
     predictor = run.predictor(run.tta(tta))
     log(f"test-time augmentation: {predictor.tta}" + (

@@ -1,10 +1,13 @@
-"""Run a trained model on batches: probability maps and image-level probabilities.
+"""Run a trained model, or an ensemble of them, on batches: probability maps and image-level
+probabilities.
 
-One compiled function per model (``tf.function`` with a fixed input signature, so batches of
-any length reuse one trace; ``Model.predict`` would pay its per-call set-up on every batch).
+One compiled function per predictor (``tf.function`` with a fixed input signature, so batches
+of any length reuse one trace; ``Model.predict`` would pay its per-call set-up on every batch).
 With ``tta='hflip'`` each batch is run together with its mirror image and the mirrored map is
 flipped back and averaged in. The image-level probability is the ``label`` head's output when
-the model has one, else the map's maximum pixel probability.
+the model has one, else the map's maximum pixel probability. An ensemble (several models, e.g.
+a run's best epochs or the folds of a fold folder) averages its members' maps and image-level
+probabilities, each member with the TTA; an ensemble of one model is that model.
 """
 from __future__ import annotations
 
@@ -16,31 +19,46 @@ from keras_ptx.model.unetpp import named_outputs
 from keras_ptx.tf_setup import tf
 
 class Predictor:
-    def __init__(self, model, tta: Tta = "none"):
-        self.model = model
+    def __init__(self, models, tta: Tta = "none"):
+        """``models``: a Keras model, or a list of them on one grid size (an ensemble)."""
+        self.models = list(models) if isinstance(models, (list, tuple)) else [models]
         self.tta = tta
-        self.names = list(model.output_names)
-        if self.names[0] != "mask":
-            raise ValueError(f"the model's first output must be 'mask', got {self.names}")
-        self.has_label_head = "label" in self.names
-        self.size = int(model.input_shape[1])
+        for model in self.models:
+            if model.output_names[0] != "mask":
+                raise ValueError(f"a model's first output must be 'mask', got "
+                                 f"{model.output_names}")
+        self.has_label_head = all("label" in m.output_names for m in self.models)
+        sizes = {int(m.input_shape[1]) for m in self.models}
+        if len(sizes) != 1:
+            raise ValueError(f"an ensemble's models must share one grid size, got {sorted(sizes)}")
+        self.size = sizes.pop()
         spec = tf.TensorSpec([None, self.size, self.size, 3], tf.float32)
         self._normalised = tf.function(self.run_tf, input_signature=[spec])
         gray = tf.TensorSpec([None, self.size, self.size, 1], tf.uint8)
         self._gray = tf.function(lambda g: self.run_tf(to_model_input(g)), input_signature=[gray])
 
-    def _outputs(self, x):
-        return named_outputs(self.model, self.model(x, training=False))
+    @property
+    def variables(self) -> list:
+        """Every member's variables (what a SavedModel of the predictor checkpoints)."""
+        return [v for model in self.models for v in model.variables]
 
     def run_tf(self, x):
         """Graph version: normalised ``[B, S, S, 3]`` -> (maps ``[B, S, S]``, image prob ``[B]``)."""
+        masks, images = zip(*(self._run_one(model, x) for model in self.models))
+        if len(self.models) == 1:
+            return masks[0], images[0]
+        return tf.add_n(masks) / len(masks), tf.add_n(images) / len(images)
+
+    def _run_one(self, model, x):
         n = tf.shape(x)[0]
+        label_head = "label" in model.output_names
         if self.tta == "hflip":
-            out = self._outputs(tf.concat([x, tf.reverse(x, axis=[2])], axis=0))
+            out = named_outputs(model, model(tf.concat([x, tf.reverse(x, axis=[2])], axis=0),
+                                             training=False))
             mask = (out["mask"][:n] + tf.reverse(out["mask"][n:], axis=[2])) / 2.0
-            label = (out["label"][:n] + out["label"][n:]) / 2.0 if self.has_label_head else None
+            label = (out["label"][:n] + out["label"][n:]) / 2.0 if label_head else None
         else:
-            out = self._outputs(x)
+            out = named_outputs(model, model(x, training=False))
             mask, label = out["mask"], out.get("label")
         mask = tf.cast(mask[..., 0], tf.float32)
         if label is None:

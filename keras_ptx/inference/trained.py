@@ -39,13 +39,7 @@ class TrainedRun:
 
     @functools.cached_property
     def _saved_rule(self) -> tuple[PostProcess, str]:
-        path = rundir.path(self.path, rundir.POSTPROCESS)
-        if not exists(path):
-            threshold = self.config.eval.threshold
-            return (PostProcess(threshold=threshold),
-                    f"no {rundir.POSTPROCESS} in the run (bin/evaluate has not been run): "
-                    f"default pixel threshold {threshold:g}")
-        return PostProcess.load(path), path
+        return saved_rule(self.path, self.config)
 
     def tta(self, requested: Tta | None = None) -> Tta:
         """The test-time augmentation to predict with: ``requested``, else the one the saved
@@ -56,18 +50,39 @@ class TrainedRun:
     @functools.cached_property
     def model(self):
         """The trained network with the run's best weights (built once)."""
-        config = self.config
-        if self.precision is not None:
-            config = dataclasses.replace(config, train=dataclasses.replace(
-                config.train, mixed_precision=self.precision))
-        return rundir.load_model(self.path, config)
+        return rundir.load_model(self.path, self._config_in_precision())
+
+    def load(self, weights_file: str):
+        """A new network with another weights file of RUN_DIR (e.g. one of top/)."""
+        return rundir.load_model(self.path, self._config_in_precision(), weights_file)
+
+    def _config_in_precision(self) -> Config:
+        if self.precision is None:
+            return self.config
+        return dataclasses.replace(self.config, train=dataclasses.replace(
+            self.config.train, mixed_precision=self.precision))
 
     def predictor(self, tta: Tta) -> Predictor:
         """A :class:`Predictor` of the model with ``tta`` to apply :attr:`post` to;
         RunDirError when the rule needs an image-level head the model does not have."""
-        predictor = Predictor(self.model, tta)
-        if self.post.cls_threshold is not None and not predictor.has_label_head:
-            raise rundir.RunDirError(f"{self.post_source}: the post-processing "
-                                     f"({self.post.describe()}) gates on the image-level head, "
-                                     f"but the model has none")
-        return predictor
+        return checked_predictor(Predictor(self.model, tta), self.post, self.post_source)
+
+
+def saved_rule(folder: str, config: Config) -> tuple[PostProcess, str]:
+    """``folder``'s postprocess.json (a run's, or a fold folder's) and its path, else the
+    ``eval.threshold`` pixel threshold and why."""
+    path = rundir.path(folder, rundir.POSTPROCESS)
+    if not exists(path):
+        threshold = config.eval.threshold
+        return (PostProcess(threshold=threshold),
+                f"no {rundir.POSTPROCESS} in {folder} (bin/evaluate has not been run): "
+                f"default pixel threshold {threshold:g}")
+    return PostProcess.load(path), path
+
+
+def checked_predictor(predictor: Predictor, post: PostProcess, source: str) -> Predictor:
+    """``predictor``, or RunDirError when ``post`` gates on an image-level head it lacks."""
+    if post.cls_threshold is not None and not predictor.has_label_head:
+        raise rundir.RunDirError(f"{source}: the post-processing ({post.describe()}) gates on "
+                                 f"the image-level head, but the model has none")
+    return predictor

@@ -34,7 +34,7 @@ from keras_ptx.errors import UserError
 from keras_ptx.fileio import check_openable, publish_folder, staging_folder
 from keras_ptx.inference.postprocess import PostProcess, apply_tf, image_mask_tf
 from keras_ptx.inference.runner import Predictor
-from keras_ptx.inference.trained import TrainedRun
+from keras_ptx.inference.ensemble import Ensemble
 from keras_ptx.input.normalize import to_model_input
 from keras_ptx.model.precision import best_inference_precision
 from keras_ptx.serving import (BATCHING_FILE, BYTES_INPUT, IMAGE_INPUT, PREDICT_IMAGE,
@@ -208,7 +208,7 @@ def export_model(predictor: Predictor, post: PostProcess, export_base,
     final = _version_path(export_base, version)
     staging = staging_folder(final)
     root = tf.Module()
-    root.model_variables = list(predictor.model.variables)  # the checkpoint; no Keras objects
+    root.model_variables = predictor.variables      # the checkpoint; no Keras objects
     functions = serving_functions(predictor, post)
     for name, function in functions.items():
         setattr(root, name, function)
@@ -240,8 +240,10 @@ def read_metadata(export_dir) -> dict:
 
 
 def export_run(run_dir, export_base, version: int | None = None, tta: str | None = None,
-               precision: Precision | Auto = "float32") -> str:
-    """Export the best model of a training run directory; returns the version path.
+               precision: Precision | Auto = "float32", checkpoints: int = 1) -> str:
+    """Export the best model of a training run directory (or the ensemble of several runs or
+    fold folders, each with its ``checkpoints`` best epochs, in one graph:
+    :class:`~keras_ptx.inference.ensemble.Ensemble`); returns the version path.
 
     The post-processing and the test-time augmentation are those ``bin/predict`` would use:
     RUN_DIR/postprocess.json (else ``eval.threshold``) and ``tta`` (else the rule's, else
@@ -255,9 +257,10 @@ def export_run(run_dir, export_base, version: int | None = None, tta: str | None
     check_openable(export_base, "--out")
     version = next_version(export_base) if version is None else version
     check_version_free(export_base, version)        # before the model is built
-    run = TrainedRun(run_dir, precision)
+    run = Ensemble(run_dir, checkpoints, precision)
     post = run.post                                 # a bad rule is refused before the build
     return export_model(run.predictor(run.tta(tta)), post, export_base, version,
                         run.config.export.warmup_requests,
-                        metadata={"run_dir": str(run_dir), "postprocess_source": run.post_source,
-                                  "precision": precision})
+                        metadata={"run_dir": run.paths[0] if len(run.paths) == 1 else run.paths,
+                                  "postprocess_source": run.post_source,
+                                  "precision": precision, "members": run.members()})

@@ -1,0 +1,88 @@
+"""Several trained models answering as one: the runs and fold folders named by ``--model``,
+each with its ``--checkpoints`` best epochs, as ``bin/predict`` and ``bin/export`` use them.
+
+A ``--model`` is a RUN_DIR or a fold folder (``train-folds``: every trained fold's RUN_DIR).
+``--checkpoints 1`` takes each run's best.weights.h5; ``N`` takes the weights of its N best
+epochs (RUN_DIR/top/, kept with ``train.keep_best`` of at least N). The members' probability
+maps and image-level probabilities are averaged
+(:class:`~keras_ptx.inference.runner.Predictor`). The post-processing is that of the first
+``--model`` (a fold folder's is tuned on the out-of-fold predictions), else its default
+threshold; the members must share one grid size.
+"""
+from __future__ import annotations
+
+import functools
+from typing import Sequence
+
+from keras_ptx import rundir
+from keras_ptx.config import Config, Precision, Tta
+from keras_ptx.inference.runner import Predictor
+from keras_ptx.inference.trained import TrainedRun, checked_predictor, saved_rule
+
+
+class Ensemble:
+    def __init__(self, models: str | Sequence[str], checkpoints: int = 1,
+                 precision: Precision | None = None):
+        self.paths = [str(models)] if isinstance(models, str) else [str(m) for m in models]
+        if not self.paths:
+            raise rundir.RunDirError("no --model given")
+        if checkpoints < 1:
+            raise rundir.RunDirError(f"--checkpoints {checkpoints}: at least 1")
+        self.runs = [TrainedRun(run, precision) for path in self.paths for run in _runs(path)]
+        self.weights = [(run, name) for run in self.runs for name in _weights(run, checkpoints)]
+        sizes = {run.config.data.image_size for run in self.runs}
+        if len(sizes) > 1:
+            raise rundir.RunDirError(
+                "the models were trained on different grid sizes (" +
+                ", ".join(f"{run.path}: {run.config.data.image_size}" for run in self.runs) +
+                "); an ensemble needs one")
+        self.config: Config = self.runs[0].config
+        self.post, self.post_source = saved_rule(self.paths[0], self.config)
+
+    def tta(self, requested: Tta | None = None) -> Tta:
+        """``requested``, else the TTA the rule was tuned with, else the first run's
+        ``eval.tta``."""
+        return requested or self.post.tta or self.config.eval.tta
+
+    @functools.cached_property
+    def models(self) -> list:
+        return [run.model if name == rundir.BEST_WEIGHTS else run.load(name)
+                for run, name in self.weights]
+
+    def predictor(self, tta: Tta) -> Predictor:
+        """One :class:`Predictor` over every member, checked against the rule."""
+        return checked_predictor(Predictor(self.models, tta), self.post, self.post_source)
+
+    def members(self) -> list[dict]:
+        """Each member's run and weights file, for an export's metadata."""
+        return [{"run_dir": run.path, "weights": name} for run, name in self.weights]
+
+    def describe(self) -> str:
+        runs = len(self.runs)
+        return (f"{len(self.weights)} model{'s' if len(self.weights) > 1 else ''} "
+                f"({runs} run{'s' if runs > 1 else ''} x "
+                f"{len(self.weights) // runs} checkpoint{'s' if len(self.weights) > runs else ''})")
+
+
+def _runs(path: str) -> list[str]:
+    """The RUN_DIRs of a ``--model``: a fold folder's trained folds, or the run itself."""
+    marker = rundir.read_json(path, rundir.FOLDS)
+    if marker is None:
+        return [path]
+    if not marker.get("trained"):
+        raise rundir.RunDirError(f"{path}: a fold folder without a trained fold")
+    return [rundir.fold_dir(path, k) for k in marker["trained"]]
+
+
+def _weights(run: TrainedRun, checkpoints: int) -> list[str]:
+    """The weights files (in RUN_DIR) of ``run``'s ``checkpoints`` best epochs."""
+    if checkpoints == 1:
+        return [rundir.BEST_WEIGHTS]
+    top = (rundir.read_json(run.path, rundir.METRICS) or {}).get("top_epochs", [])
+    if len(top) < checkpoints:
+        kept = max(1, len(top))
+        raise rundir.RunDirError(
+            f"{run.path}: --checkpoints {checkpoints}, but the run kept the weights of {kept} "
+            f"epoch{'s' if kept > 1 else ''} (train.keep_best: {run.config.train.keep_best}; "
+            f"retrain with a larger one)")
+    return [f"{rundir.TOP}/{rundir.TOP_FILE.format(epoch)}" for epoch in top[:checkpoints]]
