@@ -154,3 +154,24 @@ def test_an_exported_ensemble_answers_what_the_ensemble_does(runs, tmp_path):
             np.testing.assert_allclose(np.asarray(served[signature][key], dtype=np.float64),
                                        value.numpy().astype(np.float64), rtol=0, atol=1e-5,
                                        err_msg=f"{signature}/{key}")
+
+
+def test_evaluate_scores_a_runs_best_epochs_together(runs, tmp_path, monkeypatch):
+    from keras_ptx.cli import main
+    from keras_ptx.inference import evaluate as evaluate_module
+    from test_train import write_records
+
+    data = write_records(tmp_path / "records", "val", 6, seed=4)
+    write_records(data, "train", 2, seed=5)
+    seen = []
+    real = evaluate_module.Predictor
+    monkeypatch.setattr(evaluate_module, "Predictor",
+                        lambda models, tta: seen.append(len(models)) or real(models, tta))
+    result = CliRunner().invoke(main, ["evaluate", "--model", str(runs["a"]), "--data", str(data),
+                                       "--checkpoints", "2", "--no-save-postprocess"])
+    assert result.exit_code == 0, result.output
+    report = json.loads((runs["a"] / rundir.EVAL / rundir.EVAL_REPORT).read_text())
+    assert report["checkpoints"] == 2 and report["images"] == 6 and seen == [2]
+    result = CliRunner().invoke(main, ["evaluate", "--model", str(runs["b"]), "--data", str(data),
+                                       "--checkpoints", "2"])
+    assert result.exit_code == 2 and "kept the weights of 1 epoch" in result.output

@@ -20,10 +20,14 @@ from keras_ptx.config import Tta, choices
               help="Images per model call [default: the run's eval.batch_size].")
 @click.option("--cases", type=click.IntRange(min=0), default=4, show_default=True,
               help="Best and worst cases drawn as overlays (each).")
+@click.option("--checkpoints", type=click.IntRange(min=1), default=1, show_default=True,
+              help="Score each run's N best epochs averaged (RUN_DIR/top/, train.keep_best of "
+                   "at least N), the ensemble predict and export then use with the same "
+                   "--checkpoints; 1 = best.weights.h5.")
 @click.option("--save-postprocess/--no-save-postprocess", default=None,
               help="Save the chosen rule to RUN_DIR/postprocess.json [default: only when "
                    "evaluating the val split].")
-def command(run_dir, data_dir, split, tta, batch_size, cases, save_postprocess):
+def command(run_dir, data_dir, split, tta, batch_size, cases, checkpoints, save_postprocess):
     """Run the model over a split, search the post-processing (pixel threshold, the winner's
     triplet, gating by the image-level head) and report the competition score of each.
 
@@ -37,7 +41,7 @@ def command(run_dir, data_dir, split, tta, batch_size, cases, save_postprocess):
     from keras_ptx.inference.report import summary_table
 
     report = evaluate(run_dir, data_dir, split=split, tta=tta, batch_size=batch_size,
-                      cases=cases, save_postprocess=save_postprocess)
+                      cases=cases, save_postprocess=save_postprocess, checkpoints=checkpoints)
     click.echo(summary_table(report))
     click.echo(report["resolution"]["note"])
     click.echo(f"report: {rundir.path(rundir.eval_dir(run_dir, split), rundir.EVAL_REPORT_MD)}")

@@ -46,8 +46,7 @@ class Ensemble:
 
     @functools.cached_property
     def models(self) -> list:
-        return [run.model if name == rundir.BEST_WEIGHTS else run.load(name)
-                for run, name in self.weights]
+        return [_load(run, name) for run, name in self.weights]
 
     def predictor(self, tta: Tta) -> Predictor:
         """One :class:`Predictor` over every member, checked against the rule."""
@@ -72,6 +71,15 @@ def _runs(path: str) -> list[str]:
     if not marker.get("trained"):
         raise rundir.RunDirError(f"{path}: a fold folder without a trained fold")
     return [rundir.fold_dir(path, k) for k in marker["trained"]]
+
+
+def checkpoint_models(run: TrainedRun, checkpoints: int) -> list:
+    """``run``'s networks for ``--checkpoints``: its best, or its N best epochs."""
+    return [_load(run, name) for name in _weights(run, checkpoints)]
+
+
+def _load(run: TrainedRun, weights_file: str):
+    return run.model if weights_file == rundir.BEST_WEIGHTS else run.load(weights_file)
 
 
 def _weights(run: TrainedRun, checkpoints: int) -> list[str]:

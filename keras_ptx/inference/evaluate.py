@@ -33,6 +33,7 @@ from keras_ptx.inference.postprocess import REFERENCE_SIDE
 from keras_ptx.inference.runner import Predictor
 from keras_ptx.inference.score import classification_metrics, roc_curve
 from keras_ptx.inference.search import MapCache, SearchGrid, choose, search
+from keras_ptx.inference.ensemble import checkpoint_models
 from keras_ptx.inference.trained import TrainedRun
 from keras_ptx.input.normalize import gray_from_model_input
 from keras_ptx.tf_errors import damaged_records
@@ -59,12 +60,14 @@ class Pass:
 
 def evaluate(run_dir, data_dir: str, split: str = "val", tta: str | None = None,
              batch_size: int | None = None, grid: SearchGrid = SearchGrid(), cases: int = 4,
-             progress: bool = True, save_postprocess: bool | None = None) -> dict:
+             progress: bool = True, save_postprocess: bool | None = None,
+             checkpoints: int = 1) -> dict:
     """Evaluate ``run_dir`` on ``split`` of ``data_dir`` (a fold folder: out of fold, see the
     module docstring); write the report to :func:`keras_ptx.rundir.eval_dir` and, with
     ``save_postprocess`` (default: for the val split or out of fold only, the images held out
     for this purpose), the chosen rule, with the TTA it was tuned with, to
-    RUN_DIR/postprocess.json.
+    RUN_DIR/postprocess.json. ``checkpoints`` above 1 scores each run's ensemble of its best
+    epochs (:func:`~keras_ptx.inference.ensemble.checkpoint_models`).
 
     Returns the report (as written to report.json).
     """
@@ -85,7 +88,7 @@ def evaluate(run_dir, data_dir: str, split: str = "val", tta: str | None = None,
     scored = {}
     try:
         for run in runs:
-            predictor = Predictor(run.model, tta)
+            predictor = Predictor(checkpoint_models(run, checkpoints), tta)
             before = len(seen.cache)
             _run_model(predictor, _dataset(run.config, records, split, batch_size), seen,
                        f"evaluate {f'fold {run.config.data.fold}' if folds else split}",
@@ -114,7 +117,7 @@ def evaluate(run_dir, data_dir: str, split: str = "val", tta: str | None = None,
     truth_empty = seen.cache.truth_sums() == 0
     report = {
         "run_dir": str(run_dir), "data": str(data_dir), "split": OUT_OF_FOLD if folds else split,
-        "tta": tta, "images": len(seen.cache), "positives": int(labels.sum()),
+        "tta": tta, "checkpoints": checkpoints, "images": len(seen.cache), "positives": int(labels.sum()),
         "unlabeled_skipped": seen.unlabeled, "images_per_fold": scored if folds else None,
         "resolution": {
             "scored_at": f"{side}x{side} record grid",
