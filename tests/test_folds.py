@@ -162,7 +162,7 @@ def test_out_of_fold_evaluation_scores_every_labeled_image_once_with_its_folds_m
         before = len(seen.image_ids)
         real(predictor, dataset, seen, *args)
         for image_id in seen.image_ids[before:]:
-            scored_by.setdefault(image_id, []).append(predictor.model)
+            scored_by.setdefault(image_id, []).extend(predictor.models)
 
     monkeypatch.setattr(evaluate_module, "_run_model", spy)
     result = CliRunner().invoke(main, ["evaluate", "--model", str(out), "--data", str(folder),
