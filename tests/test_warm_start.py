@@ -71,11 +71,13 @@ def source_run(records, tmp_path_factory):
 def test_frozen_epochs_change_the_decoder_only_then_everything(records, tmp_path):
     from keras_ptx.training.run import train
 
-    snapshots = Snapshots()
+    snapshots, lines = Snapshots(), []
     config = load_config(TEST_CONFIG, ["train.epochs=2", "train.freeze_encoder_epochs=1",
                                        *SHORT])
     train(config, str(records / "64"), tmp_path / "run", callbacks=[snapshots],
-          echo=lambda line: None)
+          echo=lines.append)
+    assert "epoch 1: encoder frozen through epoch 1" in lines
+    assert "epoch 2: the whole network trains" in lines
     (encoder0, decoder0), (encoder1, decoder1), (encoder2, _) = snapshots.taken
     assert len(encoder0) > 20 and _changed(encoder0, encoder1) == []     # BatchNorm statistics too
     assert _changed(decoder0, decoder1) == list(decoder0)
@@ -140,6 +142,7 @@ def test_a_kill_after_the_frozen_epoch_resumes_unfrozen(records, tmp_path):
                            capture_output=True, text=True, timeout=240)
     assert again.returncode == 0, again.stdout[-2000:] + again.stderr[-2000:]
     assert "continuing after epoch 1" in again.stdout
+    assert "encoder frozen" not in again.stdout          # epoch 2 of 2 trains everything
     assert [int(row["epoch"]) for row in _history(run)] == [0, 1]
     model = build_model_to_load(load_config(run / rundir.CONFIG))
     model.load_weights(str(after_frozen))

@@ -173,9 +173,9 @@ class FreezeEncoder(tf.keras.callbacks.Callback):
     the plateau replay) at the boundary.
     """
 
-    def __init__(self, epochs: int, encoder: str):
+    def __init__(self, epochs: int, encoder: str, echo=None):
         super().__init__()
-        self.epochs, self.encoder = epochs, encoder
+        self.epochs, self.encoder, self.echo = epochs, encoder, echo
         self._frozen, self._layers = False, []
 
     def on_train_begin(self, logs=None):
@@ -183,7 +183,11 @@ class FreezeEncoder(tf.keras.callbacks.Callback):
         self._layers = encoder_layers(self.model, self.encoder)
 
     def on_epoch_begin(self, epoch, logs=None):
-        self._set(epoch < self.epochs)
+        frozen = epoch < self.epochs
+        if frozen != self._frozen and self.echo:
+            self.echo(f"epoch {epoch + 1}: " + (f"encoder frozen through epoch {self.epochs}"
+                                                if frozen else "the whole network trains"))
+        self._set(frozen)
 
     def on_train_end(self, logs=None):
         self._set(False)        # the network as compiled, for what follows fit
@@ -275,7 +279,7 @@ class RunCallbacks:
         self.callbacks = [EpochStats(train.batch_size)]
         if train.freeze_encoder_epochs:     # before the backup, which restores the optimizer
             self.callbacks.append(FreezeEncoder(train.freeze_encoder_epochs,
-                                                config.model.encoder))
+                                                config.model.encoder, echo if chief else None))
         self.callbacks += [
             keras.TerminateOnNaN(), self.best,
             *([TopEpochs(checkpoints, train.keep_best, monitor, start, chief)]
