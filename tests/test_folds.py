@@ -241,3 +241,13 @@ def test_a_kill_in_the_second_fold_resumes_it_and_skips_the_first(tmp_path):
     assert result.exit_code == 0, result.output + result.stderr
     report = json.loads((out / rundir.EVAL / rundir.EVAL_REPORT).read_text())
     assert report["images"] == 16 and report["images_per_fold"] == {"0": 8, "1": 8}
+
+
+def test_a_fold_folder_as_init_from_warm_starts_each_fold_from_its_own(tmp_path):
+    from keras_ptx.training.folds import _fold_init
+    train = load_config(None, [f"train.init_from={tmp_path / 'cv-512'}"]).train
+    assert _fold_init(train, 2) == train                      # not a fold folder: as it is
+    (tmp_path / "cv-512").mkdir()
+    (tmp_path / "cv-512" / rundir.FOLDS).write_text(json.dumps({"folds": 3, "trained": [0, 1, 2]}))
+    assert _fold_init(train, 2).init_from == rundir.fold_dir(str(tmp_path / "cv-512"), 2)
+    assert _fold_init(load_config(None).train, 1).init_from is None

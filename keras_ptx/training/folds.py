@@ -7,6 +7,8 @@ finished folds (their runs have nothing to do) and continues the interrupted one
 backup. Folds train one after the other in this process, TensorFlow started once and the
 Keras session cleared between folds; MultiWorkerMirroredStrategy can be created only once per
 process, so a multi-worker cluster trains each fold as its own ``train --set data.fold=k``.
+A ``train.init_from`` that is a fold folder warm-starts each fold from the same fold of it (the
+winners' uptraining: fold k at 1024 from fold k at 512).
 """
 from __future__ import annotations
 
@@ -71,12 +73,21 @@ def train_folds(config: Config, data_dir: str, out: str, folds: str = "all",
     for k in chosen:
         run = rundir.fold_dir(out, k)
         echo(f"fold {k} of folds 0-{records.folds - 1}: {run}")
-        fold_config = dataclasses.replace(config, data=dataclasses.replace(config.data, fold=k))
+        fold_config = dataclasses.replace(config, data=dataclasses.replace(config.data, fold=k),
+                                          train=_fold_init(config.train, k))
         metrics = train(fold_config, data_dir, run, echo=echo).metrics
         tf.keras.backend.clear_session()
         results.append(FoldResult(k, run, records.counts("train", k).records,
                                   records.counts("val", k).records, metrics))
     return results
+
+
+def _fold_init(train, fold: int):
+    """``train`` with ``init_from`` a fold folder's run of ``fold`` (any other left as it is)."""
+    source = train.init_from
+    if source is None or rundir.read_json(source, rundir.FOLDS) is None:
+        return train
+    return dataclasses.replace(train, init_from=rundir.fold_dir(source, fold))
 
 
 def _mark(out: str, records: RecordsDir, chosen: list[int]) -> None:
