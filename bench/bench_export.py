@@ -22,11 +22,18 @@ alternate between all cases, so machine noise spreads evenly; the table gives th
 per image. Run on a quiet machine:
 
     .venv/bin/python bench/bench_export.py --encoders efficientnetb0 efficientnetb4 --repeats 5
+    .venv/bin/python bench/bench_export.py --encoders efficientnetb0 --members 1 3 5 --repeats 5
+    .venv/bin/python bench/bench_export.py --precisions float32 mixed_bfloat16 --repeats 5
+
+``--members N`` exports an ensemble of N networks in one graph (decoding, resizing and
+post-processing once per image; the networks once per member) and reports its size.
 """
 from __future__ import annotations
 
 import argparse
 import gc
+import itertools
+import os
 import json
 import platform
 import statistics
@@ -48,17 +55,22 @@ POSTS = {"triplet": PostProcess(kind="triplet", top_threshold=0.75, min_pixels=6
          "threshold": PostProcess(kind="threshold", threshold=0.75)}
 
 
-def export_and_load(encoder: str, size: int, post: PostProcess, base: str):
+def export_and_load(encoder: str, size: int, post: PostProcess, base: str, members: int = 1,
+                    precision: str = "float32"):
+    """Export an ensemble of ``members`` networks (one: a single model) computing in
+    ``precision``; returns the loaded SavedModel, the export's seconds and its size in MB."""
     config = load_config(None, [f"data.image_size={size}", f"model.encoder={encoder}",
-                                "model.weights=none"])
-    model = build_model(config)
+                                "model.weights=none", f"train.mixed_precision={precision}"])
+    models = [build_model(config) for _ in range(members)]
     start = time.perf_counter()
-    path = export_model(Predictor(model), post, base)
+    path = export_model(Predictor(models), post, base)
     seconds = time.perf_counter() - start
-    del model
+    megabytes = sum(os.path.getsize(os.path.join(folder, name))
+                    for folder, _, names in os.walk(path) for name in names) / 1e6
+    del models
     tf.keras.backend.clear_session()
     gc.collect()
-    return tf.saved_model.load(path), seconds
+    return tf.saved_model.load(path), seconds, megabytes
 
 
 def _json_value(value) -> str:
@@ -93,51 +105,59 @@ def main():
     parser.add_argument("--batches", nargs="+", type=int, default=[1, 16])
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--post", choices=sorted(POSTS), default="triplet")
+    parser.add_argument("--members", nargs="+", type=int, default=[1],
+                        help="ensemble sizes to export (networks averaged in one graph)")
+    parser.add_argument("--precisions", nargs="+", default=["float32"],
+                        choices=["float32", "mixed_bfloat16", "mixed_float16"])
     args = parser.parse_args()
 
     png = tf.io.encode_png(synthetic_image(1024, 1024)[..., None]).numpy()
     square = synthetic_image(args.size, args.size).astype(np.float32)[None, ..., None]
     cases, exports = {}, {}
     with tempfile.TemporaryDirectory() as tmp:
-        for encoder in args.encoders:
-            loaded, seconds = export_and_load(encoder, args.size, POSTS[args.post],
-                                              f"{tmp}/{encoder}")
-            exports[encoder] = seconds
+        for encoder, members, precision in itertools.product(args.encoders, args.members,
+                                                             args.precisions):
+            model = (encoder, members, precision)
+            loaded, seconds, megabytes = export_and_load(
+                encoder, args.size, POSTS[args.post], f"{tmp}/{encoder}-{members}-{precision}",
+                members, precision)
+            exports[model] = seconds, megabytes
             for batch in args.batches:
                 serve = loaded.signatures["serving_default"]
                 compact = loaded.signatures["serving_compact"]
                 image = loaded.signatures["predict_image"]
-                cases[encoder, "serving_default (1024 PNG)", batch] = (
+                cases[(*model, "serving_default (1024 PNG)", batch)] = (
                     lambda s=serve, b=batch: s(image_bytes=tf.constant([png] * b)))
-                cases[encoder, "serving_compact (1024 PNG)", batch] = (
+                cases[(*model, "serving_compact (1024 PNG)", batch)] = (
                     lambda s=compact, b=batch: s(image_bytes=tf.constant([png] * b)))
-                cases[encoder, f"predict_image ({args.size} float)", batch] = (
+                cases[(*model, f"predict_image ({args.size} float)", batch)] = (
                     lambda s=image, b=batch: s(images=tf.constant(np.repeat(square, b, 0))))
         for run in cases.values():      # warm-up: first calls allocate and pick kernels
             run()
             run()
-        sizes = {key[:2]: len(rest_answer(run()).encode())
-                 for key, run in cases.items() if key[2] == 1 and "PNG" in key[1]}
+        sizes = {key[:4]: len(rest_answer(run()).encode())
+                 for key, run in cases.items() if key[4] == 1 and "PNG" in key[3]}
         times = {key: [] for key in cases}
         for _ in range(args.repeats):
             for key, run in cases.items():
                 start = time.perf_counter()
                 run()
-                times[key].append((time.perf_counter() - start) / key[2])
+                times[key].append((time.perf_counter() - start) / key[4])
 
     print(f"SavedModel latency, {platform.processor() or platform.machine()}, "
           f"{time.strftime('%Y-%m-%d')}, post-processing: {POSTS[args.post].describe()}, "
           f"median of {args.repeats}\n")
-    print("| encoder | signature | batch | ms / image | min | max |")
-    print("|---|---|---:|---:|---:|---:|")
-    for (encoder, signature, batch), values in times.items():
+    print("| encoder | members | precision | signature | batch | ms / image | min | max |")
+    print("|---|---:|---|---|---:|---:|---:|---:|")
+    for (encoder, members, precision, signature, batch), values in times.items():
         ms = [1000 * v for v in values]
-        print(f"| {encoder} | {signature} | {batch} | {statistics.median(ms):.1f} | "
-              f"{min(ms):.1f} | {max(ms):.1f} |")
-    print("\nexport time: " + ", ".join(f"{e} {s:.0f} s" for e, s in exports.items()))
+        print(f"| {encoder} | {members} | {precision} | {signature} | {batch} | "
+              f"{statistics.median(ms):.1f} | {min(ms):.1f} | {max(ms):.1f} |")
+    print("\nexport time and size: " + ", ".join(
+        f"{' '.join(map(str, m))}: {s:.0f} s, {mb:.0f} MB" for m, (s, mb) in exports.items()))
     print("\nREST answer to one 1024 x 1024 PNG: " + ", ".join(
-        f"{encoder} {signature.split()[0]} {size:,} bytes"
-        for (encoder, signature), size in sizes.items()))
+        f"{' '.join(map(str, key[:3]))} {key[3].split()[0]} {size:,} bytes"
+        for key, size in sizes.items()))
 
 
 if __name__ == "__main__":
