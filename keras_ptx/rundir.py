@@ -23,6 +23,12 @@ OUT/
                          never saw it)
   postprocess.json       the rule chosen on the out-of-fold predictions
 
+An ensemble folder (``bin/evaluate --model A --model B --out OUT``) names its members and holds
+their evaluation, so that ``--model OUT`` is the ensemble with its rule:
+OUT/
+  ensemble.json          the members (runs or fold folders) and the checkpoints evaluated
+  eval/, postprocess.json
+
 RUN_DIR may be a URL of any filesystem TensorFlow opens (``gs://``, ``ram://``, ...): paths are
 strings joined with :func:`path`, and files go through ``tf.io.gfile`` or
 :mod:`keras_ptx.fileio`.
@@ -48,6 +54,7 @@ EVAL = "eval"
 EVAL_REPORT = "report.json"             # in eval/ (and eval-<split>/), with report.md beside it
 EVAL_REPORT_MD = "report.md"
 FOLDS = "folds.json"                    # at the top of a fold folder
+ENSEMBLE = "ensemble.json"              # at the top of an ensemble folder (bin/evaluate --out)
 TOP = "top"                             # the best epochs' weights, train.keep_best of them
 TOP_FILE = "epoch-{:03d}.weights.h5"    # in top/, the 1-based epoch
 

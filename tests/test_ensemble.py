@@ -175,3 +175,25 @@ def test_evaluate_scores_a_runs_best_epochs_together(runs, tmp_path, monkeypatch
     result = CliRunner().invoke(main, ["evaluate", "--model", str(runs["b"]), "--data", str(data),
                                        "--checkpoints", "2"])
     assert result.exit_code == 2 and "kept the weights of 1 epoch" in result.output
+
+
+def test_an_evaluated_ensemble_folder_is_one_model_with_its_rule(runs, tmp_path):
+    from keras_ptx.cli import main
+    from test_train import write_records
+
+    data = write_records(tmp_path / "records", "val", 6, seed=4)
+    write_records(data, "train", 2, seed=5)
+    models = ["--model", str(runs["a"]), "--model", str(runs["b"])]
+    result = CliRunner().invoke(main, ["evaluate", *models, "--data", str(data)])
+    assert result.exit_code == 2 and "name the folder that keeps its report" in result.output
+    ens = tmp_path / "ens"
+    result = CliRunner().invoke(main, ["evaluate", *models, "--data", str(data),
+                                       "--out", str(ens), "--cases", "0"])
+    assert result.exit_code == 0, result.output
+    report = json.loads((ens / rundir.EVAL / rundir.EVAL_REPORT).read_text())
+    assert report["run_dir"] == [str(runs["a"]), str(runs["b"])] and report["images"] == 6
+    assert json.loads((ens / rundir.ENSEMBLE).read_text())["members"] == report["run_dir"]
+    assert not (runs["a"] / rundir.POSTPROCESS).exists()          # the members are untouched
+    ensemble = Ensemble(str(ens))
+    assert [m["run_dir"] for m in ensemble.members()] == [str(runs["a"]), str(runs["b"])]
+    assert ensemble.post_source == str(ens / rundir.POSTPROCESS)

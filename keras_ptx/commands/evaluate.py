@@ -8,9 +8,14 @@ from keras_ptx.config import Tta, choices
 
 
 @cli_command("evaluate")
-@click.option("--model", "run_dir", required=True, metavar="RUN_DIR",
-              help="Training run directory, a local path or a URL (config.yaml and best.weights.h5), "
-                   "or a fold folder of train-folds (evaluated out of fold).")
+@click.option("--model", "run_dir", required=True, multiple=True, metavar="RUN_DIR",
+              help="Training run directory, a local path or a URL (config.yaml and "
+                   "best.weights.h5), a fold folder of train-folds (evaluated out of fold) or "
+                   "an ensemble folder; repeat it to evaluate an ensemble (needs --out).")
+@click.option("--out", "report_to", default=None, metavar="OUT",
+              help="Write the report and the chosen rule to OUT, an ensemble folder: --model "
+                   "OUT in predict and export is then these models with this rule [default: "
+                   "the one --model].")
 @click.option("--data", "data_dir", required=True,
               help="TFRecord folder from build-tfrecords (local path or tf.io.gfile URL).")
 @click.option("--split", default="val", show_default=True, help="Split to evaluate on.")
@@ -27,7 +32,8 @@ from keras_ptx.config import Tta, choices
 @click.option("--save-postprocess/--no-save-postprocess", default=None,
               help="Save the chosen rule to RUN_DIR/postprocess.json [default: only when "
                    "evaluating the val split].")
-def command(run_dir, data_dir, split, tta, batch_size, cases, checkpoints, save_postprocess):
+def command(run_dir, report_to, data_dir, split, tta, batch_size, cases, checkpoints,
+            save_postprocess):
     """Run the model over a split, search the post-processing (pixel threshold, the winner's
     triplet, gating by the image-level head) and report the competition score of each.
 
@@ -41,7 +47,9 @@ def command(run_dir, data_dir, split, tta, batch_size, cases, checkpoints, save_
     from keras_ptx.inference.report import summary_table
 
     report = evaluate(run_dir, data_dir, split=split, tta=tta, batch_size=batch_size,
-                      cases=cases, save_postprocess=save_postprocess, checkpoints=checkpoints)
+                      cases=cases, save_postprocess=save_postprocess, checkpoints=checkpoints,
+                      report_to=report_to)
     click.echo(summary_table(report))
     click.echo(report["resolution"]["note"])
-    click.echo(f"report: {rundir.path(rundir.eval_dir(run_dir, split), rundir.EVAL_REPORT_MD)}")
+    home = report_to or run_dir[0]
+    click.echo(f"report: {rundir.path(rundir.eval_dir(home, split), rundir.EVAL_REPORT_MD)}")

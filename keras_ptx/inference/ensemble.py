@@ -1,7 +1,8 @@
 """Several trained models answering as one: the runs and fold folders named by ``--model``,
 each with its ``--checkpoints`` best epochs, as ``bin/predict`` and ``bin/export`` use them.
 
-A ``--model`` is a RUN_DIR or a fold folder (``train-folds``: every trained fold's RUN_DIR).
+A ``--model`` is a RUN_DIR, a fold folder (``train-folds``: every trained fold's RUN_DIR) or an
+ensemble folder (``bin/evaluate --model A --model B --out OUT``: its members, and its rule).
 ``--checkpoints 1`` takes each run's best.weights.h5; ``N`` takes the weights of its N best
 epochs (RUN_DIR/top/, kept with ``train.keep_best`` of at least N). The members' probability
 maps and image-level probabilities are averaged
@@ -64,7 +65,11 @@ class Ensemble:
 
 
 def _runs(path: str) -> list[str]:
-    """The RUN_DIRs of a ``--model``: a fold folder's trained folds, or the run itself."""
+    """The RUN_DIRs of a ``--model``: an ensemble folder's members', a fold folder's trained
+    folds, or the run itself."""
+    members = rundir.read_json(path, rundir.ENSEMBLE)
+    if members is not None:
+        return [run for member in members["members"] for run in _runs(member)]
     marker = rundir.read_json(path, rundir.FOLDS)
     if marker is None:
         return [path]

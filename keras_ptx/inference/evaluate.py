@@ -19,6 +19,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import json
+import os
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -33,7 +34,7 @@ from keras_ptx.inference.postprocess import REFERENCE_SIDE
 from keras_ptx.inference.runner import Predictor
 from keras_ptx.inference.score import classification_metrics, roc_curve
 from keras_ptx.inference.search import MapCache, SearchGrid, choose, search
-from keras_ptx.inference.ensemble import checkpoint_models
+from keras_ptx.inference.ensemble import Ensemble, checkpoint_models
 from keras_ptx.inference.trained import TrainedRun
 from keras_ptx.input.normalize import gray_from_model_input
 from keras_ptx.tf_errors import damaged_records
@@ -61,39 +62,52 @@ class Pass:
 def evaluate(run_dir, data_dir: str, split: str = "val", tta: str | None = None,
              batch_size: int | None = None, grid: SearchGrid = SearchGrid(), cases: int = 4,
              progress: bool = True, save_postprocess: bool | None = None,
-             checkpoints: int = 1) -> dict:
+             checkpoints: int = 1, report_to: str | None = None) -> dict:
     """Evaluate ``run_dir`` on ``split`` of ``data_dir`` (a fold folder: out of fold, see the
-    module docstring); write the report to :func:`keras_ptx.rundir.eval_dir` and, with
+    module docstring; several runs or folders: their ensemble, which ``out`` then names, see
+    :mod:`keras_ptx.inference.ensemble`); write the report to
+    :func:`keras_ptx.rundir.eval_dir` of ``report_to`` (default: ``run_dir``; given, it becomes
+    an ensemble folder: ``--model report_to`` is then these models with this rule) and, with
     ``save_postprocess`` (default: for the val split or out of fold only, the images held out
-    for this purpose), the chosen rule, with the TTA it was tuned with, to
-    RUN_DIR/postprocess.json. ``checkpoints`` above 1 scores each run's ensemble of its best
-    epochs (:func:`~keras_ptx.inference.ensemble.checkpoint_models`).
+    for this purpose), the chosen rule, with the TTA it was tuned with, to its
+    postprocess.json. ``checkpoints`` above 1 scores each run's ensemble of its best epochs
+    (:func:`~keras_ptx.inference.ensemble.checkpoint_models`).
 
     Returns the report (as written to report.json).
     """
     from keras_ptx.tf_setup import tf
 
-    run_dir = str(run_dir)
+    paths = [str(run_dir)] if isinstance(run_dir, (str, os.PathLike)) else list(map(str, run_dir))
     if split == "test":
         raise EvaluateError("the test split holds the images built without labels: nothing to "
                             "score (evaluate val, or train)")
+    if len(paths) > 1 and report_to is None:
+        raise EvaluateError("several --model make an ensemble: name the folder that keeps its "
+                            "report and rule with --out (then --model OUT predicts and exports "
+                            "the ensemble with it)")
     records = RecordsDir.open(data_dir)
-    marker = rundir.read_json(run_dir, rundir.FOLDS)
+    run_dir = str(report_to) if report_to is not None else paths[0]
+    marker = rundir.read_json(paths[0], rundir.FOLDS) if len(paths) == 1 else None
     folds = marker is not None
-    runs = _runs(run_dir, marker, records, split)
-    config = runs[0].config
+    runs = _runs(paths[0], marker, records, split) if len(paths) == 1 else None
+    if runs is None:                                  # an ensemble of several: one scorer
+        ensemble = Ensemble(paths, checkpoints)
+        scorers = [(split, ensemble.models, ensemble.config)]
+    else:
+        scorers = [(f"fold {run.config.data.fold}" if folds else split,
+                    checkpoint_models(run, checkpoints), run.config) for run in runs]
+    config = scorers[0][2]
     tta = tta or config.eval.tta        # evaluate tunes a rule, so not the saved rule's TTA
     side = config.data.image_size
     seen = Pass(MapCache(grid, side))
     scored = {}
     try:
-        for run in runs:
-            predictor = Predictor(checkpoint_models(run, checkpoints), tta)
+        for name, models, run_config in scorers:
+            predictor = Predictor(models, tta)
             before = len(seen.cache)
-            _run_model(predictor, _dataset(run.config, records, split, batch_size), seen,
-                       f"evaluate {f'fold {run.config.data.fold}' if folds else split}",
-                       progress, _total(records, run.config, split))
-            scored[str(run.config.data.fold)] = len(seen.cache) - before
+            _run_model(predictor, _dataset(run_config, records, split, batch_size), seen,
+                       f"evaluate {name}", progress, _total(records, run_config, split))
+            scored[str(run_config.data.fold)] = len(seen.cache) - before
     except tf.errors.DataLossError as exc:
         raise EvaluateError(damaged_records(data_dir, exc)) from None
     if len(seen.cache) == 0:
@@ -101,6 +115,10 @@ def evaluate(run_dir, data_dir: str, split: str = "val", tta: str | None = None,
                             f"({seen.unlabeled} unlabeled)")
     results = search(seen.cache, gated=predictor.has_label_head)
     chosen = choose(results)
+    if report_to is not None:
+        tf.io.gfile.makedirs(run_dir)
+        write_atomic(rundir.path(run_dir, rundir.ENSEMBLE), json.dumps(
+            {"members": paths, "checkpoints": checkpoints}, indent=1) + "\n")
     saved = None
     if split == "val" if save_postprocess is None else save_postprocess:
         saved = rundir.path(run_dir, rundir.POSTPROCESS)
@@ -108,7 +126,7 @@ def evaluate(run_dir, data_dir: str, split: str = "val", tta: str | None = None,
 
     def dataset():
         return functools.reduce(tf.data.Dataset.concatenate, (
-            _dataset(run.config, records, split, batch_size) for run in runs))
+            _dataset(run_config, records, split, batch_size) for _, _, run_config in scorers))
 
     out = rundir.eval_dir(run_dir, split)
     tf.io.gfile.makedirs(join(out, CASES))
@@ -116,7 +134,7 @@ def evaluate(run_dir, data_dir: str, split: str = "val", tta: str | None = None,
     image_prob = seen.cache.all_cls_prob()
     truth_empty = seen.cache.truth_sums() == 0
     report = {
-        "run_dir": str(run_dir), "data": str(data_dir), "split": OUT_OF_FOLD if folds else split,
+        "run_dir": paths[0] if len(paths) == 1 else paths, "data": str(data_dir), "split": OUT_OF_FOLD if folds else split,
         "tta": tta, "checkpoints": checkpoints, "images": len(seen.cache), "positives": int(labels.sum()),
         "unlabeled_skipped": seen.unlabeled, "images_per_fold": scored if folds else None,
         "resolution": {
