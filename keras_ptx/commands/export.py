@@ -4,6 +4,7 @@ from __future__ import annotations
 import click
 
 from keras_ptx.cli import command as cli_command
+from keras_ptx.commands.options import ensemble_options
 from keras_ptx.config import Precision, Tta, choices
 
 
@@ -14,13 +15,7 @@ from keras_ptx.config import Precision, Tta, choices
                     "probability map) and predict_image (float32 gray images on the model's "
                     "grid), with decoding, resizing, normalisation and the run's "
                     "post-processing inside the graph.")
-@click.option("--model", "run_dir", required=True, multiple=True, metavar="RUN_DIR",
-              help="Training run directory or fold folder (train-folds), a local path or a "
-                   "URL; repeat it for an ensemble (probabilities averaged; the first one's "
-                   "postprocess.json applies).")
-@click.option("--checkpoints", type=click.IntRange(min=1), default=1, show_default=True,
-              help="Checkpoints per run: its N best epochs (RUN_DIR/top/, train.keep_best of "
-                   "at least N) averaged; 1 = best.weights.h5.")
+@ensemble_options
 @click.option("--out", "export_base", required=True,
               help="TF Serving model base path (local or gs://); versions go beneath it.")
 @click.option("--version", type=click.IntRange(min=1), default=None,

@@ -4,17 +4,12 @@ from __future__ import annotations
 import click
 
 from keras_ptx.cli import command as cli_command
+from keras_ptx.commands.options import ensemble_options
 from keras_ptx.config import Tta, choices
 
 
 @cli_command("predict")
-@click.option("--model", "run_dir", required=True, multiple=True, metavar="RUN_DIR",
-              help="Training run directory or fold folder (train-folds), a local path or a "
-                   "URL; repeat it for an ensemble (probabilities averaged; the first one's "
-                   "postprocess.json applies).")
-@click.option("--checkpoints", type=click.IntRange(min=1), default=1, show_default=True,
-              help="Checkpoints per run: its N best epochs (RUN_DIR/top/, train.keep_best of "
-                   "at least N) averaged; 1 = best.weights.h5.")
+@ensemble_options
 @click.option("--dicom-dir", required=True, type=click.Path(exists=True, file_okay=False),
               help="Folder searched recursively for DICOM files (.dcm, .dicom).")
 @click.option("--out", required=True, type=click.Path(file_okay=False), help="Output folder.")

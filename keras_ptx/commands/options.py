@@ -1,0 +1,18 @@
+"""Click options shared by several commands."""
+from __future__ import annotations
+
+import click
+
+
+def ensemble_options(command):
+    """``--model`` (repeatable: runs, fold folders, ensemble folders) and ``--checkpoints``, the
+    models of ``bin/predict`` and ``bin/export`` (:mod:`keras_ptx.inference.ensemble`)."""
+    command = click.option(
+        "--checkpoints", type=click.IntRange(min=1), default=1, show_default=True,
+        help="Checkpoints per run: its N best epochs (RUN_DIR/top/, train.keep_best of at "
+             "least N) averaged; 1 = best.weights.h5.")(command)
+    return click.option(
+        "--model", "run_dir", required=True, multiple=True, metavar="RUN_DIR",
+        help="Training run directory, fold folder (train-folds) or ensemble folder (evaluate "
+             "--out), a local path or a URL; repeat it for an ensemble (probabilities "
+             "averaged; the first one's postprocess.json applies).")(command)
