@@ -18,7 +18,7 @@ def test_demo_runs_every_stage_at_toy_size(tmp_path):
     work = tmp_path / "demo"
     args = [sys.executable, "-m", "keras_ptx.cli", "demo", "--workdir", str(work),
             "--config", str(ROOT / "configs" / "test.yaml"), "--n-images", "40", "--dicom-size", "128",
-            "--set", "train.epochs=1"]
+            "--set", "train.epochs=1", "--set", "model.prune_level=1"]
     first = subprocess.run(args, capture_output=True, text=True, timeout=600)
     assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
     for path in ["synthetic/train-rle.csv", "synthetic/preview.png", "records/manifest.json",

@@ -251,3 +251,28 @@ def test_a_fold_folder_as_init_from_warm_starts_each_fold_from_its_own(tmp_path)
     (tmp_path / "cv-512" / rundir.FOLDS).write_text(json.dumps({"folds": 3, "trained": [0, 1, 2]}))
     assert _fold_init(train, 2).init_from == rundir.fold_dir(str(tmp_path / "cv-512"), 2)
     assert _fold_init(load_config(None).train, 1).init_from is None
+
+
+def test_resume_and_overwrite_reach_every_folds_run(folded, tmp_path, monkeypatch):
+    from types import SimpleNamespace
+    from keras_ptx.training import folds as folds_module
+    calls = []
+
+    def fake_train(config, data_dir, run, **kwargs):
+        calls.append((config.data.fold, run, kwargs["resume"], kwargs["overwrite"]))
+        return SimpleNamespace(metrics={"best": {"val_score": 0.5}, "best_epoch": 1,
+                                        "epochs_trained": 1, "monitor": "val_score"})
+
+    monkeypatch.setattr(folds_module, "train", fake_train)
+    folder, _ = folded
+    base = ["train-folds", "--config", str(TEST_CONFIG), "--data", str(folder), "--folds", "0,2"]
+    result = CliRunner().invoke(main, [*base, "--out", str(tmp_path / "a"), "--overwrite"])
+    assert result.exit_code == 0, result.output
+    assert calls == [(0, rundir.fold_dir(str(tmp_path / "a"), 0), False, True),
+                     (2, rundir.fold_dir(str(tmp_path / "a"), 2), False, True)]
+    calls.clear()
+    result = CliRunner().invoke(main, [*base, "--out", str(tmp_path / "b"), "--resume"])
+    assert result.exit_code == 0 and [c[2:] for c in calls] == [(True, False)] * 2
+    result = CliRunner().invoke(main, [*base, "--out", str(tmp_path / "c"), "--resume",
+                                       "--overwrite"])
+    assert result.exit_code == 2 and "--resume and --overwrite exclude each other" in result.output

@@ -132,7 +132,7 @@ def test_a_damaged_shard_stops_training_with_a_clear_error(data_dir, tmp_path):
     for shard in damaged.glob("train-*.tfrecord"):
         shard.write_bytes(shard.read_bytes()[:-300])
     result = _run_cli("--config", TEST_CONFIG, "--data", damaged, "--out", tmp_path / "run",
-                      "--set", "data.cache=false")
+                      "--set", "data.cache=false", *(a for s in SLIM for a in ("--set", s)))
     assert result.exit_code == 2, result.output
     assert f"--data {damaged}: a record shard is damaged (truncated record at" in result.output
     assert "Traceback" not in result.output
@@ -305,7 +305,7 @@ def test_end_to_end_run_with_planted_plateau_stops_early_and_keeps_the_best(data
 
     run = tmp_path / "run"
     config = load_config(TEST_CONFIG, ["train.epochs=6", "train.early_stopping_patience=2",
-                                       "train.keep_best=2"])
+                                       "train.keep_best=2", "model.prune_level=1"])
     planted = PlantScores("val_mask_score", [0.2, 0.6, 0.5, 0.4, 0.9, 0.9])
     lines = []
     result = train(config, str(data_dir), run, callbacks=[planted], echo=lines.append)

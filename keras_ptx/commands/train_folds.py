@@ -17,7 +17,12 @@ from keras_ptx.cli import command as cli_command
               help="The folds to train, e.g. 0,2.")
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
               help="Override a config value, e.g. --set train.epochs=5 (repeatable).")
-def command(config_path, data_dir, out, folds, overrides):
+@click.option("--resume", is_flag=True,
+              help="Continue each fold's backup even though the config differs (e.g. more "
+                   "epochs).")
+@click.option("--overwrite", is_flag=True,
+              help="Delete the run of each fold named by --folds and train it again.")
+def command(config_path, data_dir, out, folds, overrides, resume, overwrite):
     """Train a run per fold: fold k validates on the images of fold k and trains on the
     other folds' (whatever the build's train/val split), into OUT/fold-k/.
 
@@ -25,11 +30,13 @@ def command(config_path, data_dir, out, folds, overrides):
     from its last finished epoch; a table of the folds ends it. evaluate --model OUT then scores
     every image out of fold and chooses the ensemble's post-processing.
     """
+    if resume and overwrite:
+        raise click.UsageError("--resume and --overwrite exclude each other")
     from keras_ptx.config import load_config
     from keras_ptx.training.folds import fold_table, train_folds
     try:
         results = train_folds(load_config(config_path, overrides), data_dir, out, folds,
-                              echo=click.echo)
+                              resume=resume, overwrite=overwrite, echo=click.echo)
     except KeyboardInterrupt:
         click.echo("\ninterrupted; run the same command again to continue", err=True)
         raise SystemExit(130) from None

@@ -50,10 +50,11 @@ def parse_folds(text: str, count: int) -> list[int]:
     return folds
 
 
-def train_folds(config: Config, data_dir: str, out: str, folds: str = "all",
-                echo=print) -> list[FoldResult]:
+def train_folds(config: Config, data_dir: str, out: str, folds: str = "all", *,
+                resume: bool = False, overwrite: bool = False, echo=print) -> list[FoldResult]:
     """Train (or finish) the ``folds`` of ``config`` on the records in ``data_dir``, each in
-    its RUN_DIR under ``out``; the results in fold order (see the module docstring)."""
+    its RUN_DIR under ``out``; the results in fold order (see the module docstring).
+    ``resume`` and ``overwrite`` apply to each fold's run as :func:`train`'s do."""
     out = str(out).rstrip("/")
     check_openable(out, "--out")
     if config.data.fold is not None:
@@ -75,7 +76,8 @@ def train_folds(config: Config, data_dir: str, out: str, folds: str = "all",
         echo(f"fold {k} of folds 0-{records.folds - 1}: {run}")
         fold_config = dataclasses.replace(config, data=dataclasses.replace(config.data, fold=k),
                                           train=_fold_init(config.train, k))
-        metrics = train(fold_config, data_dir, run, echo=echo).metrics
+        metrics = train(fold_config, data_dir, run, resume=resume, overwrite=overwrite,
+                        echo=echo).metrics
         tf.keras.backend.clear_session()
         results.append(FoldResult(k, run, records.counts("train", k).records,
                                   records.counts("val", k).records, metrics))
