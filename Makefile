@@ -4,6 +4,9 @@ PYTHON ?= python3.11
 VENV := .venv
 STAMP := $(VENV)/.installed
 PY := $(VENV)/bin/python
+# Test processes: one per core of the 2-core CI machine; a test file stays in one process, so
+# its module fixtures (trained runs, exports) are built once.
+WORKERS ?= 2
 
 .PHONY: demo test test-fast test-demo bench clean-demo
 
@@ -17,10 +20,10 @@ demo: $(STAMP)
 	$(VENV)/bin/keras-ptx demo --workdir demo-run
 
 test: $(STAMP)
-	$(PY) -m pytest -q --durations=10
+	$(PY) -m pytest -q -n $(WORKERS) --dist loadfile --durations=10
 
 test-fast: $(STAMP)
-	$(PY) -m pytest -q -m "not slow and not demo"
+	$(PY) -m pytest -q -n $(WORKERS) --dist loadfile -m "not slow and not demo"
 
 test-demo: $(STAMP)
 	$(PY) -m pytest -q -m demo
