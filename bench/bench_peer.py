@@ -3,8 +3,9 @@
 with the same encoder and decoder widths, on this CPU, alternating between the two.
 
 keras_ptx: the UNet++ as a SavedModel computes it (the mask and label outputs through a
-``tf.function``, no post-processing), built under each Keras precision policy asked for
-(``float32``, ``mixed_bfloat16``). The peer: ``UnetPlusPlus(encoder_name="efficientnet-bN",
+``tf.function``, no post-processing, batch norms folded into the convolutions as every
+predictor runs it; ``--unfolded`` adds the network as trained), built under each Keras precision
+policy asked for (``float32``, ``mixed_bfloat16``). The peer: ``UnetPlusPlus(encoder_name="efficientnet-bN",
 encoder_weights=None, classes=1)`` in eval mode under ``torch.no_grad()``, in float32 (its
 default) and under ``torch.autocast("cpu", dtype=torch.bfloat16)`` (its best setting on a CPU
 with native bfloat16). Random weights (latency does not depend on them), 256 x 256 inputs,
@@ -16,14 +17,17 @@ median ms per image over rounds. PyTorch and segmentation-models-pytorch are not
 of keras_ptx: install them in a separate environment and pass its interpreter, e.g.
 
     python3.11 -m venv /work/bench-venv
-    /work/bench-venv/bin/pip install torch segmentation-models-pytorch
-    .venv/bin/python bench/bench_peer.py --torch-python /work/bench-venv/bin/python --rounds 3
+    /work/bench-venv/bin/pip install torch==2.14.1 torchvision==0.29.1 \
+        segmentation-models-pytorch==0.6.0
+    .venv/bin/python bench/bench_peer.py --torch-python /work/bench-venv/bin/python --rounds 3 \
+        --unfolded
 
 Run on a quiet machine.
 """
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import platform
 import statistics
@@ -47,19 +51,23 @@ def _time(run, batch: int, seconds: float) -> float:
     return statistics.median(times) * 1000 / batch
 
 
-def measure_keras(encoder: str, size: int, batches, policies, seconds: float) -> list[dict]:
+def measure_keras(encoder: str, size: int, batches, policies, seconds: float,
+                  unfolded: bool = False) -> list[dict]:
     import numpy as np
 
     from keras_ptx.config import load_config
     from keras_ptx.model import build_model
+    from keras_ptx.model.fold import fold_batch_norm
     from keras_ptx.tf_setup import tf
 
     rows = []
-    for policy in policies:
+    for policy, fold in itertools.product(policies, [True, False] if unfolded else [True]):
         config = load_config(None, [f"model.encoder={encoder}", "model.weights=none",
                                     f"data.image_size={size}",
                                     f"train.mixed_precision={policy}"])
         model = build_model(config)
+        if fold:
+            model = fold_batch_norm(model)
 
         @tf.function
         def forward(x, model=model):
@@ -68,7 +76,8 @@ def measure_keras(encoder: str, size: int, batches, policies, seconds: float) ->
         for batch in batches:
             images = tf.constant(np.random.default_rng(0).normal(
                 size=(batch, size, size, 3)).astype(np.float32))
-            rows.append({"framework": "keras_ptx", "encoder": encoder, "precision": policy,
+            rows.append({"framework": "keras_ptx" if fold else "keras_ptx unfolded",
+                         "encoder": encoder, "precision": policy,
                          "batch": batch,
                          "ms": _time(lambda: forward(images), batch, seconds)})
     return rows
@@ -99,7 +108,8 @@ def measure_peer(encoder: str, size: int, batches, policies, seconds: float) -> 
 def _child(python: str, side: str, args) -> list[dict]:
     command = [python, __file__, "--side", side, "--encoders", *args.encoders,
                "--size", str(args.size), "--batches", *map(str, args.batches),
-               "--precisions", *args.precisions, "--seconds", str(args.seconds)]
+               "--precisions", *args.precisions, "--seconds", str(args.seconds),
+               *(["--unfolded"] if args.unfolded and side == "keras" else [])]
     result = subprocess.run(command, capture_output=True, text=True, check=False)
     if result.returncode:
         sys.exit(f"{' '.join(command)} failed:\n{result.stderr[-3000:]}")
@@ -117,12 +127,18 @@ def main() -> None:
                         choices=["float32", "mixed_bfloat16"])
     parser.add_argument("--seconds", type=float, default=8.0, help="per measurement")
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--unfolded", action="store_true",
+                        help="also time keras_ptx's network with its batch norms unfolded")
     parser.add_argument("--side", choices=["keras", "peer"], help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.side:                                   # a child: one framework, print JSON rows
-        measure = measure_keras if args.side == "keras" else measure_peer
-        print(json.dumps([row for encoder in args.encoders for row in measure(
-            encoder, args.size, args.batches, args.precisions, args.seconds)]))
+        if args.side == "keras":
+            rows = [row for encoder in args.encoders for row in measure_keras(
+                encoder, args.size, args.batches, args.precisions, args.seconds, args.unfolded)]
+        else:
+            rows = [row for encoder in args.encoders for row in measure_peer(
+                encoder, args.size, args.batches, args.precisions, args.seconds)]
+        print(json.dumps(rows))
         return
     if not args.torch_python:
         parser.error("--torch-python is required")

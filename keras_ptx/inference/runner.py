@@ -7,7 +7,10 @@ With ``tta='hflip'`` each batch is run together with its mirror image and the mi
 flipped back and averaged in. The image-level probability is the ``label`` head's output when
 the model has one, else the map's maximum pixel probability. An ensemble (several models, e.g.
 a run's best epochs or the folds of a fold folder) averages its members' maps and image-level
-probabilities, each member with the TTA; an ensemble of one model is that model.
+probabilities, each member with the TTA; an ensemble of one model is that model. Each member
+runs with its BatchNormalizations folded into its convolutions
+(:func:`keras_ptx.model.fold.fold_batch_norm`: the same function, faster), so every consumer of
+a predictor (evaluate, predict, the SavedModel) runs the same graph.
 """
 from __future__ import annotations
 
@@ -15,18 +18,20 @@ import numpy as np
 
 from keras_ptx.config import Tta
 from keras_ptx.input.normalize import to_model_input
+from keras_ptx.model.fold import fold_batch_norm
 from keras_ptx.model.unetpp import named_outputs
 from keras_ptx.tf_setup import tf
 
 class Predictor:
     def __init__(self, models, tta: Tta = "none"):
         """``models``: a Keras model, or a list of them on one grid size (an ensemble)."""
-        self.models = list(models) if isinstance(models, (list, tuple)) else [models]
-        self.tta = tta
-        for model in self.models:
+        models = list(models) if isinstance(models, (list, tuple)) else [models]
+        for model in models:
             if model.output_names[0] != "mask":
                 raise ValueError(f"a model's first output must be 'mask', got "
                                  f"{model.output_names}")
+        self.models = [fold_batch_norm(model) for model in models]
+        self.tta = tta
         self.has_label_head = all("label" in m.output_names for m in self.models)
         sizes = {int(m.input_shape[1]) for m in self.models}
         if len(sizes) != 1:
