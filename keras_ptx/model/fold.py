@@ -4,9 +4,8 @@ In inference a BatchNormalization is a per-channel affine map, ``y = (x - mean) 
 with ``scale = gamma / sqrt(var + eps)``; after a convolution (or a depthwise one) whose only
 consumer it is, it can be merged into that convolution's kernel (times ``scale`` per output
 channel) and bias (``(bias - mean) * scale + beta``). The folded network computes the same
-function in one op fewer per convolution and lets oneDNN fuse the convolution with its bias and
-activation: 0.85-0.92x the network's time in bfloat16 on this project's CPU (BENCHMARKS.md).
-Everything that runs a trained network for its answers (:class:`keras_ptx.inference.runner.
+function with one op fewer per convolution: in bfloat16 on this project's CPU in 0.72-0.93x
+the unfolded network's time, in float32 0.94-0.99x (BENCHMARKS.md). Everything that runs a trained network for its answers (:class:`keras_ptx.inference.runner.
 Predictor`: evaluate, predict, export) runs the folded one, so they answer alike; training keeps
 the original layers.
 """
