@@ -37,6 +37,10 @@ def _toy():
     x = layers.BatchNormalization(scale=False, name="after_add")(x)   # no convolution before it
     x = layers.Conv2D(4, 1, name="biased")(x)
     x = layers.BatchNormalization(center=False, scale=False, name="biased_bn")(x)
+    x = layers.Conv2D(4, 1, activation="relu", name="activated")(x)   # BN after the relu
+    x = layers.BatchNormalization(name="activated_bn")(x)
+    x = layers.Conv2DTranspose(4, 3, padding="same", name="transposed")(x)  # [h, w, out, in]
+    x = layers.BatchNormalization(name="transposed_bn")(x)
     return tf.keras.Model(inputs, x)
 
 
@@ -52,7 +56,8 @@ def test_folding_keeps_the_function_and_folds_only_a_convolutions_sole_consumer(
                                rtol=1e-5, atol=1e-5)
     kinds = {layer.name: type(layer).__name__ for layer in folded.layers}
     assert kinds["plain_bn"] == kinds["depthwise_bn"] == kinds["biased_bn"] == "Activation"
-    assert kinds["shared_bn"] == kinds["after_add"] == "BatchNormalization"
+    for name in ("shared_bn", "after_add", "activated_bn", "transposed_bn"):
+        assert kinds[name] == "BatchNormalization", name
     assert folded.get_layer("plain").use_bias and folded.get_layer("depthwise").use_bias
     for got, want in zip(model.get_weights(), before):           # the original is untouched
         np.testing.assert_array_equal(got, want)

@@ -20,14 +20,17 @@ CONVOLUTIONS = (layers.Conv2D, layers.DepthwiseConv2D)
 
 
 def foldable_pairs(model: tf.keras.Model) -> dict[str, layers.BatchNormalization]:
-    """Convolution name -> the BatchNormalization that alone consumes its output."""
+    """Convolution name -> the BatchNormalization that alone consumes its output: a plain
+    channels-last Conv2D or DepthwiseConv2D (not a subclass such as Conv2DTranspose, whose
+    kernel is laid out otherwise) without an activation of its own, used once."""
     pairs = {}
     for layer in model.layers:
         if not isinstance(layer, layers.BatchNormalization) or len(layer._inbound_nodes) != 1:
             continue
         source = layer._inbound_nodes[0].inbound_layers
-        if (isinstance(source, CONVOLUTIONS) and len(source._inbound_nodes) == 1
-                and len(source._outbound_nodes) == 1 and list(layer.axis) in ([-1], [3])):
+        if (type(source) in CONVOLUTIONS and source.get_config()["activation"] == "linear"
+                and len(source._inbound_nodes) == 1 and len(source._outbound_nodes) == 1
+                and list(layer.axis) in ([-1], [3])):
             pairs[source.name] = layer
     return pairs
 
