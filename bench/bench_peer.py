@@ -4,10 +4,10 @@ with the same encoder and decoder widths, on this CPU, alternating between the t
 
 keras_ptx: the UNet++ as a SavedModel computes it (the mask and label outputs through a
 ``tf.function``, no post-processing, batch norms folded into the convolutions as every
-predictor runs it; ``--unfolded`` adds the network as trained), built under each Keras precision
-policy asked for (``float32``, ``mixed_bfloat16``). The peer: ``UnetPlusPlus(encoder_name="efficientnet-bN",
-encoder_weights=None, classes=1)`` in eval mode under ``torch.no_grad()``, in float32 (its
-default) and under ``torch.autocast("cpu", dtype=torch.bfloat16)`` (its best setting on a CPU
+predictor runs it; ``--unfolded`` adds the network as trained), built under each Keras
+precision policy asked for (``float32``, ``mixed_bfloat16``). The peer:
+``UnetPlusPlus(encoder_name="efficientnet-bN", encoder_weights=None, classes=1)`` in eval
+mode under ``torch.no_grad()``, in float32 (its default) and under ``torch.autocast("cpu", dtype=torch.bfloat16)`` (its best setting on a CPU
 with native bfloat16). Random weights (latency does not depend on them), 256 x 256 inputs,
 batch 1 and 16.
 
@@ -27,6 +27,7 @@ Run on a quiet machine.
 from __future__ import annotations
 
 import argparse
+import functools
 import itertools
 import json
 import platform
@@ -132,13 +133,10 @@ def main() -> None:
     parser.add_argument("--side", choices=["keras", "peer"], help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.side:                                   # a child: one framework, print JSON rows
-        if args.side == "keras":
-            rows = [row for encoder in args.encoders for row in measure_keras(
-                encoder, args.size, args.batches, args.precisions, args.seconds, args.unfolded)]
-        else:
-            rows = [row for encoder in args.encoders for row in measure_peer(
-                encoder, args.size, args.batches, args.precisions, args.seconds)]
-        print(json.dumps(rows))
+        measure = (functools.partial(measure_keras, unfolded=args.unfolded)
+                   if args.side == "keras" else measure_peer)
+        print(json.dumps([row for encoder in args.encoders for row in measure(
+            encoder, args.size, args.batches, args.precisions, args.seconds)]))
         return
     if not args.torch_python:
         parser.error("--torch-python is required")

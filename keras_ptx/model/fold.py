@@ -5,9 +5,9 @@ with ``scale = gamma / sqrt(var + eps)``; after a convolution (or a depthwise on
 consumer it is, it can be merged into that convolution's kernel (times ``scale`` per output
 channel) and bias (``(bias - mean) * scale + beta``). The folded network computes the same
 function with one op fewer per convolution: in bfloat16 on this project's CPU in 0.72-0.93x
-the unfolded network's time, in float32 0.94-0.99x (BENCHMARKS.md). Everything that runs a trained network for its answers (:class:`keras_ptx.inference.runner.
-Predictor`: evaluate, predict, export) runs the folded one, so they answer alike; training keeps
-the original layers.
+the unfolded network's time, in float32 0.94-0.99x (BENCHMARKS.md). Everything that runs a
+trained network for its answers (:class:`keras_ptx.inference.runner.Predictor`: evaluate,
+predict, export) runs the folded one, so they answer alike; training keeps the original layers.
 """
 from __future__ import annotations
 
@@ -65,22 +65,16 @@ def fold_batch_norm(model: tf.keras.Model) -> tf.keras.Model:
 
 def _folded(conv, bn) -> list[np.ndarray]:
     """The kernel and bias of ``conv`` followed by ``bn`` in inference, in float64 then cast."""
-    gamma, beta, mean, var = (np.asarray(w, np.float64) for w in _bn_weights(bn))
+    kernel, *bias = conv.get_weights()
+    dtype = kernel.dtype
+    mean, var = (np.asarray(v.numpy(), np.float64) for v in (bn.moving_mean, bn.moving_variance))
+    gamma = np.asarray(bn.gamma.numpy(), np.float64) if bn.scale else np.ones_like(mean)
+    beta = np.asarray(bn.beta.numpy(), np.float64) if bn.center else np.zeros_like(mean)
+    bias = np.asarray(bias[0], np.float64) if bias else np.zeros_like(mean)
     scale = gamma / np.sqrt(var + bn.epsilon)
-    kernel = np.asarray(conv.get_weights()[0], np.float64)
-    bias = (np.asarray(conv.get_weights()[1], np.float64) if conv.use_bias
-            else np.zeros_like(mean))
+    kernel = np.asarray(kernel, np.float64)
     if isinstance(conv, layers.DepthwiseConv2D):    # [h, w, in, multiplier]: out = in * mult
         kernel = kernel * scale.reshape(kernel.shape[2], kernel.shape[3])[None, None]
     else:                                           # [h, w, in, out]
         kernel = kernel * scale
-    dtype = conv.get_weights()[0].dtype
     return [kernel.astype(dtype), ((bias - mean) * scale + beta).astype(dtype)]
-
-
-def _bn_weights(bn) -> list[np.ndarray]:
-    """gamma, beta, moving mean, moving variance (gamma 1 and beta 0 where the layer has none)."""
-    weights = {w.name.split("/")[-1].split(":")[0]: w.numpy() for w in bn.weights}
-    ones = np.ones_like(weights["moving_mean"])
-    return [weights.get("gamma", ones), weights.get("beta", 0 * ones), weights["moving_mean"],
-            weights["moving_variance"]]
