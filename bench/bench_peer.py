@@ -7,8 +7,9 @@ keras_ptx: the UNet++ as a SavedModel computes it (the mask and label outputs th
 predictor runs it; ``--unfolded`` adds the network as trained), built under each Keras
 precision policy asked for (``float32``, ``mixed_bfloat16``). The peer:
 ``UnetPlusPlus(encoder_name="efficientnet-bN", encoder_weights=None, classes=1)`` in eval
-mode under ``torch.no_grad()``, in float32 (its default) and under ``torch.autocast("cpu", dtype=torch.bfloat16)`` (its best setting on a CPU
-with native bfloat16). Random weights (latency does not depend on them), 256 x 256 inputs,
+mode under ``torch.no_grad()``, in float32 (its default) and under
+``torch.autocast("cpu", dtype=torch.bfloat16)`` (its best setting on a CPU with native
+bfloat16). Random weights (latency does not depend on them), 256 x 256 inputs,
 batch 1 and 16.
 
 Each measurement runs in its own process, so the two frameworks never share a process or its
