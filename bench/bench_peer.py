@@ -2,10 +2,12 @@
 """The network's inference latency against the peer, segmentation_models_pytorch's UnetPlusPlus
 with the same encoder and decoder widths, on this CPU, alternating between the two.
 
-keras_ptx: the UNet++ as a SavedModel computes it (the mask and label outputs through a
-``tf.function``, no post-processing, batch norms folded into the convolutions as every
-predictor runs it; ``--unfolded`` adds the network as trained), built under each Keras
-precision policy asked for (``float32``, ``mixed_bfloat16``). The peer:
+keras_ptx: the UNet++ as every predictor and SavedModel runs it (the mask and label outputs,
+no post-processing; batch norms folded into the convolutions and the weights frozen into
+constants), built under each Keras precision policy asked for (``float32``,
+``mixed_bfloat16``); ``--stages`` adds the network as trained and folded but not frozen.
+Its batch-norm statistics are random (folded biases of zero would let the frozen graph drop
+its bias additions, which a trained network's would not). The peer:
 ``UnetPlusPlus(encoder_name="efficientnet-bN", encoder_weights=None, classes=1)`` in eval
 mode under ``torch.no_grad()``, in float32 (its default) and under
 ``torch.autocast("cpu", dtype=torch.bfloat16)`` (its best setting on a CPU with native
@@ -21,7 +23,7 @@ of keras_ptx: install them in a separate environment and pass its interpreter, e
     /work/bench-venv/bin/pip install torch==2.14.1 torchvision==0.29.1 \
         segmentation-models-pytorch==0.6.0
     .venv/bin/python bench/bench_peer.py --torch-python /work/bench-venv/bin/python --rounds 3 \
-        --unfolded
+        --stages
 
 Run on a quiet machine.
 """
@@ -29,7 +31,6 @@ from __future__ import annotations
 
 import argparse
 import functools
-import itertools
 import json
 import platform
 import statistics
@@ -54,34 +55,39 @@ def _time(run, batch: int, seconds: float) -> float:
 
 
 def measure_keras(encoder: str, size: int, batches, policies, seconds: float,
-                  unfolded: bool = False) -> list[dict]:
+                  stages: bool = False) -> list[dict]:
     import numpy as np
 
     from keras_ptx.config import load_config
     from keras_ptx.model import build_model
     from keras_ptx.model.fold import fold_batch_norm
+    from keras_ptx.model.freeze import freeze
     from keras_ptx.tf_setup import tf
 
     rows = []
-    for policy, fold in itertools.product(policies, [True, False] if unfolded else [True]):
+    for policy in policies:
         config = load_config(None, [f"model.encoder={encoder}", "model.weights=none",
                                     f"data.image_size={size}",
                                     f"train.mixed_precision={policy}"])
-        model = build_model(config)
-        if fold:
-            model = fold_batch_norm(model)
-
-        @tf.function
-        def forward(x, model=model):
-            return model(x, training=False)
-
+        trained = build_model(config)
+        rng = np.random.default_rng(1)
+        for layer in trained.layers:
+            if isinstance(layer, tf.keras.layers.BatchNormalization):   # gamma, beta, mean, var
+                layer.set_weights([rng.uniform(0.5, 1.5, w.shape) if i in (0, 3) else
+                                   rng.normal(0, 0.1, w.shape)
+                                   for i, w in enumerate(layer.get_weights())])
+        folded = fold_batch_norm(trained)
+        variants = {"keras_ptx": freeze(folded)}
+        if stages:
+            for name, model in (("keras_ptx as trained", trained), ("keras_ptx folded", folded)):
+                variants[name] = tf.function(lambda x, model=model: model(x, training=False))
         for batch in batches:
             images = tf.constant(np.random.default_rng(0).normal(
                 size=(batch, size, size, 3)).astype(np.float32))
-            rows.append({"framework": "keras_ptx" if fold else "keras_ptx unfolded",
-                         "encoder": encoder, "precision": policy,
-                         "batch": batch,
-                         "ms": _time(lambda: forward(images), batch, seconds)})
+            for name, forward in variants.items():
+                rows.append({"framework": name, "encoder": encoder, "precision": policy,
+                             "batch": batch,
+                             "ms": _time(lambda: forward(images), batch, seconds)})
     return rows
 
 
@@ -111,7 +117,7 @@ def _child(python: str, side: str, args) -> list[dict]:
     command = [python, __file__, "--side", side, "--encoders", *args.encoders,
                "--size", str(args.size), "--batches", *map(str, args.batches),
                "--precisions", *args.precisions, "--seconds", str(args.seconds),
-               *(["--unfolded"] if args.unfolded and side == "keras" else [])]
+               *(["--stages"] if args.stages and side == "keras" else [])]
     result = subprocess.run(command, capture_output=True, text=True, check=False)
     if result.returncode:
         sys.exit(f"{' '.join(command)} failed:\n{result.stderr[-3000:]}")
@@ -129,12 +135,12 @@ def main() -> None:
                         choices=["float32", "mixed_bfloat16"])
     parser.add_argument("--seconds", type=float, default=8.0, help="per measurement")
     parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--unfolded", action="store_true",
-                        help="also time keras_ptx's network with its batch norms unfolded")
+    parser.add_argument("--stages", action="store_true", help="also time keras_ptx's network "
+                        "as trained and with its batch norms folded but not frozen")
     parser.add_argument("--side", choices=["keras", "peer"], help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.side:                                   # a child: one framework, print JSON rows
-        measure = (functools.partial(measure_keras, unfolded=args.unfolded)
+        measure = (functools.partial(measure_keras, stages=args.stages)
                    if args.side == "keras" else measure_peer)
         print(json.dumps([row for encoder in args.encoders for row in measure(
             encoder, args.size, args.batches, args.precisions, args.seconds)]))

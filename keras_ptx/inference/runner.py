@@ -9,8 +9,9 @@ the model has one, else the map's maximum pixel probability. An ensemble (severa
 a run's best epochs or the folds of a fold folder) averages its members' maps and image-level
 probabilities, each member with the TTA; an ensemble of one model is that model. Each member
 runs with its BatchNormalizations folded into its convolutions
-(:func:`keras_ptx.model.fold.fold_batch_norm`: the same function, faster), so every consumer of
-a predictor (evaluate, predict, the SavedModel) runs the same graph.
+(:func:`keras_ptx.model.fold.fold_batch_norm`) and, unless the members' weights are too large for
+one graph, frozen into constants (:mod:`keras_ptx.model.freeze`): the same function, faster. Every
+consumer of a predictor (evaluate, predict, the SavedModel) runs that same graph.
 """
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ import numpy as np
 
 from keras_ptx.config import Tta
 from keras_ptx.input.normalize import to_model_input
+from keras_ptx.model import freeze
 from keras_ptx.model.fold import fold_batch_norm
 from keras_ptx.model.unetpp import named_outputs
 from keras_ptx.tf_setup import tf
@@ -31,6 +33,9 @@ class Predictor:
                 raise ValueError(f"a model's first output must be 'mask', got "
                                  f"{model.output_names}")
         self.models = [fold_batch_norm(model) for model in models]
+        self.frozen = freeze.fits(self.models)
+        self._networks = [freeze.freeze(model) if self.frozen else
+                          (lambda x, model=model: model(x, training=False)) for model in self.models]
         self.tta = tta
         self.has_label_head = all("label" in m.output_names for m in self.models)
         sizes = {int(m.input_shape[1]) for m in self.models}
@@ -44,26 +49,27 @@ class Predictor:
 
     @property
     def variables(self) -> list:
-        """Every member's variables (what a SavedModel of the predictor checkpoints)."""
-        return [v for model in self.models for v in model.variables]
+        """The variables the members read (what a SavedModel of the predictor checkpoints):
+        none when they are frozen."""
+        return [] if self.frozen else [v for model in self.models for v in model.variables]
 
     def run_tf(self, x):
         """Graph version: normalised ``[B, S, S, 3]`` -> (maps ``[B, S, S]``, image prob ``[B]``)."""
-        masks, images = zip(*(self._run_one(model, x) for model in self.models))
+        masks, images = zip(*(self._run_one(model, network, x)
+                              for model, network in zip(self.models, self._networks)))
         if len(self.models) == 1:
             return masks[0], images[0]
         return tf.add_n(masks) / len(masks), tf.add_n(images) / len(images)
 
-    def _run_one(self, model, x):
+    def _run_one(self, model, network, x):
         n = tf.shape(x)[0]
         label_head = "label" in model.output_names
         if self.tta == "hflip":
-            out = named_outputs(model, model(tf.concat([x, tf.reverse(x, axis=[2])], axis=0),
-                                             training=False))
+            out = named_outputs(model, network(tf.concat([x, tf.reverse(x, axis=[2])], axis=0)))
             mask = (out["mask"][:n] + tf.reverse(out["mask"][n:], axis=[2])) / 2.0
             label = (out["label"][:n] + out["label"][n:]) / 2.0 if label_head else None
         else:
-            out = named_outputs(model, model(x, training=False))
+            out = named_outputs(model, network(x))
             mask, label = out["mask"], out.get("label")
         mask = tf.cast(mask[..., 0], tf.float32)
         if label is None:
