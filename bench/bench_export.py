@@ -1,7 +1,8 @@
 #!/usr/bin/env python
 """Latency per image of the exported SavedModel on this CPU, as TF Serving would run it.
 
-For each encoder (default B0 and B4, weights none, UNet++ at --size 256), exports the model with
+For each encoder (default B0 and B4, weights none with random batch-norm statistics as in
+``trained_like.py``, UNet++ at --size 256), exports the model with
 ``keras_ptx.serving.export.export_model`` to a temporary base path, reloads it with
 ``tf.saved_model.load`` and times its signatures at batch 1 and 16:
 
@@ -49,6 +50,7 @@ from keras_ptx.model import build_model
 from keras_ptx.serving.export import export_model
 from keras_ptx.serving.warmup import synthetic_image
 from keras_ptx.tf_setup import tf
+from trained_like import randomise_batch_norms
 
 POSTS = {"triplet": PostProcess(kind="triplet", top_threshold=0.75, min_pixels=600,
                                 bottom_threshold=0.3, min_area=2000),
@@ -62,6 +64,8 @@ def export_and_load(encoder: str, size: int, post: PostProcess, base: str, membe
     config = load_config(None, [f"data.image_size={size}", f"model.encoder={encoder}",
                                 "model.weights=none", f"train.mixed_precision={precision}"])
     models = [build_model(config) for _ in range(members)]
+    for seed, model in enumerate(models):
+        randomise_batch_norms(model, seed)
     start = time.perf_counter()
     path = export_model(Predictor(models), post, base)
     seconds = time.perf_counter() - start

@@ -6,8 +6,7 @@ keras_ptx: the UNet++ as every predictor and SavedModel runs it (the mask and la
 no post-processing; batch norms folded into the convolutions and the weights frozen into
 constants), built under each Keras precision policy asked for (``float32``,
 ``mixed_bfloat16``); ``--stages`` adds the network as trained and folded but not frozen.
-Its batch-norm statistics are random (folded biases of zero would let the frozen graph drop
-its bias additions, which a trained network's would not). The peer:
+Its batch-norm statistics are random (``trained_like.py``). The peer:
 ``UnetPlusPlus(encoder_name="efficientnet-bN", encoder_weights=None, classes=1)`` in eval
 mode under ``torch.no_grad()``, in float32 (its default) and under
 ``torch.autocast("cpu", dtype=torch.bfloat16)`` (its best setting on a CPU with native
@@ -63,6 +62,7 @@ def measure_keras(encoder: str, size: int, batches, policies, seconds: float,
     from keras_ptx.model.fold import fold_batch_norm
     from keras_ptx.model.freeze import freeze
     from keras_ptx.tf_setup import tf
+    from trained_like import randomise_batch_norms
 
     rows = []
     for policy in policies:
@@ -70,12 +70,7 @@ def measure_keras(encoder: str, size: int, batches, policies, seconds: float,
                                     f"data.image_size={size}",
                                     f"train.mixed_precision={policy}"])
         trained = build_model(config)
-        rng = np.random.default_rng(1)
-        for layer in trained.layers:
-            if isinstance(layer, tf.keras.layers.BatchNormalization):   # gamma, beta, mean, var
-                layer.set_weights([rng.uniform(0.5, 1.5, w.shape) if i in (0, 3) else
-                                   rng.normal(0, 0.1, w.shape)
-                                   for i, w in enumerate(layer.get_weights())])
+        randomise_batch_norms(trained)
         folded = fold_batch_norm(trained)
         variants = {"keras_ptx": freeze(folded)}
         if stages:
