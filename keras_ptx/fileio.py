@@ -5,6 +5,9 @@ URLs (``gs://``, ``ram://``, ...) go through ``tf.io.gfile``, where a rename is 
 the filesystem allows. Paths are kept as strings (``pathlib`` would fold ``gs://b`` into
 ``gs:/b``) and joined with :func:`join`; the readers here accept both kinds. Temporary names are hidden (a leading dot: readers that skip dotfiles,
 like the DICOM finder, never take a killed write's leftover for a file) and hold ``.tmp-``.
+On a local disk each new file (and a published folder's every file and folder) is flushed to
+the disk before the rename, and the folder holding it after: a power cut or a kernel crash,
+not only a killed process, leaves the old file or the new one, never an empty or torn one.
 """
 from __future__ import annotations
 
@@ -100,7 +103,12 @@ def publish_folder(staged: str, path, last: str | None = None) -> None:
     uploaded file by file, the top-level file ``last`` after all others, so that a reader
     waiting for that file sees the rest first."""
     if not is_url(path):
+        for folder, _, names in os.walk(staged):
+            for name in names:
+                _flush(os.path.join(folder, name))
+            _flush(folder)
         os.rename(staged, path)
+        _flush(os.path.dirname(os.path.abspath(path)))
         return
     files = [os.path.relpath(os.path.join(folder, name), staged)
              for folder, _, names in os.walk(staged) for name in names]
@@ -135,12 +143,23 @@ def atomic_path(path):
         if is_url(path):
             _upload(tmp, path)
         else:
+            _flush(tmp)
             os.replace(tmp, path)
+            _flush(folder)
     finally:
         with contextlib.suppress(FileNotFoundError):
             os.remove(tmp)
         if is_url(path):
             shutil.rmtree(folder, ignore_errors=True)
+
+
+def _flush(path: str) -> None:
+    """Write ``path``'s (a file's or a folder's) data from the page cache to the disk."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def _upload(local: str, url: str) -> None:

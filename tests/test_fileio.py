@@ -1,10 +1,11 @@
-"""keras_ptx.fileio: a file is replaced whole or not at all, locally and on a tf.io.gfile URL."""
+"""keras_ptx.fileio: a file is replaced whole or not at all, locally and on a tf.io.gfile URL,
+and on a local disk it is on the disk before the rename is."""
 import os
 
 import numpy as np
 import pytest
 
-from keras_ptx.fileio import atomic_path, is_url, write_atomic
+from keras_ptx.fileio import atomic_path, is_url, publish_folder, staging_folder, write_atomic
 from keras_ptx.tf_setup import tf
 
 
@@ -16,6 +17,49 @@ def test_write_atomic_replaces_the_file_and_leaves_nothing_else(tmp_path):
     write_atomic(path, b"\x00bytes")
     assert path.read_bytes() == b"\x00bytes"
     assert os.listdir(tmp_path) == ["metrics.json"]
+
+
+@pytest.fixture
+def disk_events(monkeypatch):
+    """Every fsync (of the path its descriptor names) and rename, in order."""
+    events = []
+    fsync, replace, rename = os.fsync, os.replace, os.rename
+
+    def synced(fd):
+        events.append(("fsync", os.readlink(f"/proc/self/fd/{fd}")))
+        fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", synced)
+    monkeypatch.setattr(os, "replace", lambda a, b: (events.append(("rename", str(a), str(b))),
+                                                     replace(a, b)))
+    monkeypatch.setattr(os, "rename", lambda a, b: (events.append(("rename", str(a), str(b))),
+                                                    rename(a, b)))
+    return events
+
+
+def test_a_new_file_reaches_the_disk_before_its_rename_and_the_rename_after(tmp_path,
+                                                                           disk_events):
+    path = tmp_path / "best.weights.h5"
+    write_atomic(path, b"weights")
+    (_, tmp), rename, folder = disk_events
+    assert rename == ("rename", tmp, str(path)) and folder == ("fsync", str(tmp_path))
+
+
+def test_a_published_folder_reaches_the_disk_whole_before_its_rename(tmp_path, disk_events):
+    final = tmp_path / "export" / "1"
+    final.parent.mkdir()
+    staged = staging_folder(final)
+    os.makedirs(os.path.join(staged, "variables"))
+    for name in ("saved_model.pb", "variables/variables.index"):
+        with open(os.path.join(staged, name), "w") as f:
+            f.write(name)
+    publish_folder(staged, final)
+    *flushed, rename, parent = disk_events
+    assert sorted(path for _, path in flushed) == sorted(
+        [staged, os.path.join(staged, "saved_model.pb"), os.path.join(staged, "variables"),
+         os.path.join(staged, "variables", "variables.index")])
+    assert rename == ("rename", staged, str(final)) and parent == ("fsync", str(final.parent))
+    assert (final / "variables" / "variables.index").read_text() == "variables/variables.index"
 
 
 def test_a_failed_write_keeps_the_old_file(tmp_path):
