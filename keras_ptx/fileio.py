@@ -143,14 +143,24 @@ def atomic_path(path):
         if is_url(path):
             _upload(tmp, path)
         else:
-            _flush(tmp)
-            os.replace(tmp, path)
-            _flush(folder)
+            replace(tmp, path)
     finally:
         with contextlib.suppress(FileNotFoundError):
             os.remove(tmp)
         if is_url(path):
             shutil.rmtree(folder, ignore_errors=True)
+
+
+def replace(written, path) -> None:
+    """Rename the complete file ``written`` over ``path`` (beside it, or both on one URL's
+    filesystem); locally, with the file on the disk before the rename and the rename after."""
+    written, path = str(written), str(path)
+    if is_url(path):
+        _gfile().rename(written, path, overwrite=True)
+        return
+    _flush(written)
+    os.replace(written, path)
+    _flush(os.path.dirname(os.path.abspath(path)))
 
 
 def _flush(path: str) -> None:
@@ -166,5 +176,5 @@ def _upload(local: str, url: str) -> None:
     gfile = _gfile()
     staged = join(os.path.dirname(url), f".{os.path.basename(url)}.tmp-{uuid.uuid4().hex[:8]}")
     gfile.copy(local, staged, overwrite=True)
-    gfile.rename(staged, url, overwrite=True)
+    replace(staged, url)
 

@@ -32,7 +32,7 @@ from keras_ptx.data.dicom import DICOM_SUFFIXES, find_dicom_files
 from keras_ptx.data.manifest import FORMAT, Rejection, join, read_json, sha256, to_json
 from keras_ptx.data.split import assign_bins
 from keras_ptx.errors import UserError
-from keras_ptx.fileio import check_openable, is_url, write_atomic
+from keras_ptx.fileio import check_openable, is_url, replace, write_atomic
 from keras_ptx.tf_setup import tf
 
 STATE = "build-state.json"
@@ -283,7 +283,7 @@ def _write_shard(final: str, shard: Shard, results, size: int) -> dict:
             entry["positives"] += content["has_pneumothorax"]
             entry["annotations"] += content["n_annotations"]
     entry["sha256"] = sha256(tmp)
-    tf.io.gfile.rename(tmp, final, overwrite=True)
+    replace(tmp, final)
     return entry
 
 
