@@ -3,8 +3,9 @@
 Local paths use the operating system (no TensorFlow import, so the data tools stay light);
 URLs (``gs://``, ``ram://``, ...) go through ``tf.io.gfile``, where a rename is as atomic as
 the filesystem allows. Paths are kept as strings (``pathlib`` would fold ``gs://b`` into
-``gs:/b``) and joined with :func:`join`; the readers here accept both kinds. Temporary names are hidden (a leading dot: readers that skip dotfiles,
-like the DICOM finder, never take a killed write's leftover for a file) and hold ``.tmp-``.
+``gs:/b``) and joined with :func:`join`; the readers here accept both kinds. Temporary names
+are hidden (a leading dot: readers that skip dotfiles, like the DICOM finder, never take a
+killed write's leftover for a file) and hold ``.tmp-``.
 On a local disk each new file (and a published folder's every file and folder) is flushed to
 the disk before the rename, and the folder holding it after: a power cut or a kernel crash,
 not only a killed process, leaves the old file or the new one, never an empty or torn one.

@@ -24,6 +24,7 @@ from keras_ptx.model.fold import fold_batch_norm
 from keras_ptx.model.unetpp import named_outputs
 from keras_ptx.tf_setup import tf
 
+
 class Predictor:
     def __init__(self, models, tta: Tta = "none"):
         """``models``: a Keras model, or a list of them on one grid size (an ensemble)."""
@@ -34,8 +35,9 @@ class Predictor:
                                  f"{model.output_names}")
         self.models = [fold_batch_norm(model) for model in models]
         self.frozen = freeze.fits(self.models)
-        self._networks = [freeze.freeze(model) if self.frozen else
-                          (lambda x, model=model: model(x, training=False)) for model in self.models]
+        self._networks = [freeze.freeze(model) if self.frozen
+                          else (lambda x, model=model: model(x, training=False))
+                          for model in self.models]
         self.tta = tta
         self.has_label_head = all("label" in m.output_names for m in self.models)
         sizes = {int(m.input_shape[1]) for m in self.models}
