@@ -24,6 +24,14 @@ def _randomise_statistics(model, seed=0):
                                for w in layer.weights])
 
 
+def deeply_supervised(policy: str):
+    """The tests' UNet++ with deep supervision under ``policy``, random batch-norm statistics."""
+    model = build_model(load_config(TEST_CONFIG, ["model.deep_supervision=true",
+                                                  f"train.mixed_precision={policy}"]))
+    _randomise_statistics(model)
+    return model
+
+
 def _toy():
     x = inputs = tf.keras.Input((16, 16, 3))
     x = layers.Conv2D(8, 3, padding="same", use_bias=False, name="plain")(x)
@@ -72,10 +80,7 @@ def test_a_network_without_batch_norm_is_returned_as_it_is():
 
 @pytest.mark.parametrize("policy", ["float32", "mixed_bfloat16"])
 def test_every_batch_norm_of_the_unetpp_folds_and_its_outputs_stay(policy):
-    config = load_config(TEST_CONFIG, ["model.deep_supervision=true",
-                                       f"train.mixed_precision={policy}"])
-    model = build_model(config)
-    _randomise_statistics(model)
+    model = deeply_supervised(policy)
     folded = fold_batch_norm(model)
     assert not [layer for layer in folded.layers if isinstance(layer, layers.BatchNormalization)]
     assert folded.output_names == model.output_names

@@ -10,7 +10,7 @@ from keras_ptx.model import build_model, freeze
 from keras_ptx.model.unetpp import named_outputs
 from keras_ptx.serving.export import export_model
 from keras_ptx.tf_setup import tf
-from test_fold import _randomise_statistics
+from test_fold import _randomise_statistics, deeply_supervised
 from test_train import TEST_CONFIG
 
 VARIABLE_OPS = {"VarHandleOp", "ReadVariableOp", "VariableV2"}
@@ -18,10 +18,7 @@ VARIABLE_OPS = {"VarHandleOp", "ReadVariableOp", "VariableV2"}
 
 @pytest.mark.parametrize("policy", ["float32", "mixed_bfloat16"])
 def test_a_frozen_network_reads_no_variable_and_answers_the_same(policy):
-    config = load_config(TEST_CONFIG, ["model.deep_supervision=true",
-                                       f"train.mixed_precision={policy}"])
-    model = build_model(config)
-    _randomise_statistics(model)
+    model = deeply_supervised(policy)
     frozen = freeze.freeze(model)
     assert not frozen.captured_inputs
     assert not {op.type for op in frozen.graph.get_operations()} & VARIABLE_OPS
