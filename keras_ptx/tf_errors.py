@@ -1,11 +1,18 @@
 """The one place that reads TensorFlow's error text, for the failures a user is told about in
 one line: a failure inside a tf.data graph reaches Python as an ``OpError`` whose message holds
-the original error's text between graph traces."""
+the original error's text between graph traces.
+
+It imports nothing of keras_ptx at module level (TensorFlow only once an error is in hand), so
+``data`` and ``input`` both use it without depending on each other."""
 from __future__ import annotations
 
 import re
 
-from keras_ptx.input.workers import AugmentWorkerError
+
+class AugmentWorkerError(RuntimeError):
+    """An augmentation worker process failed or died (:mod:`keras_ptx.input.workers` raises it;
+    defined here, where its name is looked for in TensorFlow's error text)."""
+
 
 _GRAPH_NOISE = re.compile(r"\{\{function_node [^}]*\}\}|\[\[\{\{node \w+\}\}\]\]|\[Op:\w+\]")
 _WORKER_MARKER = f"{AugmentWorkerError.__module__}.{AugmentWorkerError.__name__}: "

@@ -43,16 +43,13 @@ from pathlib import Path
 import numpy as np
 
 from keras_ptx.input.border import Border
+from keras_ptx.tf_errors import AugmentWorkerError
 
 # glibc hands each array of 128 KB or more (a float32 256 px image is 256 KB) to mmap and back,
 # and trims the heap as it shrinks, so every image faulted in fresh pages (~65 faults per 256 px
 # image). Keeping the worker's memory in its heap cut its CPU per image by ~25% (0.93 -> 0.69
 # ms, interleaved on the same batches). 32 MB is glibc's largest mmap threshold on 64 bits.
 WORKER_MALLOC = {"MALLOC_MMAP_THRESHOLD_": str(32 << 20), "MALLOC_TRIM_THRESHOLD_": str(256 << 20)}
-
-
-class AugmentWorkerError(RuntimeError):
-    """An augmentation worker process failed or died."""
 
 
 def _shared_file(nbytes: int) -> int:
