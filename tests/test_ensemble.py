@@ -13,6 +13,7 @@ from keras_ptx import rundir
 from keras_ptx.commands.export import command as export_command
 from keras_ptx.config import dump_config, load_config
 from keras_ptx.inference.ensemble import Ensemble
+from keras_ptx.inference.postprocess import PostProcess
 from keras_ptx.inference.runner import Predictor
 from keras_ptx.model import build_model
 from keras_ptx.serving.export import read_metadata
@@ -26,10 +27,10 @@ def _config(*overrides):
                               "model.weights=none", "model.prune_level=1", *overrides])
 
 
-def _write_run(path, seed, epochs=()):
+def _write_run(path, seed, epochs=(), overrides=()):
     """A run directory of a freshly initialised network (seed), with ``epochs`` in top/ (each
     a differently initialised network) and metrics.json naming them."""
-    config = _config(f"train.keep_best={max(1, len(epochs))}")
+    config = _config(f"train.keep_best={max(1, len(epochs))}", *overrides)
     path.mkdir(parents=True)
     dump_config(config, path / rundir.CONFIG)
     tf.keras.utils.set_random_seed(seed)
@@ -101,6 +102,15 @@ def test_checkpoints_take_the_best_epochs_and_fold_folders_their_folds(runs, tmp
         Ensemble([str(runs["a"]), str(other)])
 
 
+def test_a_rule_gating_on_the_label_head_refuses_members_without_one(tmp_path):
+    run = _write_run(tmp_path / "headless", 4, overrides=["model.classification_head=false"])
+    PostProcess(threshold=0.5, cls_threshold=0.6).save(str(run / rundir.POSTPROCESS))
+    ensemble = Ensemble(str(run))
+    assert ensemble.post_source == str(run / rundir.POSTPROCESS)
+    with pytest.raises(rundir.RunDirError, match="gates on the image-level head, but the model"):
+        ensemble.predictor("none")
+
+
 FRESH = r"""
 import json, sys
 import numpy as np
@@ -123,7 +133,6 @@ json.dump(result, open(out, "w"))
 
 @pytest.mark.slow
 def test_an_exported_ensemble_answers_what_the_ensemble_does(runs, tmp_path):
-    from keras_ptx.inference.postprocess import PostProcess
     from keras_ptx.serving.export import serving_functions
 
     result = CliRunner().invoke(export_command, [

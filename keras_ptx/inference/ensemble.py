@@ -17,8 +17,10 @@ from typing import Sequence
 
 from keras_ptx import rundir
 from keras_ptx.config import Config, Precision, Tta
+from keras_ptx.fileio import exists
+from keras_ptx.inference.postprocess import PostProcess
 from keras_ptx.inference.runner import Predictor
-from keras_ptx.inference.trained import TrainedRun, checked_predictor, saved_rule
+from keras_ptx.inference.trained import TrainedRun
 
 
 class Ensemble:
@@ -38,7 +40,7 @@ class Ensemble:
                 ", ".join(f"{run.path}: {run.config.data.image_size}" for run in self.runs) +
                 "); an ensemble needs one")
         self.config: Config = self.runs[0].config
-        self.post, self.post_source = saved_rule(self.paths[0], self.config)
+        self.post, self.post_source = _saved_rule(self.paths[0], self.config)
 
     def tta(self, requested: Tta | None = None) -> Tta:
         """``requested``, else the TTA the rule was tuned with, else the first run's
@@ -50,8 +52,14 @@ class Ensemble:
         return [_load(run, name) for run, name in self.weights]
 
     def predictor(self, tta: Tta) -> Predictor:
-        """One :class:`Predictor` over every member, checked against the rule."""
-        return checked_predictor(Predictor(self.models, tta), self.post, self.post_source)
+        """One :class:`Predictor` over every member; RunDirError when the rule gates on an
+        image-level head the members lack."""
+        predictor = Predictor(self.models, tta)
+        if self.post.cls_threshold is not None and not predictor.has_label_head:
+            raise rundir.RunDirError(
+                f"{self.post_source}: the post-processing ({self.post.describe()}) gates on "
+                f"the image-level head, but the model has none")
+        return predictor
 
     def members(self) -> list[dict]:
         """Each member's run and weights file, for an export's metadata."""
@@ -62,6 +70,18 @@ class Ensemble:
         return (f"{len(self.weights)} model{'s' if len(self.weights) > 1 else ''} "
                 f"({runs} run{'s' if runs > 1 else ''} x "
                 f"{len(self.weights) // runs} checkpoint{'s' if len(self.weights) > runs else ''})")
+
+
+def _saved_rule(folder: str, config: Config) -> tuple[PostProcess, str]:
+    """``folder``'s postprocess.json (a run's, a fold folder's or an ensemble folder's) and its
+    path, else the ``eval.threshold`` pixel threshold and why."""
+    path = rundir.path(folder, rundir.POSTPROCESS)
+    if not exists(path):
+        threshold = config.eval.threshold
+        return (PostProcess(threshold=threshold),
+                f"no {rundir.POSTPROCESS} in {folder} (bin/evaluate has not been run): "
+                f"default pixel threshold {threshold:g}")
+    return PostProcess.load(path), path
 
 
 def _runs(path: str) -> list[str]:
