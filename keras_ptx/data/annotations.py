@@ -154,25 +154,38 @@ def _resolve(image_id: str, entries: list[tuple[int, str]], report: list[Problem
     return tuple(value for value in first_line if value != rle.EMPTY)
 
 
+class AnnotationWriter:
+    """Rows ``(image_id, rle or '-1')`` in a published layout to an open text ``handle``,
+    each checked before it is written (ValueError names the row)."""
+
+    def __init__(self, handle, layout: str = "stage1"):
+        if layout not in HEADERS:
+            raise ValueError(f"layout must be one of {sorted(HEADERS)}, got {layout!r}")
+        self._prefix = _VALUE_PREFIX[layout]
+        self._csv = csv.writer(handle, lineterminator="\n")
+        self._csv.writerow(HEADERS[layout])
+        self._rows = 0
+
+    def row(self, image_id, value) -> None:
+        image_id, value = str(image_id).strip(), str(value).strip()
+        if not image_id or "," in image_id:
+            raise ValueError(f"row {self._rows}: bad ImageId {image_id!r}")
+        try:
+            check_rle_syntax(value)
+        except ValueError as exc:
+            raise ValueError(f"row {self._rows} ({image_id}): {exc}") from None
+        self._csv.writerow([image_id, self._prefix + (rle.EMPTY if rle.is_empty(value) else value)])
+        self._rows += 1
+
+
 def write_annotations(path, rows: Iterable[tuple[str, str]], layout: str = "stage1"):
     """Write ``(image_id, rle or '-1')`` rows in a published layout to ``path`` (a local path or
     a URL), atomically; returns path."""
-    if layout not in HEADERS:
-        raise ValueError(f"layout must be one of {sorted(HEADERS)}, got {layout!r}")
-    prefix = _VALUE_PREFIX[layout]
     with atomic_path(path) as partial:
         with open(partial, "w", newline="", encoding="utf-8") as handle:
-            writer = csv.writer(handle, lineterminator="\n")
-            writer.writerow(HEADERS[layout])
-            for number, (image_id, value) in enumerate(rows):
-                image_id, value = str(image_id).strip(), str(value).strip()
-                if not image_id or "," in image_id:
-                    raise ValueError(f"row {number}: bad ImageId {image_id!r}")
-                try:
-                    check_rle_syntax(value)
-                except ValueError as exc:
-                    raise ValueError(f"row {number} ({image_id}): {exc}") from None
-                writer.writerow([image_id, prefix + (rle.EMPTY if rle.is_empty(value) else value)])
+            writer = AnnotationWriter(handle, layout)
+            for image_id, value in rows:
+                writer.row(image_id, value)
     return path
 
 

@@ -71,6 +71,9 @@ class DicomHeader:
     age: int                        # years
     view: str                       # ViewPosition (PA / AP)
     patient_hash: str               # sha256 prefix of PatientID
+    # the header as read (no pixel data), for objects that carry the source's patient and
+    # study; never logged
+    dataset: pydicom.Dataset = field(compare=False, repr=False)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -116,6 +119,8 @@ def read_dicom(path) -> DicomImage:
         ds = _dataset(path, stop_before_pixels=False)
         header = _header(path, ds)
         pixels = _pixels(path, ds)
+        for tag in _PIXEL_TAGS:         # decoded: the header alone travels on
+            ds.pop(tag, None)
         return DicomImage(pixels=pixels, **vars(header))
     except DicomError:
         raise
@@ -204,7 +209,8 @@ def _header(path: str, ds) -> DicomHeader:
         rows=int(ds.get("Rows", 0) or 0), columns=int(ds.get("Columns", 0) or 0),
         photometric=_text(ds, "PhotometricInterpretation").upper(),
         sex=_text(ds, "PatientSex").upper(), age=parse_age(ds.get("PatientAge")),
-        view=_text(ds, "ViewPosition").upper(), patient_hash=patient_hash(ds.get("PatientID")))
+        view=_text(ds, "ViewPosition").upper(), patient_hash=patient_hash(ds.get("PatientID")),
+        dataset=ds)
 
 
 def _pixels(path: str, ds) -> np.ndarray:

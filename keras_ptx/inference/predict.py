@@ -1,52 +1,52 @@
-"""``bin/predict``: DICOM folder -> submission.csv, per-image predictions and optional overlays.
+"""``bin/predict``: DICOM folder -> submission.csv, per-image predictions, optional overlays
+and DICOM result objects.
 
 Files are streamed in sorted order, a batch at a time: read with the project's DICOM reader,
-mapped onto the model's square grid (:func:`~keras_ptx.data.geometry.image_to_square`), run
-through the model, mapped back to each image's own size and post-processed there with the
-run's saved rule (RUN_DIR/postprocess.json; the run's ``eval.threshold`` pixel threshold, the
-paper's 0.75 by default, when evaluate has not been run) and written out row by row, so memory
-does not grow with the number of files. The mapping back is
-:func:`~keras_ptx.inference.postprocess.image_map`, the TF op the SavedModel uses too, so an
-export's ``serving_default`` answers the same masks and RLEs as this does.
+checked to be what the model was made for (:func:`~keras_ptx.data.eligibility.rejection`: one
+frontal chest radiograph), mapped onto the model's square grid
+(:func:`~keras_ptx.data.geometry.image_to_square`), run through the model, mapped back to each
+image's own size and post-processed there with the run's saved rule (RUN_DIR/postprocess.json;
+the run's ``eval.threshold`` pixel threshold, the paper's 0.75 by default, when evaluate has
+not been run). The mapping back is :func:`~keras_ptx.inference.postprocess.image_map`, the TF
+op the SavedModel uses too, so an export's ``serving_default`` answers the same masks and RLEs
+as this does.
 
-OUT/
-  submission.csv    one row per image: ImageId, relative column-major RLE or -1 (stage1/stage2)
-  predictions.csv   image_id, path, height, width, probability, mask_area_px, has_pneumothorax
-  errors.csv        path, reason: every file that could not become a prediction (one whose
-                    header names its ImageId still gets a -1 submission row)
-  overlays/         <image_id>.png with the predicted mask (with --overlays)
+:class:`DicomPredictor` is the loaded model that turns files into
+:class:`~keras_ptx.results.writers.Prediction` and :class:`~keras_ptx.results.writers.Rejection`
+items; every output is a :class:`~keras_ptx.results.writers.Writer` fed in a background thread
+(:class:`~keras_ptx.results.writers.Outputs`): OUT/submission.csv, predictions.csv and
+errors.csv (:mod:`keras_ptx.results.tables`), overlays/ (:mod:`keras_ptx.results.overlays`),
+and with ``dicom_out`` a DICOM Segmentation, Structured Report and optionally a Secondary
+Capture per image (:mod:`keras_ptx.results.dicom_files`).
 """
 from __future__ import annotations
 
-import csv
-import os
+import hashlib
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Callable, Iterator, Sequence
 
 import numpy as np
 from tqdm import tqdm
 
-from keras_ptx.data import rle
-from keras_ptx.data.annotations import IMAGE_ID, write_annotations
-from keras_ptx.data.dicom import (DICOM_SUFFIXES, DicomError, find_dicom_files, read_dicom,
-                                  read_dicom_header)
+from keras_ptx import rundir
+from keras_ptx.data.annotations import IMAGE_ID
+from keras_ptx.data.dicom import (DICOM_SUFFIXES, DicomError, DicomImage, find_dicom_files,
+                                  read_dicom, read_dicom_header)
+from keras_ptx.data.eligibility import rejection as eligibility_rejection
 from keras_ptx.data.geometry import image_to_square
 from keras_ptx.errors import UserError
-from keras_ptx.fileio import check_openable, join
-from keras_ptx.inference import plots
-from keras_ptx.inference.postprocess import PostProcess, image_map
-from keras_ptx.inference.runner import Predictor
+from keras_ptx.fileio import check_openable, read_bytes
 from keras_ptx.inference.ensemble import Ensemble
-from keras_ptx.tf_setup import tf
+from keras_ptx.inference.postprocess import PostProcess, image_map
+from keras_ptx.results.dicom_files import DicomObjectFiles
+from keras_ptx.results import DEFAULT_KINDS, DESCRIPTION
+from keras_ptx.results.overlays import OverlayPngs
+from keras_ptx.results.tables import ErrorsCsv, PredictionsCsv, SubmissionCsv
+from keras_ptx.results.writers import ModelIdentity, Outputs, Prediction, Rejection, Writer
 
-SUBMISSION = "submission.csv"
-PREDICTIONS = "predictions.csv"
-ERRORS = "errors.csv"
-OVERLAYS = "overlays"
-PREDICTION_COLUMNS = ["image_id", "path", "height", "width", "probability", "mask_area_px",
-                      "has_pneumothorax"]
+IDENTITY_CHARS = 12
 
 
 class PredictError(UserError):
@@ -75,103 +75,141 @@ def dicom_files(dicom_dir) -> tuple[list[Path], int]:
     return [root / rel for rel in found], skipped
 
 
+def model_identity(run: Ensemble, tta: str) -> ModelIdentity:
+    """A digest of what decides the answers: every member's weights, the rule and the TTA."""
+    digest = hashlib.sha256()
+    for trained, weights in run.weights:
+        digest.update(hashlib.sha256(read_bytes(rundir.path(trained.path, weights))).digest())
+    digest.update(f"{run.post.describe()}|{tta}".encode())
+    return ModelIdentity(model=digest.hexdigest()[:IDENTITY_CHARS])
+
+
+class DicomPredictor:
+    """A model loaded once (a RUN_DIR, fold folder or several: an
+    :class:`~keras_ptx.inference.ensemble.Ensemble`) that turns DICOM files into predictions.
+    ``any_image`` lets images outside the intended use through (research), each prediction
+    saying why it is outside."""
+
+    def __init__(self, models, checkpoints: int = 1, tta: str | None = None,
+                 batch_size: int | None = None, any_image: bool = False,
+                 log: Callable[[str], None] = print):
+        run = Ensemble(models, checkpoints)
+        self.post, self.post_source = run.post, run.post_source   # read before the build
+        if len(run.weights) > 1:
+            log(f"ensemble: {run.describe()}, probabilities averaged")
+        log(f"post-processing: {self.post.describe()} ({self.post_source})")
+        self.predictor = run.predictor(run.tta(tta))
+        log(f"test-time augmentation: {self.predictor.tta}" + (
+            f" (the rule was tuned with {self.post.tta}: its thresholds may not fit)"
+            if self.post.tta not in (None, self.predictor.tta) else ""))
+        log("image-level probability: " + ("the label head" if self.predictor.has_label_head
+                                           else "the maximum pixel probability (no label head)"))
+        if any_image:
+            log("--any-image: images outside the intended use (not one frontal chest "
+                "radiograph) are predicted too, and each output says so")
+        self.identity = model_identity(run, self.predictor.tta)
+        self.batch_size = batch_size or run.config.eval.batch_size
+        self.any_image = any_image
+
+    def results(self, files: Sequence, progress: bool = True) -> Iterator[Prediction | Rejection]:
+        """A :class:`Prediction` or a :class:`Rejection` per file, in order.
+
+        Unreadable files, images outside the intended use, ImageIds a submission cannot hold
+        and repeated ones are rejected with their reason. An unreadable file whose header
+        still names its ImageId (and is a frontal chest radiograph) is rejected with that
+        ImageId, for a -1 submission row: a competition submission must list every image.
+        """
+        first_path: dict[str, str] = {}
+        batch: list[tuple[DicomImage, str | None]] = []
+        with tqdm(total=len(files), desc="predict", unit="img", disable=not progress) as bar:
+            for path in files:
+                item = self._admit(path, first_path)
+                if isinstance(item, Rejection):
+                    bar.update(1)
+                    yield item
+                    continue
+                batch.append(item)
+                if len(batch) == self.batch_size:
+                    yield from self._run_batch(batch, bar)
+                    batch = []
+            if batch:
+                yield from self._run_batch(batch, bar)
+
+    def _admit(self, path, first_path: dict) -> tuple[DicomImage, str | None] | Rejection:
+        """The decoded image and why it is outside the intended use (None: it is not), or
+        its rejection."""
+        try:
+            image = read_dicom(path)
+        except DicomError as exc:
+            header = _header_or_none(path)
+            if header is None or not IMAGE_ID.fullmatch(header.image_id) or \
+                    header.image_id in first_path or eligibility_rejection(header.dataset):
+                return Rejection(exc.path, exc.reason)
+            first_path[header.image_id] = header.path
+            return Rejection(exc.path, f"{exc.reason} (submitted as -1)", header.image_id)
+        outside = eligibility_rejection(image.dataset)
+        if outside is not None and not self.any_image:
+            return Rejection(image.path, outside)
+        if not IMAGE_ID.fullmatch(image.image_id):
+            return Rejection(image.path, f"ImageId (SOPInstanceUID) {image.image_id!r} has "
+                                         f"characters a submission cannot hold (only "
+                                         f"[0-9A-Za-z._-])")
+        if image.image_id in first_path:
+            return Rejection(image.path, f"duplicate ImageId {image.image_id} (first in "
+                                         f"{first_path[image.image_id]})")
+        first_path[image.image_id] = image.path
+        return image, outside
+
+    def _run_batch(self, batch, bar) -> Iterator[Prediction]:
+        squares = np.stack([image_to_square(image.pixels, self.predictor.size)
+                            for image, _ in batch])
+        maps, probability = self.predictor.from_gray(squares)
+        for (image, outside), square_map, p in zip(batch, maps, probability):
+            prob_map = image_map(square_map, *image.pixels.shape)
+            mask = self.post.apply(prob_map, float(p)).astype(bool)
+            bar.update(1)
+            yield Prediction(image=image, mask=mask, probability=float(p), outside_use=outside)
+
+
 def predict(run_dir, dicom_dir, out, layout: str = "stage1", overlays: bool = False,
             tta: str | None = None, batch_size: int | None = None, progress: bool = True,
-            log: Callable[[str], None] = print, checkpoints: int = 1) -> Summary:
+            log: Callable[[str], None] = print, checkpoints: int = 1,
+            dicom_out: str | None = None, dicom_objects: Sequence[str] = DEFAULT_KINDS,
+            dicom_description: str = DESCRIPTION, any_image: bool = False) -> Summary:
     """Predict every DICOM below ``dicom_dir`` with the run in ``run_dir`` (or the ensemble of
     several runs or fold folders, each with its ``checkpoints`` best epochs:
-    :class:`~keras_ptx.inference.ensemble.Ensemble`); write ``out``."""
+    :class:`~keras_ptx.inference.ensemble.Ensemble`); write ``out`` (and the DICOM objects of
+    ``dicom_objects`` to ``dicom_out``)."""
     out = str(out)
     check_openable(out, "--out")
+    if dicom_out is not None:
+        check_openable(dicom_out, "--dicom-out")
     files, skipped = dicom_files(dicom_dir)
     if not files:
         raise PredictError(f"{dicom_dir}: no DICOM files ({', '.join(DICOM_SUFFIXES)}) found")
     if skipped:
         log(f"{skipped} file(s) without a {' or '.join(DICOM_SUFFIXES)} suffix skipped (rename "
             f"DICOMs stored without one)")
-    run = Ensemble(run_dir, checkpoints)
-    config, post = run.config, run.post             # the rule is read before the model is built
-    if len(run.weights) > 1:
-        log(f"ensemble: {run.describe()}, probabilities averaged")
-    log(f"post-processing: {post.describe()} ({run.post_source})")
-    predictor = run.predictor(run.tta(tta))
-    log(f"test-time augmentation: {predictor.tta}" + (
-        f" (the rule was tuned with {post.tta}: its thresholds may not fit)"
-        if post.tta not in (None, predictor.tta) else ""))
-    log("image-level probability: " + ("the label head" if predictor.has_label_head
-                                       else "the maximum pixel probability (no label head)"))
+    model = DicomPredictor(run_dir, checkpoints, tta, batch_size, any_image, log)
+    writers: list[Writer] = [SubmissionCsv(layout), PredictionsCsv(), ErrorsCsv()]
+    if overlays:
+        writers.append(OverlayPngs())
+    if dicom_out is not None:
+        writers.append(DicomObjectFiles(dicom_out, dicom_objects, dicom_description))
     start = time.perf_counter()         # predicting, not loading the model
-    tf.io.gfile.makedirs(join(out, OVERLAYS) if overlays else out)
     counts = {"images": 0, "positives": 0, "errors": 0, "filled": 0}
-    with tf.io.gfile.GFile(join(out, PREDICTIONS), "w") as pred_file, \
-            tf.io.gfile.GFile(join(out, ERRORS), "w") as error_file, \
-            tqdm(total=len(files), desc="predict", unit="img", disable=not progress) as bar:
-        predictions = csv.writer(pred_file, lineterminator="\n")
-        predictions.writerow(PREDICTION_COLUMNS)
-        errors = csv.writer(error_file, lineterminator="\n")
-        errors.writerow(["path", "reason"])
-
-        def rows() -> Iterator[tuple[str, str]]:
-            for image, prob_map, probability in _predicted(files, predictor, batch_size
-                                                           or config.eval.batch_size, errors, bar, counts):
-                if prob_map is None:            # unreadable pixels, known ImageId
-                    yield image.image_id, rle.EMPTY
-                    continue
-                mask = post.apply(prob_map, probability)
-                area = int(mask.sum())
-                predictions.writerow([image.image_id, image.path, *image.pixels.shape,
-                                      f"{probability:.6f}", area, int(area > 0)])
-                if overlays:
-                    plots.save_png(join(out, OVERLAYS, f"{plots.safe_filename(image.image_id)}.png"),
-                                   plots.overlay(image.pixels, mask, caption=
-                                                 f"p={probability:.2f} area={area}px"))
+    with Outputs(writers, out, model.identity) as outputs:
+        for item in model.results(files, progress):
+            if isinstance(item, Rejection):
+                outputs.reject(item)
+                counts["errors"] += 1
+                counts["filled"] += item.image_id is not None
+            else:
+                outputs.write(item)
                 counts["images"] += 1
-                counts["positives"] += area > 0
-                yield image.image_id, rle.encode(mask)
-
-        write_annotations(join(out, SUBMISSION), rows(), layout=layout)
-    return Summary(seconds=time.perf_counter() - start, postprocess=post,
-                   postprocess_source=run.post_source, out=out, **counts)
-
-
-def _predicted(files, predictor: Predictor, batch_size: int, errors, bar, counts):
-    """(DicomImage, probability map at the image's size, image probability) per readable file.
-
-    Unreadable files, ImageIds a submission cannot hold and repeated ones go to ``errors``
-    with their reason. An unreadable file whose header still names its ImageId comes as
-    (header, None, None), for a -1 row: a competition submission must list every image.
-    """
-    first_path: dict[str, str] = {}
-    batch = []
-    for path in files:
-        try:
-            image = read_dicom(path)
-        except DicomError as exc:
-            header = _header_or_none(path)
-            if header is None or not IMAGE_ID.fullmatch(header.image_id) or \
-                    header.image_id in first_path:
-                _reject(errors, counts, bar, exc.path, exc.reason)
-                continue
-            first_path[header.image_id] = header.path
-            _reject(errors, counts, bar, exc.path, f"{exc.reason} (submitted as -1)")
-            counts["filled"] += 1
-            yield header, None, None
-            continue
-        if not IMAGE_ID.fullmatch(image.image_id):
-            _reject(errors, counts, bar, image.path, f"ImageId (SOPInstanceUID) {image.image_id!r} "
-                    f"has characters a submission cannot hold (only [0-9A-Za-z._-])")
-            continue
-        if image.image_id in first_path:
-            _reject(errors, counts, bar, image.path,
-                    f"duplicate ImageId {image.image_id} (first in {first_path[image.image_id]})")
-            continue
-        first_path[image.image_id] = image.path
-        batch.append(image)
-        if len(batch) == batch_size:
-            yield from _run_batch(batch, predictor, bar)
-            batch = []
-    if batch:
-        yield from _run_batch(batch, predictor, bar)
+                counts["positives"] += item.area > 0
+    return Summary(seconds=time.perf_counter() - start, postprocess=model.post,
+                   postprocess_source=model.post_source, out=out, **counts)
 
 
 def _header_or_none(path):
@@ -179,17 +217,3 @@ def _header_or_none(path):
         return read_dicom_header(path)
     except DicomError:
         return None
-
-
-def _reject(errors, counts, bar, path, reason):
-    errors.writerow([os.fspath(path), reason])
-    counts["errors"] += 1
-    bar.update(1)
-
-
-def _run_batch(batch, predictor: Predictor, bar):
-    squares = np.stack([image_to_square(image.pixels, predictor.size) for image in batch])
-    maps, probability = predictor.from_gray(squares)
-    for image, square_map, p in zip(batch, maps, probability):
-        yield image, image_map(square_map, *image.pixels.shape), float(p)
-        bar.update(1)
