@@ -387,14 +387,13 @@ def _coerce(tp, value, path):
     if origin is Union:
         if value is None and type(None) in args:
             return None
-        errors = []
         for option in args:
             if option is type(None):
                 continue
             try:
                 return _coerce(option, value, path)
-            except ConfigError as exc:
-                errors.append(exc)
+            except ConfigError:
+                pass                    # the message below names every option
         raise ConfigError(f"{path}: expected {_describe(tp)}, got {value!r}")
     if origin is tuple:
         if not isinstance(value, (list, tuple)):
