@@ -13,6 +13,7 @@ not only a killed process, leaves the old file or the new one, never an empty or
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import shutil
 import tempfile
@@ -22,6 +23,8 @@ from pathlib import Path
 from keras_ptx.errors import UserError
 
 
+# The temporary files of killed writes in a folder (a glob pattern; see temporary_name).
+TEMPORARY_GLOB = ".*.tmp-*"
 # What adds a filesystem scheme to TensorFlow, for the message refusing one it lacks.
 SCHEME_PLUGINS = {"s3": "pip install tensorflow-io", "az": "pip install tensorflow-io",
                   "hdfs": "pip install tensorflow-io, and a Hadoop client",
@@ -71,6 +74,12 @@ def read_bytes(path) -> bytes:
 
 def read_text(path) -> str:
     return read_bytes(path).decode()
+
+
+def read_json(path):
+    """The JSON value in ``path``, None when there is no such file; ValueError when it is not
+    JSON."""
+    return json.loads(read_bytes(path)) if exists(path) else None
 
 
 @contextlib.contextmanager
@@ -134,11 +143,8 @@ def atomic_path(path):
     name of their own, such as Keras' ``save_weights`` or ``numpy.savez``: the temporary name
     keeps ``path``'s suffix, which such writers read the format from."""
     path = str(path)
-    name = os.path.basename(path.rstrip("/"))
-    # a fresh name, not a file: the writer creates it with the usual permissions
-    tmp_name = f".{name}.tmp-{uuid.uuid4().hex[:8]}{''.join(Path(name).suffixes)}"
     folder = tempfile.mkdtemp() if is_url(path) else os.path.dirname(os.path.abspath(path))
-    tmp = os.path.join(folder, tmp_name)
+    tmp = os.path.join(folder, temporary_name(path))
     try:
         yield tmp
         if is_url(path):
@@ -150,6 +156,14 @@ def atomic_path(path):
             os.remove(tmp)
         if is_url(path):
             shutil.rmtree(folder, ignore_errors=True)
+
+
+def temporary_name(path) -> str:
+    """A fresh file name (not a file: the writer creates it) to write ``path``'s content under
+    before the rename: hidden, with ``.tmp-`` (:data:`TEMPORARY_GLOB` finds leftovers) and
+    ``path``'s suffixes, which some writers read the format from."""
+    name = os.path.basename(str(path).rstrip("/"))
+    return f".{name}.tmp-{uuid.uuid4().hex[:8]}{''.join(Path(name).suffixes)}"
 
 
 def replace(written, path) -> None:
@@ -175,7 +189,7 @@ def _flush(path: str) -> None:
 
 def _upload(local: str, url: str) -> None:
     gfile = _gfile()
-    staged = join(os.path.dirname(url), f".{os.path.basename(url)}.tmp-{uuid.uuid4().hex[:8]}")
+    staged = join(os.path.dirname(url), temporary_name(url))
     gfile.copy(local, staged, overwrite=True)
     replace(staged, url)
 

@@ -30,16 +30,14 @@ OUT/
   eval/, postprocess.json
 
 RUN_DIR may be a URL of any filesystem TensorFlow opens (``gs://``, ``ram://``, ...): paths are
-strings joined with :func:`path`, and files go through ``tf.io.gfile`` or
+strings joined with :func:`keras_ptx.fileio.join`, and files go through ``tf.io.gfile`` or
 :mod:`keras_ptx.fileio`.
 """
 from __future__ import annotations
 
-import json
-
 from keras_ptx.config import Config, ConfigError, load_config
 from keras_ptx.errors import UserError
-from keras_ptx.fileio import check_openable, exists, join, local_copy, read_text
+from keras_ptx.fileio import check_openable, exists, join, local_copy, read_json as _read_json
 
 CONFIG = "config.yaml"
 CHECKPOINTS = "checkpoints"
@@ -72,10 +70,10 @@ def load_run_config(run_dir) -> Config:
     check_openable(run_dir, "--model")
     if not exists(run_dir):
         raise RunDirError(f"{run_dir}: no such run directory")
-    if not exists(path(run_dir, CONFIG)):
+    if not exists(join(run_dir, CONFIG)):
         raise RunDirError(f"{run_dir}: not a training run directory (no {CONFIG})")
     try:
-        return load_config(path(run_dir, CONFIG))
+        return load_config(join(run_dir, CONFIG))
     except ConfigError as exc:
         raise RunDirError(f"{run_dir}: its {CONFIG} does not load: {exc}") from None
 
@@ -85,11 +83,11 @@ def load_model(run_dir, config: Config, weights_file: str = BEST_WEIGHTS):
     another weights file of RUN_DIR, such as ``top/epoch-003.weights.h5``)."""
     from keras_ptx.model.unetpp import build_model_to_load
 
-    weights = path(run_dir, weights_file)
+    weights = join(run_dir, weights_file)
     if weights_file != BEST_WEIGHTS and not exists(weights):
         raise RunDirError(f"{run_dir}: no {weights_file}")
     if not exists(weights):
-        if exists(path(run_dir, CHECKPOINTS, BEST_WEIGHTS)):
+        if exists(join(run_dir, CHECKPOINTS, BEST_WEIGHTS)):
             raise RunDirError(f"{run_dir}: training has not finished (its best weights so far "
                               f"are in {CHECKPOINTS}/); run bin/train again with the same "
                               f"arguments to finish it")
@@ -102,14 +100,14 @@ def load_model(run_dir, config: Config, weights_file: str = BEST_WEIGHTS):
 
 def eval_dir(run_dir, split: str) -> str:
     """Where evaluate reports on ``split``: RUN_DIR/eval for val, RUN_DIR/eval-<split> else."""
-    return path(run_dir, EVAL if split == "val" else f"{EVAL}-{split}")
+    return join(run_dir, EVAL if split == "val" else f"{EVAL}-{split}")
 
 
 def fold_dir(out, fold: int) -> str:
     """The RUN_DIR of ``fold`` in the fold folder ``out``."""
-    return path(out, f"fold-{fold}")
+    return join(out, f"fold-{fold}")
 
 
 def read_json(run_dir, name):
-    file = path(run_dir, name)
-    return json.loads(read_text(file)) if exists(file) else None
+    """RUN_DIR's JSON file ``name`` (None when there is none)."""
+    return _read_json(join(run_dir, name))

@@ -25,7 +25,7 @@ from pydicom.uid import BasicTextSRStorage, ExplicitVRLittleEndian, generate_uid
 from keras_ptx.commands.build_tfrecords import command
 from keras_ptx.data import geometry, records, rle
 from keras_ptx.data.annotations import union_mask, write_annotations
-from keras_ptx.data.build import BuildError, Options, build
+from keras_ptx.data.build import BuildError, Options, build, make_plan, read_inputs
 from keras_ptx.data.dicom import read_dicom
 from keras_ptx.data.geometry import image_to_square, mask_to_square
 from keras_ptx.data.manifest import verify
@@ -378,6 +378,15 @@ def test_bad_inputs_are_rejected_with_reasons(tmp_path):
     assert CliRunner().invoke(command, args).exit_code == 0      # without --strict
 
 
+def test_the_plan_takes_any_worker_map(dataset, built):
+    """The phases only call the map they are given: in this process, the same plan."""
+    root, _ = dataset
+    o = options(root, built[0])
+    paths, labels = read_inputs(o)
+    plan = make_plan(o, paths, labels, lambda fn, tasks, desc: map(fn, tasks))
+    assert plan.digest == built[1]["plan_sha256"]
+
+
 # --- unlabeled, and a gfile URL --------------------------------------------------------------
 
 def test_unlabeled_build_to_a_gfile_url(dataset):
@@ -438,8 +447,10 @@ def test_kill_9_then_resume_gives_the_uninterrupted_dataset(dataset, built, tmp_
         child.wait()
         with contextlib.suppress(ProcessLookupError):
             os.killpg(child.pid, signal.SIGTERM)
-    first = sorted(out.glob("*.tfrecord"))
-    assert len(first) == 1 and list(out.glob("*.tmp-*")) and not (out / "manifest.json").exists()
+    first = sorted(out.glob("[!.]*.tfrecord"))
+    assert len(first) == 1 and not (out / "manifest.json").exists()
+    leftovers = [p.name for p in out.glob("*.tmp-*")]     # hidden from the DICOM finder
+    assert leftovers and all(name.startswith(".") for name in leftovers), leftovers
     kept = first[0].stat().st_mtime_ns
 
     said = []

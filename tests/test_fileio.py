@@ -5,7 +5,8 @@ import os
 import numpy as np
 import pytest
 
-from keras_ptx.fileio import atomic_path, is_url, publish_folder, staging_folder, write_atomic
+from keras_ptx.fileio import (TEMPORARY_GLOB, atomic_path, is_url, join, publish_folder, read_json,
+                              staging_folder, temporary_name, write_atomic)
 from keras_ptx.tf_setup import tf
 
 
@@ -81,6 +82,27 @@ def test_the_temporary_name_keeps_the_suffix_writers_read_the_format_from(tmp_pa
         np.savez(tmp, a=np.arange(3))           # numpy would add .npz to a name without it
     assert np.load(tmp_path / "swa-epoch-003.npz")["a"].tolist() == [0, 1, 2]
     assert os.listdir(tmp_path) == ["swa-epoch-003.npz"]
+
+
+def test_temporary_names_are_hidden_fresh_and_found_by_the_leftover_glob(tmp_path):
+    names = {temporary_name(tmp_path / "train-00000-of-00002.tfrecord") for _ in range(3)}
+    assert len(names) == 3 and all(n.startswith(".") and n.endswith(".tfrecord") for n in names)
+    for name in names:
+        (tmp_path / name).touch()
+    (tmp_path / "train-00000-of-00002.tfrecord").touch()
+    assert {p.name for p in tmp_path.glob(TEMPORARY_GLOB)} == names
+
+
+@pytest.mark.parametrize("folder", ["local", "ram://fileio-test/json"])
+def test_read_json_reads_local_files_and_urls_and_none_for_no_file(tmp_path, folder):
+    folder = str(tmp_path / folder) if folder == "local" else folder
+    tf.io.gfile.makedirs(folder)
+    write_atomic(join(folder, "a.json"), '{"k": [1, 2]}\n')
+    write_atomic(join(folder, "bad.json"), "{")
+    assert read_json(join(folder, "a.json")) == {"k": [1, 2]}
+    assert read_json(join(folder, "missing.json")) is None
+    with pytest.raises(ValueError):
+        read_json(join(folder, "bad.json"))
 
 
 def test_a_url_is_written_through_gfile():

@@ -1,6 +1,7 @@
 """DICOM folder + RLE label CSV -> sharded TFRecords, a manifest, and nothing lost on the way.
 
-A build runs in two phases over one pool of worker processes:
+A build runs in two phases, each mapping its per-image work over a :data:`WorkerMap` (one
+pool of worker processes, :func:`process_map`):
 
 1. *Plan* (cheap): read every DICOM header, match files to label rows by SOPInstanceUID,
    reject what cannot be used (with a reason), check that each positive's RLE rows fit its
@@ -16,12 +17,14 @@ from __future__ import annotations
 
 import concurrent.futures
 import contextlib
+import functools
 import hashlib
 import multiprocessing
 import os
 import random
 from collections import defaultdict, deque
 from dataclasses import asdict, dataclass, field
+from typing import Callable, Iterator
 
 from tqdm import tqdm
 
@@ -29,10 +32,11 @@ from keras_ptx.config import check_image_size
 from keras_ptx.data import convert, geometry, records
 from keras_ptx.data.annotations import IMAGE_ID, Annotations, load_annotations
 from keras_ptx.data.dicom import DICOM_SUFFIXES, find_dicom_files
-from keras_ptx.data.manifest import FORMAT, Rejection, join, read_json, sha256, to_json
+from keras_ptx.data.manifest import FORMAT, Rejection, sha256, to_json
 from keras_ptx.data.split import assign_bins
 from keras_ptx.errors import UserError
-from keras_ptx.fileio import check_openable, is_url, replace, write_atomic
+from keras_ptx.fileio import (TEMPORARY_GLOB, check_openable, is_url, join, read_json, replace,
+                              temporary_name, write_atomic)
 from keras_ptx.tf_setup import tf
 
 STATE = "build-state.json"
@@ -112,21 +116,31 @@ class Plan:
         return hashlib.sha256(to_json(asdict(self))).hexdigest()
 
 
+# How the phases run their per-image work: ``worker_map(fn, tasks, desc)`` yields ``fn(task)``
+# for each task, in order (``desc`` labels the progress). ``fn`` is a picklable function of
+# :mod:`~keras_ptx.data.convert`. Another executor is another function of this shape.
+WorkerMap = Callable[[Callable, list, str], Iterator]
+
+
 @contextlib.contextmanager
-def _pool(workers: int):
-    """Worker processes that are dropped at once (not drained) if the build fails."""
+def process_map(workers: int) -> Iterator[WorkerMap]:
+    """A :data:`WorkerMap` over ``workers`` processes, dropped at once (not drained) if the
+    build fails; BuildError when one of them dies."""
     # spawn: the parent has TensorFlow loaded, which is not fork-safe; convert.py is TF-free.
     pool = concurrent.futures.ProcessPoolExecutor(
         workers, mp_context=multiprocessing.get_context("spawn"), initializer=convert.init_worker)
     try:
-        yield pool
-    except BaseException:
+        yield functools.partial(_imap, pool, workers)
+    except BaseException as exc:
         pool.shutdown(wait=False, cancel_futures=True)
+        if isinstance(exc, concurrent.futures.process.BrokenProcessPool):
+            raise BuildError(f"a worker process died ({exc}); the finished shards are kept: run "
+                             "the same command again to resume") from None
         raise
     pool.shutdown()
 
 
-def _imap(pool, fn, tasks: list, workers: int, desc: str):
+def _imap(pool, workers: int, fn, tasks: list, desc: str):
     """``map(fn, tasks)`` over the pool, in order, with a progress bar and only a few chunks in
     flight (so decoded images never pile up in memory behind a slow writer)."""
     size = max(1, min(16, len(tasks) // (8 * workers)))
@@ -155,11 +169,12 @@ def read_inputs(options: Options) -> tuple[list[str], Annotations | None]:
     return paths, labels
 
 
-def make_plan(options: Options, paths: list[str], labels: Annotations | None, pool) -> Plan:
+def make_plan(options: Options, paths: list[str], labels: Annotations | None,
+              worker_map: WorkerMap) -> Plan:
     """Phase 1: read headers, match labels, reject, split and fix every shard's contents."""
     rejected: list[Rejection] = []
-    absolute = [os.path.join(options.dicom_dir, p) for p in paths]
-    headers = list(_imap(pool, convert.header, absolute, options.workers, "reading headers"))
+    absolute = [join(options.dicom_dir, p) for p in paths]
+    headers = list(worker_map(convert.header, absolute, "reading headers"))
     by_id = defaultdict(list)
     with_files = set()              # every SOPInstanceUID some file has: its labels are used up
     for path, header in zip(paths, headers):
@@ -183,7 +198,8 @@ def make_plan(options: Options, paths: list[str], labels: Annotations | None, po
     if labels is None:
         splits = {"test": [Item(path, i, None) for i, (path, _) in usable.items()]}
         return _shard(options, None, len(paths), rejected, (), splits)
-    labeled, label_inputs = _match_labels(options, labels, usable, with_files, rejected, pool)
+    labeled, label_inputs = _match_labels(options, labels, usable, with_files, rejected,
+                                          worker_map)
     warnings = tuple(f"{os.path.basename(options.labels)} line {p.line} ({p.image_id}): {p.message}"
                      for p in labels.report if p.kind not in LABEL_REJECTIONS)
     return _shard(options, labels.layout, len(paths) + label_inputs, rejected, warnings,
@@ -192,7 +208,7 @@ def make_plan(options: Options, paths: list[str], labels: Annotations | None, po
 
 
 def _match_labels(options: Options, labels, usable: dict, with_files: set[str],
-                  rejected: list[Rejection], pool) -> tuple[dict, int]:
+                  rejected: list[Rejection], worker_map: WorkerMap) -> tuple[dict, int]:
     """image id -> (path, rles, header) of the usable labeled images, and the number of label
     entries that match no file (each is an input of its own, and rejected)."""
     csv_name = os.path.basename(options.labels)
@@ -223,7 +239,7 @@ def _match_labels(options: Options, labels, usable: dict, with_files: set[str],
     # A run past the image's end shows only once the image size is known.
     positives = sorted(i for i, (_, rles, h) in labeled.items() if rles and h.rows and h.columns)
     tasks = [(labeled[i][1], labeled[i][2].rows, labeled[i][2].columns) for i in positives]
-    checks = list(_imap(pool, convert.check_label, tasks, options.workers, "checking masks"))
+    checks = list(worker_map(convert.check_label, tasks, "checking masks"))
     for image_id, failure in zip(positives, checks):
         if failure is not None:
             rejected.append(Rejection(labeled.pop(image_id)[0], image_id, failure.reason,
@@ -255,11 +271,12 @@ def _shard(options: Options, layout, inputs: int, rejected: list[Rejection], war
     return Plan(recorded, layout, inputs, tuple(shards), tuple(sorted(rejected)), warnings)
 
 
-def _write_shards(options: Options, out: str, pending: list[Shard], pool, state: dict) -> None:
+def _write_shards(options: Options, out: str, pending: list[Shard], worker_map: WorkerMap,
+                  state: dict) -> None:
     """Phase 2: convert the pending shards' images in the workers and write the shards."""
-    tasks = [(os.path.join(options.dicom_dir, item.path), item.image_id, item.rles,
+    tasks = [(join(options.dicom_dir, item.path), item.image_id, item.rles,
               options.image_size) for shard in pending for item in shard.items]
-    with contextlib.closing(_imap(pool, convert.convert, tasks, options.workers, "writing")) as results:
+    with contextlib.closing(worker_map(convert.convert, tasks, "writing")) as results:
         for shard in pending:
             state["shards"][shard.file] = _write_shard(join(out, shard.file), shard, results,
                                                        options.image_size)
@@ -267,9 +284,9 @@ def _write_shards(options: Options, out: str, pending: list[Shard], pool, state:
 
 
 def _write_shard(final: str, shard: Shard, results, size: int) -> dict:
-    """Write one shard from the next results (under a temporary name, renamed when complete);
-    its state entry: counts, sha256 and the images that failed to convert."""
-    tmp = f"{final}.tmp-{os.getpid()}"
+    """Write one shard from the next results (under a hidden temporary name beside it, renamed
+    when complete); its state entry: counts, sha256 and the images that failed to convert."""
+    tmp = join(os.path.dirname(final), temporary_name(final))
     entry = {"examples": 0, "positives": 0, "annotations": 0, "rejected": []}
     with tf.io.TFRecordWriter(tmp) as writer:
         for item, content in zip(shard.items, results):
@@ -340,24 +357,20 @@ def build(options: Options, log=print) -> dict:
     paths, labels = read_inputs(options)
     out = options.out.rstrip("/")
     manifest_path = join(out, records.MANIFEST)
-    try:
-        with _pool(options.workers) as pool:
-            plan = make_plan(options, paths, labels, pool)
-            if tf.io.gfile.exists(manifest_path):
-                manifest = read_json(manifest_path)
-                if manifest.get("plan_sha256") != plan.digest:
-                    raise BuildError(f"{out} already holds a build of other inputs or options "
-                                     f"({_changes(manifest.get('options', {}), plan.options)}); "
-                                     "choose an empty --out")
-                log(f"{out}: already built from these inputs and options; nothing to do")
-                _remove_leftovers(out)      # of a run killed after writing the manifest
-                return manifest
-            tf.io.gfile.makedirs(out)
-            state, pending = _resume(out, plan, log)
-            _write_shards(options, out, pending, pool, state)
-    except concurrent.futures.process.BrokenProcessPool as exc:
-        raise BuildError(f"a worker process died ({exc}); the finished shards are kept: run the "
-                         "same command again to resume") from None
+    with process_map(options.workers) as worker_map:
+        plan = make_plan(options, paths, labels, worker_map)
+        manifest = read_json(manifest_path)
+        if manifest is not None:
+            if manifest.get("plan_sha256") != plan.digest:
+                raise BuildError(f"{out} already holds a build of other inputs or options "
+                                 f"({_changes(manifest.get('options', {}), plan.options)}); "
+                                 "choose an empty --out")
+            log(f"{out}: already built from these inputs and options; nothing to do")
+            _remove_leftovers(out)      # of a run killed after writing the manifest
+            return manifest
+        tf.io.gfile.makedirs(out)
+        state, pending = _resume(out, plan, log)
+        _write_shards(options, out, pending, worker_map, state)
     manifest = _manifest(plan, state["shards"])
     write_atomic(manifest_path, to_json(manifest))
     _remove_leftovers(out)
@@ -376,7 +389,7 @@ def _check_creatable(out: str) -> None:
 
 def _remove_leftovers(out: str, keep_state: bool = False) -> None:
     """Delete partial temporaries of killed runs (and the state file of a finished build)."""
-    leftovers = tf.io.gfile.glob(join(out, "*.tmp-*"))
+    leftovers = tf.io.gfile.glob(join(out, TEMPORARY_GLOB))
     if not keep_state:
         leftovers += tf.io.gfile.glob(join(out, STATE))
     for path in leftovers:
@@ -388,8 +401,8 @@ def _resume(out: str, plan: Plan, log) -> tuple[dict, list[Shard]]:
     bytes still match), everything else (including partial temporaries) to do again."""
     state_path = join(out, STATE)
     state = {"plan_sha256": plan.digest, "shards": {}}
-    if tf.io.gfile.exists(state_path):
-        previous = read_json(state_path)
+    previous = read_json(state_path)
+    if previous is not None:
         if previous.get("plan_sha256") != plan.digest:
             raise BuildError(f"{out} holds an unfinished build of other inputs or options; "
                              f"remove it or choose another --out")

@@ -4,7 +4,8 @@ The manifest holds the build options (``geometry``: the :mod:`keras_ptx.data.geo
 the images were put on the square grid with), each split's counts (images, positives,
 annotations) and shards (file, example count, sha256), every rejected input with its reason,
 and the input total (train + val + test + rejected). It has no timestamps and sorted keys, so
-the same inputs and options always give the same bytes. All I/O goes through ``tf.io.gfile``.
+the same inputs and options always give the same bytes. Files are read and joined through
+:mod:`keras_ptx.fileio` and ``tf.io.gfile`` (local paths and URLs alike).
 """
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from keras_ptx.data import geometry, records
+from keras_ptx.fileio import join, read_json
 from keras_ptx.tf_setup import tf
 
 FORMAT = 1
@@ -36,21 +38,12 @@ def to_json(obj) -> bytes:
     return (json.dumps(obj, indent=1, sort_keys=True) + "\n").encode()
 
 
-def read_json(path: str):
-    with tf.io.gfile.GFile(path, "rb") as f:
-        return json.loads(f.read())
-
-
 def sha256(path: str) -> str:
     digest = hashlib.sha256()
     with tf.io.gfile.GFile(path, "rb") as f:
         while chunk := f.read(_CHUNK):
             digest.update(chunk)
     return digest.hexdigest()
-
-
-def join(out: str, name: str) -> str:
-    return f"{out.rstrip('/')}/{name}"
 
 
 def geometry_problem(manifest: dict, folder: str) -> str | None:
@@ -85,12 +78,12 @@ def summary(manifest: dict) -> str:
 def verify(out: str) -> list[str]:
     """Re-read every shard of the build in ``out``; the list of problems (empty = sound)."""
     path = join(out, records.MANIFEST)
-    if not tf.io.gfile.exists(path):
-        return [f"{path}: no manifest (not a finished build)"]
     try:
         manifest = read_json(path)
-    except (ValueError, tf.errors.OpError) as exc:
+    except (ValueError, OSError, tf.errors.OpError) as exc:
         return [f"{path}: unreadable manifest ({exc})"]
+    if manifest is None:
+        return [f"{path}: no manifest (not a finished build)"]
     problem = geometry_problem(manifest, out)
     problems = [problem] if problem else []
     size = manifest["options"]["image_size"]

@@ -18,7 +18,6 @@ epoch.
 """
 from __future__ import annotations
 
-import json
 from collections import Counter
 from dataclasses import dataclass
 from typing import Callable
@@ -26,7 +25,7 @@ from typing import Callable
 from keras_ptx.data import records
 from keras_ptx.data.manifest import geometry_problem
 from keras_ptx.errors import UserError
-from keras_ptx.fileio import check_openable
+from keras_ptx.fileio import check_openable, join, read_json
 from keras_ptx.tf_errors import damaged_records
 from keras_ptx.tf_setup import tf
 
@@ -93,11 +92,9 @@ class RecordsDir:
         """The build's manifest.json; None when there is none or it does not read."""
         if not self._manifest_read:
             self._manifest_read = True
-            path = f"{self.path}/{records.MANIFEST}"
             try:
-                with tf.io.gfile.GFile(path, "rb") as f:
-                    self._manifest = json.loads(f.read())
-            except (ValueError, tf.errors.OpError):
+                self._manifest = read_json(join(self.path, records.MANIFEST))
+            except (ValueError, OSError, tf.errors.OpError):
                 self._manifest = None
         return self._manifest
 
