@@ -33,7 +33,12 @@ DECODER_DEPTH = 4       # UNet++ decoder columns; X(0, 4) is the full network's 
 
 Auto = Literal["auto"]
 Tta = Literal["none", "hflip"]                      # test-time augmentation
-EncoderName = Literal[tuple(f"efficientnetb{i}" for i in range(8))]
+# model.encoders.REGISTRY's names (config cannot import the model layer; a test keeps them equal)
+EncoderName = Literal[tuple(f"efficientnetb{i}" for i in range(8)) +
+                      tuple(f"efficientnetv2{v}" for v in ("b0", "b1", "b2", "b3", "s"))]
+# the encoder input (keras_ptx.input.normalize): imagenet = RGB in [0, 1] minus ImageNet's mean,
+# over its std; pixels = RGB 0..255 (the encoder normalises inside)
+Normalization = Literal["imagenet", "pixels"]
 Optimizer = Literal["adam", "adamw", "sgd"]
 Schedule = Literal["cosine", "plateau", "constant"]
 Monitor = Literal["score", "loss"]
@@ -170,6 +175,8 @@ class AugmentConfig:
 class ModelConfig:
     encoder: EncoderName = "efficientnetb4"
     weights: str = "imagenet"           # imagenet | none | path to a local .h5 weights file
+    # the encoder's input (model.encoders.REGISTRY says which); imagenet for runs before it
+    normalization: Normalization = "imagenet"
     decoder_filters: tuple[int, ...] = (256, 128, 64, 32, 16)  # as segmentation_models_pytorch
     deep_supervision: bool = False
     classification_head: bool = True

@@ -60,7 +60,9 @@ def machine() -> list[str]:
 
 
 def time_step(config: Config, jit: bool, mixed: bool, steps: int) -> StepTiming:
-    """One compiled training step of ``config``'s network on a random batch, ``steps`` times."""
+    """One compiled training step of ``config``'s network on a random batch (gray, normalised
+    as ``model.normalization`` says), ``steps`` times."""
+    from keras_ptx.input.normalize import to_model_input
     from keras_ptx.model import build_model, make_losses, make_metrics
 
     timing = StepTiming(jit, mixed, config.train.batch_size)
@@ -69,7 +71,8 @@ def time_step(config: Config, jit: bool, mixed: bool, steps: int) -> StepTiming:
         train=dataclasses.replace(config.train, mixed_precision=mixed))
     side = config.data.train_crop or config.data.image_size
     rng = np.random.default_rng(0)
-    images = rng.normal(size=(timing.batch, side, side, 3)).astype(np.float32)
+    images = to_model_input(rng.integers(0, 256, (timing.batch, side, side, 1), dtype=np.uint8),
+                            config.model.normalization)
     mask = (rng.random((timing.batch, side, side, 1)) < 0.05).astype(np.float32)
     try:
         model = build_model(config, any_size=bool(config.data.train_crop))

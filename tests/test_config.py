@@ -228,7 +228,7 @@ def test_a_saved_config_is_validated_when_loaded_back(tmp_path):
 def test_choices_are_case_insensitive_and_listed_once():
     assert load_config(None, ["train.jit_compile=AUTO", "eval.tta=HFlip"]).eval.tta == "hflip"
     assert choices(Tta) == ("none", "hflip")
-    assert choices(EncoderName)[0] == "efficientnetb0" and len(choices(EncoderName)) == 8
+    assert choices(EncoderName)[0] == "efficientnetb0" and len(choices(EncoderName)) == 13
 
 
 def test_command_line_choices_come_from_the_config_types():

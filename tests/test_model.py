@@ -2,12 +2,13 @@
 import numpy as np
 import pytest
 
-from keras_ptx.config import load_config
+from keras_ptx.config import ConfigError, EncoderName, Normalization, choices, load_config
+from keras_ptx.input.normalize import NORMALIZATIONS
 from keras_ptx.model import (build_model, count_flops, feature_layer_names, make_losses,
                              make_metrics, resolve_jit_compile, resolve_mixed_precision,
                              size_summary)
 from keras_ptx.model import precision
-from keras_ptx.model.encoders import STRIDES, WeightsError, build_encoder, imagenet_weights_source
+from keras_ptx.model.encoders import REGISTRY, STRIDES, WeightsError, build_encoder
 from keras_ptx.tf_setup import tf
 
 B0 = ["model.encoder=efficientnetb0", "model.weights=none", "data.image_size=64"]
@@ -74,6 +75,19 @@ def test_b4_at_256_has_its_skips_at_the_right_strides():
         "efficientnetb4")] == [256 // stride for stride in STRIDES]
 
 
+def test_the_registry_holds_every_configurable_encoder_with_five_taps_and_a_known_input():
+    assert tuple(REGISTRY) == choices(EncoderName)
+    assert set(NORMALIZATIONS) == set(choices(Normalization)) == \
+        {spec.normalization for spec in REGISTRY.values()}
+    assert all(len(spec.taps) == len(STRIDES) for spec in REGISTRY.values())
+
+
+def test_a_normalisation_other_than_the_encoders_is_refused_before_building():
+    with pytest.raises(ConfigError, match="efficientnetb0 takes 'imagenet' input, got 'pixels'; "
+                                          "set model.normalization: imagenet"):
+        build_model(_config("model.normalization=pixels"))
+
+
 def test_pruned_network_at_128_builds_only_the_columns_it_needs(full_model, tmp_path):
     model = build_model(load_config(None, [
         "model.encoder=efficientnetb0", "model.weights=none", "data.image_size=128",
@@ -126,11 +140,13 @@ def test_imagenet_download_failure_says_how_to_supply_the_file(monkeypatch):
         raise Exception("URL fetch failure: [Errno -3] Temporary failure in name resolution")
 
     monkeypatch.setattr(tf.keras.utils, "get_file", offline)
-    file_name, url, _ = imagenet_weights_source("efficientnetb0")
-    assert file_name == "efficientnet-b0_weights_tf_dim_ordering_tf_kernels_autoaugment_notop.h5"
+    source = REGISTRY["efficientnetb0"].weights
+    assert source.file_name == \
+        "efficientnet-b0_weights_tf_dim_ordering_tf_kernels_autoaugment_notop.h5"
     with pytest.raises(WeightsError) as error:
         build_model(_config("model.weights=imagenet"))
-    assert url in str(error.value) and f"model.weights: /path/to/{file_name}" in str(error.value)
+    assert source.url in str(error.value)
+    assert f"model.weights: /path/to/{source.file_name}" in str(error.value)
 
 
 def test_imagenet_weights_come_from_the_download_cache(monkeypatch, saved_encoder):

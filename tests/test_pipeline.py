@@ -14,7 +14,8 @@ from keras_ptx.data.records import write_shards
 from keras_ptx.data.records_dir import RecordsDir, RecordsError
 from keras_ptx.fileio import write_atomic
 from keras_ptx.input import cache
-from keras_ptx.input.normalize import fused_to_model_input, to_model_input
+from keras_ptx.input.normalize import (NORMALIZATIONS, fused_to_model_input,
+                                      gray_from_model_input, to_model_input)
 from keras_ptx.input.pipeline import (epoch_steps, make_dataset, make_eval_dataset,
                                       positive_share_for_epoch)
 from keras_ptx.tf_setup import tf
@@ -122,6 +123,14 @@ def test_to_model_input_matches_the_encoder_preprocessing():
     np.testing.assert_allclose(fused_to_model_input(gray).numpy(), expected, rtol=1e-5, atol=1e-5)
     with pytest.raises(ValueError, match="one gray channel"):
         to_model_input(np.zeros((8, 8, 3), np.uint8))
+    # encoders that normalise inside the network take the gray levels as they are
+    rgb = np.repeat(gray, 3, axis=-1).astype(np.float32)
+    np.testing.assert_array_equal(to_model_input(gray, "pixels").numpy(), rgb)
+    np.testing.assert_array_equal(fused_to_model_input(gray, "pixels").numpy(), rgb)
+    for normalization in NORMALIZATIONS:
+        np.testing.assert_allclose(
+            gray_from_model_input(to_model_input(gray, normalization).numpy(), normalization),
+            gray / 255.0, atol=1e-6)
 
 
 @pytest.mark.parametrize("cache", [False, True])
@@ -130,11 +139,26 @@ def test_validation_is_not_augmented_and_keeps_record_order(data_dir, cache):
     config = _config("augment.horizontal_flip.p=1.0", "augment.random_sized_crop.p=1.0")
     images = np.concatenate([b[0].numpy() for b in make_dataset(config, _records(directory), "val",
                                                                 cached=cache)])
-    expected = fused_to_model_input(np.stack([image for _, image in splits["val"]])[..., None]).numpy()
+    expected = to_model_input(np.stack([image for _, image in splits["val"]])[..., None]).numpy()
     np.testing.assert_array_equal(images, expected)
     ids = [i.decode() for b in make_eval_dataset(config, _records(directory), "val")
            for i in b["image_id"].numpy()]
     assert ids == [record.image_id for record, _ in splits["val"]]
+
+
+def test_validation_is_the_evaluation_pipeline_in_fits_form(data_dir):
+    """Training validates on make_eval_dataset's batches: the same images (in the run's
+    normalisation), masks and labels, batched by train.batch_size."""
+    directory, _ = data_dir
+    config = _config("model.encoder=efficientnetv2b0", "model.normalization=pixels")
+    validation = list(make_dataset(config, _records(directory), "val"))
+    evaluation = list(make_eval_dataset(config, _records(directory), "val", batch_size=8))
+    assert [len(image) for image, _ in validation] == [8, 1]
+    for (image, targets), batch in zip(validation, evaluation):
+        np.testing.assert_array_equal(image.numpy(), batch["image"].numpy())
+        np.testing.assert_array_equal(targets["mask"].numpy(), batch["mask"].numpy())
+        np.testing.assert_array_equal(targets["label"].numpy(), batch["label"].numpy())
+    assert validation[0][0].numpy().max() > 1.0         # 0..255 gray levels, as the encoder takes
 
 
 def test_one_evaluation_epoch_yields_every_example_once(data_dir):
@@ -274,7 +298,7 @@ def test_augmentation_changes_training_images(data_dir):
 def test_two_workers_get_disjoint_shards_covering_the_split(data_dir, split):
     directory, splits = data_dir
     config = _config()
-    everything = {_digest(image) for image in fused_to_model_input(
+    everything = {_digest(image) for image in to_model_input(
         np.stack([image for _, image in splits[split]])[..., None]).numpy()}
     parts = []
     for worker in range(2):

@@ -8,7 +8,7 @@ epochs (RUN_DIR/top/, kept with ``train.keep_best`` of at least N). The members'
 maps and image-level probabilities are averaged
 (:class:`~keras_ptx.inference.runner.Predictor`). The post-processing is that of the first
 ``--model`` (a fold folder's is tuned on the out-of-fold predictions), else its default
-threshold; the members must share one grid size.
+threshold; the members must share one grid size and one input normalisation.
 """
 from __future__ import annotations
 
@@ -33,12 +33,9 @@ class Ensemble:
             raise rundir.RunDirError(f"--checkpoints {checkpoints}: at least 1")
         self.runs = [TrainedRun(run, precision) for path in self.paths for run in _runs(path)]
         self.weights = [(run, name) for run in self.runs for name in _weights(run, checkpoints)]
-        sizes = {run.config.data.image_size for run in self.runs}
-        if len(sizes) > 1:
-            raise rundir.RunDirError(
-                "the models were trained on different grid sizes (" +
-                ", ".join(f"{run.path}: {run.config.data.image_size}" for run in self.runs) +
-                "); an ensemble needs one")
+        _check_shared(self.runs, "grid sizes", lambda config: config.data.image_size)
+        _check_shared(self.runs, "input normalisations (model.normalization)",
+                      lambda config: config.model.normalization)
         self.config: Config = self.runs[0].config
         self.post, self.post_source = _saved_rule(self.paths[0], self.config)
 
@@ -54,7 +51,7 @@ class Ensemble:
     def predictor(self, tta: Tta) -> Predictor:
         """One :class:`Predictor` over every member; RunDirError when the rule gates on an
         image-level head the members lack."""
-        predictor = Predictor(self.models, tta)
+        predictor = Predictor(self.models, tta, self.config.model.normalization)
         if self.post.cls_threshold is not None and not predictor.has_label_head:
             raise rundir.RunDirError(
                 f"{self.post_source}: the post-processing ({self.post.describe()}) gates on "
@@ -82,6 +79,15 @@ def _saved_rule(folder: str, config: Config) -> tuple[PostProcess, str]:
                 f"no {rundir.POSTPROCESS} in {folder} (bin/evaluate has not been run): "
                 f"default pixel threshold {threshold:g}")
     return PostProcess.load(path), path
+
+
+def _check_shared(runs: list[TrainedRun], what: str, setting) -> None:
+    """RunDirError unless every run's config has one ``setting`` (config -> value)."""
+    if len({setting(run.config) for run in runs}) > 1:
+        raise rundir.RunDirError(
+            f"the models were trained on different {what} (" +
+            ", ".join(f"{run.path}: {setting(run.config)}" for run in runs) +
+            "); an ensemble needs one")
 
 
 def _runs(path: str) -> list[str]:

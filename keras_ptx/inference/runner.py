@@ -7,7 +7,9 @@ With ``tta='hflip'`` each batch is run together with its mirror image and the mi
 flipped back and averaged in. The image-level probability is the ``label`` head's output when
 the model has one, else the map's maximum pixel probability. An ensemble (several models, e.g.
 a run's best epochs or the folds of a fold folder) averages its members' maps and image-level
-probabilities, each member with the TTA; an ensemble of one model is that model. Each member
+probabilities, each member with the TTA; an ensemble of one model is that model. Its members
+share one input normalisation (``model.normalization``), which :meth:`Predictor.from_gray` and
+:meth:`Predictor.run_gray_tf` apply (:func:`keras_ptx.input.normalize.to_model_input`). Each member
 runs with its BatchNormalizations folded into its convolutions
 (:func:`keras_ptx.model.fold.fold_batch_norm`) and, unless the members' weights are too large for
 one graph, frozen into constants (:mod:`keras_ptx.model.freeze`): the same function, faster. Every
@@ -17,8 +19,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from keras_ptx.config import Tta
-from keras_ptx.input.normalize import to_model_input
+from keras_ptx.config import Normalization, Tta
+from keras_ptx.input.normalize import DEFAULT, to_model_input
 from keras_ptx.model import freeze
 from keras_ptx.model.fold import fold_batch_norm
 from keras_ptx.model.unetpp import named_outputs
@@ -26,8 +28,9 @@ from keras_ptx.tf_setup import tf
 
 
 class Predictor:
-    def __init__(self, models, tta: Tta = "none"):
-        """``models``: a Keras model, or a list of them on one grid size (an ensemble)."""
+    def __init__(self, models, tta: Tta = "none", normalization: Normalization = DEFAULT):
+        """``models``: a Keras model, or a list of them on one grid size (an ensemble), all
+        taking ``normalization``'s input."""
         models = list(models) if isinstance(models, (list, tuple)) else [models]
         for model in models:
             if model.output_names[0] != "mask":
@@ -38,7 +41,7 @@ class Predictor:
         self._networks = [freeze.freeze(model) if self.frozen
                           else (lambda x, model=model: model(x, training=False))
                           for model in self.models]
-        self.tta = tta
+        self.tta, self.normalization = tta, normalization
         self.has_label_head = all("label" in m.output_names for m in self.models)
         sizes = {int(m.input_shape[1]) for m in self.models}
         if len(sizes) != 1:
@@ -47,7 +50,7 @@ class Predictor:
         spec = tf.TensorSpec([None, self.size, self.size, 3], tf.float32)
         self._normalised = tf.function(self.run_tf, input_signature=[spec])
         gray = tf.TensorSpec([None, self.size, self.size, 1], tf.uint8)
-        self._gray = tf.function(lambda g: self.run_tf(to_model_input(g)), input_signature=[gray])
+        self._gray = tf.function(self.run_gray_tf, input_signature=[gray])
 
     @property
     def variables(self) -> list:
@@ -62,6 +65,10 @@ class Predictor:
         if len(self.models) == 1:
             return masks[0], images[0]
         return tf.add_n(masks) / len(masks), tf.add_n(images) / len(images)
+
+    def run_gray_tf(self, gray):
+        """Graph version from gray ``[B, S, S, 1]`` 0..255 (uint8 or float), normalised here."""
+        return self.run_tf(to_model_input(gray, self.normalization))
 
     def _run_one(self, model, network, x):
         n = tf.shape(x)[0]

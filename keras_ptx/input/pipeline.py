@@ -7,9 +7,11 @@ from one such stream per class) -> groups of ``data.batches_per_call`` batches -
 prefetch -> albumentations via one ``tf.numpy_function`` call per group, in worker processes by
 default (:mod:`keras_ptx.input.augment`; with ``train.loss.border_bce``, each augmented mask's
 border weights too), and labels of lesions cut away set to 0 -> the group
-sliced into batches (a tail short of one batch dropped) -> gray-to-RGB ImageNet normalisation
-compiled by XLA (:mod:`keras_ptx.input.normalize`) -> prefetch.
-Evaluation: the same without shuffling, augmentation or dropped examples, in a fixed order.
+sliced into batches (a tail short of one batch dropped) -> gray-to-RGB normalisation of
+``model.normalization`` compiled by XLA (:mod:`keras_ptx.input.normalize`) -> prefetch.
+Evaluation (:func:`make_eval_dataset`): the same without shuffling, augmentation or dropped
+examples, in a fixed order; training validates on that same pipeline
+(``make_dataset(training=False)`` is a view of it), so validation and evaluation cannot differ.
 The records come as a :class:`~keras_ptx.data.records_dir.RecordsDir`, which names the shards
 a split is read from and, in a fold run (``data.fold``), the filter on the records' fold that
 follows the read; what the caller decides
@@ -65,8 +67,10 @@ def make_dataset(config: Config, records: RecordsDir, split: str, *,
     computed in the augmentation call from the augmented mask (every training batch then goes
     through one, even without augmentation).
 
-    ``training`` defaults to ``split == 'train'``; ``cached`` keeps the decoded records in memory
-    after the first pass (:mod:`keras_ptx.input.cache` decides). In training,
+    ``training`` defaults to ``split == 'train'``; without it, the batches are
+    :func:`make_eval_dataset`'s (``train.batch_size``), as ``fit`` validates on them.
+    ``cached`` keeps the decoded records in memory after the first pass
+    (:mod:`keras_ptx.input.cache` decides). In training,
     ``steps_per_epoch`` (global batches) makes the stream endless, an epoch being that many
     batches (without it, one pass that ends itself, unless class-balanced sampling makes it
     endless); ``epoch`` is the first epoch this dataset feeds (for resuming) and ``num_epochs``
@@ -75,17 +79,13 @@ def make_dataset(config: Config, records: RecordsDir, split: str, *,
     of ``train.batch_size`` and this worker reads only its shard.
     """
     training = split == "train" if training is None else training
-    source = records.source(split, config.data.image_size, config.data.fold)
     batch = _batch_size(config.train.batch_size, input_context)
     border = border_for(config)
     if not training:
-        ds = _examples(source, config, input_context, cached).map(_pair,
-                                                                  num_parallel_calls=AUTOTUNE)
-        ds = ds.batch(batch)
-        if border is not None:
-            ds = ds.map(functools.partial(_with_border_weights, border),
-                        num_parallel_calls=AUTOTUNE)
-        return _finish(ds, deterministic=True)
+        return make_eval_dataset(config, records, split, batch, cached=cached,
+                                 input_context=input_context).map(
+            functools.partial(_validation_batch, border), num_parallel_calls=AUTOTUNE)
+    source = records.source(split, config.data.image_size, config.data.fold)
 
     first, num_epochs = epoch or 0, num_epochs or config.train.epochs
     seed = _epoch_seed(config.data.seed, first,
@@ -102,7 +102,7 @@ def make_dataset(config: Config, records: RecordsDir, split: str, *,
                        f"the {split} shards in {records}", source, input_context, first,
                        num_epochs, per_epoch, batch, seed, cached)
     if not config.augment.enabled and not config.data.train_crop and border is None:
-        return _finish(ds.batch(batch, drop_remainder=True), deterministic)
+        return _finish(ds.batch(batch, drop_remainder=True), config, deterministic)
     augment = graph_augmenter(config.augment, config.data.image_size, config.data.train_crop,
                               config.data.augment_processes, config.data.num_parallel_calls or None,
                               border)
@@ -129,20 +129,24 @@ def make_dataset(config: Config, records: RecordsDir, split: str, *,
     groups = groups.filter(lambda pairs, seeds: tf.shape(seeds)[0] >= batch)  # as drop_remainder
     groups = groups.prefetch(AUTOTUNE).map(augmented, num_parallel_calls=augment.parallel_calls)
     ds = groups.flat_map(lambda *group: tf.data.Dataset.from_tensor_slices(group))
-    return _finish(ds, deterministic)
+    return _finish(ds, config, deterministic)
 
 
 def make_eval_dataset(config: Config, records: RecordsDir, split: str,
-                      batch_size: int | None = None) -> tf.data.Dataset:
-    """Every example of ``split`` once, in a fixed order, as batches of dicts (never cached:
-    a dataset's cache serves only that dataset's later passes).
+                      batch_size: int | None = None, *, cached: bool = False,
+                      input_context: tf.distribute.InputContext | None = None
+                      ) -> tf.data.Dataset:
+    """Every example of ``split`` once, in a fixed order, as batches of dicts
+    (``eval.batch_size`` unless ``batch_size``). ``cached`` keeps the decoded records for the
+    dataset's later passes (training's validation); ``input_context``: this worker's share.
 
-    Keys: ``image`` (normalised, float32 [B,S,S,3]), ``mask`` (float32 [B,S,S,1]), ``label``
-    (float32 [B,1]), ``image_id`` (string [B]), ``height``, ``width`` (original DICOM grid),
-    ``mask_area`` (pixels on that grid) and ``labeled`` (0 for records without ground truth),
-    all int64 [B].
+    Keys: ``image`` (float32 [B,S,S,3], normalised as ``model.normalization`` says), ``mask``
+    (float32 [B,S,S,1]), ``label`` (float32 [B,1]), ``image_id`` (string [B]), ``height``,
+    ``width`` (original DICOM grid), ``mask_area`` (pixels on that grid) and ``labeled`` (0
+    for records without ground truth), all int64 [B].
     """
     source = records.source(split, config.data.image_size, config.data.fold)
+    normalization = config.model.normalization
 
     def to_dict(example):
         image, mask, label = _pair(example)
@@ -150,10 +154,11 @@ def make_eval_dataset(config: Config, records: RecordsDir, split: str,
                 **{key: example[key] for key in EVAL_KEYS}}
 
     def normalise(batch):
-        return {**batch, "image": to_model_input(batch["image"]),
+        return {**batch, "image": to_model_input(batch["image"], normalization),
                 "mask": tf.cast(batch["mask"], tf.float32)}
 
-    ds = _examples(source, config, None, cached=False).map(to_dict, num_parallel_calls=AUTOTUNE)
+    ds = _examples(source, config, input_context, cached).map(to_dict,
+                                                              num_parallel_calls=AUTOTUNE)
     ds = ds.batch(batch_size or config.eval.batch_size).map(normalise, num_parallel_calls=AUTOTUNE)
     return _with_determinism(ds.prefetch(AUTOTUNE), True)
 
@@ -297,24 +302,29 @@ def _kept(had_lesion, new_masks):
     return tf.cast(_present(new_masks) | ~had_lesion, tf.float32)[:, None]
 
 
-def _with_border_weights(border: Border, image, mask, label):
-    """A batch with its masks' border weights (float32 [B, S, S, 1]) appended."""
-    weights = tf.numpy_function(functools.partial(batch_border_weights, border=border), [mask],
-                                tf.float32, stateful=False, name="border_weights")
-    return image, mask, label, tf.ensure_shape(weights, mask.shape)
+def _validation_batch(border: Border | None, batch: dict):
+    """An evaluation batch as ``fit`` validates on it: (image, {'mask', 'label'}); with
+    ``border``, the mask target is [B, S, S, 2]: the mask, then its border weights."""
+    mask = batch["mask"]
+    if border is not None:
+        weights = tf.numpy_function(functools.partial(batch_border_weights, border=border),
+                                    [mask], tf.float32, stateful=False, name="border_weights")
+        mask = tf.concat([mask, tf.ensure_shape(weights, mask.shape)], axis=-1)
+    return batch["image"], {"mask": mask, "label": batch["label"]}
 
 
-def _to_model_batch(image, mask, label, weights=None):
+def _to_model_batch(normalization, image, mask, label, weights=None):
     """Model batch from uint8 image and mask batches; with border weights, the mask target
     is [B, S, S, 2]: the mask, then its weights (:mod:`keras_ptx.model.losses`)."""
     mask = tf.cast(mask, tf.float32)
     if weights is not None:
         mask = tf.concat([mask, weights], axis=-1)
-    return fused_to_model_input(image), {"mask": mask, "label": label}
+    return fused_to_model_input(image, normalization), {"mask": mask, "label": label}
 
 
-def _finish(batches: tf.data.Dataset, deterministic: bool) -> tf.data.Dataset:
-    ds = batches.map(_to_model_batch, num_parallel_calls=AUTOTUNE).prefetch(AUTOTUNE)
+def _finish(batches: tf.data.Dataset, config: Config, deterministic: bool) -> tf.data.Dataset:
+    ds = batches.map(functools.partial(_to_model_batch, config.model.normalization),
+                     num_parallel_calls=AUTOTUNE).prefetch(AUTOTUNE)
     return _with_determinism(ds, deterministic)
 
 

@@ -1,18 +1,30 @@
-"""EfficientNet encoders from segmentation-models' backbone registry, tapped by layer name.
+"""The encoders: one registry entry each, tapped by layer name at strides 2 to 32.
 
-``build_encoder(name, image_size, weights, any_size)`` returns the backbone and its features at
-strides 2, 4, 8, 16 and 32. Weights: ``"imagenet"`` (the efficientnet package's own file, downloaded
-once into ~/.keras/models), ``"none"`` (random initialisation) or the path of a local .h5 file
-holding the encoder's weights (such as that same official file, fetched elsewhere).
+:data:`REGISTRY` maps each ``model.encoder`` name to an :class:`EncoderSpec`: its builder (input
+shape -> backbone with random weights), the layers whose outputs are its features at
+:data:`STRIDES`, where its ImageNet weights come from (:class:`WeightsSource`), and the input
+normalisation those weights expect (a name of :mod:`keras_ptx.input.normalize`; a run records
+its own as ``model.normalization``, which must agree). The anchors are segmentation-models'
+``Backbones`` table (builders and feature layers by name) and TF Model Garden's
+``register_backbone_builder``. Code outside this table names no encoder family.
+
+Families: EfficientNet B0..B7 from segmentation-models (the efficientnet package; ImageNet
+mean/std input) and EfficientNetV2 B0..B3 and S from ``tf.keras.applications`` (0..255 input:
+their preprocessing is inside the network). ``build_encoder(name, image_size, weights,
+any_size)`` returns the backbone and its features. Weights: ``"imagenet"`` (the entry's file,
+downloaded once into ~/.keras/models), ``"none"`` (random initialisation) or the path of a
+local .h5 file holding the encoder's weights (such as that same file, fetched elsewhere).
 """
 from __future__ import annotations
 
 import contextlib
+import functools
 import io
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
-from keras_ptx.config import EncoderName, check_image_size, choices
+from keras_ptx.config import ConfigError, ModelConfig, Normalization, check_image_size
 from keras_ptx.errors import UserError
 from keras_ptx.tf_setup import tf
 
@@ -20,13 +32,29 @@ with contextlib.redirect_stdout(io.StringIO()):     # it announces its framework
     import segmentation_models as sm
 import efficientnet.model as efficientnet_model
 
-ENCODERS = choices(EncoderName)
 STRIDES = (2, 4, 8, 16, 32)
-DEEPEST_LAYER = "top_activation"    # the efficientnet package's last layer without the top
 
 
 class WeightsError(UserError):
     """Encoder weights that cannot be found, downloaded or loaded."""
+
+
+@dataclass(frozen=True)
+class WeightsSource:
+    """An encoder's ImageNet weights without the classifier: file name, URL and hash (sha256,
+    or md5 when 32 hex digits, as ``tf.keras.utils.get_file`` takes it)."""
+    file_name: str
+    url: str
+    file_hash: str
+
+
+@dataclass(frozen=True)
+class EncoderSpec:
+    name: str
+    builder: Callable[[tuple], tf.keras.Model]     # input shape -> backbone, random weights
+    taps: tuple[str, ...]                           # layer names at STRIDES, shallowest first
+    weights: WeightsSource
+    normalization: Normalization                    # the input its ImageNet weights expect
 
 
 @dataclass(frozen=True)
@@ -36,9 +64,84 @@ class Encoder:
     features: tuple                         # tensors at STRIDES, shallowest first
 
 
+def _sm_backbone(name: str, input_shape: tuple) -> tf.keras.Model:
+    return sm.Backbones.get_backbone(
+        name, input_shape=input_shape, weights=None, include_top=False,
+        backend=tf.keras.backend, layers=tf.keras.layers, models=tf.keras.models,
+        utils=tf.keras.utils)
+
+
+def _efficientnet(i: int) -> EncoderSpec:
+    """segmentation-models' EfficientNet-B``i``: its feature layers (the same for B0..B7) and
+    the efficientnet package's weights."""
+    name, package_name = f"efficientnetb{i}", f"efficientnet-b{i}"
+    file_name = f"{package_name}_weights_tf_dim_ordering_tf_kernels_autoaugment_notop.h5"
+    return EncoderSpec(
+        name, functools.partial(_sm_backbone, name),
+        ("block2a_expand_activation", "block3a_expand_activation", "block4a_expand_activation",
+         "block6a_expand_activation", "top_activation"),
+        WeightsSource(file_name, efficientnet_model.BASE_WEIGHTS_PATH + file_name,
+                      efficientnet_model.WEIGHTS_HASHES[package_name][1]),
+        "imagenet")
+
+
+def _keras_application(application: str, input_shape: tuple) -> tf.keras.Model:
+    return getattr(tf.keras.applications, application)(
+        include_top=False, weights=None, input_shape=input_shape, include_preprocessing=True)
+
+
+KERAS_APPLICATIONS = "https://storage.googleapis.com/tensorflow/keras-applications/"
+
+
+def _efficientnet_v2(variant: str, application: str, stride_2: str, stride_4: str,
+                     md5: str) -> EncoderSpec:
+    """``tf.keras.applications``' EfficientNetV2-``variant``: the last layer at strides 2 and
+    4 (the end of the first two stages, whose depth varies), then the expansion ahead of the
+    next downsampling at 8 and 16, and the top at 32; the notop file tf-keras downloads."""
+    file_name = f"efficientnetv2-{variant}_notop.h5"
+    return EncoderSpec(
+        f"efficientnetv2{variant}", functools.partial(_keras_application, application),
+        (stride_2, stride_4, "block4a_expand_activation", "block6a_expand_activation",
+         "top_activation"),
+        WeightsSource(file_name, KERAS_APPLICATIONS + "efficientnet_v2/" + file_name, md5),
+        "pixels")
+
+
+REGISTRY: dict[str, EncoderSpec] = {spec.name: spec for spec in (
+    *(_efficientnet(i) for i in range(8)),
+    _efficientnet_v2("b0", "EfficientNetV2B0", "block1a_project_activation", "block2b_add",
+                     "893217f2bb855e2983157299931e43ff"),
+    _efficientnet_v2("b1", "EfficientNetV2B1", "block1b_add", "block2c_add",
+                     "0e80663031ca32d657f9caa404b6ec37"),
+    _efficientnet_v2("b2", "EfficientNetV2B2", "block1b_add", "block2c_add",
+                     "1dfe2e7a5d45b6632553a8961ea609eb"),
+    _efficientnet_v2("b3", "EfficientNetV2B3", "block1b_add", "block2c_add",
+                     "f6abf7b5849ac99a89b50dd3fd532856"),
+    _efficientnet_v2("s", "EfficientNetV2S", "block1b_add", "block2d_add",
+                     "af0682fb74e8c54910f2d4393339c070"),
+)}
+ENCODERS = tuple(REGISTRY)
+
+
+def encoder_spec(name: str) -> EncoderSpec:
+    """The registry entry of ``name`` (ConfigError for a name it lacks)."""
+    if name not in REGISTRY:
+        raise ConfigError(f"model.encoder: {name!r} is not in the encoder registry; known: "
+                          f"{', '.join(REGISTRY)}")
+    return REGISTRY[name]
+
+
+def check_normalization(model: ModelConfig) -> None:
+    """ConfigError unless ``model.normalization`` is the input its encoder expects."""
+    expected = encoder_spec(model.encoder).normalization
+    if model.normalization != expected:
+        raise ConfigError(f"model.normalization: {model.encoder} takes {expected!r} input, "
+                          f"got {model.normalization!r}; set model.normalization: {expected}")
+
+
 def feature_layer_names(name: str) -> tuple[str, ...]:
     """Names of the layers whose outputs are the features at STRIDES (shallowest first)."""
-    return tuple(reversed(sm.Backbones.get_feature_layers(name, n=4))) + (DEEPEST_LAYER,)
+    return encoder_spec(name).taps
 
 
 def encoder_layers(model: tf.keras.Model, name: str) -> list:
@@ -52,34 +155,27 @@ def encoder_layers(model: tf.keras.Model, name: str) -> list:
     return [layer for layer in tf.keras.Model(model.inputs, taps).layers if layer.weights]
 
 
-def imagenet_weights_source(name: str) -> tuple[str, str, str]:
-    """(file name, URL, sha256) of the efficientnet package's ImageNet weights without the top."""
-    model_name = "efficientnet-b" + name[-1]
-    file_name = f"{model_name}_weights_tf_dim_ordering_tf_kernels_autoaugment_notop.h5"
-    return (file_name, efficientnet_model.BASE_WEIGHTS_PATH + file_name,
-            efficientnet_model.WEIGHTS_HASHES[model_name][1])
-
-
 def resolve_weights(name: str, weights: str) -> str | None:
     """The local weights file for ``weights`` (downloading ImageNet weights once), or None."""
     if weights is None or str(weights).lower() == "none":
         return None
-    file_name, url, file_hash = imagenet_weights_source(name)
+    source = encoder_spec(name).weights
     if weights == "imagenet":
         try:
-            return tf.keras.utils.get_file(file_name, url, cache_subdir="models",
-                                           file_hash=file_hash)
+            return tf.keras.utils.get_file(source.file_name, source.url, cache_subdir="models",
+                                           file_hash=source.file_hash)
         except Exception as exc:  # get_file raises a bare Exception for network failures
             raise WeightsError(
                 f"could not download the ImageNet weights of {name} ({exc}). Without network "
-                f"access, fetch {url} on another machine, then either copy it to "
-                f"~/.keras/models/{file_name} or set model.weights: /path/to/{file_name} "
-                f"(or use model.weights: none to start from random weights)") from None
+                f"access, fetch {source.url} on another machine, then either copy it to "
+                f"~/.keras/models/{source.file_name} or set model.weights: "
+                f"/path/to/{source.file_name} (or use model.weights: none to start from random "
+                f"weights)") from None
     path = Path(weights).expanduser()
     if not path.is_file():
         raise WeightsError(
             f"model.weights: {weights!r} is not a file; use imagenet, none, or the path of an "
-            f".h5 file with {name}'s weights (the official one is {url})")
+            f".h5 file with {name}'s weights (the official one is {source.url})")
     return str(path)
 
 
@@ -88,17 +184,14 @@ def build_encoder(name: str, image_size: int, weights: str = "none",
     """Build ``name`` for square ``image_size`` inputs (a multiple of 32), or with
     ``any_size`` for inputs of any multiple-of-32 height and width, and load its weights."""
     check_image_size(image_size)
+    spec = encoder_spec(name)
     weights_file = resolve_weights(name, weights)
-    backbone = sm.Backbones.get_backbone(
-        name, input_shape=(None, None, 3) if any_size else (image_size, image_size, 3),
-        weights=None, include_top=False,
-        backend=tf.keras.backend, layers=tf.keras.layers, models=tf.keras.models,
-        utils=tf.keras.utils)
+    backbone = spec.builder((None, None, 3) if any_size else (image_size, image_size, 3))
     if weights_file is not None:
         try:
             backbone.load_weights(weights_file)
         except (ValueError, OSError) as exc:
             raise WeightsError(f"model.weights: {weights_file} does not hold {name}'s encoder "
                                f"weights: {exc}") from None
-    features = tuple(backbone.get_layer(layer).output for layer in feature_layer_names(name))
+    features = tuple(backbone.get_layer(layer).output for layer in spec.taps)
     return Encoder(name=name, model=backbone, features=features)

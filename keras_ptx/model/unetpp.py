@@ -1,4 +1,4 @@
-"""UNet++ (Zhou et al., 2018) on an EfficientNet encoder, with deep supervision and an image head.
+"""UNet++ (Zhou et al., 2018) on a registered encoder, with deep supervision and an image head.
 
 Grid: X(i, 0) is the encoder feature at stride 2**(i+1) (i = 0..4), projected by a 1x1
 conv-BN-ReLU to its level's width so that every node of a level has the same width, as in the
@@ -22,7 +22,7 @@ from __future__ import annotations
 import dataclasses
 
 from keras_ptx.config import DECODER_DEPTH, Config, ModelConfig
-from keras_ptx.model.encoders import build_encoder
+from keras_ptx.model.encoders import build_encoder, check_normalization
 from keras_ptx.model.precision import dtype_policy, resolve_mixed_precision
 from keras_ptx.tf_setup import tf
 
@@ -49,10 +49,13 @@ def named_outputs(model: tf.keras.Model, outputs) -> dict:
 
 
 def build_model(config: Config, any_size: bool = False) -> tf.keras.Model:
-    """The segmentation network of ``config`` (input: normalised float32 [B, S, S, 3], S =
+    """The segmentation network of ``config`` (input: float32 [B, S, S, 3] normalised as
+    ``model.normalization`` says, :func:`keras_ptx.input.normalize.to_model_input`; S =
     ``data.image_size``; with ``any_size``, any multiple-of-32 height and width, e.g. training
-    crops and whole validation images through one model)."""
+    crops and whole validation images through one model). ConfigError when
+    ``model.normalization`` is not the encoder's."""
     model = config.model
+    check_normalization(model)
     with dtype_policy(resolve_mixed_precision(config.train.mixed_precision)):
         encoder = build_encoder(model.encoder, config.data.image_size, model.weights, any_size)
         columns = model.prune_level

@@ -2,10 +2,11 @@
 
 ``EXPORT_BASE/<version>/`` follows TF Serving's model-base-path layout: ``saved_model.pb``,
 ``variables/``, ``assets.extra/`` (the warm-up records and ``keras_ptx_export.json``, which
-records the run, the grid size, the post-processing baked in and the batching settings) and
-``batching_params.pbtxt``, TF Serving's BatchingParameters for this model (:data:`BATCHING`;
-the file name TF Serving reads from a version with ``--enable_batching
---enable_per_model_batching_parameters``, or name it with ``--batching_parameters_file``).
+records the run, the grid size, the input normalisation and post-processing baked in and the
+batching settings) and ``batching_params.pbtxt``, TF Serving's BatchingParameters for this
+model (:data:`BATCHING`; the file name TF Serving reads from a version with
+``--enable_batching --enable_per_model_batching_parameters``, or name it with
+``--batching_parameters_file``).
 Tag ``serve``. The version is written under a dot-prefixed temporary name and renamed when
 complete, so a server polling the base path never loads half an export (it ignores names that
 are not integers).
@@ -13,10 +14,10 @@ are not integers).
 Everything between the request and the answer is TensorFlow ops (no py_function), so the
 model server needs no Python, keras_ptx or segmentation-models. The signatures are described
 in :mod:`keras_ptx.serving`. Each image is decoded, converted to gray, put on the model's square
-grid by :mod:`keras_ptx.data.geometry`'s rule (:func:`to_square_tf`), normalised by
-:func:`keras_ptx.input.normalize.to_model_input`, and run through the model as
-:class:`keras_ptx.inference.runner.Predictor` runs it (same image-level probability, optional
-hflip TTA). Each probability map is then mapped to its image's own size and post-processed
+grid by :mod:`keras_ptx.data.geometry`'s rule (:func:`to_square_tf`), then normalised as the
+runs were trained and run through the model as :class:`keras_ptx.inference.runner.Predictor`
+runs it (:meth:`~keras_ptx.inference.runner.Predictor.run_gray_tf`: same image-level
+probability, optional hflip TTA). Each probability map is then mapped to its image's own size and post-processed
 there with the run's rule (:func:`keras_ptx.inference.postprocess.image_mask_tf`), exactly as
 ``bin/predict`` does it, so both give the same mask and the same RLE (:func:`encode_rle_tf`)
 for the same probabilities. ``batching_params.pbtxt`` works with any of the signatures: each
@@ -35,7 +36,6 @@ from keras_ptx.fileio import check_openable, publish_folder, staging_folder
 from keras_ptx.inference.postprocess import PostProcess, apply_tf, image_mask_tf
 from keras_ptx.inference.runner import Predictor
 from keras_ptx.inference.ensemble import Ensemble
-from keras_ptx.input.normalize import to_model_input
 from keras_ptx.model.precision import best_inference_precision
 from keras_ptx.serving import (BATCHING_FILE, BYTES_INPUT, IMAGE_INPUT, PREDICT_IMAGE,
                                SERVING_COMPACT, SERVING_DEFAULT, WARMUP_FILE)
@@ -105,7 +105,7 @@ def serving_functions(predictor: Predictor, post: PostProcess) -> dict:
 
     @tf.function(input_signature=[tf.TensorSpec([None, size, size, 1], tf.float32)])
     def infer(squares):  # one trace of the network, shared by every signature
-        return predictor.run_tf(to_model_input(squares))
+        return predictor.run_gray_tf(squares)
 
     def answer(image_bytes, with_mask: bool) -> dict:
         def load(data):
@@ -220,7 +220,8 @@ def export_model(predictor: Predictor, post: PostProcess, export_base,
             f.write(batching_parameters())
         with tf.io.gfile.GFile(tf.io.gfile.join(staging, METADATA_FILE), "w") as f:
             json.dump({"keras_ptx": keras_ptx.__version__, "version": version, "image_size": size,
-                       "tta": predictor.tta, "postprocess": post.to_dict(),
+                       "tta": predictor.tta, "normalization": predictor.normalization,
+                       "postprocess": post.to_dict(),
                        "postprocess_rule": post.describe(),
                        "signatures": sorted(functions),
                        "batching": {"file": BATCHING_FILE, **BATCHING},
@@ -234,7 +235,8 @@ def export_model(predictor: Predictor, post: PostProcess, export_base,
 
 
 def read_metadata(export_dir) -> dict:
-    """The ``keras_ptx_export.json`` of an export: run, grid size, post-processing, signatures."""
+    """The ``keras_ptx_export.json`` of an export: run, grid size, input normalisation (in the
+    graph), post-processing, signatures."""
     with tf.io.gfile.GFile(tf.io.gfile.join(str(export_dir), METADATA_FILE)) as f:
         return json.load(f)
 

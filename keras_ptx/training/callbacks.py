@@ -13,7 +13,7 @@ from types import SimpleNamespace
 import numpy as np
 
 from keras_ptx import rundir
-from keras_ptx.config import Config
+from keras_ptx.config import Config, Normalization
 from keras_ptx.data.records_dir import RecordsDir
 from keras_ptx.input.normalize import gray_from_model_input
 from keras_ptx.input.pipeline import make_eval_dataset
@@ -209,9 +209,12 @@ class ValidationImages(tf.keras.callbacks.Callback):
     only a worker with ``log_dir`` writes.
     """
 
-    def __init__(self, images: np.ndarray, masks: np.ndarray, threshold: float, log_dir=None):
+    def __init__(self, images: np.ndarray, masks: np.ndarray, threshold: float,
+                 normalization: Normalization, log_dir=None):
+        """``images``: model input, normalised as ``normalization`` says."""
         super().__init__()
         self.images, self.masks, self.threshold = images, masks, threshold
+        self.normalization = normalization
         self.writer = tf.summary.create_file_writer(str(log_dir)) if log_dir else None
 
     def on_epoch_end(self, epoch, logs=None):
@@ -220,7 +223,7 @@ class ValidationImages(tf.keras.callbacks.Callback):
             return
         with self.writer.as_default():
             tf.summary.image("validation/overlay", overlay(self.images, self.masks, outputs,
-                                                           self.threshold),
+                                                           self.threshold, self.normalization),
                              step=epoch, max_outputs=len(self.images))
         self.writer.flush()
 
@@ -229,10 +232,10 @@ class ValidationImages(tf.keras.callbacks.Callback):
             self.writer.close()
 
 
-def overlay(images, masks, probabilities, threshold: float):
+def overlay(images, masks, probabilities, threshold: float, normalization: Normalization):
     """RGB [N, S, S, 3] in [0, 1]: the gray radiograph with truth in green, prediction in red."""
-    gray = tf.clip_by_value(gray_from_model_input(tf.convert_to_tensor(images, tf.float32)),
-                            0.0, 1.0)
+    gray = tf.clip_by_value(gray_from_model_input(tf.convert_to_tensor(images, tf.float32),
+                                                  normalization), 0.0, 1.0)
     truth = tf.cast(tf.convert_to_tensor(masks) > 0.5, tf.float32)
     pred = tf.cast(tf.cast(probabilities, tf.float32) > threshold, tf.float32)
     colour = tf.concat([pred, truth, tf.zeros_like(truth)], axis=-1)
@@ -300,7 +303,7 @@ class RunCallbacks:
                 make_eval_dataset(config, records, "val", batch_size=32),
                 train.tensorboard_images, SAMPLE_SCAN)
             self.callbacks.append(ValidationImages(
-                images, masks, config.eval.threshold,
+                images, masks, config.eval.threshold, config.model.normalization,
                 log_dir=rundir.path(run, rundir.LOGS, "images") if chief else None))
         if chief:
             self.callbacks += [
