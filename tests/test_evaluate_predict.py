@@ -465,3 +465,98 @@ def test_without_a_label_head(dicom_dir, tmp_path, monkeypatch):
     result = CliRunner().invoke(main, ["predict", "--model", str(tmp_path), "--dicom-dir",
                                        str(dicom_dir), "--out", str(tmp_path / "out")])
     assert result.exit_code == 2 and "the model has none" in result.stderr
+
+
+def _reheader(source, path, **tags):
+    """A copy of a real file with its pixels as they are and a chest CR's header."""
+    ds = pydicom.dcmread(source)
+    ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = pydicom.uid.generate_uid()
+    ds.SOPClassUID = ds.file_meta.MediaStorageSOPClassUID = pydicom.uid.ComputedRadiographyImageStorage
+    for keyword, value in {"Modality": "CR", "BodyPartExamined": "CHEST", "ViewPosition": "PA",
+                           **tags}.items():
+        setattr(ds, keyword, value)
+    ds.save_as(path)
+
+
+def test_predict_writes_valid_dicom_objects_for_frontal_chest_images_only(run, tmp_path):
+    """bin/predict --dicom-out on a mixed folder: the three classes, both photometrics, 8/16
+    bits, JPEG Baseline / Lossless / 2000, RLE and uncompressed, non-square, the real chest CR
+    RG1_J2KI.dcm; and a lateral view, the real extremity RG3_UNCR.dcm and a SEG fed back, which
+    get a reason instead. Each SEG decodes to submission.csv's mask, each SR's finding and
+    probability are predictions.csv's, and dciodvfy finds no error in any object."""
+    from dicom_checks import dciodvfy_errors, seg_mask, sr_finding
+    from keras_ptx.results.dicom_files import encode
+    from keras_ptx.results.dicom_objects import build_objects
+    from keras_ptx.results.writers import ModelIdentity
+
+    rng, folder = np.random.default_rng(3), tmp_path / "in"
+    formats = [("cr", "jpeg_baseline", "MONOCHROME2", 8, (96, 80), "PA"),
+               ("dx", "rle", "MONOCHROME1", 16, (80, 112), "AP"),
+               ("sc", "jpeg2000", "MONOCHROME2", 16, (64, 64), "PA"),
+               ("sc", "explicit_le", "MONOCHROME1", 8, (72, 56), ""),
+               ("cr", "jpeg_baseline", "MONOCHROME2", 8, (64, 64), "LL")]
+    for k, (sop_class, syntax, photometric, bits, shape, view) in enumerate(formats):
+        write_dicom(folder / f"{k}-{sop_class}-{view or 'none'}.dcm", _radiograph(rng, shape),
+                    image_id=f"1.2.7.{k}", study_uid="1.2.7", series_uid="1.2.7.9",
+                    patient_id="p7", patient_name="DOE^JANE", view=view,
+                    transfer_syntax=syntax, photometric=photometric, bits=bits,
+                    sop_class=sop_class)
+    _reheader(pydicom.data.get_testdata_file("JPGLosslessP14SV1_1s_1f_8b.dcm"),
+              folder / "jpeg-lossless.dcm")
+    shutil.copy(pydicom.data.get_testdata_file("RG1_J2KI.dcm"), folder / "rg1.dcm")
+    shutil.copy(pydicom.data.get_testdata_file("RG3_UNCR.dcm"), folder / "rg3-extremity.dcm")
+    first = read_dicom(folder / "0-cr-PA.dcm")
+    seg = build_objects(first.source.dataset, np.ones(first.pixels.shape, bool), 0.9,
+                        ModelIdentity("earlier"), ("seg",))["seg"]
+    (folder / "seg-fed-back.dcm").write_bytes(encode(seg))
+
+    PostProcess(threshold=0.5, cls_threshold=0.488).save(run / rundir.POSTPROCESS)   # 4 of 6
+    try:
+        result = CliRunner().invoke(main, [
+            "predict", "--model", str(run), "--dicom-dir", str(folder), "--out",
+            str(tmp_path / "out"), "--dicom-out", str(tmp_path / "out" / "dicom")])
+    finally:
+        (run / rundir.POSTPROCESS).unlink()
+    assert result.exit_code == 0, result.output + result.stderr
+
+    errors = {path.split("/")[-1]: reason for path, reason in
+              _csv(tmp_path / "out" / "errors.csv")[1:]}
+    assert set(errors) == {"4-cr-LL.dcm", "rg3-extremity.dcm", "seg-fed-back.dcm"}
+    assert "ViewPosition LL" in errors["4-cr-LL.dcm"]
+    assert "BodyPartExamined EXTREMITY" in errors["rg3-extremity.dcm"]
+    assert "fed back" in errors["seg-fed-back.dcm"]
+    submission = dict(_csv(tmp_path / "out" / "submission.csv")[1:])
+    predictions = {r["image_id"]: r for r in
+                   csv.DictReader(open(tmp_path / "out" / "predictions.csv"))}
+    assert set(submission) == set(predictions) and len(predictions) == 6
+    objects = sorted((tmp_path / "out" / "dicom").iterdir())
+    assert len(objects) == 2 * len(predictions)
+    for path in objects:
+        assert dciodvfy_errors(path) == [], path.name
+    positives = 0
+    for image_id, row in predictions.items():
+        mask = rle.decode(submission[image_id], int(row["height"]), int(row["width"]))
+        np.testing.assert_array_equal(
+            seg_mask(tmp_path / "out" / "dicom" / f"{image_id}.seg.dcm"), mask)
+        finding = sr_finding(tmp_path / "out" / "dicom" / f"{image_id}.sr.dcm")
+        assert finding["present"] == bool(int(row["has_pneumothorax"])) == mask.any()
+        assert f"{finding['probability']:.6f}" == row["probability"]
+        positives += mask.any()
+    assert 0 < positives < len(predictions)
+    assert "DOE" not in result.output + result.stderr + str(errors)
+
+
+def test_research_users_may_predict_other_images_and_every_output_says_so(run, tmp_path):
+    write_dicom(tmp_path / "in" / "lateral.dcm", _radiograph(np.random.default_rng(4), (64, 64)),
+                image_id="1.2.8.1", study_uid="1.2.8", series_uid="1.2.8.9", patient_id="p",
+                patient_name="X", view="LL")
+    result = CliRunner().invoke(main, [
+        "predict", "--model", str(run), "--dicom-dir", str(tmp_path / "in"), "--out",
+        str(tmp_path / "out"), "--dicom-out", str(tmp_path / "dicom"), "--any-image"])
+    assert result.exit_code == 0, result.output + result.stderr
+    assert "--any-image" in result.stderr
+    [row] = csv.DictReader(open(tmp_path / "out" / "predictions.csv"))
+    assert "ViewPosition LL" in row["outside_intended_use"]
+    for kind in ("seg", "sr"):
+        ds = pydicom.dcmread(tmp_path / "dicom" / f"1.2.8.1.{kind}.dcm")
+        assert ds.SeriesDescription.startswith("RESEARCH, outside intended use")

@@ -8,8 +8,11 @@ import numpy as np
 import pydicom
 import pytest
 from click.testing import CliRunner
-from pydicom.uid import ExplicitVRLittleEndian, JPEGBaseline8Bit
+from pydicom.uid import (ComputedRadiographyImageStorage, DigitalXRayImageStorageForPresentation,
+                         ExplicitVRLittleEndian, JPEG2000Lossless, JPEGBaseline8Bit, RLELossless,
+                         SecondaryCaptureImageStorage)
 
+from dicom_checks import dciodvfy_errors
 from keras_ptx.cli import main
 from keras_ptx.data import records, rle
 from keras_ptx.data.annotations import load_annotations, union_mask
@@ -17,7 +20,8 @@ from keras_ptx.data.build import Options as BuildOptions, build
 from keras_ptx.data.dicom import read_dicom
 from keras_ptx.data.geometry import from_square, mask_to_square
 from keras_ptx.synthetic.anatomy import _skin_fold
-from keras_ptx.synthetic.dataset import Options, is_positive, make_dataset, plan_image
+from keras_ptx.synthetic.dataset import (Options, SyntheticError, is_positive, make_dataset,
+                                         plan_image)
 from keras_ptx.synthetic.dicom_writer import write_dicom
 from keras_ptx.synthetic.radiograph import generate_image, image_shape
 from keras_ptx.synthetic.raster import Frame
@@ -142,7 +146,7 @@ def test_siim_layout_headers_and_csv_conventions(dataset):
         syntaxes.add(ds.file_meta.TransferSyntaxUID)
         photometrics.add((ds.PhotometricInterpretation, ds.BitsAllocated))
         patients.setdefault(ds.PatientID, []).append(path)
-    assert syntaxes == {JPEGBaseline8Bit, ExplicitVRLittleEndian}
+    assert syntaxes == {JPEGBaseline8Bit, ExplicitVRLittleEndian, RLELossless, JPEG2000Lossless}
     assert photometrics == {("MONOCHROME2", 8), ("MONOCHROME1", 8), ("MONOCHROME2", 16),
                             ("MONOCHROME1", 16)}
     assert any(len(paths) == 2 for paths in patients.values()), "no patient with two images"
@@ -248,7 +252,8 @@ def test_dicom_writer_variants_read_back(tmp_path, variant):
 
 @pytest.mark.parametrize("bad, message", [
     ({"bits": 16}, "JPEG Baseline holds 8-bit"),
-    ({"transfer_syntax": "jpeg2000"}, "transfer_syntax must be"),
+    ({"transfer_syntax": "jpeg_ls"}, "transfer_syntax must be"),
+    ({"sop_class": "mr"}, "sop_class must be"),
     ({"photometric": "RGB"}, "photometric must be"),
     ({"pixels": np.zeros((4, 4), np.float32)}, "cannot be stored"),
     ({"pixels": np.full((4, 4), 5000, np.uint16), "bits": 16,
@@ -260,3 +265,25 @@ def test_dicom_writer_rejects_what_it_cannot_write(tmp_path, bad, message):
     with pytest.raises(ValueError, match=message):
         write_dicom(tmp_path / "x.dcm", pixels, **kwargs, **bad)
     assert not list(tmp_path.iterdir())
+
+
+def test_the_three_classes_in_turn_are_valid_dicom_and_read_back(tmp_path):
+    """--classes cr,dx,sc with --mix-formats: every file passes dciodvfy; DX carries its
+    spacing as ImagerPixelSpacing, Secondary Capture keeps Modality CR as SIIM's files do."""
+    options = Options(n_images=20, seed=4, size=64, mix_formats=True, classes=("cr", "dx", "sc"))
+    make_dataset(tmp_path, options, workers=1, progress=False)
+    classes = set()
+    for index in range(options.n_images):
+        plan = plan_image(options, index)
+        path = tmp_path / plan.relpath
+        assert dciodvfy_errors(path) == [], plan
+        ds = pydicom.dcmread(path, stop_before_pixels=True)
+        classes.add(ds.SOPClassUID)
+        assert ds.Modality == {"cr": "CR", "sc": "CR", "dx": "DX"}[plan.sop_class]
+        spacing = ds.ImagerPixelSpacing if plan.sop_class == "dx" else ds.PixelSpacing
+        assert float(spacing[0]) == pytest.approx(plan.pixel_spacing)
+        assert read_dicom(path).pixels.shape == (64, 64)
+    assert classes == {ComputedRadiographyImageStorage, DigitalXRayImageStorageForPresentation,
+                       SecondaryCaptureImageStorage}
+    with pytest.raises(SyntheticError, match="classes"):
+        Options(n_images=1, classes=("cr", "mr"))

@@ -25,24 +25,31 @@ from keras_ptx.cli import command as cli_command
 @click.option("--workers", "-j", type=click.IntRange(min=1), default=os.cpu_count() or 1,
               show_default="all cores", help="Parallel worker processes.")
 @click.option("--mix-formats", is_flag=True,
-              help="Write some MONOCHROME1, 16-bit and uncompressed files among the JPEGs.")
+              help="Write some MONOCHROME1, 16-bit, uncompressed, RLE and JPEG 2000 files "
+                   "among the JPEGs.")
+@click.option("--classes", default="cr", show_default=True,
+              callback=lambda ctx, param, value: tuple(
+                  c.strip().lower() for c in value.split(",") if c.strip()),
+              help="Comma-separated DICOM classes the images take in turn: cr (Computed "
+                   "Radiography), dx (Digital X-Ray For Presentation), sc (Secondary Capture "
+                   "with Modality CR, as SIIM's own files).")
 @click.option("--mix-shapes", is_flag=True,
               help="Make one image in five a non-square detector format (portrait or "
                    "landscape; --size is its long side).")
 @click.option("--overwrite", is_flag=True, help="Replace a dataset already in OUT.")
 def command(out, n_images, seed, size, positive_fraction, stage, test_fraction, workers,
-            mix_formats, mix_shapes, overwrite):
+            mix_formats, classes, mix_shapes, overwrite):
     """Write a synthetic SIIM-ACR pneumothorax dataset to OUT.
 
     OUT gets dicom-images-train/ and dicom-images-test/ (<Study>/<Series>/<SOP>.dcm, JPEG
-    Baseline CR DICOMs), the label CSV in the chosen stage's layout, synthetic.json (options,
+    Baseline DICOMs of the --classes), the label CSV in the chosen stage's layout, synthetic.json (options,
     counts, per-image statistics) and preview.png (a contact sheet with the masks outlined).
     """
     from keras_ptx.synthetic.dataset import Options, SyntheticError, make_dataset
     options = Options(n_images=n_images, seed=seed, size=size,
                       positive_fraction=positive_fraction, stage=int(stage),
                       test_fraction=test_fraction, mix_formats=mix_formats,
-                      mix_shapes=mix_shapes)
+                      mix_shapes=mix_shapes, classes=classes)
     try:
         summary = make_dataset(out, options, workers=workers, overwrite=overwrite)
     except OSError as exc:                          # OUT unwritable, disk full

@@ -11,8 +11,10 @@ Pixel conversion:
 
 Every failure (not DICOM, truncated, no pixels, multi-frame, unsupported transfer syntax,
 missing decoder, ...) raises :class:`DicomError` carrying the path and the reason; no other
-exception type leaves :func:`read_dicom` or :func:`read_dicom_header`. Patient names never
-leave this module, and a PatientID only as a one-way hash (``patient_hash``).
+exception type leaves :func:`read_dicom` or :func:`read_dicom_header`. Patient names and IDs
+leave this module only inside :class:`SourceHeader`, which shows nothing of them when printed
+or logged (the DICOM result objects must carry the source's patient module), and otherwise a
+PatientID only as a one-way hash (``patient_hash``).
 """
 from __future__ import annotations
 
@@ -59,6 +61,18 @@ class DicomError(Exception):
         return type(self), (self.path, self.reason)
 
 
+class SourceHeader:
+    """The file's header as read (a pydicom Dataset without pixel data), for the objects that
+    must carry the source's patient and study. Its repr and str show none of it."""
+    __slots__ = ("dataset",)
+
+    def __init__(self, dataset: pydicom.Dataset):
+        self.dataset = dataset
+
+    def __repr__(self) -> str:
+        return "SourceHeader(<not shown>)"
+
+
 @dataclass(frozen=True, kw_only=True)
 class DicomHeader:
     """The tags keras_ptx uses; '' / -1 where the file lacks them."""
@@ -71,9 +85,7 @@ class DicomHeader:
     age: int                        # years
     view: str                       # ViewPosition (PA / AP)
     patient_hash: str               # sha256 prefix of PatientID
-    # the header as read (no pixel data), for objects that carry the source's patient and
-    # study; never logged
-    dataset: pydicom.Dataset = field(compare=False, repr=False)
+    source: SourceHeader = field(compare=False, repr=False)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -210,7 +222,7 @@ def _header(path: str, ds) -> DicomHeader:
         photometric=_text(ds, "PhotometricInterpretation").upper(),
         sex=_text(ds, "PatientSex").upper(), age=parse_age(ds.get("PatientAge")),
         view=_text(ds, "ViewPosition").upper(), patient_hash=patient_hash(ds.get("PatientID")),
-        dataset=ds)
+        source=SourceHeader(ds))
 
 
 def _pixels(path: str, ds) -> np.ndarray:

@@ -143,11 +143,11 @@ class DicomPredictor:
         except DicomError as exc:
             header = _header_or_none(path)
             if header is None or not IMAGE_ID.fullmatch(header.image_id) or \
-                    header.image_id in first_path or eligibility_rejection(header.dataset):
+                    header.image_id in first_path or eligibility_rejection(header.source.dataset):
                 return Rejection(exc.path, exc.reason)
             first_path[header.image_id] = header.path
             return Rejection(exc.path, f"{exc.reason} (submitted as -1)", header.image_id)
-        outside = eligibility_rejection(image.dataset)
+        outside = eligibility_rejection(image.source.dataset)
         if outside is not None and not self.any_image:
             return Rejection(image.path, outside)
         if not IMAGE_ID.fullmatch(image.image_id):

@@ -44,7 +44,7 @@ class DicomObjectFiles(Writer):
         image = prediction.image
         description = self.description if prediction.outside_use is None else \
             RESEARCH_PREFIX + self.description
-        objects = build_objects(image.dataset, prediction.mask, prediction.probability,
+        objects = build_objects(image.source.dataset, prediction.mask, prediction.probability,
                                 self.identity, self.kinds, description,
                                 pixels=getattr(image, "pixels", None))
         for kind, ds in objects.items():

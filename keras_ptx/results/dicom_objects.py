@@ -24,6 +24,8 @@ the same model again gives the same objects' UIDs (a resend replaces, never dupl
 """
 from __future__ import annotations
 
+import copy
+
 import highdicom as hd
 import numpy as np
 from pydicom.dataset import Dataset
@@ -64,12 +66,19 @@ def spacing_mm(source: Dataset) -> tuple[float, float] | None:
     """(row, column) spacing in mm: ImagerPixelSpacing first, then PixelSpacing; None when
     neither holds two positive numbers."""
     for keyword in ("ImagerPixelSpacing", "PixelSpacing"):
-        try:
-            values = [float(v) for v in source.get(keyword) or ()]
-        except (TypeError, ValueError):
-            continue
-        if len(values) == 2 and all(np.isfinite(v) and v > 0 for v in values):
-            return values[0], values[1]
+        spacing = _spacing(source, keyword)
+        if spacing is not None:
+            return spacing
+    return None
+
+
+def _spacing(source: Dataset, keyword: str) -> tuple[float, float] | None:
+    try:
+        values = [float(v) for v in source.get(keyword) or ()]
+    except (TypeError, ValueError):
+        return None
+    if len(values) == 2 and all(np.isfinite(v) and v > 0 for v in values):
+        return values[0], values[1]
     return None
 
 
@@ -127,7 +136,7 @@ def segmentation(source: Dataset, mask: np.ndarray, identity: ModelIdentity,
         algorithm_type=hd.seg.SegmentAlgorithmTypeValues.AUTOMATIC,
         algorithm_identification=_algorithm(identity))
     seg = hd.seg.Segmentation(
-        source_images=[source], pixel_array=mask,
+        source_images=[_with_usable_spacing(source)], pixel_array=mask,
         segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
         segment_descriptions=[segment], **_series(source, identity, "seg"),
         manufacturer=MANUFACTURER, manufacturer_model_name=MODEL_NAME,
@@ -137,6 +146,16 @@ def segmentation(source: Dataset, mask: np.ndarray, identity: ModelIdentity,
         series_description=description)
     seg.PatientOrientation = source.get("PatientOrientation", "")
     return seg
+
+
+def _with_usable_spacing(source: Dataset) -> Dataset:
+    """``source``, or a shallow copy without its PixelSpacing when that is unusable (real
+    archives hold 0\\0): highdicom would copy it into the SEG's pixel measures."""
+    if "PixelSpacing" not in source or _spacing(source, "PixelSpacing") is not None:
+        return source
+    usable = copy.copy(source)
+    del usable.PixelSpacing
+    return usable
 
 
 def report(source: Dataset, mask: np.ndarray, probability: float, identity: ModelIdentity,

@@ -29,7 +29,7 @@ from keras_ptx.data.annotations import write_annotations
 from keras_ptx.data.dicom import read_dicom
 from keras_ptx.data.geometry import image_to_square, pad_to_square
 from keras_ptx.errors import UserError
-from keras_ptx.synthetic.dicom_writer import write_dicom
+from keras_ptx.synthetic.dicom_writer import SOP_CLASSES, write_dicom
 from keras_ptx.synthetic.radiograph import MIN_SIZE, generate_image, rng_for
 
 LABEL_FILES = {1: ("train-rle.csv", "stage1"), 2: ("stage_2_train.csv", "stage2")}
@@ -40,7 +40,8 @@ OUTPUTS = (*SPLIT_DIRS.values(), *(name for name, _ in LABEL_FILES.values()), TE
 FOLLOW_UP_RATE = 0.2                # odd indices that are the previous image's patient again
 PIXEL_SPACINGS = (0.139, 0.143, 0.168, 0.171)    # mm at 1024 pixels, as in SIIM's files
 # --mix-formats: index % 20 -> (transfer syntax, photometric, bits)
-MIXED_FORMATS = {7: ("jpeg_baseline", "MONOCHROME1", 8), 13: ("explicit_le", "MONOCHROME2", 16),
+MIXED_FORMATS = {3: ("rle", "MONOCHROME2", 16), 7: ("jpeg_baseline", "MONOCHROME1", 8),
+                 9: ("jpeg2000", "MONOCHROME1", 16), 13: ("explicit_le", "MONOCHROME2", 16),
                  17: ("explicit_le", "MONOCHROME2", 8), 19: ("explicit_le", "MONOCHROME1", 16)}
 STANDARD_FORMAT = ("jpeg_baseline", "MONOCHROME2", 8)
 # --mix-shapes: index % 20 -> a detector's (height, width), the long side --size pixels:
@@ -65,8 +66,12 @@ class Options:
     test_fraction: float = 0.1
     mix_formats: bool = False
     mix_shapes: bool = False
+    classes: tuple[str, ...] = ("cr",)      # image i is of class classes[i % len(classes)]
 
     def __post_init__(self):
+        if not self.classes or set(self.classes) - set(SOP_CLASSES):
+            raise SyntheticError(f"classes must be some of {', '.join(SOP_CLASSES)}, got "
+                                 f"{', '.join(self.classes) or 'none'}")
         if self.n_images < 1:
             raise SyntheticError(f"n_images must be at least 1, got {self.n_images}")
         if self.size < MIN_SIZE:
@@ -97,6 +102,7 @@ class Plan:
     bits: int
     pixel_spacing: float
     aspect: float                   # width / height
+    sop_class: str                  # cr | dx | sc (dicom_writer.SOP_CLASSES)
 
     @property
     def relpath(self) -> str:
@@ -128,7 +134,8 @@ def plan_image(options: Options, index: int) -> Plan:
                 patient_id=f"SYNTHETIC-{seed}-{patient + 1:06d}",
                 patient_name=f"SYNTHETIC^PATIENT{patient + 1:04d}",
                 transfer_syntax=syntax, photometric=photometric, bits=bits,
-                pixel_spacing=round(spacing, 6), aspect=width / height)
+                pixel_spacing=round(spacing, 6), aspect=width / height,
+                sop_class=options.classes[index % len(options.classes)])
 
 
 def make_image(options: Options, out: Path, index: int) -> dict:
@@ -141,13 +148,13 @@ def make_image(options: Options, out: Path, index: int) -> dict:
                 patient_id=plan.patient_id, patient_name=plan.patient_name, sex=image.sex,
                 age=image.age, view=image.view, transfer_syntax=plan.transfer_syntax,
                 photometric=plan.photometric, bits=plan.bits,
-                pixel_spacing=(plan.pixel_spacing, plan.pixel_spacing))
+                pixel_spacing=(plan.pixel_spacing, plan.pixel_spacing), sop_class=plan.sop_class)
     areas = [float(mask.mean()) for mask in image.masks]
     return {"index": index, "image_id": plan.image_id, "patient": plan.patient,
             "split": plan.split, "path": plan.relpath, "rles": [rle.encode(m) for m in image.masks],
             "area": sum(areas), "annotation_areas": areas, "tags": list(image.tags),
             "sex": image.sex, "age": image.age, "view": image.view,
-            "format": f"{plan.transfer_syntax}/{plan.photometric}/{plan.bits}bit",
+            "format": f"{plan.sop_class}/{plan.transfer_syntax}/{plan.photometric}/{plan.bits}bit",
             "shape": "x".join(map(str, image.pixels.shape))}
 
 

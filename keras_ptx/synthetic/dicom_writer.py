@@ -1,8 +1,11 @@
 """Write one chest radiograph as a DICOM file the way SIIM-ACR ships them (or deliberately not).
 
-The SIIM default: Computed Radiography Image Storage, MONOCHROME2, 8 bits, one JPEG Baseline
-frame encapsulated in the pixel data. The other options (MONOCHROME1, 16-bit, uncompressed
-Explicit VR Little Endian) exist to exercise readers with the variants found in the wild.
+The default: Computed Radiography Image Storage, MONOCHROME2, 8 bits, one JPEG Baseline frame
+encapsulated in the pixel data. The other options exercise readers with the variants hospitals
+send: the class (``sc``: Secondary Capture with Modality CR, as SIIM's own files are; ``dx``:
+Digital X-Ray For Presentation, whose spacing is ImagerPixelSpacing), MONOCHROME1, 16-bit
+(BitsStored 12), and the transfer syntaxes Explicit VR Little Endian, RLE Lossless and JPEG
+2000 Lossless (pydicom's encoders). Each class carries the attributes its IOD requires.
 """
 from __future__ import annotations
 
@@ -11,14 +14,23 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image
-from pydicom.dataset import FileDataset, FileMetaDataset
+from pydicom.dataset import Dataset, FileDataset, FileMetaDataset
 from pydicom.encaps import encapsulate
 from pydicom.uid import (PYDICOM_IMPLEMENTATION_UID, ComputedRadiographyImageStorage,
-                         ExplicitVRLittleEndian, JPEGBaseline8Bit)
+                         DigitalXRayImageStorageForPresentation, ExplicitVRLittleEndian,
+                         JPEG2000Lossless, JPEGBaseline8Bit, RLELossless,
+                         SecondaryCaptureImageStorage)
 
 from keras_ptx.fileio import atomic_path
 
-TRANSFER_SYNTAXES = {"jpeg_baseline": JPEGBaseline8Bit, "explicit_le": ExplicitVRLittleEndian}
+TRANSFER_SYNTAXES = {"jpeg_baseline": JPEGBaseline8Bit, "explicit_le": ExplicitVRLittleEndian,
+                     "rle": RLELossless, "jpeg2000": JPEG2000Lossless}
+SOP_CLASSES = {"cr": ComputedRadiographyImageStorage, "sc": SecondaryCaptureImageStorage,
+               "dx": DigitalXRayImageStorageForPresentation}
+MODALITY = {"cr": "CR", "sc": "CR", "dx": "DX"}
+MANUFACTURER = "keras_ptx synthetic"
+VIEW_CODES = {"PA": ("399348003", "SCT", "postero-anterior"),
+              "AP": ("399067008", "SCT", "antero-posterior")}
 PHOTOMETRICS = ("MONOCHROME2", "MONOCHROME1")
 BITS_STORED = {8: 8, 16: 12}
 
@@ -41,6 +53,41 @@ def _stored_pixels(pixels: np.ndarray, bits: int, photometric: str) -> np.ndarra
     return np.ascontiguousarray(values, dtype=np.uint8 if bits == 8 else np.uint16)
 
 
+def _code(value: str, scheme: str, meaning: str) -> Dataset:
+    item = Dataset()
+    item.CodeValue, item.CodingSchemeDesignator, item.CodeMeaning = value, scheme, meaning
+    return item
+
+
+def _dx_modules(ds, spacing: list[str], view: str) -> None:
+    """What the DX IOD adds: a presentation-ready image with its detector spacing, a frontal
+    chest's orientation (Type 1 in DX), anatomy and view codes, laterality U (both sides)."""
+    ds.PresentationIntentType = "FOR PRESENTATION"
+    ds.ImageType = ["ORIGINAL", "PRIMARY"]
+    ds.ImagerPixelSpacing = spacing
+    ds.PatientOrientation = ["L", "F"]
+    ds.ImageLaterality = "U"
+    ds.PixelIntensityRelationship = "LIN"
+    ds.PixelIntensityRelationshipSign = 1
+    ds.RescaleIntercept, ds.RescaleSlope, ds.RescaleType = 0, 1, "US"
+    ds.PresentationLUTShape = "INVERSE" if ds.PhotometricInterpretation == "MONOCHROME1" \
+        else "IDENTITY"
+    ds.BurnedInAnnotation = "NO"
+    ds.LossyImageCompression = "00"
+    ds.AnatomicRegionSequence = [_code("816094009", "SCT", "Chest")]
+    ds.ViewCodeSequence = [_code(*VIEW_CODES[view])] if view in VIEW_CODES else []
+    ds.AcquisitionContextSequence = []
+    ds.DetectorType = ""
+    ds.AcquisitionDeviceProcessingDescription = ""
+    ds.KVP = ""
+    ds.ExposureTime = ""
+    ds.Exposure = ""
+    ds.Grid = ""
+    ds.ContentDate, ds.ContentTime = ds.StudyDate, ds.StudyTime
+    ds.DetectorConditionsNominalFlag = ""
+    ds.PositionerType = ""
+
+
 def _jpeg(values: np.ndarray, quality: int) -> bytes:
     out = io.BytesIO()
     Image.fromarray(values, mode="L").save(out, format="JPEG", quality=quality)
@@ -51,8 +98,10 @@ def write_dicom(path, pixels, *, image_id: str, study_uid: str, series_uid: str,
                 patient_id: str, patient_name: str, sex: str = "", age: int | None = None,
                 view: str = "", transfer_syntax: str = "jpeg_baseline",
                 photometric: str = "MONOCHROME2", bits: int = 8,
-                pixel_spacing=(0.14, 0.14), jpeg_quality: int = 95) -> Path:
-    """Write ``pixels`` (2-D, display convention: air dark) as a CR DICOM at ``path``.
+                pixel_spacing=(0.14, 0.14), jpeg_quality: int = 95,
+                sop_class: str = "cr") -> Path:
+    """Write ``pixels`` (2-D, display convention: air dark) as a DICOM of ``sop_class`` (cr,
+    sc or dx) at ``path``.
 
     ``image_id`` becomes the SOPInstanceUID. With ``photometric='MONOCHROME1'`` the stored
     values are inverted so that a reader applying the photometric rule gets ``pixels`` back.
@@ -67,6 +116,8 @@ def write_dicom(path, pixels, *, image_id: str, study_uid: str, series_uid: str,
                          f"got {transfer_syntax!r}")
     if photometric not in PHOTOMETRICS:
         raise ValueError(f"photometric must be one of {PHOTOMETRICS}, got {photometric!r}")
+    if sop_class not in SOP_CLASSES:
+        raise ValueError(f"sop_class must be one of {sorted(SOP_CLASSES)}, got {sop_class!r}")
     if bits not in BITS_STORED:
         raise ValueError(f"bits must be 8 or 16, got {bits!r}")
     if bits != 8 and transfer_syntax == "jpeg_baseline":
@@ -76,7 +127,7 @@ def write_dicom(path, pixels, *, image_id: str, study_uid: str, series_uid: str,
     syntax = TRANSFER_SYNTAXES[transfer_syntax]
 
     meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = ComputedRadiographyImageStorage
+    meta.MediaStorageSOPClassUID = SOP_CLASSES[sop_class]
     meta.MediaStorageSOPInstanceUID = image_id
     meta.TransferSyntaxUID = syntax
     meta.ImplementationClassUID = PYDICOM_IMPLEMENTATION_UID
@@ -84,13 +135,15 @@ def write_dicom(path, pixels, *, image_id: str, study_uid: str, series_uid: str,
     path = Path(path)
     ds = FileDataset(str(path), {}, file_meta=meta, preamble=b"\0" * 128)
     ds.SpecificCharacterSet = "ISO_IR 100"
-    ds.SOPClassUID = ComputedRadiographyImageStorage
+    ds.SOPClassUID = SOP_CLASSES[sop_class]
     ds.SOPInstanceUID = image_id
     ds.StudyDate = "19010101"
     ds.StudyTime = "000000.00"
     ds.AccessionNumber = ""
-    ds.Modality = "CR"
-    ds.ConversionType = "WSD"
+    ds.Modality = MODALITY[sop_class]
+    ds.Manufacturer = MANUFACTURER
+    if sop_class == "sc":
+        ds.ConversionType = "WSD"
     ds.ReferringPhysicianName = ""
     ds.SeriesDescription = f"view: {view}" if view else ""
     ds.PatientName = patient_name
@@ -110,12 +163,16 @@ def write_dicom(path, pixels, *, image_id: str, study_uid: str, series_uid: str,
     ds.SamplesPerPixel = 1
     ds.PhotometricInterpretation = photometric
     ds.Rows, ds.Columns = values.shape
-    ds.PixelSpacing = [f"{s:.6g}" for s in pixel_spacing]
+    spacing = [f"{s:.6g}" for s in pixel_spacing]
+    if sop_class == "dx":
+        _dx_modules(ds, spacing, view)
+    else:
+        ds.PixelSpacing = spacing
     ds.BitsAllocated = bits
     ds.BitsStored = BITS_STORED[bits]
     ds.HighBit = BITS_STORED[bits] - 1
     ds.PixelRepresentation = 0
-    if bits != 8:                   # a full-range linear window: readers get the 8-bit image back
+    if bits != 8 or sop_class == "dx":  # a full-range linear window: the 8-bit image back
         ds.WindowCenter = 1 << (BITS_STORED[bits] - 1)
         ds.WindowWidth = 1 << BITS_STORED[bits]
     if transfer_syntax == "jpeg_baseline":
@@ -127,6 +184,8 @@ def write_dicom(path, pixels, *, image_id: str, study_uid: str, series_uid: str,
     else:
         ds.PixelData = values.astype(values.dtype.newbyteorder("<"), copy=False).tobytes()
         ds["PixelData"].VR = "OB" if bits == 8 else "OW"
+        if syntax != ExplicitVRLittleEndian:
+            ds.compress(syntax, values, generate_instance_uid=False)
 
     path.parent.mkdir(parents=True, exist_ok=True)
     with atomic_path(path) as partial:
