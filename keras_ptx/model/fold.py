@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from keras_ptx.tf_internals import inbound_nodes, node_inputs, outbound_nodes
 from keras_ptx.tf_setup import tf
 
 layers = tf.keras.layers
@@ -25,11 +26,11 @@ def foldable_pairs(model: tf.keras.Model) -> dict[str, layers.BatchNormalization
     kernel is laid out otherwise) without an activation of its own, used once."""
     pairs = {}
     for layer in model.layers:
-        if not isinstance(layer, layers.BatchNormalization) or len(layer._inbound_nodes) != 1:
+        if not isinstance(layer, layers.BatchNormalization) or len(inbound_nodes(layer)) != 1:
             continue
-        source = layer._inbound_nodes[0].inbound_layers
+        source = node_inputs(inbound_nodes(layer)[0])
         if (type(source) in CONVOLUTIONS and source.get_config()["activation"] == "linear"
-                and len(source._inbound_nodes) == 1 and len(source._outbound_nodes) == 1
+                and len(inbound_nodes(source)) == 1 and len(outbound_nodes(source)) == 1
                 and list(layer.axis) in ([-1], [3])):
             pairs[source.name] = layer
     return pairs

@@ -11,8 +11,7 @@ only networks whose weights together stay under :data:`MAX_BYTES` are frozen (:f
 """
 from __future__ import annotations
 
-from tensorflow.python.framework.convert_to_constants import convert_variables_to_constants_v2
-
+from keras_ptx.tf_internals import variables_to_constants
 from keras_ptx.tf_setup import tf
 
 MAX_BYTES = 1 << 30                     # of weights frozen into one graph; half the 2 GB limit
@@ -33,4 +32,4 @@ def freeze(model: tf.keras.Model):
     weight a constant; its outputs come as a list in the model's output order."""
     spec = tf.TensorSpec([None, *model.input_shape[1:]], model.inputs[0].dtype)
     traced = tf.function(lambda x: model(x, training=False)).get_concrete_function(spec)
-    return convert_variables_to_constants_v2(traced)
+    return variables_to_constants(traced)

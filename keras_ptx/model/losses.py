@@ -16,6 +16,7 @@ import segmentation_models as sm
 
 from keras_ptx.config import Config, LossConfig
 from keras_ptx.model.unetpp import output_names
+from keras_ptx.tf_internals import keras_logits
 
 _EPSILON = 1e-7
 
@@ -65,7 +66,7 @@ def lovasz_hinge_per_image(gt, pr):
     (|logit| > ~16) would saturate and get no gradient.
     """
     batch = tf.shape(pr)[0]
-    logits = getattr(pr, "_keras_logits", None)
+    logits = keras_logits(pr)
     if logits is None:
         pr = tf.clip_by_value(tf.cast(pr, tf.float32), _EPSILON, 1 - _EPSILON)
         logits = tf.math.log(pr) - tf.math.log1p(-pr)

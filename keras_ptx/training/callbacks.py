@@ -19,6 +19,7 @@ from keras_ptx.input.normalize import gray_from_model_input
 from keras_ptx.input.pipeline import make_eval_dataset
 from keras_ptx.model.encoders import encoder_layers
 from keras_ptx.model.unetpp import named_outputs
+from keras_ptx.tf_internals import create_restored_save_counter
 from keras_ptx.tf_setup import tf
 from keras_ptx.training.averaging import WeightAveraging
 from keras_ptx.training.checkpoints import AtomicCheckpoint, TopEpochs
@@ -144,8 +145,7 @@ class SharedBackupAndRestore(tf.keras.callbacks.BackupAndRestore):
         self.model.optimizer.build(self.model.trainable_variables)  # its state exists to sync
         super().on_train_begin(logs)
         if self._scratch:
-            # the chief's restore made the checkpoint's save counter, a collective: match it
-            self._training_state.read_checkpoint_manager.checkpoint.save_counter
+            create_restored_save_counter(self)
         sync_from_chief(self.strategy, [*self.model.variables, *self.model.optimizer.variables])
 
     def on_train_end(self, logs=None):

@@ -14,19 +14,20 @@ import math
 import os
 
 from keras_ptx import rundir
-from keras_ptx.fileio import atomic_path, local_copy
+from keras_ptx.fileio import atomic_path, join, local_copy
 from keras_ptx.model.unetpp import build_model_to_load
+from keras_ptx.tf_internals import HookedModelCheckpoint
 from keras_ptx.tf_setup import tf
 from keras_ptx.training.resume import Monitor, ResumePoint
 
 PATTERN = "top-epoch-{epoch:03d}.weights.h5"      # in checkpoints/, as Keras formats it
 
 
-class AtomicCheckpoint(tf.keras.callbacks.ModelCheckpoint):
+class AtomicCheckpoint(HookedModelCheckpoint):
     """``ModelCheckpoint`` of weights whose file is replaced whole: a crash while it writes
     leaves the previous checkpoint, not half of a new one."""
 
-    def _save_handler(self, filepath):
+    def write_file(self, filepath):
         with atomic_path(filepath) as tmp:
             self.model.save_weights(tmp, overwrite=True)
 
@@ -47,7 +48,7 @@ class TopEpochs(AtomicCheckpoint):
 
     def __init__(self, checkpoints: str, n: int, monitor: Monitor, start: ResumePoint,
                  chief: bool):
-        super().__init__(rundir.path(checkpoints, PATTERN), save_weights_only=True,
+        super().__init__(join(checkpoints, PATTERN), save_weights_only=True,
                          monitor=monitor.key)
         self.folder, self.n, self.rank_by, self.chief = checkpoints, n, monitor, chief
         self.kept = ranking(start.history, monitor, n)
@@ -59,14 +60,13 @@ class TopEpochs(AtomicCheckpoint):
         if (value, epoch) not in ranked:
             return
         self.kept = ranked
-        self.epochs_since_last_save += 1            # what ModelCheckpoint counts to save
-        self._save_model(epoch=epoch, batch=None, logs=logs)
+        self.save_at(epoch, logs)
         if self.chief:
             self._delete_others()
 
     def _delete_others(self) -> None:
         keep = {PATTERN.format(epoch=e + 1) for _, e in self.kept}
-        for path in tf.io.gfile.glob(rundir.path(self.folder, "top-epoch-*.weights.h5")):
+        for path in tf.io.gfile.glob(join(self.folder, "top-epoch-*.weights.h5")):
             if os.path.basename(path) not in keep:
                 tf.io.gfile.remove(path)
 
@@ -75,13 +75,13 @@ def finish_top_epochs(run: str, config, history, monitor: Monitor) -> list[int]:
     """Write RUN_DIR/top/ from the kept checkpoints (the chief, after training); returns the
     1-based epochs, best first."""
     epochs = [e + 1 for _, e in ranking(history, monitor, config.train.keep_best)]
-    folder = rundir.path(run, rundir.TOP)
+    folder = join(run, rundir.TOP)
     tf.io.gfile.makedirs(folder)
     twin = build_model_to_load(config)
     for epoch in epochs:
-        source = rundir.path(run, rundir.CHECKPOINTS, PATTERN.format(epoch=epoch))
+        source = join(run, rundir.CHECKPOINTS, PATTERN.format(epoch=epoch))
         with local_copy(source) as local:
             twin.load_weights(local)
-        with atomic_path(rundir.path(folder, rundir.TOP_FILE.format(epoch))) as tmp:
+        with atomic_path(join(folder, rundir.TOP_FILE.format(epoch))) as tmp:
             twin.save_weights(tmp)
     return epochs
