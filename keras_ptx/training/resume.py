@@ -24,10 +24,11 @@ import csv
 import io
 import math
 from dataclasses import asdict, dataclass
+from typing import Any
 
 from keras_ptx import rundir
 from keras_ptx.config import Config, ConfigError, ModelConfig, dump_config, load_config
-from keras_ptx.fileio import write_atomic
+from keras_ptx.fileio import join, write_atomic
 from keras_ptx.model.unetpp import output_names
 from keras_ptx.tf_setup import tf
 from keras_ptx.training import TrainingError
@@ -37,8 +38,8 @@ _BACKUP_SUBDIR = "chief"
 _SAVED_EPOCH_KEY = "ckpt_saved_epoch/.ATTRIBUTES/VARIABLE_VALUE"
 
 
-# Settings that decide which epoch is best: a resumed run must keep them.
-BEST_EPOCH_KEYS = ("train.monitor:", "train.metric_threshold:")
+# Settings that decide which epoch is best: a resumed run must keep them (Change.key names).
+BEST_EPOCH_KEYS = ("train.monitor", "train.metric_threshold")
 
 
 @dataclass(frozen=True)
@@ -93,7 +94,7 @@ class ResumePoint:
 
 
 def backup_dir(run_dir) -> str:
-    return rundir.path(run_dir, rundir.CHECKPOINTS, rundir.BACKUP)
+    return join(run_dir, rundir.CHECKPOINTS, rundir.BACKUP)
 
 
 def delete_backup(run_dir) -> None:
@@ -101,7 +102,7 @@ def delete_backup(run_dir) -> None:
     while the other files are deleted never leaves half of one to continue from (a folder
     rename, the alternative, is not atomic on object stores and does not move a ram://
     folder's files)."""
-    index = rundir.path(backup_dir(run_dir), _BACKUP_SUBDIR, "checkpoint")
+    index = join(backup_dir(run_dir), _BACKUP_SUBDIR, "checkpoint")
     if tf.io.gfile.exists(index):
         tf.io.gfile.remove(index)
     if tf.io.gfile.exists(backup_dir(run_dir)):
@@ -110,7 +111,7 @@ def delete_backup(run_dir) -> None:
 
 def backup_epoch(run_dir) -> int | None:
     """The last epoch (0-based) whose end BackupAndRestore saved, or None without a backup."""
-    latest = tf.train.latest_checkpoint(rundir.path(backup_dir(run_dir), _BACKUP_SUBDIR))
+    latest = tf.train.latest_checkpoint(join(backup_dir(run_dir), _BACKUP_SUBDIR))
     if latest is None:
         return None
     try:
@@ -127,7 +128,7 @@ def backup_epoch(run_dir) -> int | None:
 
 def read_history(run_dir) -> list[dict]:
     """history.csv as a list of {column: float}, 'epoch' as int (0-based)."""
-    path = rundir.path(run_dir, rundir.HISTORY)
+    path = join(run_dir, rundir.HISTORY)
     if not tf.io.gfile.exists(path):
         return []
     with tf.io.gfile.GFile(path) as f:
@@ -160,17 +161,29 @@ def resume_point(run_dir, monitor: Monitor) -> ResumePoint:
                        wait=saved - best["epoch"], history=tuple(history))
 
 
-def config_changes(old: Config, new: Config) -> list[str]:
-    """``key: old -> new`` for every setting that differs."""
+@dataclass(frozen=True)
+class Change:
+    """A setting that differs between two configs; ``key`` as an override names it
+    (``train.epochs``), None for a value one side lacks."""
+    key: str
+    old: Any
+    new: Any
+
+    def __str__(self) -> str:
+        return f"{self.key}: {self.old!r} -> {self.new!r}"
+
+
+def config_changes(old: Config, new: Config) -> list[Change]:
+    """Every setting that differs, by key."""
     before, after = _flatten(old.to_dict()), _flatten(new.to_dict())
-    return [f"{key}: {before.get(key)!r} -> {after.get(key)!r}"
+    return [Change(key, before.get(key), after.get(key))
             for key in sorted(set(before) | set(after)) if before.get(key) != after.get(key)]
 
 
 def is_finished(run_dir, config: Config) -> bool:
     """Whether ``run_dir`` holds a finished run of exactly ``config``."""
     run = str(run_dir)
-    if not tf.io.gfile.exists(rundir.path(run, rundir.CONFIG)) or backup_epoch(run) is not None:
+    if not tf.io.gfile.exists(join(run, rundir.CONFIG)) or backup_epoch(run) is not None:
         return False
     metrics = rundir.read_json(run, rundir.METRICS) or {}
     return bool(metrics.get("completed")) and not config_changes(_saved_config(run), config)
@@ -200,10 +213,10 @@ def prepare_run_dir(run_dir, config: Config, *, resume: bool = False,
     changes = config_changes(_saved_config(run), config)
     if changes and not resume:
         raise TrainingError(
-            f"--out {run}: holds a run of a different config:\n  " + "\n  ".join(changes) +
-            "\nUse --resume to continue it with the new config, --overwrite to start again, "
-            "or another --out.")
-    fixed = [c for c in changes if c.startswith(BEST_EPOCH_KEYS)]
+            f"--out {run}: holds a run of a different config:\n  " +
+            "\n  ".join(map(str, changes)) + "\nUse --resume to continue it with the new config, "
+            "--overwrite to start again, or another --out.")
+    fixed = [str(c) for c in changes if c.key in BEST_EPOCH_KEYS]
     if fixed:
         raise TrainingError(
             f"--out {run}: its best checkpoint was chosen by the old setting, so a resumed run "
@@ -227,14 +240,14 @@ def prepare_run_dir(run_dir, config: Config, *, resume: bool = False,
                     f"backup was complete), so epoch 1's row in {rundir.HISTORY} was dropped; "
                     f"training starts again at epoch 1")
         return None
-    dump_config(config, rundir.path(run, rundir.CONFIG))
+    dump_config(config, join(run, rundir.CONFIG))
     _truncate_history(run, saved + 1)
     return None
 
 
 def _start(run: str, config: Config) -> None:
-    tf.io.gfile.makedirs(rundir.path(run, rundir.CHECKPOINTS))
-    dump_config(config, rundir.path(run, rundir.CONFIG))
+    tf.io.gfile.makedirs(join(run, rundir.CHECKPOINTS))
+    dump_config(config, join(run, rundir.CONFIG))
 
 
 def _names(folder: str) -> set[str]:
@@ -243,20 +256,20 @@ def _names(folder: str) -> set[str]:
 
 def _never_trained(run: str) -> bool:
     """Whether ``run`` holds only what :func:`_start` writes: nothing to keep or continue."""
-    checkpoints = rundir.path(run, rundir.CHECKPOINTS)
+    checkpoints = join(run, rundir.CHECKPOINTS)
     return (_names(run) <= {rundir.CONFIG, rundir.CHECKPOINTS}
             and (not tf.io.gfile.exists(checkpoints) or not _names(checkpoints)))
 
 
 def _require_run_dir(run: str, action: str) -> None:
-    if _names(run) and not tf.io.gfile.exists(rundir.path(run, rundir.CONFIG)):
+    if _names(run) and not tf.io.gfile.exists(join(run, rundir.CONFIG)):
         raise TrainingError(f"--out {run}: not empty and not a run directory (no "
                             f"{rundir.CONFIG}); refusing to {action}")
 
 
 def _saved_config(run: str) -> Config:
     try:
-        return load_config(rundir.path(run, rundir.CONFIG))
+        return load_config(join(run, rundir.CONFIG))
     except ConfigError as exc:
         raise TrainingError(f"--out {run}: its {rundir.CONFIG} no longer loads ({exc}); "
                             f"use --overwrite or another --out") from None
@@ -264,7 +277,7 @@ def _saved_config(run: str) -> Config:
 
 def _truncate_history(run: str, epoch: int) -> None:
     """Keep the history rows of epochs before ``epoch`` (the ones the backup includes)."""
-    path = rundir.path(run, rundir.HISTORY)
+    path = join(run, rundir.HISTORY)
     if not tf.io.gfile.exists(path):
         return
     with tf.io.gfile.GFile(path) as f:
