@@ -5,7 +5,6 @@ would type) and is skipped when its outputs are already complete, so re-running 
 """
 from __future__ import annotations
 
-import json
 import subprocess
 import sys
 import time
@@ -85,6 +84,7 @@ def command(workdir: Path, config_path: Path, n_images: int, dicom_size: int,
     """Run the whole workflow on a synthetic SIIM-like dataset and print how well it learned."""
     from keras_ptx import rundir
     from keras_ptx.config import load_config
+    from keras_ptx.fileio import read_json
 
     config = load_config(config_path, overrides)
     workdir.mkdir(parents=True, exist_ok=True)
@@ -110,7 +110,7 @@ def command(workdir: Path, config_path: Path, n_images: int, dicom_size: int,
            workdir / "predict-rg1" / "submission.csv",
            ["predict", "--model", str(run), "--dicom-dir", str(rg1_dir), "--out", str(workdir / "predict-rg1"),
             "--overlays"])
-    report = json.loads(report_path.read_text())
+    report = read_json(report_path)
     click.secho("\nSynthetic validation split:", bold=True)
     print_table(summary_rows(report))
     click.echo(f"report:      {report_path.with_name(rundir.EVAL_REPORT_MD)}")

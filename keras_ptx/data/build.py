@@ -77,8 +77,8 @@ class Options:
 
 
 def default_shard_size(image_size: int) -> int:
-    """Examples per shard for shards of roughly 100-200 MB. A radiograph's PNG shrinks more
-    slowly than its pixel count (a real CR: 372 KB at 1024 px, 109 KB at 512, 33 KB at 256)."""
+    """Examples per shard for shards of roughly 100-200 MB: a radiograph's PNG shrinks more
+    slowly than its pixel count (the sizes behind the exponent: BENCHMARKS.md)."""
     return round(300 * (1024 / image_size) ** 1.6)
 
 

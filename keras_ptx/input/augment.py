@@ -46,7 +46,7 @@ class GraphAugmenter:
     or a ``functools.partial`` of one). In threads, policies are not thread-safe: each call
     borrows one from a free list and returns it, so there are as many as calls ever ran at once,
     each built once (``threading.local`` would not do: TensorFlow's threads get a fresh Python
-    thread state per call, which rebuilt the policy, ~1 ms, for every batch).
+    thread state per call, which rebuilt the policy for every batch).
     """
 
     def __init__(self, make_policy: Callable[[], A.BaseCompose], out_size: int | None = None,
@@ -166,8 +166,8 @@ def graph_augmenter(config: AugmentConfig, size: int, train_crop: int = 0,
 
     Switches OpenCV's own thread pool off for the process (``cv2.setNumThreads(0)``, as
     albumentations advises for data loaders; worker processes do the same): tf.data already
-    runs the calls in parallel, and OpenCV's waiting workers took CPU from them (256 px, 2
-    cores: ~1,000 -> ~1,250 img/s at 2 calls).
+    runs the calls in parallel, and OpenCV's waiting workers took CPU from them
+    (BENCHMARKS.md).
     """
     build_policy(config, size, train_crop=train_crop)  # fail now, not inside a tf.data thread
     cv2.setNumThreads(0)

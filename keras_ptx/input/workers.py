@@ -2,9 +2,9 @@
 
 albumentations runs much of each image in Python and in small numpy steps that hold the
 interpreter lock, so tf.data calls running it in threads of one process serialise on that lock
-(two such threads reach only ~1.3-1.5x one at 256 px). :func:`augment` instead hands a batch to
-a worker process (``python -m keras_ptx.input.workers``, which imports albumentations but not
-TensorFlow) and waits for it without holding the lock.
+(BENCHMARKS.md). :func:`augment` instead hands a batch to a worker process (``python -m
+keras_ptx.input.workers``, which imports albumentations but not TensorFlow) and waits for it
+without holding the lock.
 
 - Pixels travel through a shared buffer per worker (an anonymous file both map, handed over
   as a descriptor, so nothing is left on disk): the caller copies inputs in, the worker writes
@@ -16,8 +16,8 @@ TensorFlow) and waits for it without holding the lock.
   can hand over its batch while the first is computed: the worker then never waits for
   tf.data between calls. :func:`augment` takes ``streams``, the workers wanted: a call uses
   only the first ``streams`` workers of the pool, takes an idle one, else (with that many
-  running) queues behind one, else starts one (~1 s). With ``streams`` None every call that
-  finds no idle worker starts one. Workers are shared by the whole process (:data:`pool`, a
+  running) queues behind one, else starts one (a new interpreter: slow). With ``streams``
+  None every call that finds no idle worker starts one. Workers are shared by the whole process (:data:`pool`, a
   :class:`WorkerPool`). One whose buffer is too small for a batch, or that died, is replaced.
   They end when their pipe closes: at exit, when :meth:`WorkerPool.shutdown` runs, or when
   this process dies; Ctrl-C is left to this process.
@@ -46,9 +46,9 @@ from keras_ptx.input.border import Border
 from keras_ptx.tf_errors import AugmentWorkerError
 
 # glibc hands each array of 128 KB or more (a float32 256 px image is 256 KB) to mmap and back,
-# and trims the heap as it shrinks, so every image faulted in fresh pages (~65 faults per 256 px
-# image). Keeping the worker's memory in its heap cut its CPU per image by ~25% (0.93 -> 0.69
-# ms, interleaved on the same batches). 32 MB is glibc's largest mmap threshold on 64 bits.
+# and trims the heap as it shrinks, so every image faulted in fresh pages. Keeping the worker's
+# memory in its heap saves that CPU (BENCHMARKS.md). 32 MB is glibc's largest mmap threshold on
+# 64 bits.
 WORKER_MALLOC = {"MALLOC_MMAP_THRESHOLD_": str(32 << 20), "MALLOC_TRIM_THRESHOLD_": str(256 << 20)}
 
 

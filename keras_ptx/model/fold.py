@@ -4,8 +4,7 @@ In inference a BatchNormalization is a per-channel affine map, ``y = (x - mean) 
 with ``scale = gamma / sqrt(var + eps)``; after a convolution (or a depthwise one) whose only
 consumer it is, it can be merged into that convolution's kernel (times ``scale`` per output
 channel) and bias (``(bias - mean) * scale + beta``). The folded network computes the same
-function with one op fewer per convolution: in bfloat16 on this project's CPU in 0.72-0.93x
-the unfolded network's time, in float32 0.94-0.99x (BENCHMARKS.md). Everything that runs a
+function with one op fewer per convolution, in less time (BENCHMARKS.md). Everything that runs a
 trained network for its answers (:class:`keras_ptx.inference.runner.Predictor`: evaluate,
 predict, export) runs the folded one, so they answer alike; training keeps the original layers.
 """

@@ -4,8 +4,7 @@ A Keras network reads every weight from a variable on each call (under a mixed p
 casts it to the compute dtype there). Frozen, the weights are constants of the graph: Grappler
 folds those casts once, and oneDNN reorders each convolution's filter into its own layout once
 and keeps it (it caches only constant filters). The same function, faster where weights weigh
-against activations: in bfloat16 on this project's CPU at batch 1 0.75x (B4) and 0.89x (B0)
-of the folded network's time, at batch 16 0.96-0.99x (BENCHMARKS.md). A graph cannot hold
+against activations (BENCHMARKS.md). A graph cannot hold
 more than 2 GB (a protocol buffer's limit, which a SavedModel's saved_model.pb shares), so
 only networks whose weights together stay under :data:`MAX_BYTES` are frozen (:func:`fits`).
 """
