@@ -1,0 +1,156 @@
+"""Where the node's predictions come from: a model in the process, or TF Serving.
+
+Every backend turns DICOM files into :class:`~keras_ptx.results.writers.Prediction` (the
+decoded image with its header, the mask ``bin/predict`` writes for it, the probability) or
+:class:`~keras_ptx.results.writers.Rejection` (the reason: unreadable, not a frontal chest
+radiograph), one per file in order, and names itself with a
+:class:`~keras_ptx.results.writers.ModelIdentity` (which the result objects' UIDs derive from):
+
+* :class:`RunModel`: RUN_DIRs or fold folders, through ``bin/predict``'s own
+  :class:`~keras_ptx.inference.predict.DicomPredictor`;
+* :class:`ExportModel`: a SavedModel of ``bin/export`` (a version folder, or a base whose
+  highest version is taken), called through its ``serving_compact`` signature;
+* :class:`ServerModel`: TF Serving's REST API (``http://host:8501/v1/models/NAME``), the same
+  signature through :mod:`keras_ptx.serving.client`.
+
+The two last receive each image as a PNG of its decoded pixels (lossless: the graph sees what
+``read_dicom`` gave).
+"""
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+from typing import Iterator
+
+import cv2
+import numpy as np
+
+from keras_ptx.node.config import NodeError
+
+log = logging.getLogger("keras_ptx.node")
+BATCH = 16                                  # images per call of an export or a server
+
+
+def open_model(model: tuple[str, ...], server: str | None, tta: str | None = None):
+    """The backend for ``--model`` paths or ``--model-server`` (exactly one is given)."""
+    if bool(model) == bool(server):
+        raise NodeError("give --model (a RUN_DIR, fold folder or export) or --model-server URL")
+    if server:
+        return ServerModel(server)
+    if len(model) == 1 and _export_version(model[0]):
+        return ExportModel(_export_version(model[0]))
+    return RunModel(model, tta)
+
+
+def _export_version(path: str) -> str | None:
+    """``path`` if it is a SavedModel, else its highest integer version holding one."""
+    if os.path.isfile(os.path.join(path, "saved_model.pb")):
+        return path
+    try:
+        versions = sorted((int(n) for n in os.listdir(path) if n.isdigit()), reverse=True)
+    except OSError:
+        return None
+    for version in versions:
+        if os.path.isfile(os.path.join(path, str(version), "saved_model.pb")):
+            return os.path.join(path, str(version))
+    return None
+
+
+def _png(image: np.ndarray) -> bytes:
+    ok, data = cv2.imencode(".png", image)
+    if not ok:
+        raise ValueError("PNG encoding failed")
+    return data.tobytes()
+
+
+class RunModel:
+    def __init__(self, paths: tuple[str, ...], tta: str | None = None):
+        from keras_ptx.inference.predict import DicomPredictor
+
+        self._model = DicomPredictor(list(paths), tta=tta, log=log.info)
+        self.identity = self._model.identity
+
+    def results(self, files: list[str]) -> Iterator:
+        return self._model.results(files, progress=False)
+
+    def warm_up(self) -> None:
+        """Trace the model's function on one blank image (before the node listens)."""
+        size = self._model.predictor.size
+        self._model.predictor.from_gray(np.zeros((1, size, size), np.uint8))
+
+
+class _SignatureModel:
+    """Reading and checking as ``bin/predict`` does, then ``serving_compact`` per batch."""
+
+    def results(self, files: list[str]) -> Iterator:
+        from keras_ptx.data.dicom import DicomError, read_dicom
+        from keras_ptx.data.eligibility import rejection
+        from keras_ptx.results.writers import Rejection
+
+        batch = []
+        for path in files:
+            try:
+                image = read_dicom(path)
+            except DicomError as exc:
+                yield Rejection(exc.path, exc.reason)
+                continue
+            reason = rejection(image.source.dataset)
+            if reason:
+                yield Rejection(image.path, reason)
+                continue
+            batch.append(image)
+            if len(batch) == BATCH:
+                yield from self._predictions(batch)
+                batch = []
+        if batch:
+            yield from self._predictions(batch)
+
+    def warm_up(self) -> None:
+        self.compact([_png(np.zeros((64, 64), np.uint8))])
+
+    def _predictions(self, images) -> Iterator:
+        from keras_ptx.data import rle
+        from keras_ptx.results.writers import Prediction
+
+        for image, answer in zip(images, self.compact([_png(i.pixels) for i in images])):
+            mask = rle.decode(answer["rle"], int(answer["height"]), int(answer["width"]))
+            yield Prediction(image=image, mask=mask.astype(bool),
+                             probability=float(answer["pneumothorax_probability"]))
+
+
+class ExportModel(_SignatureModel):
+    def __init__(self, version_dir: str):
+        from keras_ptx.results.writers import ModelIdentity
+        from keras_ptx.serving import SERVING_COMPACT
+        from keras_ptx.tf_setup import tf
+
+        self._tf = tf
+        loaded = tf.saved_model.load(version_dir)
+        if SERVING_COMPACT not in loaded.signatures:
+            raise NodeError(f"--model {version_dir}: the export has no {SERVING_COMPACT} "
+                            "signature (export it again with this version)")
+        self._loaded = loaded                 # the signature needs its object kept alive
+        self._signature = loaded.signatures[SERVING_COMPACT]
+        with open(os.path.join(version_dir, "saved_model.pb"), "rb") as f:
+            self.identity = ModelIdentity(model="export " + hashlib.sha256(f.read()).hexdigest()[:12])
+
+    def compact(self, pngs: list[bytes]) -> list[dict]:
+        answer = self._signature(image_bytes=self._tf.constant(pngs))
+        answer = {name: value.numpy() for name, value in answer.items()}
+        return [{name: value[i].decode() if isinstance(value[i], bytes) else value[i]
+                 for name, value in answer.items()} for i in range(len(pngs))]
+
+
+class ServerModel(_SignatureModel):
+    def __init__(self, url: str):
+        from keras_ptx.results.writers import ModelIdentity
+
+        self.url = url.rstrip("/").removesuffix(":predict")
+        self.identity = ModelIdentity(model="served " + self.url.rsplit("/models/", 1)[-1])
+
+    def compact(self, pngs: list[bytes]) -> list[dict]:
+        from keras_ptx.serving import SERVING_COMPACT
+        from keras_ptx.serving.client import predict
+
+        return predict(self.url + ":predict", pngs, signature_name=SERVING_COMPACT)
