@@ -51,6 +51,7 @@ COMMANDS = {
     "export": "keras_ptx.commands.export",
     "demo": "keras_ptx.commands.demo",
     "doctor": "keras_ptx.commands.doctor",
+    "serve-dicom": "keras_ptx.commands.serve_dicom",
 }
 
 
@@ -92,6 +93,7 @@ predict = _runner("predict")
 export = _runner("export")
 demo = _runner("demo")
 doctor = _runner("doctor")
+serve_dicom = _runner("serve-dicom")
 
 if __name__ == "__main__":
     main()
