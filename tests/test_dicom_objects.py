@@ -7,6 +7,7 @@ MONOCHROME1, JPEG 2000) and RG3_UNCR.dcm (an extremity CR). Every object must pa
 without an error and read back to what was built.
 """
 import dataclasses
+import json
 
 import numpy as np
 import pydicom
@@ -136,6 +137,41 @@ def test_the_compact_serving_answer_gives_the_same_objects_and_uids_are_stable(t
     np.testing.assert_array_equal(full["seg"].pixel_array, compact["seg"].pixel_array)
     other = build_objects(image.source.dataset, mask, 0.6, dataclasses.replace(IDENTITY, model="other"))
     assert other["seg"].SOPInstanceUID != full["seg"].SOPInstanceUID
+
+
+@pytest.mark.parametrize("positive", [True, False])
+def test_the_sr_document_is_what_highdicoms_comprehensive_3d_sr_makes(tmp_path, monkeypatch,
+                                                                       positive):
+    """report() wraps highdicom's TID 1500 content itself, skipping Comprehensive3DSR's
+    second pass; the document must be the same, attribute for attribute, but for the times."""
+    import highdicom as hd
+    from keras_ptx.results import dicom_objects
+
+    image = _source(tmp_path, "dx-rle-m1-16")
+    mask = _blob(image.pixels.shape) & positive
+    made = {}
+    wrap = dicom_objects._sr_document
+    monkeypatch.setattr(dicom_objects, "_sr_document",
+                        lambda *args: made.setdefault("ours", (args, wrap(*args)))[1])
+    ours = build_objects(image.source.dataset, mask, 0.4, IDENTITY)["sr"]
+    (source, content, evidence, identity, description), _ = made["ours"]
+    reference = hd.sr.Comprehensive3DSR(
+        evidence=evidence, content=content, series_instance_uid=ours.SeriesInstanceUID,
+        series_number=ours.SeriesNumber, sop_instance_uid=ours.SOPInstanceUID,
+        instance_number=ours.InstanceNumber, manufacturer="keras_ptx", is_complete=True,
+        series_description=description)
+
+    def comparable(ds):
+        return json.dumps(ds.to_json_dict(), sort_keys=True, default=str)
+
+    for ds in (ours, reference):
+        for keyword in ("InstanceCreationDate", "InstanceCreationTime", "ContentDate",
+                        "ContentTime"):
+            delattr(ds, keyword)
+        for item in ds.ContributingEquipmentSequence:
+            item.pop("ContributionDateTime", None)
+    assert comparable(ours) == comparable(reference)
+    assert ours.file_meta.MediaStorageSOPClassUID == reference.file_meta.MediaStorageSOPClassUID
 
 
 def test_masks_off_the_source_grid_and_unknown_kinds_are_refused(tmp_path):

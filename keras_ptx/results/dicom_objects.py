@@ -30,7 +30,7 @@ import highdicom as hd
 import numpy as np
 from pydicom.dataset import Dataset
 from pydicom.sr.codedict import codes
-from pydicom.uid import generate_uid
+from pydicom.uid import Comprehensive3DSRStorage, ExplicitVRLittleEndian, generate_uid
 
 from keras_ptx.data import rle
 from keras_ptx.data.eligibility import MANUFACTURER
@@ -159,7 +159,7 @@ def _with_usable_spacing(source: Dataset) -> Dataset:
 
 
 def report(source: Dataset, mask: np.ndarray, probability: float, identity: ModelIdentity,
-           description: str, seg: hd.seg.Segmentation | None) -> hd.sr.Comprehensive3DSR:
+           description: str, seg: hd.seg.Segmentation | None) -> hd.SOPClass:
     present = bool(mask.any())
     area = _area(source, mask)
     algorithm = hd.sr.AlgorithmIdentification(name=MANUFACTURER,
@@ -193,10 +193,58 @@ def report(source: Dataset, mask: np.ndarray, probability: float, identity: Mode
         observation_context=hd.sr.ObservationContext(observer_device_context=observer),
         procedure_reported=CHEST_RADIOGRAPH, imaging_measurements=groups,
         title=codes.cid7021.ImagingMeasurementReport)
-    return hd.sr.Comprehensive3DSR(
-        evidence=[source] + ([seg] if seg is not None else []), content=content,
-        **_series(source, identity, "sr"), manufacturer=MANUFACTURER, is_complete=True,
+    return _sr_document(source, content, [source] + ([seg] if seg is not None else []),
+                        identity, description)
+
+
+def _sr_document(source: Dataset, content, evidence: list, identity: ModelIdentity,
+                 description: str) -> hd.SOPClass:
+    """The Comprehensive 3D SR document around ``content``, attribute for attribute what
+    ``highdicom.sr.Comprehensive3DSR`` makes (tests/test_dicom_objects.py compares them), but
+    without its second pass over the content: a deep copy, a re-parse to validate what
+    highdicom's own templates just built, and a search of the tree for the references that
+    ``evidence`` already lists. That pass took most of the SR's time."""
+    document = hd.SOPClass(
+        study_instance_uid=source.StudyInstanceUID, **_series(source, identity, "sr"),
+        sop_class_uid=Comprehensive3DSRStorage, modality="SR", manufacturer=MANUFACTURER,
+        transfer_syntax_uid=ExplicitVRLittleEndian, patient_id=source.get("PatientID"),
+        patient_name=source.get("PatientName"),
+        patient_birth_date=source.get("PatientBirthDate"),
+        patient_sex=source.get("PatientSex"), accession_number=source.get("AccessionNumber"),
+        study_id=source.get("StudyID"), study_date=source.get("StudyDate"),
+        study_time=source.get("StudyTime"),
+        referring_physician_name=source.get("ReferringPhysicianName"),
+        specific_character_set=source.get("SpecificCharacterSet"),
         series_description=description)
+    document.CompletionFlag, document.VerificationFlag = "COMPLETE", "UNVERIFIED"
+    document.PreliminaryFlag = "PRELIMINARY"
+    for tag, value in content[0].items():
+        document[tag] = value
+    document.CurrentRequestedProcedureEvidenceSequence = [_evidence(evidence)]
+    document.PerformedProcedureCodeSequence = []
+    document.ReferencedPerformedProcedureStepSequence = []
+    document.copy_patient_and_study_information(source)
+    document.ContributingEquipmentSequence = [hd.ContributingEquipment.for_highdicom()]
+    if source.get("Manufacturer"):     # the acquisition equipment, as highdicom lists it
+        document.ContributingEquipmentSequence.insert(
+            0, hd.ContributingEquipment.for_image_acquisition(source))
+    return document
+
+
+def _evidence(instances: list) -> Dataset:
+    """The study's item of the evidence sequence: each instance under its series."""
+    study = Dataset()
+    study.ReferencedSeriesSequence = []
+    for instance in instances:
+        reference = Dataset()
+        reference.ReferencedSOPClassUID = instance.SOPClassUID
+        reference.ReferencedSOPInstanceUID = instance.SOPInstanceUID
+        series = Dataset()
+        series.ReferencedSOPSequence = [reference]
+        series.SeriesInstanceUID = instance.SeriesInstanceUID
+        study.ReferencedSeriesSequence.append(series)
+    study.StudyInstanceUID = instances[0].StudyInstanceUID
+    return study
 
 
 def _area(source: Dataset, mask: np.ndarray) -> hd.sr.Measurement:
