@@ -17,7 +17,7 @@ from typing import Sequence
 
 from keras_ptx import rundir
 from keras_ptx.config import Config, Precision, Tta
-from keras_ptx.fileio import exists
+from keras_ptx.fileio import exists, join
 from keras_ptx.inference.postprocess import PostProcess
 from keras_ptx.inference.runner import Predictor
 from keras_ptx.inference.trained import TrainedRun
@@ -72,7 +72,7 @@ class Ensemble:
 def _saved_rule(folder: str, config: Config) -> tuple[PostProcess, str]:
     """``folder``'s postprocess.json (a run's, a fold folder's or an ensemble folder's) and its
     path, else the ``eval.threshold`` pixel threshold and why."""
-    path = rundir.path(folder, rundir.POSTPROCESS)
+    path = join(folder, rundir.POSTPROCESS)
     if not exists(path):
         threshold = config.eval.threshold
         return (PostProcess(threshold=threshold),
