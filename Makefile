@@ -8,7 +8,7 @@ PY := $(VENV)/bin/python
 # its module fixtures (trained runs, exports) are built once.
 WORKERS ?= 2
 
-.PHONY: demo test test-fast test-demo bench clean-demo
+.PHONY: demo test test-fast test-demo test-node services bench clean-demo
 
 $(STAMP): setup.py setup.cfg
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -27,6 +27,13 @@ test-fast: $(STAMP)
 
 test-demo: $(STAMP)
 	$(PY) -m pytest -q -m demo
+
+# The DICOM node against Orthanc and dcmtk (installed by `make services` as root).
+services: $(STAMP)
+	$(PY) tests/dicom_services.py
+
+test-node: services
+	KERAS_PTX_NODE_TESTS=1 $(PY) -m pytest -q --durations=10 tests/test_node_orthanc.py
 
 clean-demo:
 	rm -rf demo-run

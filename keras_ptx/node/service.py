@@ -151,7 +151,7 @@ class Node:
                         key, time.monotonic() - self.config.quiet_seconds + wait)
 
     def _predict_study(self, key: str) -> None:
-        from keras_ptx.results.writers import Rejection
+        from keras_ptx.inference.prediction import Rejection
 
         files = [self.spool.instance_file(key, i) for i in self.spool.pending(key)]
         for item in self.model.results(files):
@@ -184,6 +184,7 @@ class Node:
         self.status.add("positives", positive)
 
     def _skip(self, key: str, instance: str, reason: str) -> None:
+        reason = " ".join(reason.split())[:300]         # one line, whatever a decoder said
         log.info("instance %s of study %s skipped: %s", instance[:SHORT], key[:SHORT], reason)
         self.spool.record(key, instance, {"outcome": "skipped", "reason": reason})
         self.status.add("skipped")

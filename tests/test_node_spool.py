@@ -1,0 +1,210 @@
+"""The node's receiving side without a model or a PACS: real pynetdicom associations into a
+node running in this process, its spool on a real (and, for the full disk, a tiny tmpfs) disk.
+
+Predictions never start here (the quiet period is an hour); tests/test_node_orthanc.py runs
+the whole path against Orthanc and dcmtk.
+"""
+import os
+import shutil
+import stat
+import subprocess
+
+import numpy as np
+import pytest
+from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.uid import ComputedRadiographyImageStorage, ExplicitVRLittleEndian, generate_uid
+from pynetdicom import AE
+from pynetdicom.sop_class import Verification
+
+from keras_ptx.node.config import Destination, NodeConfig, NodeError, parse_destination
+from keras_ptx.node.receiver import server_tls
+from keras_ptx.node.sender import Backoff, CStoreSender, client_tls
+from keras_ptx.node.service import Node
+from keras_ptx.node.spool import Spool, digest
+from keras_ptx.inference.prediction import ModelIdentity
+
+HOST = "127.0.0.1"
+
+
+class NotCalled:
+    """The model slot of a node that must not predict in these tests."""
+    identity = ModelIdentity(model="not called")
+
+    def results(self, files):
+        raise AssertionError("no prediction expected")
+
+
+def _free_port():
+    import socket
+
+    with socket.socket() as s:
+        s.bind((HOST, 0))
+        return s.getsockname()[1]
+
+
+def _radiograph(side=64, study="1.2.826.0.1.3680043.10.9999.7"):
+    ds = Dataset()
+    ds.file_meta = FileMetaDataset()
+    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds.SOPClassUID, ds.SOPInstanceUID = ComputedRadiographyImageStorage, generate_uid()
+    ds.StudyInstanceUID, ds.SeriesInstanceUID = study, study + ".1"
+    ds.PatientName, ds.PatientID, ds.Modality = "Test^Patient", "P1", "CR"
+    ds.Rows = ds.Columns = side
+    ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
+    ds.BitsAllocated = ds.BitsStored = 8
+    ds.HighBit, ds.PixelRepresentation = 7, 0
+    ds.PixelData = np.zeros((side, side), np.uint8).tobytes()
+    return ds
+
+
+@pytest.fixture
+def node_at(tmp_path):
+    """Start nodes (spool, **settings) in this process; all stopped and the umask restored."""
+    nodes, umask = [], os.umask(0o022)
+    os.umask(umask)
+
+    def start(spool, tls=None, **settings):
+        config = NodeConfig(**{"ae_title": "KPTX", "port": _free_port(), "spool": str(spool),
+                               "allowed": ("PACS",), "destination": Destination("X", HOST, 9),
+                               "quiet_seconds": 3600, **settings})
+        node = Node(config, NotCalled(), CStoreSender(config.destination, "KPTX"), tls)
+        node.start()
+        nodes.append(node)
+        return node
+    yield start
+    for node in nodes:
+        node.stop()
+    os.umask(umask)
+
+
+def _store(port, ds, calling="PACS", tls=None):
+    ae = AE(ae_title=calling)
+    ae.add_requested_context(ds.SOPClassUID, ExplicitVRLittleEndian)
+    assoc = ae.associate(HOST, port, ae_title="KPTX", tls_args=tls)
+    if not assoc.is_established:
+        return None
+    try:
+        return assoc.send_c_store(ds).Status
+    finally:
+        assoc.release()
+
+
+def test_an_instance_is_on_the_disk_privately_before_success(node_at, tmp_path):
+    node = node_at(tmp_path / "spool")
+    ds = _radiograph()
+    assert _store(node.config.port, ds) == 0x0000
+    key, instance = digest(ds.StudyInstanceUID), digest(ds.SOPInstanceUID)
+    path = node.spool.instance_file(key, instance)
+    assert stat.S_IMODE(os.stat(path).st_mode) == 0o600
+    assert stat.S_IMODE(os.stat(os.path.dirname(path)).st_mode) == 0o700
+    assert node.spool.study(key)["state"] == "received"
+    assert node.spool.pending(key) == [instance]
+    import pydicom
+    assert pydicom.dcmread(path).SOPInstanceUID == ds.SOPInstanceUID
+    names = " ".join(os.listdir(node.spool.path(key)) + os.listdir(node.spool.path(key, "in")))
+    assert ds.StudyInstanceUID not in names and ds.SOPInstanceUID not in names
+
+
+def test_an_ae_title_not_on_the_list_is_refused_at_association(node_at, tmp_path):
+    node = node_at(tmp_path / "spool")
+    assert _store(node.config.port, _radiograph(), calling="INTRUDER") is None
+    assert _store(node.config.port, _radiograph(), calling="PACS") == 0x0000
+
+
+def test_a_full_disk_answers_out_of_resources_and_leaves_nothing_half_written(node_at,
+                                                                              tmp_path):
+    if os.geteuid() != 0:
+        pytest.skip("mounting a tmpfs needs root")
+    mount = tmp_path / "small"
+    mount.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=512k", "tmpfs", str(mount)],
+                      capture_output=True).returncode != 0:
+        pytest.skip("cannot mount a tmpfs here")
+    try:
+        node = node_at(mount / "spool")
+        filler = mount / "filler"
+        free = shutil.disk_usage(mount).free
+        filler.write_bytes(bytes(free - 64 * 1024))          # 64 KB left
+        big = _radiograph(side=400)                          # 160 KB of pixels
+        assert _store(node.config.port, big) == 0xA700
+        leftovers = [f for _, _, files in os.walk(mount / "spool" / "studies") for f in files
+                     if not f.endswith("study.json")]
+        assert leftovers == []
+        assert node.spool.pending(digest(big.StudyInstanceUID)) == []
+        filler.unlink()
+        assert _store(node.config.port, big) == 0x0000       # room again: stored
+        assert node.spool.pending(digest(big.StudyInstanceUID)) == [digest(big.SOPInstanceUID)]
+        node.stop()
+    finally:
+        subprocess.run(["umount", "-l", str(mount)], check=False)
+
+
+def test_an_answered_instance_is_not_answered_again_and_progress_is_read_from_files(tmp_path):
+    spool = Spool(tmp_path / "spool")
+    key, new = spool.store("1.2.3", "1.2.3.4", b"DICM")
+    assert new and spool.pending(key) == [digest("1.2.3.4")]
+    spool.record(key, digest("1.2.3.4"), {"outcome": "predicted", "positive": False},
+                 [_radiograph()])
+    assert spool.pending(key) == [] and len(spool.outbox(key)) == 1
+    assert spool.store("1.2.3", "1.2.3.4", b"DICM") == (key, False)
+    spool.acknowledge(spool.outbox(key)[0])
+    assert spool.outbox(key) == [] and os.listdir(spool.path(key, "sent"))
+    spool.remove(key)
+    assert spool.keys() == [] and os.listdir(spool.trash) == []
+
+
+def test_counters_continue_after_a_restart(node_at, tmp_path):
+    node = node_at(tmp_path / "spool")
+    assert _store(node.config.port, _radiograph()) == 0x0000
+    node.stop()
+    again = node_at(tmp_path / "spool")
+    assert _store(again.config.port, _radiograph()) == 0x0000
+    again.status.flush()
+    import json
+    assert json.loads((tmp_path / "spool" / "status.json").read_text())["received"] == 2
+
+
+def _certificates(folder):
+    """A CA and a certificate it signed for 127.0.0.1 (openssl)."""
+    def run(*args):
+        subprocess.run(["openssl", *args], check=True, capture_output=True, cwd=folder)
+    run("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", "ca.key", "-out", "ca.pem",
+        "-days", "2", "-subj", "/CN=test CA")
+    run("req", "-newkey", "rsa:2048", "-nodes", "-keyout", "node.key", "-out", "node.csr",
+        "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1")
+    (folder / "ext.cnf").write_text("subjectAltName=IP:127.0.0.1\n")
+    run("x509", "-req", "-in", "node.csr", "-CA", "ca.pem", "-CAkey", "ca.key",
+        "-CAcreateserial", "-out", "node.pem", "-days", "2", "-extfile", "ext.cnf")
+    return [str(folder / name) for name in ("node.pem", "node.key", "ca.pem")]
+
+
+def test_tls_lets_in_only_peers_with_a_certificate(node_at, tmp_path):
+    if shutil.which("openssl") is None:
+        pytest.skip("needs openssl")
+    cert, key, ca = _certificates(tmp_path)
+    node = node_at(tmp_path / "spool", tls=server_tls(cert, key, ca))
+    assert _store(node.config.port, _radiograph(), tls=(client_tls(cert, key, ca), HOST)) == 0
+    ae = AE(ae_title="PACS")
+    ae.add_requested_context(Verification)
+    plain = ae.associate(HOST, node.config.port, ae_title="KPTX")
+    assert not plain.is_established
+
+
+def test_settings_are_checked_with_the_option_named():
+    with pytest.raises(NodeError, match="--allow"):
+        NodeConfig(ae_title="KPTX", port=1, spool="s", allowed=(), destination=None,
+                   stow_url="http://x")
+    with pytest.raises(NodeError, match="exactly one of --send-to"):
+        NodeConfig(ae_title="KPTX", port=1, spool="s", allowed=("A",))
+    with pytest.raises(NodeError, match="AE title"):
+        NodeConfig(ae_title="A" * 17, port=1, spool="s", allowed=("A",), stow_url="http://x")
+    assert parse_destination("PACS@10.0.0.5:104") == Destination("PACS", "10.0.0.5", 104)
+    with pytest.raises(NodeError, match="AE@host:port"):
+        parse_destination("PACS:104")
+
+
+def test_backoff_doubles_to_its_limit_and_resets():
+    backoff = Backoff(1.0, 5.0)
+    assert [backoff.next_wait() for _ in range(5)] == [1, 2, 4, 5, 5]
+    backoff.reset()
+    assert backoff.next_wait() == 1
