@@ -26,6 +26,7 @@ import numpy as np
 from tqdm import tqdm
 
 from keras_ptx import rundir
+from keras_ptx.config import Config
 from keras_ptx.data.records_dir import RecordsDir
 from keras_ptx.errors import UserError
 from keras_ptx.fileio import join, write_atomic
@@ -51,12 +52,37 @@ class EvaluateError(UserError):
 
 @dataclass
 class Pass:
-    """What one model pass over a split leaves behind."""
+    """What the model passes over a split leave behind."""
     cache: MapCache
     image_ids: list = field(default_factory=list)
     labels: list = field(default_factory=list)          # has_pneumothorax on the original grid
     mask_area: list = field(default_factory=list)       # pixels on the original grid
     unlabeled: int = 0
+    scored: dict = field(default_factory=dict)          # data.fold (as text) -> images scored
+    label_head: bool = True     # every scorer's image-level probability is its label head's
+
+
+@dataclass(frozen=True)
+class Scorer:
+    """Networks that score the images of ``config``'s split (a fold run's: its own fold)."""
+    name: str
+    models: list
+    config: Config
+
+
+@dataclass(frozen=True)
+class Inputs:
+    """What one evaluation reads and where it writes."""
+    paths: list[str]            # the --model runs or folders
+    records: RecordsDir
+    folder: str                 # where eval/ (and postprocess.json) go
+    ensemble_folder: bool       # the folder was named (--out): it lists its members
+    folds: bool                 # a fold folder, evaluated out of fold
+    scorers: list[Scorer]
+
+    @property
+    def config(self) -> Config:
+        return self.scorers[0].config
 
 
 def evaluate(run_dir, data_dir: str, split: str = "val", tta: str | None = None,
@@ -75,8 +101,21 @@ def evaluate(run_dir, data_dir: str, split: str = "val", tta: str | None = None,
 
     Returns the report (as written to report.json).
     """
-    from keras_ptx.tf_setup import tf
+    inputs = resolve_inputs(run_dir, data_dir, split, checkpoints, report_to)
+    tta = tta or inputs.config.eval.tta     # evaluate tunes a rule, so not the saved rule's TTA
+    seen = model_passes(inputs, split, tta, batch_size, grid, progress)
+    results = search(seen.cache, gated=seen.label_head)
+    chosen = choose(results)
+    saved = write_rule(inputs, chosen.post, tta, checkpoints,
+                       split == "val" if save_postprocess is None else save_postprocess)
+    return write_report(inputs, split, tta, checkpoints, batch_size, seen, results, chosen,
+                        saved, cases)
 
+
+def resolve_inputs(run_dir, data_dir: str, split: str, checkpoints: int,
+                   report_to: str | None) -> Inputs:
+    """The runs, their networks and the records an evaluation reads (EvaluateError for what
+    cannot be evaluated)."""
     paths = [str(run_dir)] if isinstance(run_dir, (str, os.PathLike)) else list(map(str, run_dir))
     if split == "test":
         raise EvaluateError("the test split holds the images built without labels: nothing to "
@@ -86,57 +125,77 @@ def evaluate(run_dir, data_dir: str, split: str = "val", tta: str | None = None,
                             "report and rule with --out (then --model OUT predicts and exports "
                             "the ensemble with it)")
     records = RecordsDir.open(data_dir)
-    run_dir = str(report_to) if report_to is not None else paths[0]
     marker = rundir.read_json(paths[0], rundir.FOLDS) if len(paths) == 1 else None
-    folds = marker is not None
-    runs = _runs(paths[0], marker, records, split) if len(paths) == 1 else None
-    if runs is None:                                  # an ensemble of several: one scorer
+    if len(paths) > 1:                                  # an ensemble of several: one scorer
         ensemble = Ensemble(paths, checkpoints)
-        scorers = [(split, ensemble.models, ensemble.config)]
+        scorers = [Scorer(split, ensemble.models, ensemble.config)]
     else:
-        scorers = [(f"fold {run.config.data.fold}" if folds else split,
-                    checkpoint_models(run, checkpoints), run.config) for run in runs]
-    config = scorers[0][2]
-    tta = tta or config.eval.tta        # evaluate tunes a rule, so not the saved rule's TTA
-    side = config.data.image_size
-    seen = Pass(MapCache(grid, side))
-    scored = {}
+        scorers = [Scorer(f"fold {run.config.data.fold}" if marker is not None else split,
+                          checkpoint_models(run, checkpoints), run.config)
+                   for run in _runs(paths[0], marker, records, split)]
+    folder = str(report_to) if report_to is not None else paths[0]
+    return Inputs(paths, records, folder, report_to is not None, marker is not None, scorers)
+
+
+def model_passes(inputs: Inputs, split: str, tta: str, batch_size: int | None,
+                 grid: SearchGrid, progress: bool) -> Pass:
+    """Each scorer's maps of its images, in one :class:`Pass` (EvaluateError for damaged
+    records or nothing labeled)."""
+    from keras_ptx.tf_setup import tf
+
+    seen = Pass(MapCache(grid, inputs.config.data.image_size))
     try:
-        for name, models, run_config in scorers:
-            predictor = Predictor(models, tta)
+        for scorer in inputs.scorers:
+            predictor = Predictor(scorer.models, tta)
+            seen.label_head = seen.label_head and predictor.has_label_head
             before = len(seen.cache)
-            _run_model(predictor, _dataset(run_config, records, split, batch_size), seen,
-                       f"evaluate {name}", progress, _total(records, run_config, split))
-            scored[str(run_config.data.fold)] = len(seen.cache) - before
+            _run_model(predictor, _dataset(scorer.config, inputs.records, split, batch_size),
+                       seen, f"evaluate {scorer.name}", progress,
+                       _total(inputs.records, scorer.config, split))
+            seen.scored[str(scorer.config.data.fold)] = len(seen.cache) - before
     except tf.errors.DataLossError as exc:
-        raise EvaluateError(damaged_records(data_dir, exc)) from None
+        raise EvaluateError(damaged_records(str(inputs.records), exc)) from None
     if len(seen.cache) == 0:
-        raise EvaluateError(f"the {split} split of {data_dir} has no labeled images to score "
-                            f"({seen.unlabeled} unlabeled)")
-    results = search(seen.cache, gated=predictor.has_label_head)
-    chosen = choose(results)
-    if report_to is not None:
-        tf.io.gfile.makedirs(run_dir)
-        write_atomic(rundir.path(run_dir, rundir.ENSEMBLE), json.dumps(
-            {"members": paths, "checkpoints": checkpoints}, indent=1) + "\n")
-    saved = None
-    if split == "val" if save_postprocess is None else save_postprocess:
-        saved = rundir.path(run_dir, rundir.POSTPROCESS)
-        dataclasses.replace(chosen.post, tta=tta).save(saved)
+        raise EvaluateError(f"the {split} split of {inputs.records} has no labeled images to "
+                            f"score ({seen.unlabeled} unlabeled)")
+    return seen
 
-    def dataset():
-        return functools.reduce(tf.data.Dataset.concatenate, (
-            _dataset(run_config, records, split, batch_size) for _, _, run_config in scorers))
 
-    out = rundir.eval_dir(run_dir, split)
+def write_rule(inputs: Inputs, post, tta: str, checkpoints: int, save: bool) -> str | None:
+    """An ensemble folder's members file, and with ``save`` the chosen rule with its TTA in
+    the folder's postprocess.json (its path; None when not saved)."""
+    from keras_ptx.tf_setup import tf
+
+    if inputs.ensemble_folder:
+        tf.io.gfile.makedirs(inputs.folder)
+        write_atomic(rundir.path(inputs.folder, rundir.ENSEMBLE), json.dumps(
+            {"members": inputs.paths, "checkpoints": checkpoints}, indent=1) + "\n")
+    if not save:
+        return None
+    saved = rundir.path(inputs.folder, rundir.POSTPROCESS)
+    dataclasses.replace(post, tta=tta).save(saved)
+    return saved
+
+
+def write_report(inputs: Inputs, split: str, tta: str, checkpoints: int,
+                 batch_size: int | None, seen: Pass, results: dict, chosen, saved: str | None,
+                 cases: int) -> dict:
+    """report.json, report.md, the plots and the case overlays in the folder's eval dir; the
+    report."""
+    from keras_ptx.tf_setup import tf
+
+    out = rundir.eval_dir(inputs.folder, split)
     tf.io.gfile.makedirs(join(out, CASES))
+    side = inputs.config.data.image_size
     labels = np.array(seen.labels, dtype=bool)
     image_prob = seen.cache.all_cls_prob()
     truth_empty = seen.cache.truth_sums() == 0
+    paths = inputs.paths
     report = {
-        "run_dir": paths[0] if len(paths) == 1 else paths, "data": str(data_dir), "split": OUT_OF_FOLD if folds else split,
+        "run_dir": paths[0] if len(paths) == 1 else paths, "data": str(inputs.records),
+        "split": OUT_OF_FOLD if inputs.folds else split,
         "tta": tta, "checkpoints": checkpoints, "images": len(seen.cache), "positives": int(labels.sum()),
-        "unlabeled_skipped": seen.unlabeled, "images_per_fold": scored if folds else None,
+        "unlabeled_skipped": seen.unlabeled, "images_per_fold": seen.scored if inputs.folds else None,
         "resolution": {
             "scored_at": f"{side}x{side} record grid",
             "note": (f"Scores are computed on the {side}x{side} record grid (the records hold "
@@ -154,14 +213,15 @@ def evaluate(run_dir, data_dir: str, split: str = "val", tta: str | None = None,
         "chosen": chosen.post.name,
         "postprocess_file": saved,
         "image_level": {
-            "source": "label head" if predictor.has_label_head else "maximum pixel probability",
+            "source": "label head" if seen.label_head else "maximum pixel probability",
             **classification_metrics(image_prob, labels, 0.5)},
     }
     if chosen.post.cls_threshold is not None:
         report["image_level"]["at_chosen_gate"] = classification_metrics(
             image_prob, labels, chosen.post.cls_threshold)
     report["plots"] = _plot(out, results, image_prob, labels, report["image_level"]["auc"])
-    report["cases"] = _draw_cases(seen, chosen, dataset(), join(out, CASES), cases)
+    report["cases"] = _draw_cases(seen, chosen, _case_dataset(inputs, split, batch_size),
+                                  join(out, CASES), cases)
     write_atomic(join(out, rundir.EVAL_REPORT), json.dumps(report, indent=2) + "\n")
     write_atomic(join(out, rundir.EVAL_REPORT_MD), report_md.to_markdown(report))
     return report
@@ -244,8 +304,24 @@ def case_picks(dice: np.ndarray, positive: np.ndarray, n: int) -> tuple[np.ndarr
             wrong[np.argsort(dice[wrong], kind="stable")][:n])
 
 
+def _case_dataset(inputs: Inputs, split: str, batch_size: int | None):
+    """The scorers' images again, as uint8 gray ``[B, S, S]`` (each scorer's normalisation
+    undone), for the case overlays."""
+    from keras_ptx.tf_setup import tf
+
+    def gray(normalization, batch):
+        value = gray_from_model_input(batch["image"], normalization)[..., 0] * 255.0
+        return {**batch, "image": tf.cast(tf.clip_by_value(tf.round(value), 0, 255), tf.uint8)}
+
+    return functools.reduce(tf.data.Dataset.concatenate, (
+        _dataset(scorer.config, inputs.records, split, batch_size).map(
+            functools.partial(gray, scorer.config.model.normalization))
+        for scorer in inputs.scorers))
+
+
 def _draw_cases(seen: Pass, chosen, dataset, out: str, n: int) -> list[dict]:
-    """Overlays of the :func:`case_picks` of the chosen rule."""
+    """Overlays of the :func:`case_picks` of the chosen rule (``dataset``: batches with uint8
+    gray images)."""
     dice = chosen.dice
     best, worst = case_picks(dice, seen.cache.truth_sums() > 0, n)
     wanted = {}
@@ -263,16 +339,10 @@ def _draw_cases(seen: Pass, chosen, dataset, out: str, n: int) -> list[dict]:
                 pred = chosen.post.apply(proxy, cls[i])
                 name = f"{tag}-{rank}-{plots.safe_filename(seen.image_ids[i])}.png"
                 caption = f"{tag} {rank}: Dice {dice[i]:.3f}"
-                plots.save_png(join(out, name), plots.overlay(_gray(image), pred, truth, caption,
+                plots.save_png(join(out, name), plots.overlay(image, pred, truth, caption,
                                                                  min_side=CASE_SIDE))
                 cases.append({"case": tag, "rank": rank, "image_id": seen.image_ids[i],
                               "dice": float(dice[i]), "file": f"{CASES}/{name}"})
         if not wanted:
             break
     return sorted(cases, key=lambda c: (c["case"], c["rank"]))
-
-
-def _gray(image: np.ndarray) -> np.ndarray:
-    """Undo the encoder normalisation of a record image (all three channels are the same gray)."""
-    value = gray_from_model_input(image)[..., 0] * 255.0
-    return np.clip(np.rint(value), 0, 255).astype(np.uint8)
