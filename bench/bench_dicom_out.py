@@ -34,7 +34,7 @@ from keras_ptx.fileio import write_atomic
 from keras_ptx.inference import plots
 from keras_ptx.results.dicom_files import encode, object_path
 from keras_ptx.results.dicom_objects import build_objects
-from keras_ptx.results.writers import ModelIdentity
+from keras_ptx.inference.prediction import ModelIdentity
 from keras_ptx.synthetic.dataset import Options, make_dataset
 from keras_ptx.synthetic.dicom_writer import write_dicom
 from keras_ptx.synthetic.radiograph import generate_image
@@ -82,7 +82,7 @@ def draw_figure(image, seg_path: str, out: str, width: int = 512) -> None:
 
 
 def time_predict(folder: str, images: int, size: int, rounds: int) -> dict:
-    from keras_ptx.inference.predict import predict
+    from keras_ptx.results.predict import predict
     from keras_ptx.model import build_model
     from trained_like import randomise_batch_norms
 

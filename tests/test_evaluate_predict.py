@@ -487,7 +487,7 @@ def test_predict_writes_valid_dicom_objects_for_frontal_chest_images_only(run, t
     from dicom_checks import dciodvfy_errors, seg_mask, sr_finding
     from keras_ptx.results.dicom_files import encode
     from keras_ptx.results.dicom_objects import build_objects
-    from keras_ptx.results.writers import ModelIdentity
+    from keras_ptx.inference.prediction import ModelIdentity
 
     rng, folder = np.random.default_rng(3), tmp_path / "in"
     formats = [("cr", "jpeg_baseline", "MONOCHROME2", 8, (96, 80), "PA"),

@@ -4,7 +4,8 @@ import pytest
 
 from keras_ptx.data.dicom import DicomHeader, SourceHeader
 from keras_ptx.results.tables import ErrorsCsv, PredictionsCsv, SubmissionCsv
-from keras_ptx.results.writers import ModelIdentity, Outputs, Prediction, Rejection, Writer
+from keras_ptx.inference.prediction import ModelIdentity, Prediction, Rejection
+from keras_ptx.results.writers import Outputs, Writer
 
 IDENTITY = ModelIdentity("abc")
 

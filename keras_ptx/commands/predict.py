@@ -58,7 +58,7 @@ def command(run_dir, checkpoints, dicom_dir, out, layout, overlays, tta, batch_s
     Segmentation and Structured Report per image (negatives included), for a PACS.
     """
     from keras_ptx.fileio import join
-    from keras_ptx.inference.predict import predict
+    from keras_ptx.results.predict import predict
 
     summary = predict(run_dir, dicom_dir, out, layout=layout, overlays=overlays, tta=tta,
                       checkpoints=checkpoints, batch_size=batch_size,

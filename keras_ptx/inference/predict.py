@@ -1,29 +1,20 @@
-"""``bin/predict``: DICOM folder -> submission.csv, per-image predictions, optional overlays
-and DICOM result objects.
+"""A model that turns DICOM files into predictions: :class:`DicomPredictor`.
 
-Files are streamed in sorted order, a batch at a time: read with the project's DICOM reader,
-checked to be what the model was made for (:func:`~keras_ptx.data.eligibility.rejection`: one
-frontal chest radiograph), mapped onto the model's square grid
+Files are taken in order, a batch at a time: read with the project's DICOM reader, checked to
+be what the model was made for (:func:`~keras_ptx.data.eligibility.rejection`: one frontal
+chest radiograph), mapped onto the model's square grid
 (:func:`~keras_ptx.data.geometry.image_to_square`), run through the model, mapped back to each
 image's own size and post-processed there with the run's saved rule (RUN_DIR/postprocess.json;
 the run's ``eval.threshold`` pixel threshold, the paper's 0.75 by default, when evaluate has
 not been run). The mapping back is :func:`~keras_ptx.inference.postprocess.image_map`, the TF
 op the SavedModel uses too, so an export's ``serving_default`` answers the same masks and RLEs
-as this does.
-
-:class:`DicomPredictor` is the loaded model that turns files into
-:class:`~keras_ptx.results.writers.Prediction` and :class:`~keras_ptx.results.writers.Rejection`
-items; every output is a :class:`~keras_ptx.results.writers.Writer` fed in a background thread
-(:class:`~keras_ptx.results.writers.Outputs`): OUT/submission.csv, predictions.csv and
-errors.csv (:mod:`keras_ptx.results.tables`), overlays/ (:mod:`keras_ptx.results.overlays`),
-and with ``dicom_out`` a DICOM Segmentation, Structured Report and optionally a Secondary
-Capture per image (:mod:`keras_ptx.results.dicom_files`).
+as this does. Each file becomes a :class:`~keras_ptx.inference.prediction.Prediction` or a
+:class:`~keras_ptx.inference.prediction.Rejection`; ``bin/predict``
+(:mod:`keras_ptx.results.predict`) and the DICOM node write them.
 """
 from __future__ import annotations
 
 import hashlib
-import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator, Sequence
 
@@ -32,37 +23,21 @@ from tqdm import tqdm
 
 from keras_ptx import rundir
 from keras_ptx.data.annotations import IMAGE_ID
-from keras_ptx.data.dicom import (DICOM_SUFFIXES, DicomError, DicomImage, find_dicom_files,
-                                  read_dicom, read_dicom_header)
+from keras_ptx.data.dicom import (DicomError, DicomImage, find_dicom_files, read_dicom,
+                                  read_dicom_header)
 from keras_ptx.data.eligibility import rejection as eligibility_rejection
 from keras_ptx.data.geometry import image_to_square
 from keras_ptx.errors import UserError
-from keras_ptx.fileio import check_openable, read_bytes
+from keras_ptx.fileio import read_bytes
 from keras_ptx.inference.ensemble import Ensemble
-from keras_ptx.inference.postprocess import PostProcess, image_map
-from keras_ptx.results.dicom_files import DicomObjectFiles
-from keras_ptx.results import DEFAULT_KINDS, DESCRIPTION
-from keras_ptx.results.overlays import OverlayPngs
-from keras_ptx.results.tables import ErrorsCsv, PredictionsCsv, SubmissionCsv
-from keras_ptx.results.writers import ModelIdentity, Outputs, Prediction, Rejection, Writer
+from keras_ptx.inference.postprocess import image_map
+from keras_ptx.inference.prediction import ModelIdentity, Prediction, Rejection
 
 IDENTITY_CHARS = 12
 
 
 class PredictError(UserError):
     """Prediction cannot start (no run, no input, unusable post-processing)."""
-
-
-@dataclass
-class Summary:
-    images: int
-    positives: int
-    errors: int
-    filled: int                      # of the errors, images submitted as -1 (header readable)
-    seconds: float
-    postprocess: PostProcess
-    postprocess_source: str          # the file it came from, or why the default was used
-    out: str
 
 
 def dicom_files(dicom_dir) -> tuple[list[Path], int]:
@@ -169,47 +144,6 @@ class DicomPredictor:
             mask = self.post.apply(prob_map, float(p)).astype(bool)
             bar.update(1)
             yield Prediction(image=image, mask=mask, probability=float(p), outside_use=outside)
-
-
-def predict(run_dir, dicom_dir, out, layout: str = "stage1", overlays: bool = False,
-            tta: str | None = None, batch_size: int | None = None, progress: bool = True,
-            log: Callable[[str], None] = print, checkpoints: int = 1,
-            dicom_out: str | None = None, dicom_objects: Sequence[str] = DEFAULT_KINDS,
-            dicom_description: str = DESCRIPTION, any_image: bool = False) -> Summary:
-    """Predict every DICOM below ``dicom_dir`` with the run in ``run_dir`` (or the ensemble of
-    several runs or fold folders, each with its ``checkpoints`` best epochs:
-    :class:`~keras_ptx.inference.ensemble.Ensemble`); write ``out`` (and the DICOM objects of
-    ``dicom_objects`` to ``dicom_out``)."""
-    out = str(out)
-    check_openable(out, "--out")
-    if dicom_out is not None:
-        check_openable(dicom_out, "--dicom-out")
-    files, skipped = dicom_files(dicom_dir)
-    if not files:
-        raise PredictError(f"{dicom_dir}: no DICOM files ({', '.join(DICOM_SUFFIXES)}) found")
-    if skipped:
-        log(f"{skipped} file(s) without a {' or '.join(DICOM_SUFFIXES)} suffix skipped (rename "
-            f"DICOMs stored without one)")
-    model = DicomPredictor(run_dir, checkpoints, tta, batch_size, any_image, log)
-    writers: list[Writer] = [SubmissionCsv(layout), PredictionsCsv(), ErrorsCsv()]
-    if overlays:
-        writers.append(OverlayPngs())
-    if dicom_out is not None:
-        writers.append(DicomObjectFiles(dicom_out, dicom_objects, dicom_description))
-    start = time.perf_counter()         # predicting, not loading the model
-    counts = {"images": 0, "positives": 0, "errors": 0, "filled": 0}
-    with Outputs(writers, out, model.identity) as outputs:
-        for item in model.results(files, progress):
-            if isinstance(item, Rejection):
-                outputs.reject(item)
-                counts["errors"] += 1
-                counts["filled"] += item.image_id is not None
-            else:
-                outputs.write(item)
-                counts["images"] += 1
-                counts["positives"] += item.area > 0
-    return Summary(seconds=time.perf_counter() - start, postprocess=model.post,
-                   postprocess_source=model.post_source, out=out, **counts)
 
 
 def _header_or_none(path):

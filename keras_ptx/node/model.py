@@ -1,10 +1,10 @@
 """Where the node's predictions come from: a model in the process, or TF Serving.
 
-Every backend turns DICOM files into :class:`~keras_ptx.results.writers.Prediction` (the
+Every backend turns DICOM files into :class:`~keras_ptx.inference.prediction.Prediction` (the
 decoded image with its header, the mask ``bin/predict`` writes for it, the probability) or
-:class:`~keras_ptx.results.writers.Rejection` (the reason: unreadable, not a frontal chest
+:class:`~keras_ptx.inference.prediction.Rejection` (the reason: unreadable, not a frontal chest
 radiograph), one per file in order, and names itself with a
-:class:`~keras_ptx.results.writers.ModelIdentity` (which the result objects' UIDs derive from):
+:class:`~keras_ptx.inference.prediction.ModelIdentity` (which the result objects' UIDs derive from):
 
 * :class:`RunModel`: RUN_DIRs or fold folders, through ``bin/predict``'s own
   :class:`~keras_ptx.inference.predict.DicomPredictor`;
@@ -86,7 +86,7 @@ class _SignatureModel:
     def results(self, files: list[str]) -> Iterator:
         from keras_ptx.data.dicom import DicomError, read_dicom
         from keras_ptx.data.eligibility import rejection
-        from keras_ptx.results.writers import Rejection
+        from keras_ptx.inference.prediction import Rejection
 
         batch = []
         for path in files:
@@ -111,7 +111,7 @@ class _SignatureModel:
 
     def _predictions(self, images) -> Iterator:
         from keras_ptx.data import rle
-        from keras_ptx.results.writers import Prediction
+        from keras_ptx.inference.prediction import Prediction
 
         for image, answer in zip(images, self.compact([_png(i.pixels) for i in images])):
             mask = rle.decode(answer["rle"], int(answer["height"]), int(answer["width"]))
@@ -121,7 +121,7 @@ class _SignatureModel:
 
 class ExportModel(_SignatureModel):
     def __init__(self, version_dir: str):
-        from keras_ptx.results.writers import ModelIdentity
+        from keras_ptx.inference.prediction import ModelIdentity
         from keras_ptx.serving import SERVING_COMPACT
         from keras_ptx.tf_setup import tf
 
@@ -144,7 +144,7 @@ class ExportModel(_SignatureModel):
 
 class ServerModel(_SignatureModel):
     def __init__(self, url: str):
-        from keras_ptx.results.writers import ModelIdentity
+        from keras_ptx.inference.prediction import ModelIdentity
 
         self.url = url.rstrip("/").removesuffix(":predict")
         self.identity = ModelIdentity(model="served " + self.url.rsplit("/models/", 1)[-1])

@@ -21,7 +21,7 @@ import time
 
 from keras_ptx.data.eligibility import rejection
 from keras_ptx.node import receiver
-from keras_ptx.node.config import NodeConfig
+from keras_ptx.node.config import NodeConfig, NodeError
 from keras_ptx.node.sender import Backoff, SendError
 from keras_ptx.node.spool import Spool, digest
 from keras_ptx.node.status import Status
@@ -51,7 +51,12 @@ class Node:
     def start(self) -> None:
         self._recover()
         ae, handlers = receiver.make_scp(self.config.ae_title, self.config.allowed, self.on_store)
-        self.server = receiver.start(ae, handlers, self.config.host, self.config.port, self.tls)
+        try:
+            self.server = receiver.start(ae, handlers, self.config.host, self.config.port,
+                                         self.tls)
+        except OSError as exc:
+            raise NodeError(f"--host {self.config.host} --port {self.config.port}: cannot "
+                            f"listen ({exc.strerror or exc})") from None
         for target in (self._predict_loop, self._send_loop, self._status_loop):
             thread = threading.Thread(target=target, name=target.__name__, daemon=True)
             thread.start()
@@ -121,48 +126,57 @@ class Node:
         return 0x0000
 
     # --- predicting ------------------------------------------------------------------------
-    def _due(self) -> str | None:
-        """A study whose quiet period is over (taken off the waiting list), else None."""
+    def _due(self) -> list[str]:
+        """The studies whose quiet period is over, taken off the waiting list."""
         now = time.monotonic()
         with self._lock:
-            for key, since in sorted(self._quiet_since.items(), key=lambda item: item[1]):
-                if now - since >= self.config.quiet_seconds:
-                    del self._quiet_since[key]
-                    return key
-        return None
+            due = [key for key, since in self._quiet_since.items()
+                   if now - since >= self.config.quiet_seconds]
+            for key in due:
+                del self._quiet_since[key]
+        return due
 
     def _predict_loop(self) -> None:
         backoff = Backoff(1.0, self.config.max_backoff)
         while not self._stopping.is_set():
-            key = self._due()
-            if key is None:
+            keys = self._due()
+            if not keys:
                 self._stopping.wait(0.1)
                 continue
             try:
-                self._predict_study(key)
+                self._predict_studies(keys)
                 backoff.reset()
             except Exception as exc:        # noqa: BLE001 - a model server down, a bug: retry
                 wait = backoff.next_wait()
-                log.error("study %s: prediction failed (%s: %s); next attempt in %.0f s",
-                          key[:SHORT], type(exc).__name__, str(exc)[:200], wait)
+                log.error("%d stud%s: prediction failed (%s: %s); next attempt in %.0f s",
+                          len(keys), "y" if len(keys) == 1 else "ies", type(exc).__name__,
+                          str(exc)[:200], wait)
                 self.status.add("failed")
                 with self._lock:
-                    self._quiet_since.setdefault(
-                        key, time.monotonic() - self.config.quiet_seconds + wait)
+                    for key in keys:
+                        self._quiet_since.setdefault(
+                            key, time.monotonic() - self.config.quiet_seconds + wait)
 
-    def _predict_study(self, key: str) -> None:
+    def _predict_studies(self, keys: list[str]) -> None:
+        """Every pending instance of the studies, in one stream of batches (several small
+        studies fill a batch together), then each study whose instances all have an outcome
+        is predicted."""
         from keras_ptx.inference.prediction import Rejection
 
-        files = [self.spool.instance_file(key, i) for i in self.spool.pending(key)]
-        for item in self.model.results(files):
+        study_of = {self.spool.instance_file(key, instance): key
+                    for key in keys for instance in self.spool.pending(key)}
+        for item in self.model.results(list(study_of)):
+            path = item.path if isinstance(item, Rejection) else item.image.path
+            key = study_of[str(path)]
             if isinstance(item, Rejection):
-                self._skip(key, _instance(item.path), item.reason)
+                self._skip(key, _instance(path), item.reason)
             else:
                 self._answer(key, item)
-        with self.spool.lock(key):
-            if not self.spool.pending(key):
-                self.spool.set_state(key, "predicted", predicted_at=time.time())
-                self._work.set()
+        for key in keys:
+            with self.spool.lock(key):
+                if not self.spool.pending(key):
+                    self.spool.set_state(key, "predicted", predicted_at=time.time())
+        self._work.set()
 
     def _answer(self, key: str, prediction) -> None:
         from keras_ptx.results.dicom_objects import build_objects
@@ -191,28 +205,30 @@ class Node:
 
     # --- sending ---------------------------------------------------------------------------
     def _send_loop(self) -> None:
+        """Every predicted study's objects in one call (one association), then each study
+        is finished; a failure waits the backoff and tries them all again."""
         backoff = Backoff(1.0, self.config.max_backoff)
         while not self._stopping.is_set():
             self._work.clear()
+            ready = []
             for key in self.spool.keys():
-                if self._stopping.is_set():
-                    return
                 study = self.spool.study(key) or {}
                 if study.get("state") == "sent":
                     self._expire(key, study)
-                    continue
-                if study.get("state") != "predicted":
-                    continue
-                try:
-                    self.sender.send(self.spool.outbox(key), self._acknowledged)
-                except (SendError, OSError) as exc:
-                    wait = backoff.next_wait()
-                    log.warning("study %s: sending failed (%s); next attempt in %.0f s",
-                                key[:SHORT], exc, wait)
-                    self.status.add("failed")
-                    self._stopping.wait(wait)
-                    break
-                backoff.reset()
+                elif study.get("state") == "predicted":
+                    ready.append(key)
+            try:
+                self.sender.send([p for key in ready for p in self.spool.outbox(key)],
+                                 self._acknowledged)
+            except (SendError, OSError) as exc:
+                wait = backoff.next_wait()
+                log.warning("sending failed for %d stud%s (%s); next attempt in %.0f s",
+                            len(ready), "y" if len(ready) == 1 else "ies", exc, wait)
+                self.status.add("failed")
+                self._stopping.wait(wait)
+                continue
+            backoff.reset()
+            for key in ready:
                 self._finish(key)
             self._work.wait(0.5)
 

@@ -15,7 +15,8 @@ from keras_ptx.fileio import join, write_atomic
 from keras_ptx.inference import plots
 from keras_ptx.results import DEFAULT_KINDS, DESCRIPTION
 from keras_ptx.results.dicom_objects import build_objects
-from keras_ptx.results.writers import ModelIdentity, Prediction, Writer
+from keras_ptx.inference.prediction import ModelIdentity, Prediction
+from keras_ptx.results.writers import Writer
 from keras_ptx.tf_setup import tf
 
 RESEARCH_PREFIX = "RESEARCH, outside intended use: "

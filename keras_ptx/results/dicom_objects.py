@@ -36,7 +36,7 @@ from keras_ptx.data import rle
 from keras_ptx.data.eligibility import MANUFACTURER
 from keras_ptx.inference import plots
 from keras_ptx.results import DEFAULT_KINDS, DESCRIPTION, KINDS
-from keras_ptx.results.writers import ModelIdentity
+from keras_ptx.inference.prediction import ModelIdentity
 
 SERIES_NUMBERS = {"seg": 9901, "sr": 9902, "sc": 9903}
 MODEL_NAME = "keras_ptx UNet++"

@@ -3,7 +3,8 @@ from __future__ import annotations
 
 from keras_ptx.fileio import join
 from keras_ptx.inference import plots
-from keras_ptx.results.writers import ModelIdentity, Prediction, Writer
+from keras_ptx.inference.prediction import ModelIdentity, Prediction
+from keras_ptx.results.writers import Writer
 from keras_ptx.tf_setup import tf
 
 OVERLAYS = "overlays"

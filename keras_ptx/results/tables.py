@@ -17,7 +17,8 @@ import csv
 from keras_ptx.data import rle
 from keras_ptx.data.annotations import AnnotationWriter
 from keras_ptx.fileio import atomic_path, join
-from keras_ptx.results.writers import ModelIdentity, Prediction, Rejection, Writer
+from keras_ptx.inference.prediction import ModelIdentity, Prediction, Rejection
+from keras_ptx.results.writers import Writer
 from keras_ptx.tf_setup import tf
 
 SUBMISSION = "submission.csv"

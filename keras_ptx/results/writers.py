@@ -1,9 +1,10 @@
 """The writer interface: every output of ``bin/predict`` is one :class:`Writer`.
 
 Predict's loop knows only this interface. It opens each writer with the output folder and the
-:class:`ModelIdentity`, hands every image either as a :class:`Prediction` (the source header,
-the mask on the image's own grid, the probability) or as a :class:`Rejection` (a file that
-got no prediction, with its reason), and closes them. :class:`Outputs` runs the writers in one
+:class:`~keras_ptx.inference.prediction.ModelIdentity`, hands every image either as a
+:class:`~keras_ptx.inference.prediction.Prediction` (the source header, the mask on the image's
+own grid, the probability) or as a :class:`~keras_ptx.inference.prediction.Rejection` (a file
+that got no prediction, with its reason), and closes them. :class:`Outputs` runs the writers in one
 background thread, in order, so writing overlaps the model's next batch; a writer's error
 stops predict at the next image.
 """
@@ -11,49 +12,9 @@ from __future__ import annotations
 
 import queue
 import threading
-from dataclasses import dataclass
 from typing import Sequence
 
-import numpy as np
-
-from keras_ptx import __version__
-from keras_ptx.data.dicom import DicomHeader
-
-
-@dataclass(frozen=True)
-class ModelIdentity:
-    """What made the predictions: this package's version and the model's identity (a run's
-    or an export's digest), written into every object that records its algorithm."""
-    model: str
-    version: str = __version__
-
-    def describe(self) -> str:
-        return f"{self.version} model {self.model}"
-
-
-@dataclass(frozen=True)
-class Prediction:
-    """One image's answer. ``image`` is its header (a :class:`~keras_ptx.data.dicom.DicomImage`
-    with the display pixels when they were decoded here); ``mask`` is bool (Rows, Columns);
-    ``outside_use`` says why the image is outside the intended use, when a research user let
-    it through (None otherwise)."""
-    image: DicomHeader
-    mask: np.ndarray
-    probability: float
-    outside_use: str | None = None
-
-    @property
-    def area(self) -> int:
-        return int(np.count_nonzero(self.mask))
-
-
-@dataclass(frozen=True)
-class Rejection:
-    """A file that got no prediction. ``image_id``: the ImageId a competition submission
-    still lists it under (as -1), when its header named one."""
-    path: str
-    reason: str
-    image_id: str | None = None
+from keras_ptx.inference.prediction import ModelIdentity, Prediction, Rejection
 
 
 class Writer:
