@@ -43,6 +43,7 @@ def command(run_dir, report_to, data_dir, split, tta, batch_size, cases, checkpo
     the fold model that never saw it), into OUT/eval/ and OUT/postprocess.json.
     """
     from keras_ptx import rundir
+    from keras_ptx.fileio import join
     from keras_ptx.inference.evaluate import evaluate
     from keras_ptx.inference.report import summary_table
 
@@ -52,4 +53,4 @@ def command(run_dir, report_to, data_dir, split, tta, batch_size, cases, checkpo
     click.echo(summary_table(report))
     click.echo(report["resolution"]["note"])
     home = report_to or run_dir[0]
-    click.echo(f"report: {rundir.path(rundir.eval_dir(home, split), rundir.EVAL_REPORT_MD)}")
+    click.echo(f"report: {join(rundir.eval_dir(home, split), rundir.EVAL_REPORT_MD)}")

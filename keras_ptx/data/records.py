@@ -15,6 +15,7 @@ from pathlib import Path
 
 import cv2
 
+from keras_ptx.fileio import join
 from keras_ptx.tf_setup import tf
 
 SPLITS = ("train", "val", "test")
@@ -135,7 +136,7 @@ def label_counts(files) -> tuple[int, int]:
 
 def shard_files(data_dir: str, split: str) -> list[str]:
     """Sorted shard paths of one split (local path or any tf.io.gfile URL)."""
-    return sorted(tf.io.gfile.glob(f"{data_dir.rstrip('/')}/{split}-*-of-*.tfrecord"))
+    return sorted(tf.io.gfile.glob(join(data_dir, f"{split}-*-of-*.tfrecord")))
 
 
 def write_shards(directory, split: str, examples, *, shards: int = 1, original: int = 1024,

@@ -32,7 +32,7 @@ import numpy as np
 from scipy import ndimage
 
 from keras_ptx.config import Tta, choices
-from keras_ptx.fileio import read_text, write_atomic
+from keras_ptx.fileio import read_json, write_atomic
 from keras_ptx.errors import UserError
 
 REFERENCE_SIDE = 1024
@@ -160,8 +160,8 @@ class PostProcess:
     @classmethod
     def load(cls, path) -> "PostProcess":
         try:
-            raw = json.loads(read_text(path))
-        except json.JSONDecodeError as exc:
+            raw = read_json(path)
+        except ValueError as exc:
             raise PostProcessError(f"{path}: not valid JSON: {exc}") from None
         try:
             return cls.from_dict(raw)

@@ -28,7 +28,7 @@ from keras_ptx.data.dicom import (DicomError, DicomImage, find_dicom_files, read
 from keras_ptx.data.eligibility import rejection as eligibility_rejection
 from keras_ptx.data.geometry import image_to_square
 from keras_ptx.errors import UserError
-from keras_ptx.fileio import read_bytes
+from keras_ptx.fileio import join, read_bytes
 from keras_ptx.inference.ensemble import Ensemble
 from keras_ptx.inference.postprocess import image_map
 from keras_ptx.inference.prediction import ModelIdentity, Prediction, Rejection
@@ -54,7 +54,7 @@ def model_identity(run: Ensemble, tta: str) -> ModelIdentity:
     """A digest of what decides the answers: every member's weights, the rule and the TTA."""
     digest = hashlib.sha256()
     for trained, weights in run.weights:
-        digest.update(hashlib.sha256(read_bytes(rundir.path(trained.path, weights))).digest())
+        digest.update(hashlib.sha256(read_bytes(join(trained.path, weights))).digest())
     digest.update(f"{run.post.describe()}|{tta}".encode())
     return ModelIdentity(model=digest.hexdigest()[:IDENTITY_CHARS])
 

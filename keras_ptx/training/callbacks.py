@@ -15,6 +15,7 @@ import numpy as np
 from keras_ptx import rundir
 from keras_ptx.config import Config, Normalization
 from keras_ptx.data.records_dir import RecordsDir
+from keras_ptx.fileio import join
 from keras_ptx.input.normalize import gray_from_model_input
 from keras_ptx.input.pipeline import make_eval_dataset
 from keras_ptx.model.encoders import encoder_layers
@@ -268,10 +269,10 @@ class RunCallbacks:
                  start: ResumePoint, strategy, echo):
         train = config.train
         chief = is_chief(strategy)
-        checkpoints = rundir.path(run, rundir.CHECKPOINTS)
+        checkpoints = join(run, rundir.CHECKPOINTS)
         keras = tf.keras.callbacks
         self.best = AtomicCheckpoint(
-            rundir.path(checkpoints, rundir.BEST_WEIGHTS), monitor=monitor.key, mode=monitor.mode,
+            join(checkpoints, rundir.BEST_WEIGHTS), monitor=monitor.key, mode=monitor.mode,
             save_best_only=True, save_weights_only=True, initial_value_threshold=start.best_score)
         self.early_stopping = ResumableEarlyStopping(
             start, monitor=monitor.key, mode=monitor.mode, patience=train.early_stopping_patience,
@@ -287,7 +288,7 @@ class RunCallbacks:
             keras.TerminateOnNaN(), self.best,
             *([TopEpochs(checkpoints, train.keep_best, monitor, start, chief)]
               if train.keep_best > 1 else []),
-            AtomicCheckpoint(rundir.path(checkpoints, rundir.LAST_WEIGHTS),
+            AtomicCheckpoint(join(checkpoints, rundir.LAST_WEIGHTS),
                              save_weights_only=True),
         ]
         if self.early_stopping:
@@ -304,11 +305,11 @@ class RunCallbacks:
                 train.tensorboard_images, SAMPLE_SCAN)
             self.callbacks.append(ValidationImages(
                 images, masks, config.eval.threshold, config.model.normalization,
-                log_dir=rundir.path(run, rundir.LOGS, "images") if chief else None))
+                log_dir=join(run, rundir.LOGS, "images") if chief else None))
         if chief:
             self.callbacks += [
-                keras.CSVLogger(rundir.path(run, rundir.HISTORY), append=start.epoch > 0),
-                keras.TensorBoard(rundir.path(run, rundir.LOGS), write_graph=False,
+                keras.CSVLogger(join(run, rundir.HISTORY), append=start.epoch > 0),
+                keras.TensorBoard(join(run, rundir.LOGS), write_graph=False,
                                   profile_batch=0),
             ]
         self.callbacks.append(keras.ProgbarLogger(count_mode="steps"))
@@ -316,5 +317,5 @@ class RunCallbacks:
             self.callbacks.append(EpochSummary(monitor, "val_" + score_key(config.model),
                                                train.epochs, start, echo))
         # kept after fit: finish deletes it once metrics.json is written
-        self.callbacks.append(SharedBackupAndRestore(rundir.path(checkpoints, rundir.BACKUP),
+        self.callbacks.append(SharedBackupAndRestore(join(checkpoints, rundir.BACKUP),
                                                      strategy, resuming=start.epoch > 0))

@@ -16,7 +16,7 @@ import statistics
 
 from keras_ptx import rundir
 from keras_ptx.config import Config
-from keras_ptx.fileio import atomic_path, local_copy, write_atomic
+from keras_ptx.fileio import atomic_path, join, local_copy, write_atomic
 from keras_ptx.tf_setup import tf
 from keras_ptx.model.unetpp import build_model_to_load
 from keras_ptx.training import TrainingError
@@ -32,10 +32,10 @@ def finish(model, config: Config, run: str, monitor: Monitor, val_data, own: Run
     """Settle ``model`` on its final weights, save them and (chief) return metrics.json's
     content; other workers return {}."""
     chief = is_chief(strategy)
-    best_path = rundir.path(run, rundir.CHECKPOINTS, rundir.BEST_WEIGHTS)
+    best_path = join(run, rundir.CHECKPOINTS, rundir.BEST_WEIGHTS)
     if not from_chief(strategy, tf.io.gfile.exists(best_path) if chief else None):
         raise TrainingError(f"no epoch ended with a finite {monitor.key}, so there is no best "
-                            f"checkpoint (see {rundir.path(run, rundir.HISTORY)}); lower "
+                            f"checkpoint (see {join(run, rundir.HISTORY)}); lower "
                             f"train.learning_rate and re-run with --overwrite")
     _load_weights(model, best_path, config, strategy)
     final, averaged = "best_epoch", None
@@ -49,7 +49,7 @@ def finish(model, config: Config, run: str, monitor: Monitor, val_data, own: Run
             final = "swa"
         else:
             model.set_weights(best_weights)
-    _save_for_inference(model, config, rundir.path(run, rundir.BEST_WEIGHTS), chief)
+    _save_for_inference(model, config, join(run, rundir.BEST_WEIGHTS), chief)
     if not chief:
         return {}
 
@@ -74,14 +74,14 @@ def finish(model, config: Config, run: str, monitor: Monitor, val_data, own: Run
         "top_epochs": (finish_top_epochs(run, config, history, monitor)
                        if config.train.keep_best > 1 else [best["epoch"] + 1]),
     }
-    write_atomic(rundir.path(run, rundir.METRICS), json.dumps(metrics, indent=1, sort_keys=True) + "\n")
+    write_atomic(join(run, rundir.METRICS), json.dumps(metrics, indent=1, sort_keys=True) + "\n")
     delete_backup(run)                                      # finished: nothing left to resume
     echo(f"best epoch {metrics['best_epoch']} of {len(history)}: "
          f"{monitor.key} {best[monitor.key]:.4f}"
          + (f"; weight average of epochs {averaged['epochs'][0]}-{averaged['epochs'][-1]}: "
             f"{averaged[monitor.key]:.4f}" if averaged else "")
          + f"\nsaved {'the weight average' if final == 'swa' else 'the best epoch'} as "
-           f"{rundir.path(run, rundir.BEST_WEIGHTS)}")
+           f"{join(run, rundir.BEST_WEIGHTS)}")
     return metrics
 
 

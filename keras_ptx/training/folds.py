@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from keras_ptx import rundir
 from keras_ptx.config import Config
 from keras_ptx.data.records_dir import RecordsDir
-from keras_ptx.fileio import check_openable, exists, is_url, write_atomic
+from keras_ptx.fileio import check_openable, exists, is_url, join, write_atomic
 from keras_ptx.tf_setup import tf
 from keras_ptx.training import TrainingError
 from keras_ptx.training.run import train
@@ -95,7 +95,7 @@ def _fold_init(train, fold: int):
 def _mark(out: str, records: RecordsDir, chosen: list[int]) -> None:
     """Write OUT/folds.json (the folds asked for so far, these among them); refuse an ``out``
     that holds something else or the folds of other records."""
-    marker = rundir.path(out, rundir.FOLDS)
+    marker = join(out, rundir.FOLDS)
     known = rundir.read_json(out, rundir.FOLDS)
     if known is None and exists(out) and tf.io.gfile.listdir(out):
         raise TrainingError(f"--out {out}: not a fold folder (no {rundir.FOLDS}) and not empty; "

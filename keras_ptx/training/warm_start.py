@@ -16,7 +16,7 @@ from dataclasses import asdict, dataclass
 
 from keras_ptx import rundir
 from keras_ptx.config import Config
-from keras_ptx.fileio import exists
+from keras_ptx.fileio import exists, join
 from keras_ptx.model.unetpp import build_model_to_load
 from keras_ptx.tf_setup import tf
 from keras_ptx.training import TrainingError
@@ -52,7 +52,7 @@ def plan_init(config: Config) -> InitPlan:
     run = config.train.init_from
     source_config = rundir.load_run_config(run)
     metrics = rundir.read_json(run, rundir.METRICS) or {}
-    if not metrics.get("completed") or not exists(rundir.path(run, rundir.BEST_WEIGHTS)):
+    if not metrics.get("completed") or not exists(join(run, rundir.BEST_WEIGHTS)):
         raise TrainingError(f"train.init_from {run}: not a finished run (no {rundir.BEST_WEIGHTS}"
                             f" or {rundir.METRICS} of a completed run); finish it first")
     source, target = _weight_shapes(source_config), _weight_shapes(config)
