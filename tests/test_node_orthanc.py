@@ -209,6 +209,25 @@ def test_spool_files_are_private_and_answered_studies_leave(site):
     assert oct((site["spool"] / "status.json").stat().st_mode & 0o777) == "0o600"
 
 
+def test_stow_rs_to_orthancs_dicomweb(site, run, tmp_path):
+    orthanc = site["orthanc"]
+    port = free_port()
+    node = NodeProcess(["--model", str(run), "--ae-title", "KPTXWEB", "--port", str(port),
+                        "--allow", "STORESCU", "--spool", str(tmp_path / "spool"),
+                        "--stow", f"{orthanc.url}/dicom-web", "--quiet", str(QUIET)],
+                       tmp_path / "node.log")
+    study_uid = "1.2.826.0.1.3680043.10.9999.400"
+    try:
+        node.start(wait_port=port)
+        assert storescu(_study(tmp_path / "s", study_uid, 2, seed=40), port, NODE_AE) \
+            .returncode == 0
+        segs, srs = _wait_objects(orthanc, study_uid, 2)
+        assert len(segs) == len(srs) == 2
+    finally:
+        node.stop()
+    assert "sending by STOW-RS" in node.text()
+
+
 @pytest.fixture
 def killable(tmp_path, run, site):
     """A second node (its own spool and port) for the kill test, answering into the same

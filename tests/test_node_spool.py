@@ -208,3 +208,9 @@ def test_backoff_doubles_to_its_limit_and_resets():
     assert [backoff.next_wait() for _ in range(5)] == [1, 2, 4, 5, 5]
     backoff.reset()
     assert backoff.next_wait() == 1
+
+
+def test_a_port_in_use_is_a_clear_error(node_at, tmp_path):
+    first = node_at(tmp_path / "a")
+    with pytest.raises(NodeError, match=f"--port {first.config.port}: cannot listen"):
+        node_at(tmp_path / "b", port=first.config.port)
