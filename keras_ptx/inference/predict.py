@@ -121,7 +121,7 @@ class DicomPredictor:
                     header.image_id in first_path or eligibility_rejection(header.source.dataset):
                 return Rejection(exc.path, exc.reason)
             first_path[header.image_id] = header.path
-            return Rejection(exc.path, f"{exc.reason} (submitted as -1)", header.image_id)
+            return Rejection(exc.path, exc.reason, header.image_id)
         outside = eligibility_rejection(image.source.dataset)
         if outside is not None and not self.any_image:
             return Rejection(image.path, outside)

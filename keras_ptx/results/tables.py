@@ -7,7 +7,8 @@ Each is written to a temporary file beside its place and renamed there when pred
                     competition's stage 1 or stage 2 layout; a file whose pixels could not be
                     read but whose header names its ImageId still gets a -1 row
   predictions.csv   PREDICTION_COLUMNS: one row per predicted image
-  errors.csv        path, reason: every file that got no prediction
+  errors.csv        path, reason: every file that got no prediction ("(submitted as -1)" when
+                    submission.csv still lists it)
 """
 from __future__ import annotations
 
@@ -90,4 +91,5 @@ class ErrorsCsv(_CsvFile):
         self._rows.writerow(["path", "reason"])
 
     def reject(self, rejection: Rejection) -> None:
-        self._rows.writerow([rejection.path, rejection.reason])
+        filled = " (submitted as -1)" if rejection.image_id is not None else ""
+        self._rows.writerow([rejection.path, rejection.reason + filled])
