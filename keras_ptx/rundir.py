@@ -61,11 +61,6 @@ class RunDirError(UserError):
     """A run directory that is missing or incomplete."""
 
 
-def path(run_dir, *names) -> str:
-    """A file or folder in ``run_dir`` (a local path or a URL), as a string."""
-    return join(run_dir, *names)
-
-
 def load_run_config(run_dir) -> Config:
     check_openable(run_dir, "--model")
     if not exists(run_dir):

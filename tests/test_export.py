@@ -33,6 +33,8 @@ from keras_ptx.rundir import BEST_WEIGHTS, CONFIG, POSTPROCESS
 from keras_ptx.serving import (BATCHING_FILE, PREDICT_IMAGE, SERVING_COMPACT, SERVING_DEFAULT,
                                WARMUP_FILE)
 from keras_ptx.serving.client import ServingError, build_request, parse_response, predict
+from keras_ptx.inference.ensemble import Ensemble
+from keras_ptx.inference.predict import model_identity
 from keras_ptx.serving.export import (BATCHING, decode_gray_tf, encode_rle_tf, next_version,
                                       read_metadata, to_square_tf)
 from keras_ptx.tf_setup import tf
@@ -197,6 +199,9 @@ def test_export_layout_and_plain_tensorflow_load(exported):
         assert meta["image_size"] == SIZE and meta["tta"] == tta
         assert meta["signatures"] == SIGNATURES
         assert meta["batching"] == {"file": BATCHING_FILE, **BATCHING}
+        # the identity the DICOM objects' UIDs derive from: bin/predict's for the same model
+        run = Ensemble(str(exported["run"]))
+        assert meta["model_identity"] == model_identity(run, run.tta(tta)).model
 
 
 @pytest.mark.slow
@@ -542,3 +547,31 @@ def test_a_mixed_precision_run_exports_float32_unless_asked(exported, tmp_path):
     # the reduced precisions stay within a few bfloat16 steps of float32 on this network
     for precision in ("mixed_float16", "mixed_bfloat16"):
         assert np.abs(probabilities[precision] - probabilities["float32"]).max() < 0.05
+
+
+def test_the_dicom_node_answers_from_an_export_as_bin_predict_does(exported, tmp_path):
+    """The node's in-process export backend (serving_compact on the decoded pixels) gives
+    bin/predict's masks, probabilities and model identity for the same DICOMs, and refuses
+    what predict refuses."""
+    from keras_ptx.inference.predict import DicomPredictor
+    from keras_ptx.inference.prediction import Prediction
+    from keras_ptx.node.model import ExportModel
+    from keras_ptx.synthetic.dicom_writer import write_dicom
+
+    files = []
+    for k, (shape, view) in enumerate([((64, 64), "PA"), ((100, 77), "AP"), ((48, 64), ""),
+                                       ((64, 64), "LL")]):
+        image = _image(*shape, "gray", seed=10 + k)
+        files.append(str(write_dicom(tmp_path / f"{k}.dcm", image, image_id=f"1.2.5.{k}",
+                                     study_uid="1.2.5", series_uid="1.2.5.9", patient_id="p",
+                                     patient_name="X", view=view, transfer_syntax="explicit_le")))
+    node = ExportModel(str(exported["export"]))                # version 1: no TTA
+    predictor = DicomPredictor(str(exported["run"]), tta="none", log=lambda *_: None)
+    assert node.identity == predictor.identity
+    served, local = list(node.results(files)), list(predictor.results(files, progress=False))
+    assert [type(a) for a in served] == [type(b) for b in local]
+    assert not isinstance(served[-1], Prediction) and "ViewPosition LL" in served[-1].reason
+    for a, b in zip(served[:-1], local[:-1]):
+        assert a.image.image_id == b.image.image_id
+        assert abs(a.probability - b.probability) < 1e-3
+        assert a.mask.shape == b.mask.shape and (a.mask != b.mask).mean() < 0.005

@@ -168,11 +168,11 @@ def write_rule(inputs: Inputs, post, tta: str, checkpoints: int, save: bool) -> 
 
     if inputs.ensemble_folder:
         tf.io.gfile.makedirs(inputs.folder)
-        write_atomic(rundir.path(inputs.folder, rundir.ENSEMBLE), json.dumps(
+        write_atomic(join(inputs.folder, rundir.ENSEMBLE), json.dumps(
             {"members": inputs.paths, "checkpoints": checkpoints}, indent=1) + "\n")
     if not save:
         return None
-    saved = rundir.path(inputs.folder, rundir.POSTPROCESS)
+    saved = join(inputs.folder, rundir.POSTPROCESS)
     dataclasses.replace(post, tta=tta).save(saved)
     return saved
 

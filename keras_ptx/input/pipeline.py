@@ -14,9 +14,9 @@ examples, in a fixed order; training validates on that same pipeline
 (``make_dataset(training=False)`` is a view of it), so validation and evaluation cannot differ.
 The records come as a :class:`~keras_ptx.data.records_dir.RecordsDir`, which names the shards
 a split is read from and, in a fold run (``data.fold``), the filter on the records' fold that
-follows the read; what the caller decides
-(keep decoded records in memory, steps per epoch) comes as arguments: this module holds only
-the tf.data graphs.
+follows the read; whether to keep decoded records in memory comes as an argument, and so do
+the steps per epoch, except with a positive share, whose schedule needs them and computes
+them (:func:`epoch_steps`, below): this module holds only the tf.data graphs.
 
 Positive share. With ``data.positive_share`` set, training examples are drawn from two endless
 per-class streams (filtered on ``has_pneumothorax``) by ``sample_from_datasets``. With

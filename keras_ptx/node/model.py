@@ -132,14 +132,25 @@ class ExportModel(_SignatureModel):
                             "signature (export it again with this version)")
         self._loaded = loaded                 # the signature needs its object kept alive
         self._signature = loaded.signatures[SERVING_COMPACT]
-        with open(os.path.join(version_dir, "saved_model.pb"), "rb") as f:
-            self.identity = ModelIdentity(model="export " + hashlib.sha256(f.read()).hexdigest()[:12])
+        self.identity = ModelIdentity(model=_export_identity(version_dir))
 
     def compact(self, pngs: list[bytes]) -> list[dict]:
         answer = self._signature(image_bytes=self._tf.constant(pngs))
         answer = {name: value.numpy() for name, value in answer.items()}
         return [{name: value[i].decode() if isinstance(value[i], bytes) else value[i]
                  for name, value in answer.items()} for i in range(len(pngs))]
+
+
+def _export_identity(version_dir: str) -> str:
+    """The identity ``bin/export`` recorded (its run's, as ``bin/predict`` computes it, so
+    both give the same result UIDs), or a digest of the graph for older exports."""
+    from keras_ptx.serving.export import read_metadata
+
+    recorded = read_metadata(version_dir).get("model_identity")
+    if recorded:
+        return recorded
+    with open(os.path.join(version_dir, "saved_model.pb"), "rb") as f:
+        return "export " + hashlib.sha256(f.read()).hexdigest()[:12]
 
 
 class ServerModel(_SignatureModel):

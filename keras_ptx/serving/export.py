@@ -32,10 +32,11 @@ import keras_ptx
 from keras_ptx.config import Auto, Precision
 from keras_ptx.data import rle
 from keras_ptx.errors import UserError
-from keras_ptx.fileio import check_openable, publish_folder, staging_folder
+from keras_ptx.fileio import check_openable, join, publish_folder, read_json, staging_folder
 from keras_ptx.inference.postprocess import PostProcess, apply_tf, image_mask_tf
 from keras_ptx.inference.runner import Predictor
 from keras_ptx.inference.ensemble import Ensemble
+from keras_ptx.inference.predict import model_identity
 from keras_ptx.model.precision import best_inference_precision
 from keras_ptx.serving import (BATCHING_FILE, BYTES_INPUT, IMAGE_INPUT, PREDICT_IMAGE,
                                SERVING_COMPACT, SERVING_DEFAULT, WARMUP_FILE)
@@ -183,7 +184,7 @@ def next_version(export_base) -> int:
 
 
 def _version_path(export_base, version: int) -> str:
-    return tf.io.gfile.join(str(export_base), str(version))
+    return join(str(export_base), str(version))
 
 
 def check_version_free(export_base, version: int) -> None:
@@ -214,11 +215,11 @@ def export_model(predictor: Predictor, post: PostProcess, export_base,
         setattr(root, name, function)
     try:
         tf.saved_model.save(root, staging, signatures=functions)
-        tf.io.gfile.makedirs(tf.io.gfile.join(staging, "assets.extra"))
-        write_warmup(tf.io.gfile.join(staging, WARMUP_FILE), size, warmup_requests)
-        with tf.io.gfile.GFile(tf.io.gfile.join(staging, BATCHING_FILE), "w") as f:
+        tf.io.gfile.makedirs(join(staging, "assets.extra"))
+        write_warmup(join(staging, WARMUP_FILE), size, warmup_requests)
+        with tf.io.gfile.GFile(join(staging, BATCHING_FILE), "w") as f:
             f.write(batching_parameters())
-        with tf.io.gfile.GFile(tf.io.gfile.join(staging, METADATA_FILE), "w") as f:
+        with tf.io.gfile.GFile(join(staging, METADATA_FILE), "w") as f:
             json.dump({"keras_ptx": keras_ptx.__version__, "version": version, "image_size": size,
                        "tta": predictor.tta, "normalization": predictor.normalization,
                        "postprocess": post.to_dict(),
@@ -236,9 +237,11 @@ def export_model(predictor: Predictor, post: PostProcess, export_base,
 
 def read_metadata(export_dir) -> dict:
     """The ``keras_ptx_export.json`` of an export: run, grid size, input normalisation (in the
-    graph), post-processing, signatures."""
-    with tf.io.gfile.GFile(tf.io.gfile.join(str(export_dir), METADATA_FILE)) as f:
-        return json.load(f)
+    graph), post-processing, signatures, the model's identity."""
+    metadata = read_json(join(str(export_dir), METADATA_FILE))
+    if metadata is None:
+        raise ExportError(f"{export_dir}: no {METADATA_FILE} (not an export of bin/export)")
+    return metadata
 
 
 def export_run(run_dir, export_base, version: int | None = None, tta: str | None = None,
@@ -261,8 +264,11 @@ def export_run(run_dir, export_base, version: int | None = None, tta: str | None
     check_version_free(export_base, version)        # before the model is built
     run = Ensemble(run_dir, checkpoints, precision)
     post = run.post                                 # a bad rule is refused before the build
-    return export_model(run.predictor(run.tta(tta)), post, export_base, version,
+    tta = run.tta(tta)
+    identity = model_identity(run, tta).model + ("" if precision == "float32" else f" {precision}")
+    return export_model(run.predictor(tta), post, export_base, version,
                         run.config.export.warmup_requests,
                         metadata={"run_dir": run.paths[0] if len(run.paths) == 1 else run.paths,
                                   "postprocess_source": run.post_source,
-                                  "precision": precision, "members": run.members()})
+                                  "precision": precision, "members": run.members(),
+                                  "model_identity": identity})
