@@ -29,6 +29,7 @@ HOST = "127.0.0.1"
 class NotCalled:
     """The model slot of a node that must not predict in these tests."""
     identity = ModelIdentity(model="not called")
+    batch_size = 8
 
     def results(self, files):
         raise AssertionError("no prediction expected")
@@ -214,3 +215,231 @@ def test_a_port_in_use_is_a_clear_error(node_at, tmp_path):
     first = node_at(tmp_path / "a")
     with pytest.raises(NodeError, match=f"--port {first.config.port}: cannot listen"):
         node_at(tmp_path / "b", port=first.config.port)
+
+
+# --- the pipeline: a scripted model, a recording sender -------------------------------------
+class ScriptedModel:
+    """Predicts every file as negative, one file per round (``batch_size`` 1); calls
+    ``before(path)`` before each prediction and raises once for paths in ``fail_once``."""
+    identity = ModelIdentity(model="scripted")
+    batch_size = 1
+
+    def __init__(self, before=lambda path: None, fail_once=()):
+        self.before, self.fail_once, self.calls = before, set(fail_once), []
+
+    def results(self, files):
+        from keras_ptx.data.dicom import read_dicom
+        from keras_ptx.inference.prediction import Prediction
+
+        self.calls.append([os.path.basename(f) for f in files])
+        for path in files:
+            self.before(path)
+            if path in self.fail_once:
+                self.fail_once.discard(path)
+                raise ConnectionError("model server down")
+            image = read_dicom(path)
+            yield Prediction(image=image, mask=np.zeros(image.pixels.shape, bool),
+                             probability=0.1)
+
+
+class RecordingSender:
+    """Acknowledges every object; ``sent``: study keys in the order their objects went."""
+
+    def __init__(self):
+        self.sent, self.closed = [], 0
+
+    def send(self, paths, acknowledged):
+        for path in paths:
+            self.sent.append(os.path.basename(os.path.dirname(os.path.dirname(path))))
+            acknowledged(path)
+
+    def close(self):
+        self.closed += 1
+
+
+def _synthetic(folder, k, i):
+    """Image ``i`` of study ``k``: a small frontal chest radiograph, uncompressed."""
+    from keras_ptx.synthetic.dicom_writer import write_dicom
+
+    study = f"1.2.826.0.1.3680043.10.9999.{50 + k}"
+    return study, write_dicom(folder / f"{k}-{i}.dcm", np.full((48, 40), 60 + i, np.uint8),
+                              image_id=f"{study}.{i + 1}", study_uid=study,
+                              series_uid=f"{study}.0", patient_id="P1",
+                              patient_name="Test^Patient", view="PA",
+                              transfer_syntax="explicit_le")
+
+
+def _spool_studies(spool_dir, counts):
+    """Studies of ``counts[k]`` synthetic radiographs each, stored as the receiver stores them;
+    returns the study keys in the order a starting node takes them (all quiet since its
+    start: by key)."""
+    spool, keys = Spool(spool_dir), []
+    for k, n in enumerate(counts):
+        for i in range(n):
+            study, path = _synthetic(spool_dir.parent, k, i)
+            keys.append(spool.store(study, f"{study}.{i + 1}", path.read_bytes())[0])
+    return sorted(set(keys))
+
+
+def _pipeline(tmp_path, model, counts, sender=None, **settings):
+    keys = _spool_studies(tmp_path / "spool", counts)
+    config = NodeConfig(**{"ae_title": "KPTX", "port": _free_port(),
+                           "spool": str(tmp_path / "spool"), "allowed": ("PACS",),
+                           "destination": Destination("X", HOST, 9), "quiet_seconds": 0,
+                           "max_backoff": 1, **settings})
+    node = Node(config, model, sender or RecordingSender())
+    return node, keys
+
+
+def _wait(predicate, timeout=60):
+    import time
+
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, "not within the time limit"
+        time.sleep(0.05)
+
+
+def test_a_study_is_sent_while_later_studies_are_predicted(tmp_path):
+    """Four one-image studies due at once: rounds of one model batch, and the first study's
+    objects leave before the last study's prediction starts."""
+    import threading
+
+    first_sent = threading.Event()
+    seen_before_last = []
+    sender = RecordingSender()
+    model = ScriptedModel()
+    node, keys = _pipeline(tmp_path, model, [1, 1, 1, 1], sender)
+    last = node.spool.instance_file(keys[-1], node.spool.pending(keys[-1])[0])
+
+    def before(path):
+        if path == last:
+            seen_before_last.append(first_sent.wait(30))
+    model.before = before
+    real_send = sender.send
+
+    def send(paths, acknowledged):
+        real_send(paths, acknowledged)
+        if keys[0] in sender.sent:
+            first_sent.set()
+    sender.send = send
+    node.start()
+    try:
+        _wait(lambda: node.status.counts["studies_answered"] == 4)
+    finally:
+        node.stop()
+    assert seen_before_last == [True]
+    assert [len(call) for call in model.calls] == [1, 1, 1, 1]
+    assert sender.sent == [k for k in keys for _ in "SEG SR".split()]     # study by study
+
+
+def test_a_failed_round_keeps_recorded_outcomes_and_answers_the_study_once(tmp_path):
+    """The model fails on a study's second image: the first image's outcome stays, the
+    study is not predicted or sent until the second has one, and then only it is predicted
+    again."""
+    model = ScriptedModel()
+    node, keys = _pipeline(tmp_path, model, [2])
+    model.batch_size = 2
+    files = [node.spool.instance_file(keys[0], i) for i in node.spool.pending(keys[0])]
+    second = files[1]
+    model.fail_once = {second}
+    sender = node.delivery.sender
+    node.start()
+    try:
+        _wait(lambda: node.status.counts["studies_answered"] == 1)
+    finally:
+        node.stop()
+    assert model.calls == [[os.path.basename(f) for f in files], [os.path.basename(second)]]
+    assert len(sender.sent) == 4 and node.status.counts["failed"] == 1
+    assert node.status.counts["processed"] == 2
+
+
+def test_a_restart_sends_a_predicted_study_and_does_not_predict_it_again(tmp_path):
+    """A node killed after the study was predicted (its objects in out/): the next one sends
+    them without calling the model."""
+    first = _pipeline(tmp_path, ScriptedModel(), [1])[0]
+    key = first.spool.keys()[0]
+    instance = first.spool.pending(key)[0]
+    from keras_ptx.data.dicom import read_dicom
+    from keras_ptx.inference.prediction import Prediction
+
+    image = read_dicom(first.spool.instance_file(key, instance))
+    first._answer(key, instance, Prediction(image=image, mask=np.zeros(image.pixels.shape, bool),
+                                            probability=0.1))
+    first.spool.set_state(key, "predicted")
+    model, sender = ScriptedModel(), RecordingSender()
+    config = first.config
+    again = Node(config, model, sender)
+    again.start()
+    try:
+        _wait(lambda: again.status.counts["studies_answered"] == 1)
+    finally:
+        again.stop()
+    assert model.calls == [] and sender.sent == [key, key]
+
+
+def test_the_sender_keeps_one_association_and_sends_files_as_they_are(tmp_path):
+    """Two calls, one association (released by close()); each object arrives as its file
+    holds it."""
+    from pynetdicom import evt
+    from pynetdicom.sop_class import ComputedRadiographyImageStorage as CR
+
+    received, associations = [], []
+    scp = AE(ae_title="DEST")
+    scp.add_supported_context(CR, ExplicitVRLittleEndian)
+
+    def on_store(event):
+        received.append(event.encoded_dataset(include_meta=False))
+        return 0x0000
+    port = _free_port()
+    server = scp.start_server((HOST, port), block=False, evt_handlers=[
+        (evt.EVT_C_STORE, on_store), (evt.EVT_ACCEPTED, lambda e: associations.append(1))])
+    try:
+        paths = []
+        for k in range(3):
+            paths.append(str(tmp_path / f"{k}.dcm"))
+            _radiograph().save_as(paths[-1], enforce_file_format=True)
+        sender, acknowledged = CStoreSender(Destination("DEST", HOST, port), "KPTX"), []
+        sender.send(paths[:2], acknowledged.append)
+        sender.send(paths[2:], acknowledged.append)
+        assert len(associations) == 1 and acknowledged == paths
+        sender.close()
+        sender.send(paths[:1], acknowledged.append)
+        assert len(associations) == 2
+        sender.close()
+    finally:
+        server.shutdown()
+    import pydicom
+    for data, path in zip(received, paths):
+        whole = open(path, "rb").read()
+        assert whole.endswith(data)
+        assert pydicom.dcmread(path).SOPInstanceUID in data.decode("latin-1")
+
+
+def test_an_instance_arriving_after_the_answer_gets_its_own(tmp_path, caplog):
+    """A study answered and still in the spool (retention) gets one more instance by C-STORE:
+    a second answer covers that instance only, and a resent first instance is not answered
+    again."""
+    import logging
+
+    import pydicom
+
+    caplog.set_level(logging.INFO, logger="keras_ptx.node")
+    node, keys = _pipeline(tmp_path, ScriptedModel(), [1], retention_seconds=3600)
+    node.start()
+    try:
+        _wait(lambda: node.status.counts["studies_answered"] == 1)
+        _, later = _synthetic(tmp_path, 0, 1)
+        assert _store(node.config.port, pydicom.dcmread(later)) == 0x0000
+        _wait(lambda: node.status.counts["studies_answered"] == 2)
+        first = pydicom.dcmread(tmp_path / "0-0.dcm")
+        assert _store(node.config.port, first) == 0x0000
+    finally:
+        node.stop()
+    lines = [r.getMessage() for r in caplog.records]
+    answers = [line for line in lines if " answered: " in line and "already" not in line]
+    assert len(answers) == 2 and all(" answered: 1 image(s)" in a for a in answers), answers
+    assert sum("already answered: not answered again" in line for line in lines) == 1
+    assert node.spool.study(keys[0])["state"] == "sent"
+    assert node.spool.pending(keys[0]) == []
+    assert len(os.listdir(node.spool.path(keys[0], "sent"))) == 4

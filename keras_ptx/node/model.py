@@ -3,8 +3,9 @@
 Every backend turns DICOM files into :class:`~keras_ptx.inference.prediction.Prediction` (the
 decoded image with its header, the mask ``bin/predict`` writes for it, the probability) or
 :class:`~keras_ptx.inference.prediction.Rejection` (the reason: unreadable, not a frontal chest
-radiograph), one per file in order, and names itself with a
-:class:`~keras_ptx.inference.prediction.ModelIdentity` (which the result objects' UIDs derive from):
+radiograph), one per file in order, names itself with a
+:class:`~keras_ptx.inference.prediction.ModelIdentity` (which the result objects' UIDs derive
+from) and gives its ``batch_size`` (images per model call: the node's rounds hold about one):
 
 * :class:`RunModel`: RUN_DIRs or fold folders, through ``bin/predict``'s own
   :class:`~keras_ptx.inference.predict.DicomPredictor`;
@@ -70,6 +71,7 @@ class RunModel:
 
         self._model = DicomPredictor(list(paths), tta=tta, log=log.info)
         self.identity = self._model.identity
+        self.batch_size = self._model.batch_size
 
     def results(self, files: list[str]) -> Iterator:
         return self._model.results(files, progress=False)
@@ -82,6 +84,7 @@ class RunModel:
 
 class _SignatureModel:
     """Reading and checking as ``bin/predict`` does, then ``serving_compact`` per batch."""
+    batch_size = BATCH
 
     def results(self, files: list[str]) -> Iterator:
         from keras_ptx.data.dicom import DicomError, read_dicom

@@ -1,7 +1,8 @@
 """Sending result objects to the destination: C-STORE (pynetdicom SCU) or STOW-RS
 (dicomweb-client). ``send(paths, acknowledged)`` calls ``acknowledged(path)`` for each object
 the destination confirmed, in order, and raises :class:`SendError` at the first that failed
-(the rest stay unsent, for the next attempt). :class:`Backoff` spaces the attempts.
+(the rest stay unsent, for the next attempt); ``close()`` ends what a sender keeps open
+between calls. :class:`Backoff` spaces the attempts. A sender is used by one thread.
 """
 from __future__ import annotations
 
@@ -9,8 +10,9 @@ import ssl
 from typing import Callable
 
 import pydicom
+from pydicom.filereader import read_file_meta_info
 from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
-from pynetdicom import AE
+from pynetdicom import AE, _config
 
 from keras_ptx.node.config import Destination
 
@@ -30,13 +32,19 @@ def client_tls(cert: str, key: str, ca: str) -> ssl.SSLContext:
 
 
 class CStoreSender:
-    """One association per call, proposing only the objects' SOP classes (far below the
-    128-context limit), each in the object's own transfer syntax and the two uncompressed."""
+    """One association kept open across calls (``close()`` releases it), proposing the SOP
+    classes of the objects sent so far (far below the 128-context limit), each in the
+    objects' own transfer syntaxes and the two uncompressed; a call with a new class or
+    syntax associates again. An object whose own syntax was accepted is sent from its file
+    as it is (pynetdicom's chunked sending: no decoding and encoding again)."""
 
     def __init__(self, destination: Destination, calling_ae: str,
                  tls: ssl.SSLContext | None = None, timeout: float = 30.0):
         self.destination, self.calling_ae, self.tls, self.timeout = \
             destination, calling_ae, tls, timeout
+        self._proposed: dict[str, set[str]] = {}        # SOP class -> transfer syntaxes
+        self._assoc = None
+        _config.STORE_SEND_CHUNKED_DATASET = True       # a path is sent as its file holds it
 
     def __str__(self):
         return f"C-STORE to {self.destination}"
@@ -44,15 +52,46 @@ class CStoreSender:
     def send(self, paths: list[str], acknowledged: Callable[[str], None]) -> None:
         if not paths:
             return
-        datasets = [pydicom.dcmread(path) for path in paths]
+        metas = [read_file_meta_info(path) for path in paths]
+        wanted = {(str(m.MediaStorageSOPClassUID), str(m.TransferSyntaxUID)) for m in metas}
+        if any(syntax not in self._proposed.get(sop_class, ()) for sop_class, syntax in wanted):
+            for sop_class, syntax in wanted:
+                self._proposed.setdefault(sop_class, {ExplicitVRLittleEndian,
+                                                      ImplicitVRLittleEndian}).add(syntax)
+            self.close()
+        assoc = self._association()
+        accepted = {(str(c.abstract_syntax), str(c.transfer_syntax[0]))
+                    for c in assoc.accepted_contexts}
+        where = self.destination
+        for path, meta in zip(paths, metas):
+            sop_class = str(meta.MediaStorageSOPClassUID)
+            if (sop_class, str(meta.TransferSyntaxUID)) in accepted:
+                status = assoc.send_c_store(path)
+            elif any(c == sop_class for c, _ in accepted):
+                status = assoc.send_c_store(pydicom.dcmread(path))   # converted by pynetdicom
+            else:
+                raise SendError(f"{where} accepted no presentation context for "
+                                f"{getattr(meta.MediaStorageSOPClassUID, 'name', sop_class)}")
+            if "Status" not in status:
+                self.close()
+                raise SendError(f"{where}: no C-STORE response (connection lost or timed out)")
+            if status.Status not in STORED:
+                raise SendError(f"{where}: C-STORE status 0x{status.Status:04X}")
+            acknowledged(path)
+
+    def close(self) -> None:
+        """Release the association, if one is open."""
+        if self._assoc is not None and self._assoc.is_established:
+            self._assoc.release()
+        self._assoc = None
+
+    def _association(self):
+        if self._assoc is not None and self._assoc.is_established:
+            return self._assoc
         ae = AE(ae_title=self.calling_ae)
         ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = self.timeout
-        contexts: dict[str, set] = {}
-        for ds in datasets:
-            contexts.setdefault(ds.SOPClassUID, set()).add(ds.file_meta.TransferSyntaxUID)
-        for sop_class, syntaxes in contexts.items():
-            ae.add_requested_context(sop_class, sorted(
-                syntaxes | {ExplicitVRLittleEndian, ImplicitVRLittleEndian}))
+        for sop_class, syntaxes in self._proposed.items():
+            ae.add_requested_context(sop_class, sorted(syntaxes))
         where = self.destination
         tls_args = (self.tls, where.host) if self.tls else None
         assoc = ae.associate(where.host, where.port, ae_title=where.ae_title, tls_args=tls_args)
@@ -60,18 +99,8 @@ class CStoreSender:
             why = "rejected" if assoc.is_rejected else "aborted" if assoc.is_aborted \
                 else "no answer"
             raise SendError(f"association with {where} failed ({why})")
-        try:
-            for path, ds in zip(paths, datasets):
-                status = assoc.send_c_store(ds)
-                if "Status" not in status:
-                    raise SendError(f"{where}: no C-STORE response (connection lost or timed "
-                                    f"out)")
-                if status.Status not in STORED:
-                    raise SendError(f"{where}: C-STORE status 0x{status.Status:04X}")
-                acknowledged(path)
-        finally:
-            if assoc.is_established:
-                assoc.release()
+        self._assoc = assoc
+        return assoc
 
 
 class StowSender:
@@ -102,6 +131,9 @@ class StowSender:
                 acknowledged(path)
         if failed:
             raise SendError(f"STOW-RS to {self.url}: {len(failed)} object(s) refused")
+
+    def close(self) -> None:
+        """Nothing is kept open between requests."""
 
 
 class Backoff:

@@ -1,13 +1,16 @@
 """The node: receive instances, run each study once it is quiet, send its objects, forget it.
 
-Three threads beside pynetdicom's: the predictor takes a study once no instance of it arrived
-for ``quiet_seconds`` and records an outcome for each of its instances (result objects, or the
-reason it was skipped); the sender sends the objects of predicted studies, retrying with
-backoff while the destination fails, and then marks the study sent and deletes it (after
-``retention_seconds``); the status thread rewrites ``status.json``. Everything they act on is
-read from the spool (:mod:`keras_ptx.node.spool`), so a restart after a crash resumes every
-unfinished study: its quiet period starts again, instances without an outcome are predicted,
-unacknowledged objects are sent (the same objects: their UIDs are derived from the source).
+Four threads beside pynetdicom's, a pipeline: the predictor takes the studies whose quiet
+period (``quiet_seconds`` without a new instance) is over, oldest first, in rounds of about
+one model batch (a flood of studies does not hold back the first ones), and hands each
+prediction or rejection to the builder; the builder writes each instance's outcome (result
+objects, or the reason it was skipped) and, once every instance of a study has one, marks it
+predicted and hands it to the sender (:class:`~keras_ptx.node.delivery.Delivery`), which sends
+it while the next studies are predicted; the housekeeper rewrites ``status.json`` and deletes
+sent studies after their retention. Everything they act on is on the disk first
+(:mod:`keras_ptx.node.spool`), so a restart after a crash resumes every unfinished study: its
+quiet period starts again, instances without an outcome are predicted, unacknowledged objects
+are sent (the same objects: their UIDs are derived from the source).
 
 Log lines carry digests of UIDs, counts and reasons; never a name, an ID or a UID.
 """
@@ -16,24 +19,29 @@ from __future__ import annotations
 import errno
 import logging
 import os
+import queue
 import threading
 import time
 
 from keras_ptx.data.eligibility import rejection
+from keras_ptx.inference.prediction import Rejection
 from keras_ptx.node import receiver
 from keras_ptx.node.config import NodeConfig, NodeError
-from keras_ptx.node.sender import Backoff, SendError
+from keras_ptx.node.delivery import SHORT, Delivery
+from keras_ptx.node.sender import Backoff
 from keras_ptx.node.spool import Spool, digest
 from keras_ptx.node.status import Status
+from keras_ptx.results.dicom_objects import build_objects     # loaded before the first study
 
 log = logging.getLogger("keras_ptx.node")
-SHORT = 12                                  # digest characters in log lines
 FULL_DISK = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
 OUT_OF_RESOURCES, OTHER_RESOURCE_FAILURE, CANNOT_UNDERSTAND = 0xA700, 0xA701, 0xC210
+FINISH = "finish"                           # builder job: a study's last outcome was handed over
 
 
 class Node:
-    """``start()`` listens and works in background threads until ``stop()``."""
+    """``start()`` listens and works in background threads until ``stop()``. The model
+    backend gives ``results(files)``, ``identity`` and ``batch_size`` (images per round)."""
 
     def __init__(self, config: NodeConfig, model, sender, tls=None):
         self.config, self.model, self.sender, self.tls = config, model, sender, tls
@@ -41,9 +49,12 @@ class Node:
         self.spool = Spool(config.spool)
         self.status = Status(os.path.join(self.spool.root, "status.json"))
         self._quiet_since: dict[str, float] = {}     # study key -> monotonic time of its last instance
+        self._in_flight: set[tuple[str, str]] = set()   # (study, instance) handed to the builder
         self._lock = threading.Lock()
-        self._work = threading.Event()
+        self._jobs: queue.Queue = queue.Queue(maxsize=2 * max(1, model.batch_size))
         self._stopping = threading.Event()
+        self.delivery = Delivery(self.spool, self.status, sender, config.retention_seconds,
+                                 config.max_backoff, self._stopping)
         self._threads: list[threading.Thread] = []
         self.server = None
 
@@ -57,7 +68,8 @@ class Node:
         except OSError as exc:
             raise NodeError(f"--host {self.config.host} --port {self.config.port}: cannot "
                             f"listen ({exc.strerror or exc})") from None
-        for target in (self._predict_loop, self._send_loop, self._status_loop):
+        for target in (self._predict_loop, self._build_loop, self.delivery.run,
+                       self._housekeeping_loop):
             thread = threading.Thread(target=target, name=target.__name__, daemon=True)
             thread.start()
             self._threads.append(thread)
@@ -66,28 +78,38 @@ class Node:
                  self.model.identity.describe(), self.config.quiet_seconds)
 
     def stop(self) -> None:
-        """Stop listening and working (once; later calls do nothing) and write the status."""
+        """Stop listening and working (once; later calls do nothing) and write the status:
+        the predictor ends its batch, the builder records what it was handed."""
         self._stopping.set()
-        self._work.set()
+        self.delivery.wake()
         if self.server is not None:
             self.server.shutdown()
             self.server = None
-        for thread in self._threads:
-            thread.join(timeout=30)
+        if self._threads:
+            predictor, builder, *others = self._threads
+            predictor.join(timeout=30)
+            self._jobs.put(None)
+            for thread in (builder, *others):
+                thread.join(timeout=30)
         self._threads = []
         self.status.flush()
 
     def _recover(self) -> None:
         """Every study in the spool that is not sent is unfinished: resume it."""
-        now = time.monotonic()
+        now, unfinished = time.monotonic(), 0
         for key in self.spool.keys():
             study = self.spool.study(key) or {}
+            state = study.get("state", "received")
             if self.spool.pending(key):
                 self._quiet_since[key] = now
-            elif study.get("state", "received") == "received":
-                self.spool.set_state(key, "predicted")
-        unfinished = sum((self.spool.study(k) or {}).get("state") != "sent"
-                         for k in self.spool.keys())
+            elif state == "sent":
+                self.delivery.retain(key, study.get("sent_at", 0))
+                continue
+            else:
+                if state == "received":
+                    self.spool.set_state(key, "predicted", predicted_at=time.time())
+                self.delivery.put(key)
+            unfinished += 1
         if unfinished:
             log.info("resuming %d unfinished stud%s from the spool", unfinished,
                      "y" if unfinished == 1 else "ies")
@@ -126,74 +148,137 @@ class Node:
         return 0x0000
 
     # --- predicting ------------------------------------------------------------------------
-    def _due(self) -> list[str]:
-        """The studies whose quiet period is over, taken off the waiting list."""
+    def _due(self) -> list[tuple[str, list[str]]]:
+        """The next round: the studies whose quiet period is over, oldest first, until they
+        hold a model batch of instances (at least one study), each with its pending instances
+        not already handed to the builder; taken off the waiting list."""
         now = time.monotonic()
         with self._lock:
-            due = [key for key, since in self._quiet_since.items()
-                   if now - since >= self.config.quiet_seconds]
-            for key in due:
+            due = sorted((since, key) for key, since in self._quiet_since.items()
+                         if now - since >= self.config.quiet_seconds)
+        round_, images = [], 0
+        for _, key in due:
+            if images >= self.model.batch_size:
+                break
+            with self._lock:
                 del self._quiet_since[key]
-        return due
+                busy = {i for k, i in self._in_flight if k == key}
+            instances = [i for i in self.spool.pending(key) if i not in busy]
+            round_.append((key, instances))
+            images += len(instances)
+        return round_
+
+    def _requeue(self, keys, wait: float) -> None:
+        """Studies back on the waiting list, due again in ``wait`` seconds."""
+        with self._lock:
+            for key in keys:
+                self._quiet_since.setdefault(
+                    key, time.monotonic() - self.config.quiet_seconds + wait)
 
     def _predict_loop(self) -> None:
         backoff = Backoff(1.0, self.config.max_backoff)
         while not self._stopping.is_set():
-            keys = self._due()
-            if not keys:
+            round_ = self._due()
+            if not round_:
                 self._stopping.wait(0.1)
                 continue
             try:
-                self._predict_studies(keys)
+                self._predict_round(round_)
                 backoff.reset()
-            except Exception as exc:        # noqa: BLE001 - a model server down, a bug: retry
-                wait = backoff.next_wait()
+            except _RoundFailed as failed:  # a model server down, a bug: retry
+                wait, cause = backoff.next_wait(), failed.__cause__
                 log.error("%d stud%s: prediction failed (%s: %s); next attempt in %.0f s",
-                          len(keys), "y" if len(keys) == 1 else "ies", type(exc).__name__,
-                          str(exc)[:200], wait)
+                          len(failed.unfinished), "y" if len(failed.unfinished) == 1 else "ies",
+                          type(cause).__name__, str(cause)[:200], wait)
                 self.status.add("failed")
+                self._requeue(failed.unfinished, wait)
+
+    def _predict_round(self, round_: list[tuple[str, list[str]]]) -> None:
+        """The round's instances in one stream of batches; each outcome goes to the builder
+        as it comes, and each study's last is followed by a FINISH. Raises _RoundFailed
+        naming the studies not finished."""
+        where: dict[str, tuple[str, str]] = {}
+        last: dict[str, str] = {}
+        unfinished = {key for key, _ in round_}
+        try:
+            for key, instances in round_:
+                if not instances:           # outcomes in flight: the FINISH follows them
+                    self._jobs.put((FINISH, key))
+                    unfinished.discard(key)
+                    continue
+                for instance in instances:
+                    path = self.spool.instance_file(key, instance)
+                    where[path] = (key, instance)
+                last[path] = key
+            for item in self.model.results(list(where)):
+                path = str(item.path if isinstance(item, Rejection) else item.image.path)
+                key, instance = where[path]
                 with self._lock:
-                    for key in keys:
-                        self._quiet_since.setdefault(
-                            key, time.monotonic() - self.config.quiet_seconds + wait)
+                    self._in_flight.add((key, instance))
+                self._jobs.put((key, instance, item))
+                if path in last:
+                    self._jobs.put((FINISH, key))
+                    unfinished.discard(key)
+                if self._stopping.is_set():
+                    return                  # the rest stays pending in the spool
+        except Exception as exc:            # noqa: BLE001 - the caller retries these studies
+            raise _RoundFailed(unfinished) from exc
 
-    def _predict_studies(self, keys: list[str]) -> None:
-        """Every pending instance of the studies, in one stream of batches (several small
-        studies fill a batch together), then each study whose instances all have an outcome
-        is predicted."""
-        from keras_ptx.inference.prediction import Rejection
+    # --- building --------------------------------------------------------------------------
+    def _build_loop(self) -> None:
+        """Jobs in the order handed: an outcome is written, a FINISH hands its study to the
+        sender once nothing of it is pending; ends at ``None`` (from stop())."""
+        while True:
+            job = self._jobs.get()
+            if job is None:
+                return
+            if job[0] == FINISH:
+                self._predicted(job[1])
+                continue
+            key, instance, item = job
+            try:
+                self._record(key, instance, item)
+            except Exception as exc:        # noqa: BLE001 - a disk full, a bug: retry later
+                log.error("instance %s of study %s: outcome not written (%s: %s); next attempt "
+                          "in %.0f s", instance[:SHORT], key[:SHORT], type(exc).__name__,
+                          str(exc)[:200], self.config.max_backoff)
+                self.status.add("failed")
+                self._requeue([key], self.config.max_backoff)
+            finally:
+                with self._lock:
+                    self._in_flight.discard((key, instance))
 
-        study_of = {self.spool.instance_file(key, instance): key
-                    for key in keys for instance in self.spool.pending(key)}
-        for item in self.model.results(list(study_of)):
-            path = item.path if isinstance(item, Rejection) else item.image.path
-            key = study_of[str(path)]
-            if isinstance(item, Rejection):
-                self._skip(key, _instance(path), item.reason)
-            else:
-                self._answer(key, item)
-        for key in keys:
-            with self.spool.lock(key):
-                if not self.spool.pending(key):
-                    self.spool.set_state(key, "predicted", predicted_at=time.time())
-        self._work.set()
+    def _record(self, key: str, instance: str, item) -> None:
+        if isinstance(item, Rejection):
+            self._skip(key, instance, item.reason)
+        else:
+            self._answer(key, instance, item)
 
-    def _answer(self, key: str, prediction) -> None:
-        from keras_ptx.results.dicom_objects import build_objects
+    def _predicted(self, key: str) -> None:
+        """Every instance of the study has an outcome: predicted, to the sender."""
+        with self.spool.lock(key):
+            if self.spool.pending(key):
+                return                      # a new instance came: the study waits again
+            state = (self.spool.study(key) or {}).get("state")
+            if state == "received":
+                self.spool.set_state(key, "predicted", predicted_at=time.time())
+            elif state != "predicted":
+                return
+        self.delivery.put(key)
 
+    def _answer(self, key: str, instance: str, prediction) -> None:
         image = prediction.image
         try:
             objects = build_objects(image.source.dataset, prediction.mask,
                                     prediction.probability, self.model.identity,
                                     self.config.kinds, pixels=image.pixels)
         except Exception as exc:            # noqa: BLE001 - a header the builder cannot use
-            self._skip(key, _instance(image.path),
-                       f"result objects could not be built ({type(exc).__name__})")
+            self._skip(key, instance, f"result objects could not be built ({type(exc).__name__})")
             return
         positive = bool(prediction.mask.any())
-        self.spool.record(key, _instance(image.path),
-                          {"outcome": "predicted", "positive": positive,
-                           "probability": prediction.probability}, list(objects.values()))
+        self.spool.record(key, instance, {"outcome": "predicted", "positive": positive,
+                                          "probability": prediction.probability},
+                          list(objects.values()))
         self.status.add("processed")
         self.status.add("positives", positive)
 
@@ -203,66 +288,17 @@ class Node:
         self.spool.record(key, instance, {"outcome": "skipped", "reason": reason})
         self.status.add("skipped")
 
-    # --- sending ---------------------------------------------------------------------------
-    def _send_loop(self) -> None:
-        """Every predicted study's objects in one call (one association), then each study
-        is finished; a failure waits the backoff and tries them all again."""
-        backoff = Backoff(1.0, self.config.max_backoff)
-        while not self._stopping.is_set():
-            self._work.clear()
-            ready = []
-            for key in self.spool.keys():
-                study = self.spool.study(key) or {}
-                if study.get("state") == "sent":
-                    self._expire(key, study)
-                elif study.get("state") == "predicted":
-                    ready.append(key)
-            try:
-                self.sender.send([p for key in ready for p in self.spool.outbox(key)],
-                                 self._acknowledged)
-            except (SendError, OSError) as exc:
-                wait = backoff.next_wait()
-                log.warning("sending failed for %d stud%s (%s); next attempt in %.0f s",
-                            len(ready), "y" if len(ready) == 1 else "ies", exc, wait)
-                self.status.add("failed")
-                self._stopping.wait(wait)
-                continue
-            backoff.reset()
-            for key in ready:
-                self._finish(key)
-            self._work.wait(0.5)
-
-    def _acknowledged(self, path: str) -> None:
-        self.spool.acknowledge(path)
-        self.status.add("sent")
-
-    def _finish(self, key: str) -> None:
-        with self.spool.lock(key):
-            study = self.spool.study(key) or {}
-            if study.get("state") != "predicted" or self.spool.outbox(key):
-                return                      # new instances came, or objects are left
-            study = self.spool.set_state(key, "sent", sent_at=time.time())
-        outcomes = self.spool.outcomes(key)
-        predicted = [o for o in outcomes if o["outcome"] == "predicted"]
-        latency = f"{study['sent_at'] - study['last_at']:.1f} s" if "last_at" in study else "?"
-        log.info("study %s answered: %d image(s), %d positive, %d skipped, %d object(s), "
-                 "latency %s", key[:SHORT], len(predicted), sum(o["positive"] for o in predicted),
-                 len(outcomes) - len(predicted), sum(len(o["objects"]) for o in outcomes), latency)
-        self.status.add("studies_answered")
-        self._expire(key, study)
-
-    def _expire(self, key: str, study: dict) -> None:
-        if time.time() - study.get("sent_at", 0) >= self.config.retention_seconds:
-            self.spool.remove(key)
-
-    def _status_loop(self) -> None:
+    # --- housekeeping ----------------------------------------------------------------------
+    def _housekeeping_loop(self) -> None:
         while not self._stopping.wait(1.0):
-            keys = self.spool.keys()
-            self.status.set(pending_studies=sum(
-                (self.spool.study(k) or {}).get("state") != "sent" for k in keys))
+            self.delivery.expire()
+            self.status.set(pending_studies=len(self.spool.keys()) - self.delivery.retained)
             self.status.flush()
 
 
-def _instance(path: str) -> str:
-    """The instance key of a spooled file (``in/<key>.dcm``)."""
-    return os.path.basename(str(path))[:-len(".dcm")]
+class _RoundFailed(Exception):
+    """A round's stream of predictions broke; ``unfinished``: its studies without a FINISH."""
+
+    def __init__(self, unfinished: set[str]):
+        super().__init__("prediction round failed")
+        self.unfinished = unfinished

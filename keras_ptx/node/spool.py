@@ -15,9 +15,12 @@ Every file is written beside its name, flushed to the disk and renamed into plac
 (:func:`keras_ptx.fileio.replace`): a crash leaves the old file or the new one. The progress
 of a study is read from the files, not only from ``study.json``: an instance without an
 outcome still needs its prediction, an object in ``out/`` still needs sending. An outcome is
-written after its objects, and an object moves to ``sent/`` after its acknowledgement, so a
-crash between two steps repeats the later one only; result UIDs are derived from the source,
-so a repeat sends the same objects again. The node sets its umask to 077: files are 0600.
+written after its objects, and an object moves to ``sent/`` after its acknowledgement (a
+rename not flushed: a crash may undo it, and the object is sent again), so a crash between
+two steps repeats the later one only; result UIDs are derived from the source, so a repeat
+sends the same objects again. ``study.json`` is rewritten when the state changes, not for
+every instance: a study's last instance is its newest file in ``in/``. The node sets its
+umask to 077: files are 0600.
 """
 from __future__ import annotations
 
@@ -30,7 +33,7 @@ import time
 import uuid
 from pathlib import Path
 
-from keras_ptx.fileio import atomic_path, replace, write_atomic
+from keras_ptx.fileio import atomic_path, write_atomic
 
 STATES = ("received", "predicted", "sent")
 KEY_CHARS = 24
@@ -75,9 +78,10 @@ class Spool:
             answered = os.path.exists(self.path(key, "done", f"{instance}.json"))
             if not answered:
                 write_atomic(self.path(key, "in", f"{instance}.dcm"), data)
-                study = self.study(key) or {"study_uid": study_uid, "first_at": time.time()}
-                study.update(state="received", last_at=time.time())
-                self._write_study(key, study)
+                study = self.study(key)
+                if study is None or study.get("state") != "received":
+                    self._write_study(key, {**(study or {"first_at": time.time()}),
+                                            "state": "received"})
             return key, not answered
 
     # --- reading progress ------------------------------------------------------------------
@@ -96,6 +100,13 @@ class Spool:
         done = {name[:-5] for name in _names(self.path(key, "done"), ".json")}
         return [name[:-4] for name in _names(self.path(key, "in"), ".dcm")
                 if name[:-4] not in done]
+
+    def last_received(self, key: str) -> float | None:
+        """When the study's newest instance was stored (epoch seconds), None without any."""
+        folder = self.path(key, "in")
+        times = [os.stat(os.path.join(folder, name)).st_mtime
+                 for name in _names(folder, ".dcm")]
+        return max(times, default=None)
 
     def instance_file(self, key: str, instance: str) -> str:
         return self.path(key, "in", f"{instance}.dcm")
@@ -121,10 +132,11 @@ class Spool:
                          json.dumps({**outcome, "instance": instance, "objects": names}))
 
     def acknowledge(self, path: str) -> None:
-        """The destination stored the object at ``path`` (in some study's ``out/``)."""
+        """The destination stored the object at ``path`` (in some study's ``out/``): moved to
+        ``sent/``, not flushed (after a crash it may be sent again, the same object)."""
         study_dir = os.path.dirname(os.path.dirname(path))
         with self.lock(os.path.basename(study_dir)):
-            replace(path, os.path.join(study_dir, "sent", os.path.basename(path)))
+            os.replace(path, os.path.join(study_dir, "sent", os.path.basename(path)))
 
     def set_state(self, key: str, state: str, **fields) -> dict:
         assert state in STATES, state
