@@ -8,11 +8,14 @@ per image, 1024 px JPEG Baseline by default), then
 1. ``bin/predict`` on them: its own images/s line (model loading excluded);
 2. Orthanc and ``bin/serve-dicom`` (both started here as the tests start them,
    tests/dicom_services.py; the node loads and traces its model before the clock starts),
-   ``storescu`` of every file to the node, and the time until Orthanc holds a SEG for each:
-   images / that time;
-3. the latency of each study: from the end of its last instance's C-STORE (the node's own
-   clock) to the acknowledgement of its objects, from the node's "answered" lines; the goal is
-   at most ``--quiet`` plus 2 s per image.
+   ``storescu`` of every file to the node in one association (a flood), and the time until
+   Orthanc holds a SEG for each: images / that time;
+3. the latency of each study: from its last instance's arrival in the spool (the node's own
+   clock) to the acknowledgement of its objects, from the node's "answered" lines; the goal
+   is at most ``--quiet`` plus 2 s per image. In the flood a study also waits for the studies
+   ahead of it (the last of N waits for about N / throughput), so the same node then gets
+   ``--paced`` more one-image studies (other UIDs), one every ``--interval`` seconds, as a
+   PACS sends them through a day: their latencies are the node's own.
 
 ``--model`` is a RUN_DIR or export; ``--random ENCODER`` builds a run with random weights
 (random batch-norm statistics, bench/trained_like.py) on a ``--grid`` instead: speed does not
@@ -20,7 +23,7 @@ depend on training. Run the measurement on a quiet machine:
 
     .venv/bin/python bench/bench_node.py --random efficientnetb4 --grid 512 --images 200
     .venv/bin/python bench/bench_node.py --random efficientnetb0 --grid 64 --images 6 \\
-        --size 64 --quiet 1            # a smoke run (~2 min), not a measurement
+        --size 64 --quiet 1 --paced 2 --interval 1     # a smoke run, not a measurement
 """
 from __future__ import annotations
 
@@ -33,6 +36,8 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+
+import pydicom
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "tests"))
@@ -58,12 +63,12 @@ def random_run(folder: Path, encoder: str, grid: int) -> Path:
     return folder
 
 
-def synthetic(folder: Path, images: int, size: int) -> list[Path]:
+def synthetic(folder: Path, images: int, size: int, seed: int = 0) -> list[Path]:
     from keras_ptx.data.dicom import find_dicom_files
     from keras_ptx.synthetic.dataset import Options, make_dataset
 
     make_dataset(folder, Options(n_images=images, size=size, positive_fraction=0.5,
-                                 test_fraction=0.0), progress=False)
+                                 test_fraction=0.0, seed=seed), progress=False)
     return [folder / rel for rel in find_dicom_files(folder)[0]]
 
 
@@ -74,7 +79,10 @@ def predict_rate(model: Path, folder: Path, out: Path) -> float:
     return float(re.search(r"([\d.]+) images/s", done.stdout).group(1))
 
 
-def node_run(model: Path, files: list[Path], work: Path, quiet: float) -> dict:
+def node_run(model: Path, files: list[Path], paced: list[Path], interval: float, work: Path,
+             quiet: float) -> dict:
+    from keras_ptx.node.spool import digest
+
     services.install()
     port = services.free_port()
     orthanc = services.Orthanc(work / "orthanc", {"node": (NODE_AE, port)}).start()
@@ -92,12 +100,34 @@ def node_run(model: Path, files: list[Path], work: Path, quiet: float) -> dict:
         services.wait_for(lambda: len(orthanc.instances("SEG")) >= len(files), 3600,
                           "a SEG for every image", interval=0.5)
         seconds = time.monotonic() - start
+        for path in paced:
+            next_at = time.monotonic() + interval
+            if services.storescu([path], port, NODE_AE).returncode != 0:
+                raise RuntimeError("storescu of a paced study failed")
+            time.sleep(max(0.0, next_at - time.monotonic()))
+        services.wait_for(lambda: len(orthanc.instances("SEG")) >= len(files) + len(paced),
+                          600, "a SEG for every paced image", interval=0.5)
     finally:
         node.stop()
         orthanc.stop()
-    answered = re.findall(r"answered: (\d+) image\(s\).*latency ([\d.]+) s", node.text())
+    lines = dict(re.findall(r"study ([0-9a-f]{12}) answered: (\d+ image\(s\).*latency [\d.]+) s",
+                            node.text()))
+    paced_keys = {digest(pydicom.dcmread(p, stop_before_pixels=True).StudyInstanceUID, 12)
+                  for p in paced}
+
+    def latencies(keys):
+        return [(int(line.split()[0]), float(line.rsplit(" ", 1)[1]))
+                for key, line in lines.items() if keys(key)]
     return {"seconds": seconds, "received_seconds": received,
-            "latencies": [(int(n), float(s)) for n, s in answered]}
+            "latencies": latencies(lambda key: key not in paced_keys),
+            "paced_latencies": latencies(lambda key: key in paced_keys)}
+
+
+def _summary(latencies, quiet: float) -> dict:
+    over = [s - (quiet + 2.0 * n) for n, s in latencies]
+    seconds = [s for _, s in latencies]
+    return {"median_s": statistics.median(seconds), "max_s": max(seconds),
+            "studies_over_goal": sum(o > 0 for o in over), "studies": len(seconds)}
 
 
 def main():
@@ -109,28 +139,35 @@ def main():
     parser.add_argument("--images", type=int, default=200)
     parser.add_argument("--size", type=int, default=1024, help="synthetic image side (px)")
     parser.add_argument("--quiet", type=float, default=2.0, help="the node's --quiet")
+    parser.add_argument("--paced", type=int, default=20,
+                        help="one-image studies sent one at a time after the flood")
+    parser.add_argument("--interval", type=float, default=3.0,
+                        help="seconds between two paced studies")
     parser.add_argument("--workdir", type=Path, default=None)
     args = parser.parse_args()
 
     work = args.workdir or Path(tempfile.mkdtemp(prefix="bench-node-"))
     model = args.model or random_run(work / "run", args.random, args.grid)
     files = synthetic(work / "dicom", args.images, args.size)
+    paced = synthetic(work / "paced", args.paced, args.size, seed=1) if args.paced else []
     predict = predict_rate(model, work / "dicom", work / "predict")
-    node = node_run(model, files, work / "node", args.quiet)
+    node = node_run(model, files, paced, args.interval, work / "node", args.quiet)
     rate = len(files) / node["seconds"]
-    over = [s - (args.quiet + 2.0 * n) for n, s in node["latencies"]]
+    flood = _summary(node["latencies"], args.quiet)
+    steady = _summary(node["paced_latencies"], args.quiet) if paced else None
     result = {"images": len(files), "size": args.size, "model": str(model),
               "quiet_s": args.quiet, "predict_images_per_s": predict,
               "node_images_per_s": round(rate, 2), "ratio": round(rate / predict, 3),
-              "storescu_s": round(node["received_seconds"], 1),
-              "latency_median_s": statistics.median(s for _, s in node["latencies"]),
-              "latency_max_s": max(s for _, s in node["latencies"]),
-              "studies_over_latency_goal": sum(o > 0 for o in over), "workdir": str(work)}
+              "storescu_s": round(node["received_seconds"], 1), "flood_latency": flood,
+              "paced_latency": steady, "paced_interval_s": args.interval,
+              "workdir": str(work)}
     print(json.dumps(result, indent=1))
-    print(f"\n| images | bin/predict img/s | node img/s | ratio (goal >= 0.8) | latency median / "
-          f"max (goal <= {args.quiet:g} s + 2 s/image) |\n|---|---|---|---|---|\n"
+    paced_cell = f"{steady['median_s']:.1f} / {steady['max_s']:.1f} s" if steady else "-"
+    print(f"\n| images | bin/predict img/s | node img/s | ratio (goal >= 0.8) | latency in the "
+          f"flood, median / max | latency paced, median / max (goal <= {args.quiet:g} s + 2 s/"
+          f"image) |\n|---|---|---|---|---|---|\n"
           f"| {len(files)} x {args.size} px | {predict:.2f} | {rate:.2f} | {rate / predict:.2f} "
-          f"| {result['latency_median_s']:.1f} / {result['latency_max_s']:.1f} s |")
+          f"| {flood['median_s']:.1f} / {flood['max_s']:.1f} s | {paced_cell} |")
 
 
 if __name__ == "__main__":
