@@ -42,6 +42,8 @@ def _cases(tmp: Path) -> dict[str, tuple[list[str], int, list[str]]]:
                      "--out", str(tmp / "predicted")], 2, [not_a_run]),
         "export": (["--model", str(tmp / "not-a-run"), "--out", str(tmp / "export")], 2, [not_a_run]),
         "doctor": (["--config", str(tmp / "config.yaml")], 2, ["train.epochz: unknown key"]),
+        "serve-dicom": (["--model", str(tmp / "not-a-run"), "--spool", str(tmp / "spool"),
+                         "--allow-any", "--send-to", "PACS@127.0.0.1:1"], 2, [not_a_run]),
         # The synthetic stage is complete, so the build stage runs and refuses its label file;
         # the demo reports the stage's own error, then that the stage failed.
         "demo": (["--workdir", str(tmp / "demo")], 2,

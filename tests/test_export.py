@@ -568,10 +568,17 @@ def test_the_dicom_node_answers_from_an_export_as_bin_predict_does(exported, tmp
     node = ExportModel(str(exported["export"]))                # version 1: no TTA
     predictor = DicomPredictor(str(exported["run"]), tta="none", log=lambda *_: None)
     assert node.identity == predictor.identity
-    served, local = list(node.results(files)), list(predictor.results(files, progress=False))
-    assert [type(a) for a in served] == [type(b) for b in local]
-    assert not isinstance(served[-1], Prediction) and "ViewPosition LL" in served[-1].reason
-    for a, b in zip(served[:-1], local[:-1]):
-        assert a.image.image_id == b.image.image_id
+    served, local = ({_path(item): item for item in answers} for answers in
+                     (node.results(files), predictor.results(files, progress=False)))
+    assert sorted(served) == sorted(local) == sorted(files)
+    assert "ViewPosition LL" in served[files[-1]].reason
+    assert served[files[-1]].reason == local[files[-1]].reason
+    for path in files[:-1]:
+        a, b = served[path], local[path]
+        assert isinstance(a, Prediction) and isinstance(b, Prediction)
         assert abs(a.probability - b.probability) < 1e-3
         assert a.mask.shape == b.mask.shape and (a.mask != b.mask).mean() < 0.005
+
+
+def _path(item) -> str:
+    return str(getattr(item, "path", None) or item.image.path)

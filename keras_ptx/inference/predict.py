@@ -87,7 +87,8 @@ class DicomPredictor:
         self.any_image = any_image
 
     def results(self, files: Sequence, progress: bool = True) -> Iterator[Prediction | Rejection]:
-        """A :class:`Prediction` or a :class:`Rejection` per file, in order.
+        """A :class:`Prediction` or a :class:`Rejection` per file: a rejection as soon as its
+        file is read, a prediction when its batch has run (so not always in file order).
 
         Unreadable files, images outside the intended use, ImageIds a submission cannot hold
         and repeated ones are rejected with their reason. An unreadable file whose header

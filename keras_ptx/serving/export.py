@@ -264,9 +264,11 @@ def export_run(run_dir, export_base, version: int | None = None, tta: str | None
     check_version_free(export_base, version)        # before the model is built
     run = Ensemble(run_dir, checkpoints, precision)
     post = run.post                                 # a bad rule is refused before the build
-    tta = run.tta(tta)
-    identity = model_identity(run, tta).model + ("" if precision == "float32" else f" {precision}")
-    return export_model(run.predictor(tta), post, export_base, version,
+    predictor = run.predictor(run.tta(tta))        # refuses a run without its weights
+    identity = model_identity(run, predictor.tta).model
+    if precision != "float32":
+        identity += f" {precision}"
+    return export_model(predictor, post, export_base, version,
                         run.config.export.warmup_requests,
                         metadata={"run_dir": run.paths[0] if len(run.paths) == 1 else run.paths,
                                   "postprocess_source": run.post_source,
