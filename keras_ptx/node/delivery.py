@@ -1,6 +1,6 @@
 """The node's sending thread: predicted studies in the order they became ready, each study's
-objects through one sender (its association kept open while studies keep coming), then the
-study marked sent, logged once and deleted after the retention.
+objects through one sender (one association while studies are ready, released when none
+is), then the study marked sent, logged once and deleted after the retention.
 
 :meth:`Delivery.put` hands a study over (the predictor, as soon as every instance of it has an
 outcome; the recovery at start for studies left predicted); putting a study twice is
@@ -18,7 +18,6 @@ from keras_ptx.node.sender import Backoff, SendError
 
 log = logging.getLogger("keras_ptx.node")
 SHORT = 12                                  # digest characters in log lines
-IDLE_SECONDS = 2.0                          # an association unused this long is released
 
 
 class Delivery:
@@ -81,18 +80,22 @@ class Delivery:
             self.sender.close()
 
     def _next(self) -> str | None:
-        """The next ready study; None after ``IDLE_SECONDS`` without one (the association is
-        released then) or when stopping."""
+        """The next ready study; when none is, the association is released first (pynetdicom's
+        threads poll an open one every millisecond), then None after a second without one or
+        when stopping."""
+        with self._cv:
+            if self._ready:
+                return self._pop()
+        self.sender.close()
         with self._cv:
             if not self._ready:
-                self._cv.wait(IDLE_SECONDS)
-            if self._ready:
-                key = self._ready.popleft()
-                self._queued.discard(key)
-                return key
-        if not self._stopping.is_set():
-            self.sender.close()
-        return None
+                self._cv.wait(1.0)
+            return self._pop() if self._ready else None
+
+    def _pop(self) -> str:
+        key = self._ready.popleft()
+        self._queued.discard(key)
+        return key
 
     def _acknowledged(self, path: str) -> None:
         self.spool.acknowledge(path)

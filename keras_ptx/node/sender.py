@@ -32,7 +32,7 @@ def client_tls(cert: str, key: str, ca: str) -> ssl.SSLContext:
 
 
 class CStoreSender:
-    """One association kept open across calls (``close()`` releases it), proposing the SOP
+    """One association kept open across calls until ``close()``, proposing the SOP
     classes of the objects sent so far (far below the 128-context limit), each in the
     objects' own transfer syntaxes and the two uncompressed; a call with a new class or
     syntax associates again. An object whose own syntax was accepted is sent from its file
