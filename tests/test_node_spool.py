@@ -219,27 +219,37 @@ def test_a_port_in_use_is_a_clear_error(node_at, tmp_path):
 
 # --- the pipeline: a scripted model, a recording sender -------------------------------------
 class ScriptedModel:
-    """Predicts every file as negative, one file per round (``batch_size`` 1); calls
-    ``before(path)`` before each prediction and raises once for paths in ``fail_once``."""
+    """Predicts every file as negative, ``batch`` files at a time (rounds of ``batch_size``);
+    calls ``before(path)`` before each file, raises once for paths in ``fail_once`` and rejects
+    those in ``reject`` at once, ahead of its batch's predictions (as DicomPredictor does)."""
     identity = ModelIdentity(model="scripted")
-    batch_size = 1
+    batch_size = batch = 1
 
-    def __init__(self, before=lambda path: None, fail_once=()):
-        self.before, self.fail_once, self.calls = before, set(fail_once), []
+    def __init__(self, before=lambda path: None, fail_once=(), reject=()):
+        self.before, self.fail_once, self.reject = before, set(fail_once), set(reject)
+        self.calls = []
 
     def results(self, files):
         from keras_ptx.data.dicom import read_dicom
-        from keras_ptx.inference.prediction import Prediction
+        from keras_ptx.inference.prediction import Prediction, Rejection
 
         self.calls.append([os.path.basename(f) for f in files])
+        batch = []
         for path in files:
             self.before(path)
             if path in self.fail_once:
                 self.fail_once.discard(path)
                 raise ConnectionError("model server down")
+            if path in self.reject:
+                yield Rejection(path, "ViewPosition LL: not a frontal view")
+                continue
             image = read_dicom(path)
-            yield Prediction(image=image, mask=np.zeros(image.pixels.shape, bool),
-                             probability=0.1)
+            batch.append(Prediction(image=image, mask=np.zeros(image.pixels.shape, bool),
+                                    probability=0.1))
+            if len(batch) == self.batch:
+                yield from batch
+                batch = []
+        yield from batch
 
 
 class RecordingSender:
@@ -443,3 +453,20 @@ def test_an_instance_arriving_after_the_answer_gets_its_own(tmp_path, caplog):
     assert node.spool.study(keys[0])["state"] == "sent"
     assert node.spool.pending(keys[0]) == []
     assert len(os.listdir(node.spool.path(keys[0], "sent"))) == 4
+
+
+def test_a_rejection_ahead_of_its_batch_still_finishes_the_study(tmp_path):
+    """The study's last file is rejected before the batch holding its first one has run: the
+    study is answered once both have an outcome (one image, one skipped)."""
+    model = ScriptedModel()
+    node, keys = _pipeline(tmp_path, model, [2])
+    model.batch_size = model.batch = 2
+    files = [node.spool.instance_file(keys[0], i) for i in node.spool.pending(keys[0])]
+    model.reject = {files[1]}
+    node.start()
+    try:
+        _wait(lambda: node.status.counts["studies_answered"] == 1, timeout=20)
+    finally:
+        node.stop()
+    assert node.status.counts["processed"] == 1 and node.status.counts["skipped"] == 1
+    assert len(node.delivery.sender.sent) == 2

@@ -195,34 +195,30 @@ class Node:
 
     def _predict_round(self, round_: list[tuple[str, list[str]]]) -> None:
         """The round's instances in one stream of batches; each outcome goes to the builder
-        as it comes, and each study's last is followed by a FINISH. Raises _RoundFailed
-        naming the studies not finished."""
+        as it comes (rejections may come before earlier files' predictions), and a study's
+        last one is followed by a FINISH. Raises _RoundFailed naming the studies not
+        finished."""
         where: dict[str, tuple[str, str]] = {}
-        last: dict[str, str] = {}
-        unfinished = {key for key, _ in round_}
+        remaining = {key: len(instances) for key, instances in round_}
         try:
             for key, instances in round_:
                 if not instances:           # outcomes in flight: the FINISH follows them
                     self._jobs.put((FINISH, key))
-                    unfinished.discard(key)
-                    continue
                 for instance in instances:
-                    path = self.spool.instance_file(key, instance)
-                    where[path] = (key, instance)
-                last[path] = key
+                    where[self.spool.instance_file(key, instance)] = (key, instance)
             for item in self.model.results(list(where)):
                 path = str(item.path if isinstance(item, Rejection) else item.image.path)
                 key, instance = where[path]
                 with self._lock:
                     self._in_flight.add((key, instance))
                 self._jobs.put((key, instance, item))
-                if path in last:
+                remaining[key] -= 1
+                if remaining[key] == 0:
                     self._jobs.put((FINISH, key))
-                    unfinished.discard(key)
                 if self._stopping.is_set():
                     return                  # the rest stays pending in the spool
         except Exception as exc:            # noqa: BLE001 - the caller retries these studies
-            raise _RoundFailed(unfinished) from exc
+            raise _RoundFailed({key for key, n in remaining.items() if n}) from exc
 
     # --- building --------------------------------------------------------------------------
     def _build_loop(self) -> None:
