@@ -11,6 +11,8 @@ their values, and command-line options take theirs from :func:`choices`. Files a
 """
 from __future__ import annotations
 
+import contextlib
+
 import dataclasses
 import difflib
 import os
@@ -397,10 +399,8 @@ def _coerce(tp, value, path):
         for option in args:
             if option is type(None):
                 continue
-            try:
+            with contextlib.suppress(ConfigError):      # the message below names every option
                 return _coerce(option, value, path)
-            except ConfigError:
-                pass                    # the message below names every option
         raise ConfigError(f"{path}: expected {_describe(tp)}, got {value!r}")
     if origin is tuple:
         if not isinstance(value, (list, tuple)):
