@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import hashlib
 from pathlib import Path
-from typing import Callable, Iterator, Sequence
+from typing import Callable, Iterable, Iterator, Sequence
 
 import numpy as np
 from tqdm import tqdm
@@ -96,20 +96,14 @@ class DicomPredictor:
         ImageId, for a -1 submission row: a competition submission must list every image.
         """
         first_path: dict[str, str] = {}
-        batch: list[tuple[DicomImage, str | None]] = []
+        admitted = (self._admit(path, first_path) for path in files)
         with tqdm(total=len(files), desc="predict", unit="img", disable=not progress) as bar:
-            for path in files:
-                item = self._admit(path, first_path)
+            for item in batched(admitted, self.batch_size):
                 if isinstance(item, Rejection):
                     bar.update(1)
                     yield item
-                    continue
-                batch.append(item)
-                if len(batch) == self.batch_size:
-                    yield from self._run_batch(batch, bar)
-                    batch = []
-            if batch:
-                yield from self._run_batch(batch, bar)
+                else:
+                    yield from self._run_batch(item, bar)
 
     def _admit(self, path, first_path: dict) -> tuple[DicomImage, str | None] | Rejection:
         """The decoded image and why it is outside the intended use (None: it is not), or
@@ -145,6 +139,22 @@ class DicomPredictor:
             mask = self.post.apply(prob_map, float(p)).astype(bool)
             bar.update(1)
             yield Prediction(image=image, mask=mask, probability=float(p), outside_use=outside)
+
+
+def batched(items: Iterable, size: int) -> Iterator:
+    """``items`` in order, each :class:`Rejection` as it comes and the others gathered into
+    lists of ``size`` (the last one shorter)."""
+    batch = []
+    for item in items:
+        if isinstance(item, Rejection):
+            yield item
+            continue
+        batch.append(item)
+        if len(batch) == size:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
 
 
 def _header_or_none(path):

@@ -82,32 +82,32 @@ class RunModel:
         self._model.predictor.from_gray(np.zeros((1, size, size), np.uint8))
 
 
+def _admit(path: str):
+    """The decoded image, or a Rejection: unreadable, or not a frontal chest radiograph."""
+    from keras_ptx.data.dicom import DicomError, read_dicom
+    from keras_ptx.data.eligibility import rejection
+    from keras_ptx.inference.prediction import Rejection
+
+    try:
+        image = read_dicom(path)
+    except DicomError as exc:
+        return Rejection(exc.path, exc.reason)
+    reason = rejection(image.source.dataset)
+    return Rejection(image.path, reason) if reason else image
+
+
 class _SignatureModel:
     """Reading and checking as ``bin/predict`` does, then ``serving_compact`` per batch."""
     batch_size = BATCH
 
     def results(self, files: list[str]) -> Iterator:
-        from keras_ptx.data.dicom import DicomError, read_dicom
-        from keras_ptx.data.eligibility import rejection
-        from keras_ptx.inference.prediction import Rejection
+        from keras_ptx.inference.predict import batched
 
-        batch = []
-        for path in files:
-            try:
-                image = read_dicom(path)
-            except DicomError as exc:
-                yield Rejection(exc.path, exc.reason)
-                continue
-            reason = rejection(image.source.dataset)
-            if reason:
-                yield Rejection(image.path, reason)
-                continue
-            batch.append(image)
-            if len(batch) == BATCH:
-                yield from self._predictions(batch)
-                batch = []
-        if batch:
-            yield from self._predictions(batch)
+        for item in batched((_admit(path) for path in files), BATCH):
+            if isinstance(item, list):
+                yield from self._predictions(item)
+            else:
+                yield item
 
     def warm_up(self) -> None:
         self.compact([_png(np.zeros((64, 64), np.uint8))])
