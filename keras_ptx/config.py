@@ -6,16 +6,23 @@ naming the key's dotted path (with a "did you mean" hint for typos); then each s
 ``validate()`` checks its values (ranges, sizes, settings that exclude each other), as every
 command that loads a config (train, evaluate, predict, export, demo) does through this module.
 Choices are ``Literal`` types (:data:`Tta`, :data:`EncoderName`, ...): the coercion accepts only
-their values, and command-line options take theirs from :func:`choices`. Files are read with
-``yaml.safe_load`` only.
+their values, and command-line options take theirs from :func:`choices`.
+
+Whatever a file or an override holds, loading it ends in a Config or a one-line ConfigError:
+files are UTF-8 text of at most :data:`MAX_CONFIG_BYTES`, read with PyYAML's safe loader
+(:class:`ConfigLoader`: no tags that run code, no duplicate keys, and a document that
+aliases cannot expand past :data:`MAX_VALUES` values or nest deeper than :data:`MAX_DEPTH`);
+numbers are finite and every integer setting has an upper bound (the ``MAX_*`` constants), so
+nothing reaches TensorFlow that it cannot hold.
 """
 from __future__ import annotations
 
 import contextlib
-
 import dataclasses
 import difflib
+import math
 import os
+import reprlib
 import typing
 from dataclasses import dataclass, field
 from typing import Any, Literal, Optional, Union
@@ -23,7 +30,7 @@ from typing import Any, Literal, Optional, Union
 import yaml
 
 from keras_ptx.errors import UserError
-from keras_ptx.fileio import exists, read_text, write_atomic
+from keras_ptx.fileio import exists, is_url, write_atomic
 
 
 class ConfigError(UserError):
@@ -32,6 +39,25 @@ class ConfigError(UserError):
 
 SIZE_MULTIPLE = 32      # the encoders halve an image five times
 DECODER_DEPTH = 4       # UNet++ decoder columns; X(0, 4) is the full network's mask node
+
+# What a config may hold: far beyond any real one, far below what eats a machine.
+MAX_CONFIG_BYTES = 1 << 20      # a config file (the repository's are under 2 KB)
+MAX_VALUES = 10_000             # values of a YAML document, aliases expanded (a config: ~100)
+MAX_DEPTH = 16                  # nesting of a YAML document (a config: 4)
+MAX_TEXT = 4096                 # characters of a string setting (a path: Linux's PATH_MAX)
+# Upper bounds of the integer settings (TensorFlow holds int64; these are what makes sense).
+MAX_IMAGE_SIZE = 4096           # a record's side; SIIM's radiographs are 1024
+MAX_BATCH = 4096                # a global batch (the data caps it further: training.datasets)
+MAX_EPOCHS = 100_000            # also bounds the epoch counts (patience, averaging, freezing)
+MAX_STEPS = 10_000_000          # steps of an epoch or a validation; epochs x steps fit int64
+MAX_WORKERS = 256               # augmentation calls at once (processes or threads)
+MAX_BATCHES_PER_CALL = 64
+MAX_FILTERS = 4096              # a decoder column's width
+MAX_GRID_STEPS = 100            # GridDistortion's cells per side
+MAX_TENSORBOARD_IMAGES = 64     # validation overlays logged per epoch
+MAX_THRESHOLDS = 100            # pixel thresholds train.metric_threshold scores at
+MAX_WARMUP_REQUESTS = 1000
+MAX_SEED = 2 ** 32 - 1          # NumPy's seeds are 32-bit
 
 Auto = Literal["auto"]
 Tta = Literal["none", "hflip"]                      # test-time augmentation
@@ -54,7 +80,10 @@ def choices(literal) -> tuple[str, ...]:
 
 
 def check_image_size(size: int, name: str = "data.image_size") -> None:
-    """ConfigError unless ``size`` is a positive multiple of :data:`SIZE_MULTIPLE`."""
+    """ConfigError unless ``size`` is a positive multiple of :data:`SIZE_MULTIPLE` up to
+    :data:`MAX_IMAGE_SIZE`."""
+    if size > MAX_IMAGE_SIZE:
+        raise ConfigError(f"{name}: {_shown(size)} is above the largest size, {MAX_IMAGE_SIZE}")
     if size < SIZE_MULTIPLE or size % SIZE_MULTIPLE:
         nearest = max(SIZE_MULTIPLE, size // SIZE_MULTIPLE * SIZE_MULTIPLE)
         raise ConfigError(f"{name}: {size} is not a positive multiple of {SIZE_MULTIPLE} (the "
@@ -65,7 +94,16 @@ def _at_least(section: str, obj, least: int | float, *names: str) -> None:
     for name in names:
         value = getattr(obj, name)
         if value is not None and value < least:
-            raise ConfigError(f"{section}.{name}: must be at least {least}, got {value}")
+            raise ConfigError(f"{section}.{name}: must be at least {least}, got {_shown(value)}")
+
+
+def _within(section: str, obj, least: int, most: int, *names: str) -> None:
+    """ConfigError unless each setting ``names`` of ``obj`` is None or in [least, most]."""
+    _at_least(section, obj, least, *names)
+    for name in names:
+        value = getattr(obj, name)
+        if value is not None and value > most:
+            raise ConfigError(f"{section}.{name}: must be at most {most}, got {_shown(value)}")
 
 
 def _in_unit_interval(section: str, obj, *names: str) -> None:
@@ -97,8 +135,10 @@ class DataConfig:
             raise ConfigError(f"data.train_crop: {self.train_crop} must be a multiple of "
                               f"{SIZE_MULTIPLE} (the encoder halves it five times) up to "
                               f"data.image_size ({self.image_size}), or 0")
-        _at_least("data", self, 0, "train_crop", "shuffle_buffer", "num_parallel_calls", "fold")
-        _at_least("data", self, 1, "batches_per_call")
+        _within("data", self, 0, MAX_WORKERS, "num_parallel_calls")
+        _within("data", self, 0, MAX_STEPS, "shuffle_buffer", "fold")
+        _within("data", self, 1, MAX_BATCHES_PER_CALL, "batches_per_call")
+        _within("data", self, 0, MAX_SEED, "seed")
         _in_unit_interval("data", self, "positive_share", "positive_share_end")
         if self.positive_share is None and self.positive_share_end is not None:
             raise ConfigError("data.positive_share_end needs data.positive_share (the start)")
@@ -142,7 +182,8 @@ class DistortionConfig:
     def validate(self) -> None:
         _in_unit_interval("augment.distortion", self, "p", "grid_distort_limit")
         _at_least("augment.distortion", self, 0, "elastic_alpha", "optical_distort_limit")
-        _at_least("augment.distortion", self, 1, "elastic_sigma", "grid_num_steps")
+        _at_least("augment.distortion", self, 1, "elastic_sigma")
+        _within("augment.distortion", self, 1, MAX_GRID_STEPS, "grid_num_steps")
 
 
 @dataclass
@@ -186,10 +227,12 @@ class ModelConfig:
     dropout: float = 0.0                # dropout before the image-level head
 
     def validate(self) -> None:
-        if len(self.decoder_filters) != 5 or any(f <= 0 for f in self.decoder_filters):
-            raise ConfigError(f"model.decoder_filters: expected 5 positive widths (strides 16, "
-                              f"8, 4, 2 and the full-resolution head), got "
-                              f"{list(self.decoder_filters)}")
+        if (len(self.decoder_filters) != 5
+                or not all(1 <= f <= MAX_FILTERS for f in self.decoder_filters)):
+            raise ConfigError(f"model.decoder_filters: expected 5 positive widths up to "
+                              f"{MAX_FILTERS} (strides 16, 8, 4, 2 and the full-resolution "
+                              f"head), got "
+                              f"{_shown(list(self.decoder_filters))}")
         if not 1 <= self.prune_level <= DECODER_DEPTH:
             raise ConfigError(f"model.prune_level: expected 1 to {DECODER_DEPTH}, got "
                               f"{self.prune_level}")
@@ -256,20 +299,28 @@ class TrainConfig:
     seed: int = 42
 
     def validate(self) -> None:
-        _at_least("train", self, 1, "epochs", "batch_size", "steps_per_epoch",
-                  "validation_steps", "keep_best")
-        _at_least("train", self, 0, "swa_epochs", "tensorboard_images", "early_stopping_patience",
-                  "learning_rate", "min_learning_rate", "weight_decay", "warmup_epochs",
-                  "freeze_encoder_epochs")
+        _within("train", self, 1, MAX_EPOCHS, "epochs", "keep_best")
+        _within("train", self, 1, MAX_BATCH, "batch_size")
+        _within("train", self, 1, MAX_STEPS, "steps_per_epoch", "validation_steps")
+        _within("train", self, 0, MAX_EPOCHS, "swa_epochs", "early_stopping_patience",
+                "plateau_patience", "freeze_encoder_epochs")
+        _within("train", self, 0, MAX_TENSORBOARD_IMAGES, "tensorboard_images")
+        _within("train", self, 0, MAX_SEED, "seed")
+        _at_least("train", self, 0, "learning_rate", "min_learning_rate", "weight_decay",
+                  "warmup_epochs")
+        if not 0.0 < self.plateau_factor < 1.0:
+            raise ConfigError(f"train.plateau_factor: the plateau schedule multiplies the rate "
+                              f"by it, so it must lie in (0, 1), got {self.plateau_factor}")
         if self.swa_epochs and self.epochs - self.swa_epochs < self.freeze_encoder_epochs:
             raise ConfigError(f"train.swa_epochs: the {self.swa_epochs} averaged epochs overlap "
                               f"the {self.freeze_encoder_epochs} with a frozen encoder "
                               f"(train.freeze_encoder_epochs); average only epochs after them")
         values = self.metric_threshold
         values = values if isinstance(values, (list, tuple)) else (values,)
-        if not values or not all(0.0 <= t < 1.0 for t in values):
+        if not 1 <= len(values) <= MAX_THRESHOLDS or not all(0.0 <= t < 1.0 for t in values):
             raise ConfigError(f"train.metric_threshold: expected one or more pixel thresholds "
-                              f"in [0, 1), got {self.metric_threshold!r}")
+                              f"in [0, 1) (at most {MAX_THRESHOLDS}), got "
+                              f"{_shown(self.metric_threshold)}")
         self.loss.validate()
 
 
@@ -281,7 +332,7 @@ class EvalConfig:
 
     def validate(self) -> None:
         _in_unit_interval("eval", self, "threshold")
-        _at_least("eval", self, 1, "batch_size")
+        _within("eval", self, 1, MAX_BATCH, "batch_size")
 
 
 @dataclass
@@ -289,7 +340,7 @@ class ExportConfig:
     warmup_requests: int = 2
 
     def validate(self) -> None:
-        _at_least("export", self, 0, "warmup_requests")
+        _within("export", self, 0, MAX_WARMUP_REQUESTS, "warmup_requests")
 
 
 @dataclass
@@ -321,28 +372,163 @@ def _plain(value):
     return value
 
 
+class ConfigLoader(yaml.SafeLoader):
+    """PyYAML's safe loader that refuses, while composing and so before any value is built,
+    a document of more than :data:`MAX_VALUES` values with aliases expanded (an alias bomb),
+    nested deeper than :data:`MAX_DEPTH`, with an alias inside its own anchor, or with a key
+    twice in one mapping (YAML would keep the last silently); and a scalar its tag cannot hold
+    (an integer of thousands of digits) as a YAML error with its line."""
+
+    def __init__(self, stream):
+        super().__init__(stream)
+        self._depth = 0
+        self._sizes: dict = {}          # node -> its value count, aliases expanded
+
+    def compose_node(self, parent, index):
+        event = self.peek_event()
+        if isinstance(event, yaml.AliasEvent):
+            node = super().compose_node(parent, index)
+            if node not in self._sizes:         # its anchor's value is still being composed
+                raise RefusedDocument(f"alias *{event.anchor} is inside its own anchor",
+                                      event.start_mark)
+            return node
+        if self._depth >= MAX_DEPTH:
+            raise RefusedDocument(f"nested deeper than {MAX_DEPTH} levels", event.start_mark)
+        self._depth += 1
+        try:
+            node = super().compose_node(parent, index)
+        finally:
+            self._depth -= 1
+        self._sizes[node] = 1 + sum(self._sizes[child] for child in _children(node))
+        if self._sizes[node] > MAX_VALUES:
+            raise RefusedDocument(f"more than {MAX_VALUES} values with its aliases expanded (a "
+                                  f"config has about 100)", node.start_mark)
+        return node
+
+    def compose_mapping_node(self, anchor):
+        node = super().compose_mapping_node(anchor)
+        seen = set()
+        for key, _ in node.value:
+            if isinstance(key, yaml.ScalarNode) and key.tag != "tag:yaml.org,2002:merge":
+                if (key.tag, key.value) in seen:
+                    raise RefusedDocument(f"key {_shown(key.value)} appears twice", key.start_mark)
+                seen.add((key.tag, key.value))
+        return node
+
+    def construct_object(self, node, deep=False):
+        try:
+            return super().construct_object(node, deep=deep)
+        except ValueError as exc:       # int() and float() of the scalar
+            raise yaml.constructor.ConstructorError(
+                None, None, f"cannot read {_shown(node.value)} as a {node.tag.rsplit(':', 1)[-1]} "
+                f"({str(exc).split(';')[0]})", node.start_mark) from None
+
+
+class RefusedDocument(yaml.MarkedYAMLError):
+    """A YAML document :class:`ConfigLoader` refuses (size, depth, self-reference, duplicates)."""
+
+    def __init__(self, problem: str, mark):
+        super().__init__(problem=problem, problem_mark=mark)
+
+
+def _children(node) -> list:
+    if isinstance(node, yaml.SequenceNode):
+        return node.value
+    if isinstance(node, yaml.MappingNode):
+        return [item for pair in node.value for item in pair]
+    return []
+
+
+def load_yaml(text: str):
+    """The value of the YAML document ``text``, read by :class:`ConfigLoader`."""
+    return yaml.load(text, Loader=ConfigLoader)  # noqa: S506 (a SafeLoader)
+
+
+def _yaml_problem(exc: yaml.YAMLError) -> str:
+    """One line saying where and what a YAML error is (PyYAML's own spans several lines)."""
+    if isinstance(exc, yaml.MarkedYAMLError) and exc.problem_mark is not None:
+        mark = exc.problem_mark
+        return f"line {mark.line + 1}, column {mark.column + 1}: {exc.problem}"
+    if isinstance(exc, yaml.reader.ReaderError):
+        return f"character {exc.position + 1} (#x{exc.character:04x}): {exc.reason}"
+    return " ".join(str(exc).split())
+
+
+def utf8_text(data: bytes, path, kind: str, error: type[UserError] = UserError) -> str:
+    """``data`` (the content of ``path``, a ``kind`` such as "config") decoded as UTF-8, a
+    byte-order mark dropped; ``error`` naming the path, the byte and its line if it is not
+    UTF-8 text."""
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        line = exc.object[:exc.start].count(b"\n") + 1
+        raise error(f"{path}: not UTF-8 text (byte 0x{exc.object[exc.start]:02x} on line "
+                    f"{line}); a {kind} must be saved as UTF-8") from None
+
+
+def _read_at_most(path, limit: int) -> bytes:
+    """The first ``limit`` + 1 bytes of ``path`` (local or a URL): enough to tell it is longer."""
+    if is_url(path):
+        from keras_ptx.tf_setup import tf
+
+        opener = tf.io.gfile.GFile
+    else:
+        opener = open
+    with opener(str(path), "rb") as handle:
+        return handle.read(limit + 1)
+
+
+def read_config_file(path) -> dict:
+    """The mapping of sections in the YAML file ``path``; ConfigError naming it otherwise."""
+    if not exists(path) or os.path.isdir(path):
+        raise ConfigError(f"{path}: no such config file")
+    try:
+        data = _read_at_most(path, MAX_CONFIG_BYTES)
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot be read ({exc.strerror or exc})") from None
+    if len(data) > MAX_CONFIG_BYTES:
+        raise ConfigError(f"{path}: larger than {MAX_CONFIG_BYTES >> 20} MiB, so not a config "
+                          f"(the repository's are under 2 KB)")
+    try:
+        raw = load_yaml(utf8_text(data, path, "config", ConfigError))
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML: {_yaml_problem(exc)}") from None
+    if not isinstance(raw or {}, dict):
+        raise ConfigError(f"{path}: the top level must be a mapping of sections, not "
+                          f"{type(raw).__name__}")
+    return raw or {}
+
+
 def load_config(path=None, overrides=()) -> Config:
     """Read a YAML config (or the defaults when ``path`` is None) and apply ``key=value`` overrides."""
-    raw: dict = {}
-    if path is not None:
-        if not exists(path) or os.path.isdir(path):
-            raise ConfigError(f"{path}: no such config file")
-        try:
-            raw = yaml.safe_load(read_text(path)) or {}
-        except yaml.YAMLError as exc:
-            raise ConfigError(f"{path}: not valid YAML: {exc}") from None
-        if not isinstance(raw, dict):
-            raise ConfigError(f"{path}: the top level must be a mapping of sections")
+    raw = {} if path is None else read_config_file(path)
     for item in overrides:
         key, sep, text = item.partition("=")
         if not sep or not key.strip():
-            raise ConfigError(f"override {item!r}: expected key=value, e.g. train.batch_size=12")
+            raise ConfigError(f"override {_shown(item)}: expected key=value, e.g. "
+                              f"train.batch_size=12")
+        parts = key.strip().split(".")
         try:
-            value = yaml.safe_load(text)
+            value = load_yaml(text)
+        except RefusedDocument as exc:
+            raise ConfigError(f"override {_shown(key)}: {_yaml_problem(exc)}") from None
         except yaml.YAMLError:
-            value = text
-        _set_path(raw, key.strip().split("."), value)
+            value = text                    # not YAML: the text itself
+        if value is None and _is_section(parts):
+            raise ConfigError(f"override {_shown(item)}: {key} is a section; set its keys "
+                              f"instead, e.g. {key}.<key>=<value>")
+        _set_path(raw, parts, value)
     return config_from_dict(raw)
+
+
+def _is_section(parts: list[str]) -> bool:
+    """Whether the dotted key ``parts`` names a section of :class:`Config`."""
+    tp = Config
+    for part in parts:
+        if not dataclasses.is_dataclass(tp):
+            return False
+        tp = typing.get_type_hints(tp).get(part)
+    return dataclasses.is_dataclass(tp)
 
 
 def config_from_dict(raw: dict) -> Config:
@@ -373,7 +559,7 @@ def _build(cls, raw: Any, prefix: str):
     names = [f.name for f in dataclasses.fields(cls)]
     for key in raw:
         if key not in names:
-            path = f"{prefix}{key}"
+            path = prefix + (key if isinstance(key, str) and len(key) <= 60 else _shown(key))
             close = difflib.get_close_matches(str(key), names, n=1)
             hint = f"; did you mean {prefix}{close[0]}?" if close else f"; known keys: {', '.join(names)}"
             raise ConfigError(f"{path}: unknown key{hint}")
@@ -392,7 +578,7 @@ def _coerce(tp, value, path):
     if origin is Literal:
         if isinstance(value, str) and value.lower() in args:
             return value.lower()
-        raise ConfigError(f"{path}: expected {_describe(tp)}, got {value!r}")
+        raise ConfigError(f"{path}: expected {_describe(tp)}, got {_shown(value)}")
     if origin is Union:
         if value is None and type(None) in args:
             return None
@@ -401,14 +587,15 @@ def _coerce(tp, value, path):
                 continue
             with contextlib.suppress(ConfigError):      # the message below names every option
                 return _coerce(option, value, path)
-        raise ConfigError(f"{path}: expected {_describe(tp)}, got {value!r}")
+        raise ConfigError(f"{path}: expected {_describe(tp)}, got {_shown(value)}")
     if origin is tuple:
         if not isinstance(value, (list, tuple)):
-            raise ConfigError(f"{path}: expected a list, got {value!r}")
+            raise ConfigError(f"{path}: expected a list, got {_shown(value)}")
         if len(args) == 2 and args[1] is Ellipsis:
             return tuple(_coerce(args[0], v, f"{path}[{i}]") for i, v in enumerate(value))
         if len(value) != len(args):
-            raise ConfigError(f"{path}: expected a list of {len(args)} values, got {value!r}")
+            raise ConfigError(f"{path}: expected a list of {len(args)} values, got "
+                              f"{_shown(value)}")
         return tuple(_coerce(a, v, f"{path}[{i}]") for i, (a, v) in enumerate(zip(args, value)))
     if tp is bool:
         if isinstance(value, bool):
@@ -417,17 +604,35 @@ def _coerce(tp, value, path):
         if isinstance(value, int) and not isinstance(value, bool):
             return value
     elif tp is float:
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
-        if isinstance(value, str):      # YAML 1.1 reads 1e-4 (no dot) as a string
-            try:
-                return float(value)
-            except ValueError:
-                pass
+        number = _number(value)
+        if number is not None and math.isfinite(number):
+            return number
     elif tp is str:
-        if isinstance(value, str):
+        if isinstance(value, str) and len(value) <= MAX_TEXT and "\0" not in value:
             return value
-    raise ConfigError(f"{path}: expected {_describe(tp)}, got {value!r}")
+    raise ConfigError(f"{path}: expected {_describe(tp)}, got {_shown(value)}")
+
+
+def _number(value) -> float | None:
+    """``value`` as a float if it is a number or a number's text (YAML 1.1 reads 1e-4, without
+    a dot, as a string), else None; an integer too large for a float is infinite."""
+    if isinstance(value, bool) or not isinstance(value, (int, float, str)):
+        return None
+    try:
+        return float(value)
+    except OverflowError:
+        return math.inf
+    except ValueError:
+        return None
+
+
+def _shown(value) -> str:
+    """``repr(value)`` cut short (long strings, lists and deep nesting elided), for messages."""
+    return _SHORT_REPR.repr(value)
+
+
+_SHORT_REPR = reprlib.Repr()
+_SHORT_REPR.maxstring = _SHORT_REPR.maxother = 60
 
 
 def _describe(tp) -> str:
@@ -439,4 +644,5 @@ def _describe(tp) -> str:
             (" or null" if type(None) in typing.get_args(tp) else "")
     if typing.get_origin(tp) is tuple:
         return "a list"
-    return {bool: "true/false", int: "an integer", float: "a number", str: "a string"}.get(tp, str(tp))
+    return {bool: "true/false", int: "an integer", float: "a finite number",
+            str: f"a string of at most {MAX_TEXT} characters, without NUL"}.get(tp, str(tp))

@@ -64,14 +64,14 @@ def test_unknown_nested_and_top_level_keys(tmp_path):
     ("train:\n  batch_size: 12.5\n", "train.batch_size: expected an integer"),
     ("train:\n  epochs: true\n", "train.epochs: expected an integer, got True"),
     ("augment:\n  enabled: 1\n", "augment.enabled: expected true/false"),
-    ("eval:\n  threshold: high\n", "eval.threshold: expected a number"),
+    ("eval:\n  threshold: high\n", "eval.threshold: expected a finite number"),
     ("model:\n  encoder: 4\n", "model.encoder: expected one of efficientnetb0, "),
     ("model:\n  weights: 4\n", "model.weights: expected a string"),
     ("model:\n  decoder_filters: 16\n", "model.decoder_filters: expected a list"),
     ("model:\n  decoder_filters: [16, x]\n", "model.decoder_filters[1]: expected an integer"),
     ("augment:\n  intensity:\n    gamma_limit: [80]\n",
      "augment.intensity.gamma_limit: expected a list of 2 values"),
-    ("data:\n  positive_share: lots\n", "data.positive_share: expected a number or null"),
+    ("data:\n  positive_share: lots\n", "data.positive_share: expected a finite number or null"),
     ("train: 5\n", "train: expected a mapping"),
 ])
 def test_wrong_type_names_the_key(tmp_path, text, message):
