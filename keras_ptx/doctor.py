@@ -20,11 +20,13 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from keras_ptx.config import Config
+from keras_ptx.config import Config, ConfigError
 from keras_ptx.tf_setup import tf
 
 HEADROOM = 1.2          # the pipeline should feed this many times what the step consumes
 GAIN = 1.1              # XLA or mixed precision is recommended only when this much faster
+# What the doctor's own data may take: its random batch, and the records it writes and caches.
+MAX_DATA_BYTES = 2 << 30
 
 
 @dataclass
@@ -106,7 +108,7 @@ def pipeline_rates(config: Config, calls: list[int], batches: int) -> dict[int, 
     from keras_ptx.input.pipeline import make_dataset
 
     size, batch = config.data.image_size, config.train.batch_size
-    count = max(2 * batch * config.data.batches_per_call, 64)
+    count = _record_count(config)
     rates = {}
     with tempfile.TemporaryDirectory(prefix="keras-ptx-doctor-") as folder:
         write_shards(folder, "train", _examples(size, count))
@@ -121,6 +123,28 @@ def pipeline_rates(config: Config, calls: list[int], batches: int) -> dict[int, 
                 next(stream)
             rates[n] = batches * batch / (time.perf_counter() - start)
     return rates
+
+
+def _record_count(config: Config) -> int:
+    """How many records :func:`pipeline_rates` writes: two rounds of every augmentation call."""
+    return max(2 * config.train.batch_size * config.data.batches_per_call, 64)
+
+
+def check_data_size(config: Config) -> None:
+    """ConfigError when the doctor's random batch (float32) or its records (decoded: image and
+    mask bytes) would take more than :data:`MAX_DATA_BYTES`: the machine, not the settings,
+    would be tested."""
+    side = config.data.train_crop or config.data.image_size
+    needs = {"its random batch": config.train.batch_size * side * side * 3 * 4,
+             f"its {_record_count(config)} records": (_record_count(config)
+                                                      * config.data.image_size ** 2 * 2)}
+    for what, size in needs.items():
+        if size > MAX_DATA_BYTES:
+            raise ConfigError(
+                f"train.batch_size={config.train.batch_size}, data.batches_per_call="
+                f"{config.data.batches_per_call} at {config.data.image_size} px: {what} would "
+                f"take {size / 2 ** 30:.1f} GiB, more than the doctor's "
+                f"{MAX_DATA_BYTES / 2 ** 30:.0f} GiB; check a smaller batch")
 
 
 def _examples(size: int, count: int):
@@ -168,6 +192,7 @@ def recommend(timings: list[StepTiming], rates: dict[int, float]) -> tuple[dict,
 
 def report(config: Config, steps: int = 3, batches: int = 8, echo=print) -> dict:
     """Run every check, printing as it goes; returns the recommended settings."""
+    check_data_size(config)
     for line in machine():
         echo(line)
     side = config.data.train_crop or config.data.image_size

@@ -36,8 +36,9 @@ class RunData:
 
 def check_records(config: Config, records: RecordsDir) -> None:
     """TrainingError unless both splits' records exist with ``data.image_size`` (in a fold run:
-    the records have the fold, and it and the other folds have images) and an epoch of one pass
-    over the training split has a whole batch (reads one record per split)."""
+    the records have the fold, and it and the other folds have images) and the training split
+    holds a whole batch: a larger one would repeat images within a batch, and past what
+    TensorFlow can shape fails only once training runs (reads one record per split)."""
     fold = config.data.fold
     if fold is None and records.files("train") and not records.files("val"):
         raise TrainingError(f"--data {records}: no val split, which training validates on (and "
@@ -47,9 +48,8 @@ def check_records(config: Config, records: RecordsDir) -> None:
         if fold is not None and not records.counts(split, fold).records:
             raise TrainingError(f"--data {records}: no {split} images in the fold run "
                                 f"data.fold={fold}")
-    one_pass = config.train.steps_per_epoch is None and config.data.positive_share is None
-    count = records.counts("train", fold).records if one_pass else None
-    if one_pass and count < config.train.batch_size:
+    count = records.counts("train", fold).records
+    if count < config.train.batch_size:
         raise TrainingError(f"--data {records}: {count} training records, fewer than one "
                             f"batch of train.batch_size={config.train.batch_size}")
 

@@ -5,7 +5,8 @@ from the chief (they never read RUN_DIR); all then take the weight average inste
 better on the validation split. The chief saves the result, without the optimizer's state, as
 RUN_DIR/best.weights.h5 (what evaluate, predict and export load) and, with ``train.keep_best``
 above 1, the best epochs' weights in RUN_DIR/top/, writes metrics.json and only then deletes the
-backup: a crash before that re-runs the finish.
+backup: a crash before that re-runs the finish. A value that is not finite (the loss of a
+diverged epoch) is written as null.
 Epochs are 1-based in printed lines and metrics.json, 0-based in history.csv.
 """
 from __future__ import annotations
@@ -74,7 +75,8 @@ def finish(model, config: Config, run: str, monitor: Monitor, val_data, own: Run
         "top_epochs": (finish_top_epochs(run, config, history, monitor)
                        if config.train.keep_best > 1 else [best["epoch"] + 1]),
     }
-    write_atomic(join(run, rundir.METRICS), json.dumps(metrics, indent=1, sort_keys=True) + "\n")
+    write_atomic(join(run, rundir.METRICS),
+                 json.dumps(_finite(metrics), indent=1, sort_keys=True, allow_nan=False) + "\n")
     delete_backup(run)                                      # finished: nothing left to resume
     echo(f"best epoch {metrics['best_epoch']} of {len(history)}: "
          f"{monitor.key} {best[monitor.key]:.4f}"
@@ -83,6 +85,15 @@ def finish(model, config: Config, run: str, monitor: Monitor, val_data, own: Run
          + f"\nsaved {'the weight average' if final == 'swa' else 'the best epoch'} as "
            f"{join(run, rundir.BEST_WEIGHTS)}")
     return metrics
+
+
+def _finite(value):
+    """``value`` with every NaN or infinite number as None (null): metrics.json stays JSON."""
+    if isinstance(value, dict):
+        return {key: _finite(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_finite(item) for item in value]
+    return None if isinstance(value, float) and not math.isfinite(value) else value
 
 
 def _load_weights(model, path: str, config: Config, strategy) -> None:

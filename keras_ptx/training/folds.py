@@ -111,12 +111,17 @@ def _mark(out: str, records: RecordsDir, chosen: list[int]) -> None:
                                     indent=1) + "\n")
 
 
+def _number(value) -> float:
+    """A metrics.json value as a float: NaN for none (null: not finite, or not measured)."""
+    return float("nan") if value is None else value
+
+
 def fold_table(results: list[FoldResult]) -> str:
     """One line per fold (its images, best epoch and that epoch's validation values, the
     ``val_`` prefix dropped) and their mean."""
     keys = sorted({key for r in results for key in r.metrics["best"] if key.startswith("val_")})
     rows = [("fold", "train", "val", "best epoch", "epochs", *(k[len("val_"):] for k in keys))]
-    values = [[r.metrics["best"].get(k, float("nan")) for k in keys] for r in results]
+    values = [[_number(r.metrics["best"].get(k)) for k in keys] for r in results]
     for r, row in zip(results, values):
         rows.append((str(r.fold), str(r.train_images), str(r.val_images),
                      str(r.metrics["best_epoch"]), str(r.metrics["epochs_trained"]),

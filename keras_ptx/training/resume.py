@@ -27,7 +27,7 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from keras_ptx import rundir
-from keras_ptx.config import Config, ConfigError, ModelConfig, dump_config, load_config
+from keras_ptx.config import Config, ConfigError, ModelConfig, dump_config, load_config, utf8_text
 from keras_ptx.fileio import join, write_atomic
 from keras_ptx.model.unetpp import output_names
 from keras_ptx.tf_setup import tf
@@ -128,12 +128,47 @@ def backup_epoch(run_dir) -> int | None:
 
 def read_history(run_dir) -> list[dict]:
     """history.csv as a list of {column: float}, 'epoch' as int (0-based)."""
-    path = join(run_dir, rundir.HISTORY)
+    header, rows = _history_table(str(run_dir))
+    return [{key: int(value) if key == "epoch" else float(value or "nan")
+             for key, value in zip(header, row)} for row in rows]
+
+
+def _history_table(run: str) -> tuple[list[str], list[list[str]]]:
+    """history.csv's header and rows as text (none without the file), a short row padded with
+    empty values; TrainingError naming it unless it is UTF-8 text, a CSV with an 'epoch' column
+    and rows of numbers (the epoch an integer) no longer than the header."""
+    path = join(run, rundir.HISTORY)
     if not tf.io.gfile.exists(path):
-        return []
-    with tf.io.gfile.GFile(path) as f:
-        return [{key: int(value) if key == "epoch" else float(value or "nan")
-                 for key, value in row.items()} for row in csv.DictReader(f)]
+        return [], []
+    with tf.io.gfile.GFile(path, "rb") as f:
+        text = utf8_text(f.read(), path, "training history", TrainingError)
+    reader = csv.reader(io.StringIO(text, newline=""))
+    try:
+        header = next(reader, [])
+        rows = [row for row in reader if row]
+    except csv.Error as exc:
+        raise TrainingError(f"{path} line {reader.line_num}: not a CSV ({exc}); use --overwrite "
+                            f"to train again") from None
+    if rows and "epoch" not in header:
+        raise TrainingError(f"{path}: no epoch column in its header, so not a training history; "
+                            f"use --overwrite to train again")
+    for line, row in enumerate(rows, start=2):
+        row += [""] * (len(header) - len(row))      # a row cut short by a kill: values missing
+        if len(row) != len(header) or not _numbers(dict(zip(header, row))):
+            raise TrainingError(f"{path} line {line}: not a row of numbers under its header, so "
+                                f"the history cannot be continued; use --overwrite to train again")
+    return header, rows
+
+
+def _numbers(row: dict) -> bool:
+    """Whether a history row holds an integer epoch and numbers (or nothing) elsewhere."""
+    try:
+        int(row["epoch"])
+        for value in row.values():
+            float(value or "nan")
+    except ValueError:
+        return False
+    return True
 
 
 def best_row(history: list[dict], monitor: Monitor) -> dict | None:
@@ -202,25 +237,23 @@ def prepare_run_dir(run_dir, config: Config, *, resume: bool = False,
     if gfile.exists(run) and not gfile.isdir(run):
         raise TrainingError(f"--out {run}: exists and is not a directory")
     if overwrite and gfile.exists(run):
-        _require_run_dir(run, "delete it")
-        gfile.rmtree(run)
+        rundir.remove_run(run)
     if not gfile.exists(run) or not gfile.listdir(run):
         return _start(run, config)
     _require_run_dir(run, "use it")
     if _never_trained(run):             # a start that failed before its first epoch
-        gfile.rmtree(run)
+        rundir.remove_run(run)
         return _start(run, config)
     changes = config_changes(_saved_config(run), config)
     if changes and not resume:
         raise TrainingError(
-            f"--out {run}: holds a run of a different config:\n  " +
-            "\n  ".join(map(str, changes)) + "\nUse --resume to continue it with the new config, "
-            "--overwrite to start again, or another --out.")
-    fixed = [str(c) for c in changes if c.key in BEST_EPOCH_KEYS]
+            f"--out {run}: holds a run of a different config ({_listed(changes)}); use --resume "
+            f"to continue it with the new config, --overwrite to start again, or another --out")
+    fixed = [c for c in changes if c.key in BEST_EPOCH_KEYS]
     if fixed:
         raise TrainingError(
             f"--out {run}: its best checkpoint was chosen by the old setting, so a resumed run "
-            f"cannot change it:\n  " + "\n  ".join(fixed) + "\nUse --overwrite to start again.")
+            f"cannot change it ({_listed(fixed)}); use --overwrite to start again")
     saved = backup_epoch(run)
     if saved is None:
         if is_finished(run, config):
@@ -243,6 +276,12 @@ def prepare_run_dir(run_dir, config: Config, *, resume: bool = False,
     dump_config(config, join(run, rundir.CONFIG))
     _truncate_history(run, saved + 1)
     return None
+
+
+def _listed(changes: list[Change], most: int = 3) -> str:
+    """The first ``most`` changes on one line, and how many more."""
+    more = len(changes) - most
+    return "; ".join(map(str, changes[:most])) + (f"; and {more} more" if more > 0 else "")
 
 
 def _start(run: str, config: Config) -> None:
@@ -277,19 +316,13 @@ def _saved_config(run: str) -> Config:
 
 def _truncate_history(run: str, epoch: int) -> None:
     """Keep the history rows of epochs before ``epoch`` (the ones the backup includes)."""
-    path = join(run, rundir.HISTORY)
-    if not tf.io.gfile.exists(path):
+    header, rows = _history_table(run)
+    if "epoch" not in header:
         return
-    with tf.io.gfile.GFile(path) as f:
-        reader = csv.reader(f)
-        header = next(reader, None)
-        if header is None or "epoch" not in header:
-            return
-        column = header.index("epoch")
-        rows = [row for row in reader if row and int(row[column]) < epoch]
+    column = header.index("epoch")
     text = io.StringIO()
-    csv.writer(text).writerows([header, *rows])
-    write_atomic(path, text.getvalue())
+    csv.writer(text).writerows([header, *(row for row in rows if int(row[column]) < epoch)])
+    write_atomic(join(run, rundir.HISTORY), text.getvalue())
 
 
 def _flatten(tree: dict, prefix: str = "") -> dict:

@@ -7,7 +7,8 @@ RUN_DIR and prepares it, and sends the others what they need from it (a refusal,
 finished", or where training continues: :func:`~keras_ptx.training.strategy.from_chief`);
 only then are the datasets (:mod:`~keras_ptx.training.datasets`) and the model (inside
 ``strategy.scope()``) built. Nothing is written to RUN_DIR before every check of the config,
-the records and ``train.init_from`` (:mod:`~keras_ptx.training.warm_start`) has passed.
+the records, ``model.weights`` and ``train.init_from`` (:mod:`~keras_ptx.training.warm_start`)
+has passed.
 
 Callbacks (:class:`~keras_ptx.training.callbacks.RunCallbacks`), in the order Keras calls them
 at an epoch's end: epoch statistics (lr, images/s), the encoder's freezing
@@ -37,6 +38,7 @@ from keras_ptx.errors import UserError
 from keras_ptx.fileio import check_openable
 from keras_ptx.model import (build_model, make_losses, make_metrics, resolve_jit_compile,
                              resolve_mixed_precision)
+from keras_ptx.model.encoders import resolve_weights
 from keras_ptx.tf_errors import augment_worker_failure, damaged_records
 from keras_ptx.tf_setup import tf
 from keras_ptx.training import TrainingError
@@ -69,6 +71,7 @@ def train(config: Config, data_dir: str, run_dir, *, resume: bool = False,
     records = RecordsDir.open(data_dir)
     strategy = make_strategy(config.train.strategy)
     check_records(config, records)
+    resolve_weights(config.model.encoder, config.model.weights)   # before RUN_DIR is touched
     chief = is_chief(strategy)
     monitor = Monitor.of(config)
     plan = from_chief(strategy, _plan(run, config, monitor, resume, overwrite, echo)
