@@ -30,7 +30,7 @@ from typing import Any, Literal, Optional, Union
 import yaml
 
 from keras_ptx.errors import UserError
-from keras_ptx.fileio import exists, is_url, write_atomic
+from keras_ptx.fileio import exists, is_url, read_bytes, write_atomic
 
 
 class ConfigError(UserError):
@@ -467,14 +467,11 @@ def utf8_text(data: bytes, path, kind: str, error: type[UserError] = UserError) 
 
 
 def _read_at_most(path, limit: int) -> bytes:
-    """The first ``limit`` + 1 bytes of ``path`` (local or a URL): enough to tell it is longer."""
+    """The first ``limit`` + 1 bytes of a local ``path`` (enough to tell it is longer; a device
+    such as /dev/zero never ends), all of a URL's."""
     if is_url(path):
-        from keras_ptx.tf_setup import tf
-
-        opener = tf.io.gfile.GFile
-    else:
-        opener = open
-    with opener(str(path), "rb") as handle:
+        return read_bytes(path)
+    with open(path, "rb") as handle:
         return handle.read(limit + 1)
 
 

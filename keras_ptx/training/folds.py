@@ -23,7 +23,7 @@ from keras_ptx.data.records_dir import RecordsDir
 from keras_ptx.fileio import check_openable, exists, is_url, join, write_atomic
 from keras_ptx.tf_setup import tf
 from keras_ptx.training import TrainingError
-from keras_ptx.training.run import train
+from keras_ptx.training.run import check_inputs, train
 from keras_ptx.training.strategy import resolve_strategy_name
 
 
@@ -69,19 +69,25 @@ def train_folds(config: Config, data_dir: str, out: str, folds: str = "all", *,
         raise TrainingError(f"--data {records}: the records have no folds; build them with "
                             f"build-tfrecords --folds K")
     chosen = parse_folds(folds, records.folds)
+    for k in chosen:                # every fold's, before OUT is marked
+        check_inputs(_fold_config(config, k), records)
     _mark(out, records, chosen)
     results = []
     for k in chosen:
         run = rundir.fold_dir(out, k)
         echo(f"fold {k} of folds 0-{records.folds - 1}: {run}")
-        fold_config = dataclasses.replace(config, data=dataclasses.replace(config.data, fold=k),
-                                          train=_fold_init(config.train, k))
-        metrics = train(fold_config, data_dir, run, resume=resume, overwrite=overwrite,
-                        echo=echo).metrics
+        metrics = train(_fold_config(config, k), data_dir, run, resume=resume,
+                        overwrite=overwrite, echo=echo).metrics
         tf.keras.backend.clear_session()
         results.append(FoldResult(k, run, records.counts("train", k).records,
                                   records.counts("val", k).records, metrics))
     return results
+
+
+def _fold_config(config: Config, fold: int) -> Config:
+    """The config of fold ``fold``'s run: ``data.fold`` set, ``init_from`` its fold's."""
+    return dataclasses.replace(config, data=dataclasses.replace(config.data, fold=fold),
+                               train=_fold_init(config.train, fold))
 
 
 def _fold_init(train, fold: int):

@@ -70,8 +70,7 @@ def train(config: Config, data_dir: str, run_dir, *, resume: bool = False,
     config.validate()
     records = RecordsDir.open(data_dir)
     strategy = make_strategy(config.train.strategy)
-    check_records(config, records)
-    resolve_weights(config.model.encoder, config.model.weights)   # before RUN_DIR is touched
+    check_inputs(config, records)
     chief = is_chief(strategy)
     monitor = Monitor.of(config)
     plan = from_chief(strategy, _plan(run, config, monitor, resume, overwrite, echo)
@@ -112,6 +111,13 @@ def train(config: Config, data_dir: str, run_dir, *, resume: bool = False,
         raise TrainingError(f"augmentation stopped training: {detail}") from None
     metrics = finish(model, config, run, monitor, data.val, own, strategy, echo)
     return TrainResult(metrics, model)
+
+
+def check_inputs(config: Config, records: RecordsDir) -> None:
+    """A UserError for records or ``model.weights`` that a run of ``config`` cannot use, before
+    anything is written (with ``model.weights: imagenet``, the download happens here)."""
+    check_records(config, records)
+    resolve_weights(config.model.encoder, config.model.weights)
 
 
 def _plan(run: str, config: Config, monitor: Monitor, resume: bool, overwrite: bool,
