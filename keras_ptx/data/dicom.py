@@ -9,9 +9,20 @@ Pixel conversion:
   (scaled by that transform's output range), else a robust 0.5-99.5 percentile window;
 * MONOCHROME1 is inverted after windowing; RGB, YBR and palette colour become luma (BT.601).
 
-Every failure (not DICOM, truncated, no pixels, multi-frame, unsupported transfer syntax,
-missing decoder, ...) raises :class:`DicomError` carrying the path and the reason; no other
-exception type leaves :func:`read_dicom` or :func:`read_dicom_header`. Patient names and IDs
+Every failure (not DICOM, a DICOMDIR, truncated, no pixels, multi-frame, too many pixels,
+unsupported transfer syntax, missing decoder, ...) raises :class:`DicomError` carrying the path
+and the reason; no other exception type leaves :func:`read_dicom` or :func:`read_dicom_header`
+(but a bad :data:`MAX_PIXELS_VARIABLE` is a :class:`PixelLimitError`, refused as a setting).
+
+Decompression bombs. Before any pixel is decoded, the pixel count the header declares
+(Rows x Columns x samples; a multi-frame object is refused before) must be at most :func:`max_pixels`, and a compressed frame's
+own header (JPEG SOF, JPEG 2000 SIZ) must declare the same Rows and Columns: a codec allocates
+what its header says, not what the DICOM header says. The limit is the environment variable
+``KERAS_PTX_MAX_PIXELS`` (a whole number of pixels), default 50 million: any radiograph
+detector fits (the largest, 43 x 43 cm at 0.1 mm, is ~4,300 x 4,300 = 18.5 million). RLE
+declares no size; it is decoded with pylibjpeg-rle, which writes into the frame's size (pydicom's
+own RLE decoder grows a segment by up to 64 bytes per byte read before it checks). The decoded
+array must have the header's shape. Patient names and IDs
 leave this module only inside :class:`SourceHeader`, which shows nothing of them when printed
 or logged (the DICOM result objects must carry the source's patient module), and otherwise a
 PatientID only as a one-way hash (``patient_hash``).
@@ -28,11 +39,17 @@ import numpy as np
 import pydicom
 from pydicom.dataelem import RawDataElement
 from pydicom.dataset import FileMetaDataset
+from pydicom.encaps import get_frame
 from pydicom.errors import InvalidDicomError
 from pydicom.pixels import (apply_color_lut, apply_modality_lut, apply_voi, apply_windowing,
                             as_pixel_options, get_decoder)
-from pydicom.uid import (DeflatedExplicitVRLittleEndian, ExplicitVRBigEndian,
-                         ExplicitVRLittleEndian, ImplicitVRLittleEndian)
+from pydicom.pixels.utils import _get_jpg_parameters   # the SOF parser pydicom's decoders use
+from pydicom.uid import (JPEG2000TransferSyntaxes, JPEGLSTransferSyntaxes, JPEGTransferSyntaxes,
+                         DeflatedExplicitVRLittleEndian, ExplicitVRBigEndian,
+                         ExplicitVRLittleEndian, ImplicitVRLittleEndian, MediaStorageDirectoryStorage,
+                         RLELossless)
+
+from keras_ptx.errors import UserError
 
 PATIENT_HASH_CHARS = 16
 MAX_AGE = 130                       # older "ages" are data-entry errors (SIIM has some): -1
@@ -47,6 +64,32 @@ UNDEFINED_LENGTH = 0xFFFFFFFF
 warnings.filterwarnings("ignore", message="End of file reached before delimiter",
                         category=UserWarning, module=r"pydicom\.")
 _PIXEL_TAGS = ("PixelData", "FloatPixelData", "DoubleFloatPixelData")
+MAX_PIXELS_VARIABLE = "KERAS_PTX_MAX_PIXELS"
+DEFAULT_MAX_PIXELS = 50_000_000
+_JPEG_SYNTAXES = {*JPEGTransferSyntaxes, *JPEGLSTransferSyntaxes}
+_J2K_START = b"\xff\x4f\xff\x51"     # SOC then SIZ: how every JPEG 2000 codestream begins
+_BOUNDED_PLUGIN = {RLELossless: "pylibjpeg"}       # see the module docstring
+
+
+class PixelLimitError(UserError):
+    """A ``KERAS_PTX_MAX_PIXELS`` that is not a positive whole number."""
+
+
+def max_pixels() -> int:
+    """The most pixels a DICOM may declare (module docstring): ``KERAS_PTX_MAX_PIXELS``, else
+    :data:`DEFAULT_MAX_PIXELS`; :class:`PixelLimitError` for a value that is not a positive
+    whole number."""
+    text = os.environ.get(MAX_PIXELS_VARIABLE, "").strip()
+    if not text:
+        return DEFAULT_MAX_PIXELS
+    try:
+        limit = int(text)
+    except ValueError:
+        limit = 0
+    if limit < 1:
+        raise PixelLimitError(f"{MAX_PIXELS_VARIABLE}={text[:40]!r}: expected a positive whole "
+                              f"number of pixels (default {DEFAULT_MAX_PIXELS})")
+    return limit
 
 
 class DicomError(Exception):
@@ -127,10 +170,11 @@ def read_dicom_header(path) -> DicomHeader:
 def read_dicom(path) -> DicomImage:
     """Decode ``path`` into a :class:`DicomImage`; raises :class:`DicomError` on any failure."""
     path = os.fspath(path)
+    limit = max_pixels()
     try:
         ds = _dataset(path, stop_before_pixels=False)
         header = _header(path, ds)
-        pixels = _pixels(path, ds)
+        pixels = _pixels(path, ds, limit)
         for tag in _PIXEL_TAGS:         # decoded: the header alone travels on
             ds.pop(tag, None)
         return DicomImage(pixels=pixels, **vars(header))
@@ -213,6 +257,10 @@ def _text(ds, keyword: str) -> str:
 
 
 def _header(path: str, ds) -> DicomHeader:
+    meta = getattr(ds, "file_meta", None) or {}
+    if meta.get("MediaStorageSOPClassUID") == MediaStorageDirectoryStorage or \
+            "DirectoryRecordSequence" in ds:
+        raise DicomError(path, "a DICOMDIR (the index of a DICOM medium), not an image")
     image_id = _text(ds, "SOPInstanceUID")
     if not image_id:
         raise DicomError(path, "no SOPInstanceUID")
@@ -225,13 +273,16 @@ def _header(path: str, ds) -> DicomHeader:
         source=SourceHeader(ds))
 
 
-def _pixels(path: str, ds) -> np.ndarray:
+def _pixels(path: str, ds, limit: int) -> np.ndarray:
     if not any(tag in ds for tag in _PIXEL_TAGS):
         raise DicomError(path, "no pixel data")
     frames = int(ds.get("NumberOfFrames", 1) or 1)
-    if frames != 1:
+    if frames != 1:                 # never decoded, so frames need no place in the count
         raise DicomError(path, f"multi-frame image ({frames} frames); expected one image")
-    if not int(ds.get("Rows", 0) or 0) or not int(ds.get("Columns", 0) or 0):
+    rows, columns = int(ds.get("Rows", 0) or 0), int(ds.get("Columns", 0) or 0)
+    samples = int(ds.get("SamplesPerPixel", 1) or 1)
+    _check_pixel_count(path, f"{columns}x{rows}", rows * columns * samples, limit)
+    if not rows or not columns:
         raise DicomError(path, f"zero-size image ({ds.get('Rows')}x{ds.get('Columns')})")
     if getattr(ds, "file_meta", None) is None:
         ds.file_meta = FileMetaDataset()
@@ -248,10 +299,15 @@ def _pixels(path: str, ds) -> np.ndarray:
     if not decoder.is_available:
         raise DicomError(path, f"no decoder installed for {syntax.name} (needs one of: "
                                f"{'; '.join(decoder.missing_dependencies)})")
+    _check_codec_size(path, ds, syntax, rows, columns, limit)
+    plugin = _BOUNDED_PLUGIN.get(syntax, "")
     try:
-        arr, meta = decoder.as_array(ds, **as_pixel_options(ds))
+        arr, meta = decoder.as_array(ds, decoding_plugin=plugin, **as_pixel_options(ds))
     except Exception as exc:        # noqa: BLE001 - truncated / corrupt pixel data
         raise DicomError(path, f"cannot decode pixel data ({syntax.name}): {exc}") from exc
+    if arr.shape[:2] != (rows, columns):
+        raise DicomError(path, f"decoded {arr.shape[1]}x{arr.shape[0]} pixels, the header "
+                               f"says {columns}x{rows}")
     photometric = str(meta["photometric_interpretation"]).upper()
     if arr.ndim == 3 and arr.shape[-1] == 3:
         return _color_to_gray(arr, meta["bits_stored"])
@@ -274,6 +330,51 @@ def _pixels(path: str, ds) -> np.ndarray:
             unit = _percentile_unit(values)
         image = np.rint(np.clip(unit, 0.0, 1.0) * 255).astype(np.uint8)
     return 255 - image if photometric == "MONOCHROME1" else image
+
+
+def _check_pixel_count(path: str, what: str, pixels: int, limit: int) -> None:
+    if pixels > limit:
+        raise DicomError(path, f"{what} image: {pixels:,} pixels (rows x columns x samples)"
+                               f" exceed the limit of {limit:,} ({MAX_PIXELS_VARIABLE})")
+
+
+def _check_codec_size(path: str, ds, syntax, rows: int, columns: int, limit: int) -> None:
+    """Refuse a compressed frame whose own header declares another size than Rows x Columns
+    (or more samples than the limit allows): its decoder would allocate that size."""
+    if syntax not in _JPEG_SYNTAXES and syntax not in JPEG2000TransferSyntaxes:
+        return
+    try:
+        frame = get_frame(ds.PixelData, 0, number_of_frames=1)
+    except Exception as exc:        # noqa: BLE001 - broken encapsulation
+        raise DicomError(path, f"unreadable encapsulated pixel data ({exc})") from exc
+    codec = "JPEG 2000 SIZ" if syntax in JPEG2000TransferSyntaxes else "JPEG SOF"
+    declared = _j2k_size(frame) if syntax in JPEG2000TransferSyntaxes else _jpeg_size(frame)
+    if declared is None:
+        raise DicomError(path, f"compressed frame without a readable {codec} header "
+                               f"({syntax.name})")
+    height, width, samples = declared
+    if (height, width) != (rows, columns):
+        raise DicomError(path, f"the {codec} header declares {width}x{height} pixels, the "
+                               f"DICOM header {columns}x{rows}")
+    _check_pixel_count(path, f"{columns}x{rows}", rows * columns * samples, limit)
+
+
+def _jpeg_size(frame: bytes) -> tuple[int, int, int] | None:
+    """(height, width, components) of a JPEG or JPEG-LS frame's SOF, None if it has none."""
+    info = _get_jpg_parameters(frame)
+    return (info["height"], info["width"], info["components"]) if "height" in info else None
+
+
+def _j2k_size(frame: bytes) -> tuple[int, int, int] | None:
+    """(height, width, components) from a JPEG 2000 codestream's SIZ segment (ISO 15444-1
+    A.5.1: Xsiz, Ysiz, XOsiz, YOsiz at bytes 8-23 after SOC, Csiz at 40), in a bare codestream
+    or a JP2 file; None without one."""
+    start = frame.find(_J2K_START)
+    siz = frame[start:start + 42] if start >= 0 else b""
+    if len(siz) < 42:
+        return None
+    x, y, x0, y0 = (int.from_bytes(siz[k:k + 4], "big") for k in (8, 12, 16, 20))
+    return y - y0, x - x0, int.from_bytes(siz[40:42], "big")
 
 
 def _display_ready(arr: np.ndarray, ds) -> bool:
