@@ -396,7 +396,7 @@ def test_clear_errors_for_missing_inputs(run, dicom_dir, tmp_path):
     (tmp_path / "manifest.json").write_text("{}")
     result = CliRunner().invoke(
         main, ["evaluate", "--model", str(run), "--data", str(tmp_path)])
-    assert result.exit_code == 2 and "no val shards" in result.stderr
+    assert result.exit_code == 2 and "manifest.json: not a build's manifest" in result.stderr
     result = CliRunner().invoke(
         main, ["evaluate", "--model", str(run), "--data", str(tmp_path / "nowhere")])
     assert result.exit_code == 2 and f"--data {tmp_path / 'nowhere'}: no such directory" in result.stderr

@@ -371,8 +371,15 @@ def test_cache_auto_keeps_a_split_in_memory_only_when_it_fits(data_dir, tmp_path
     # a build's manifest is trusted for the count (here one that claims far more records)
     built = tmp_path / "built"
     built.mkdir()
-    write_atomic(built / records.MANIFEST,
-                 manifest.to_json({"splits": {"train": {"images": 10_000, "positives": 0}}}))
+    shard = records.SHARD_PATTERN.format(split="train", index=0, count=1)
+    (built / shard).write_bytes(b"")            # listed, so the manifest agrees; never read
+    split = lambda shards: {"images": sum(e for _, e in shards), "positives": 0,  # noqa: E731
+                            "annotations": 0, "shards": [{"file": f, "examples": e, "sha256": ""}
+                                                         for f, e in shards]}
+    write_atomic(built / records.MANIFEST, manifest.to_json({
+        "format": manifest.FORMAT, "options": {"image_size": SIZE}, "rejected": [],
+        "totals": {"inputs": 10_000},
+        "splits": {"train": split([(shard, 10_000)]), "val": split([]), "test": split([])}}))
     assert cache.plan(data, _records(built), "train").reason.startswith(
         f"auto: {10_000 * need / 40 / 1e9:.2f} GB decoded")
 

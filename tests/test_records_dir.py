@@ -21,6 +21,23 @@ def _examples(n, positives):
         yield rng.integers(0, 255, (SIZE, SIZE), dtype=np.uint8), mask
 
 
+def _manifest(folder, claims=None, **options):
+    """A manifest shaped as a build writes it for the shards in ``folder``: each split's
+    (images, positives) from ``claims`` where given, else counted, spread over its shards."""
+    splits = {}
+    for split in records.SPLITS:
+        files = records.shard_files(str(folder), split)
+        images, positives = (claims or {}).get(split) or (
+            records.label_counts(files) if files else (0, 0))
+        examples = [images // len(files) + (k < images % len(files)) for k in range(len(files))]
+        splits[split] = {"images": images, "positives": positives, "annotations": positives,
+                         "shards": [{"file": f.rsplit("/", 1)[1], "examples": e, "sha256": ""}
+                                    for f, e in zip(files, examples)]}
+    return json.dumps({"format": 1, "options": {"image_size": SIZE, **options},
+                       "splits": splits, "rejected": [],
+                       "totals": {"inputs": sum(s["images"] for s in splits.values())}})
+
+
 @pytest.fixture
 def folder(tmp_path):
     write_shards(tmp_path, "train", _examples(10, 3), shards=2)
@@ -41,15 +58,14 @@ def test_files_counts_and_size_without_a_manifest(folder):
 
 
 def test_the_manifest_is_read_once_and_its_counts_win(folder, monkeypatch):
-    manifest = {"splits": {"train": {"images": 12, "positives": 5}}}
-    (folder / records.MANIFEST).write_text(json.dumps(manifest))
+    (folder / records.MANIFEST).write_text(_manifest(folder, {"train": (12, 5)}))
     data = RecordsDir(str(folder))
     reads = []
     real = json.loads
     monkeypatch.setattr(json, "loads", lambda text: reads.append(1) or real(text))
     assert data.counts("train") == SplitCounts(12, 5)
     assert data.listed_counts("train") == SplitCounts(12, 5)
-    assert data.counts("val") == SplitCounts(4, 1)           # not listed: counted
+    assert data.counts("val") == SplitCounts(4, 1)
     assert len(reads) == 1
 
 
@@ -89,15 +105,15 @@ def test_unreadable_shards_are_a_records_error(tmp_path):
 def test_folds_are_the_manifests_else_counted_from_the_records(folder):
     data = RecordsDir(str(folder))
     assert data.folds == 0 and data.fold_counts() == {-1: SplitCounts(14, 4)}     # no folds
-    (folder / records.MANIFEST).write_text(json.dumps({"options": {"folds": 5}}))
+    (folder / records.MANIFEST).write_text(_manifest(folder, folds=5))
     assert RecordsDir(str(folder)).folds == 5
 
 
 def test_records_of_another_geometry_rule_are_refused(folder):
     data = RecordsDir(str(folder))
-    (folder / records.MANIFEST).write_text(json.dumps({"options": {"image_size": SIZE}}))
+    (folder / records.MANIFEST).write_text(_manifest(folder))
     assert data.checked_files("train", SIZE) == data.files("train")      # names no rule
-    (folder / records.MANIFEST).write_text(json.dumps({"options": {"geometry": "zero-pad"}}))
+    (folder / records.MANIFEST).write_text(_manifest(folder, geometry="zero-pad"))
     with pytest.raises(RecordsError, match=rf"records in {folder} were made with the geometry "
                                            rf"rule 'zero-pad', but .*'{geometry.RULE}'.*rebuild"):
         RecordsDir(str(folder)).checked_files("val", SIZE)

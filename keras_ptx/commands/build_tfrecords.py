@@ -43,6 +43,8 @@ def command(dicom_dir, labels, out, image_size, val_fraction, folds, seed, shard
     if not dicom_dir or not out:
         raise click.UsageError("--dicom-dir and --out are required (or --verify OUT)")
     from keras_ptx.data.build import BuildError, Options, build
+    from keras_ptx.fileio import check_output
+    check_output(out, "--out", {"--dicom-dir": dicom_dir, "--labels": labels})
     from keras_ptx.data.manifest import summary
     options = Options(dicom_dir=dicom_dir, out=out, labels=labels, image_size=image_size,
                       val_fraction=val_fraction, folds=folds, seed=seed, shard_size=shard_size,
@@ -59,9 +61,11 @@ def _verify(out: str) -> None:
     from keras_ptx.data.build import BuildError
     from keras_ptx.data.manifest import verify
     problems = verify(out)
-    for problem in problems:
-        click.echo(f"FAIL {problem}", err=True)
+    for problem in problems:                # the report; the one error line follows
+        click.echo(f"FAIL {problem}")
     if problems:
-        raise BuildError(f"{out}: {len(problems)} problem(s); the build does not "
-                         "match its manifest")
+        first = problems[0].replace(out.rstrip("/") + "/", "")    # files named within OUT
+        first = first if len(first) <= 200 else first[:200] + "..."
+        raise BuildError(f"{out}: {len(problems)} problem(s), the build does not match its "
+                         f"manifest; the first: {first}")
     click.echo(f"{out}: every shard matches its manifest (sha256, counts) and every example decodes")

@@ -86,7 +86,12 @@ def command(workdir: Path, config_path: Path, n_images: int, dicom_size: int,
     from keras_ptx.config import load_config
     from keras_ptx.fileio import read_json
 
+    from keras_ptx.synthetic.dataset import Options, SyntheticError
+
     config = load_config(config_path, overrides)
+    if workers < 1:
+        raise SyntheticError(f"--workers must be at least 1, got {workers}")
+    Options(n_images=n_images, size=dicom_size, positive_fraction=positive_fraction)  # refuses
     workdir.mkdir(parents=True, exist_ok=True)
     synth, records, run, export = (workdir / n for n in ("synthetic", "records", "run", "export"))
     sets = [a for o in overrides for a in ("--set", o)]

@@ -45,13 +45,20 @@ class Problem:
 class Annotations(Mapping[str, tuple[str, ...]]):
     """ImageId -> tuple of that image's RLE strings (empty for a negative), in file order.
 
-    ``layout`` is 'stage1' or 'stage2'; ``report`` lists the :class:`Problem` rows by line.
+    ``layout`` is 'stage1' or 'stage2'; ``report`` lists the :class:`Problem` rows by line;
+    :meth:`lines` gives the line each RLE string was read from.
     """
 
-    def __init__(self, images: dict[str, tuple[str, ...]], layout: str, report: list[Problem]):
+    def __init__(self, images: dict[str, tuple[str, ...]], layout: str, report: list[Problem],
+                 lines: dict[str, tuple[int, ...]]):
         self._images = images
+        self._lines = lines
         self.layout = layout
         self.report = report
+
+    def lines(self, image_id: str) -> tuple[int, ...]:
+        """The CSV line of each of ``image_id``'s RLE strings, in the same order."""
+        return self._lines[image_id]
 
     def __getitem__(self, image_id: str) -> tuple[str, ...]:
         return self._images[image_id]
@@ -123,21 +130,24 @@ def load_annotations(path) -> Annotations:
     except csv.Error as exc:        # e.g. a field past csv's size limit: not a label CSV
         raise AnnotationError(f"{path} line {reader.line_num}: {exc}") from None
     images: dict[str, tuple[str, ...]] = {}
+    lines: dict[str, tuple[int, ...]] = {}
     for image_id, entries in rows.items():
         if image_id in broken:
             continue
         kept = _resolve(image_id, entries, report)
         if kept is not None:
-            images[image_id] = kept
+            images[image_id] = tuple(kept)
+            lines[image_id] = tuple(kept.values())
     for image_id in broken & rows.keys():
         report.append(Problem(rows[image_id][0][0], image_id, "malformed",
                                   "image left out: another of its rows is malformed"))
     report.sort(key=lambda problem: problem.line)
-    return Annotations(images, layout, report)
+    return Annotations(images, layout, report, lines)
 
 
 def _resolve(image_id: str, entries: list[tuple[int, str]], report: list[Problem]):
-    """One image's rows -> its RLE tuple (None for a conflict), reporting duplicates."""
+    """One image's rows -> its RLE strings, each with its first line (None for a conflict),
+    reporting duplicates."""
     negative = next((line for line, value in entries if value == rle.EMPTY), None)
     mask = next((line for line, value in entries if value != rle.EMPTY), None)
     if negative is not None and mask is not None:
@@ -151,7 +161,7 @@ def _resolve(image_id: str, entries: list[tuple[int, str]], report: list[Problem
                                   f"same value as line {first_line[value]}; kept once"))
         else:
             first_line[value] = line
-    return tuple(value for value in first_line if value != rle.EMPTY)
+    return {value: line for value, line in first_line.items() if value != rle.EMPTY}
 
 
 class AnnotationWriter:

@@ -31,8 +31,8 @@ from tqdm import tqdm
 from keras_ptx.config import check_image_size
 from keras_ptx.data import convert, geometry, records
 from keras_ptx.data.annotations import IMAGE_ID, Annotations, load_annotations
-from keras_ptx.data.dicom import DICOM_SUFFIXES, find_dicom_files
-from keras_ptx.data.manifest import FORMAT, Rejection, sha256, to_json
+from keras_ptx.data.dicom import DICOM_SUFFIXES, find_dicom_files, max_pixels
+from keras_ptx.data.manifest import FORMAT, Rejection, read_manifest, sha256, to_json
 from keras_ptx.data.split import assign_bins
 from keras_ptx.errors import UserError
 from keras_ptx.fileio import (TEMPORARY_GLOB, check_openable, is_url, join, read_json, replace,
@@ -240,10 +240,12 @@ def _match_labels(options: Options, labels, usable: dict, with_files: set[str],
     positives = sorted(i for i, (_, rles, h) in labeled.items() if rles and h.rows and h.columns)
     tasks = [(labeled[i][1], labeled[i][2].rows, labeled[i][2].columns) for i in positives]
     checks = list(worker_map(convert.check_label, tasks, "checking masks"))
-    for image_id, failure in zip(positives, checks):
-        if failure is not None:
+    for image_id, check in zip(positives, checks):
+        if check is not None:
+            k, failure = check
             rejected.append(Rejection(labeled.pop(image_id)[0], image_id, failure.reason,
-                                      f"{csv_name}: {failure.detail}"))
+                                      f"{csv_name} line {labels.lines(image_id)[k]}: "
+                                      f"{failure.detail}"))
     return labeled, len(orphans)
 
 
@@ -339,6 +341,7 @@ def check_options(options: Options) -> None:
     if not is_url(options.out) and not os.path.exists(options.out):
         _check_creatable(options.out)
     check_image_size(options.image_size, "--image-size")
+    max_pixels()                    # a bad KERAS_PTX_MAX_PIXELS is refused before any work
     if not 0 <= options.val_fraction < 1:
         raise BuildError(f"--val-fraction must be in [0, 1), got {options.val_fraction}")
     if options.folds == 1 or options.folds < 0:
@@ -359,7 +362,10 @@ def build(options: Options, log=print) -> dict:
     manifest_path = join(out, records.MANIFEST)
     with process_map(options.workers) as worker_map:
         plan = make_plan(options, paths, labels, worker_map)
-        manifest = read_json(manifest_path)
+        try:
+            manifest = read_manifest(out)
+        except ValueError as exc:
+            raise BuildError(f"{exc}; choose an empty --out") from None
         if manifest is not None:
             if manifest.get("plan_sha256") != plan.digest:
                 raise BuildError(f"{out} already holds a build of other inputs or options "
@@ -401,9 +407,14 @@ def _resume(out: str, plan: Plan, log) -> tuple[dict, list[Shard]]:
     bytes still match), everything else (including partial temporaries) to do again."""
     state_path = join(out, STATE)
     state = {"plan_sha256": plan.digest, "shards": {}}
-    previous = read_json(state_path)
+    try:
+        previous = read_json(state_path)
+    except (ValueError, RecursionError) as exc:
+        raise BuildError(f"{state_path}: unreadable ({type(exc).__name__}); remove it or choose "
+                         "another --out") from None
     if previous is not None:
-        if previous.get("plan_sha256") != plan.digest:
+        if not isinstance(previous, dict) or previous.get("plan_sha256") != plan.digest or \
+                not isinstance(previous.get("shards"), dict):
             raise BuildError(f"{out} holds an unfinished build of other inputs or options; "
                              f"remove it or choose another --out")
         state = previous

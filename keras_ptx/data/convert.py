@@ -43,14 +43,15 @@ def header(path: str) -> DicomHeader | Failure:
         return Failure(UNREADABLE, exc.reason)
 
 
-def check_label(task: tuple[tuple[str, ...], int, int]) -> Failure | None:
-    """None if the RLE rows are valid on a ``height`` x ``width`` grid, else why not."""
+def check_label(task: tuple[tuple[str, ...], int, int]) -> tuple[int, Failure] | None:
+    """None if the RLE rows are valid on a ``height`` x ``width`` grid, else the first invalid
+    one's index and why."""
     rles, height, width = task
-    try:
-        for text in rles:
+    for k, text in enumerate(rles):
+        try:
             rle.runs(text, height, width)
-    except ValueError as exc:
-        return Failure(MALFORMED_LABEL, str(exc))
+        except ValueError as exc:
+            return k, Failure(MALFORMED_LABEL, str(exc))
     return None
 
 

@@ -11,13 +11,14 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from collections import Counter
 from dataclasses import dataclass
 
 import numpy as np
 
 from keras_ptx.data import geometry, records
-from keras_ptx.fileio import join, read_json
+from keras_ptx.fileio import exists, join, read_bytes
 from keras_ptx.tf_setup import tf
 
 FORMAT = 1
@@ -59,6 +60,92 @@ def geometry_problem(manifest: dict, folder: str) -> str | None:
             f"export do); rebuild them with build-tfrecords into a new --out")
 
 
+def schema_problems(manifest) -> list[str]:
+    """Why ``manifest`` is not shaped as a build writes it, empty when it is: the keys readers
+    use, of their types; each split's shards named as a build names them (no path can reach
+    outside the folder); each split's images the sum of its shards' examples."""
+    if not isinstance(manifest, dict):
+        return [f"not a JSON object but {_kind(manifest)}"]
+    problems = []
+    if manifest.get("format") != FORMAT:
+        problems.append(f"format {manifest.get('format')!r}, expected {FORMAT}")
+    options, splits = manifest.get("options"), manifest.get("splits")
+    if not isinstance(options, dict) or not _count(options.get("image_size"), minimum=1):
+        problems.append("options.image_size is missing or not a positive integer")
+    if not isinstance(manifest.get("rejected"), list):
+        problems.append("rejected is missing or not a list")
+    totals = manifest.get("totals")
+    if not isinstance(totals, dict) or not _count(totals.get("inputs")):
+        problems.append("totals.inputs is missing or not a count")
+    if not isinstance(splits, dict):
+        return problems + ["splits is missing or not an object"]
+    for split in records.SPLITS:
+        problems += [f"splits.{split}{where}" for where in _split_problems(split, splits.get(split))]
+    return problems
+
+
+def _split_problems(split: str, entry) -> list[str]:
+    if not isinstance(entry, dict):
+        return [": missing" if entry is None else f": not an object but {_kind(entry)}"]
+    problems = [f".{key} is missing or not a count" for key in ("images", "positives", "annotations")
+                if not _count(entry.get(key))]
+    shards = entry.get("shards")
+    if not isinstance(shards, list):
+        return problems + [".shards is missing or not a list"]
+    pattern = re.compile(re.escape(split) + r"-\d{5}-of-\d{5}\.tfrecord")
+    for k, shard in enumerate(shards):
+        if not (isinstance(shard, dict) and isinstance(shard.get("file"), str)
+                and pattern.fullmatch(shard["file"]) and _count(shard.get("examples"))
+                and isinstance(shard.get("sha256"), str)):
+            return problems + [f".shards[{k}] is not a {split} shard's file, examples and sha256"]
+    if not problems:
+        examples = sum(shard["examples"] for shard in shards)
+        if examples != entry["images"]:
+            problems.append(f".images is {entry['images']}, its shards' examples add up to "
+                            f"{examples}")
+        elif entry["positives"] > entry["images"]:
+            problems.append(f".positives ({entry['positives']}) exceeds images ({entry['images']})")
+    return problems
+
+
+def _count(value, minimum: int = 0) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= minimum
+
+
+def _kind(value) -> str:
+    return "null" if value is None else type(value).__name__
+
+
+def read_manifest(folder: str) -> dict | None:
+    """``folder``'s manifest.json, None when there is none; ValueError naming the file and what
+    is wrong when it does not read or is not shaped as a build writes it."""
+    path = join(folder, records.MANIFEST)
+    if not exists(path):
+        return None
+    try:
+        manifest = json.loads(read_bytes(path))
+    except (ValueError, OSError, RecursionError, tf.errors.OpError) as exc:
+        raise ValueError(f"{path}: unreadable ({type(exc).__name__}: {str(exc)[:120]})") from None
+    problems = schema_problems(manifest)
+    if problems:
+        more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
+        raise ValueError(f"{path}: not a build's manifest: {problems[0]}{more}")
+    return manifest
+
+
+def listing_problem(manifest: dict, split: str, found: list[str]) -> str | None:
+    """How the shard files of ``split`` in the folder (``found``, paths) differ from those the
+    manifest lists, or None when they are the same."""
+    listed = {shard["file"] for shard in manifest["splits"][split]["shards"]}
+    present = {file.rsplit("/", 1)[-1] for file in found}
+    if listed == present:
+        return None
+    parts = [f"{what} {', '.join(sorted(names)[:3])}{' ...' if len(names) > 3 else ''}"
+             for what, names in (("missing:", listed - present), ("not listed:", present - listed))
+             if names]
+    return f"the {split} shards differ from the manifest's ({'; '.join(parts)})"
+
+
 def summary(manifest: dict) -> str:
     """The table the command prints at the end of a build."""
     rows = [("split", "images", "positives", "annotations", "shards")]
@@ -77,13 +164,12 @@ def summary(manifest: dict) -> str:
 
 def verify(out: str) -> list[str]:
     """Re-read every shard of the build in ``out``; the list of problems (empty = sound)."""
-    path = join(out, records.MANIFEST)
     try:
-        manifest = read_json(path)
-    except (ValueError, OSError, tf.errors.OpError) as exc:
-        return [f"{path}: unreadable manifest ({exc})"]
+        manifest = read_manifest(out)
+    except ValueError as exc:
+        return [str(exc)]
     if manifest is None:
-        return [f"{path}: no manifest (not a finished build)"]
+        return [f"{join(out, records.MANIFEST)}: no manifest (not a finished build)"]
     problem = geometry_problem(manifest, out)
     problems = [problem] if problem else []
     size = manifest["options"]["image_size"]
@@ -114,7 +200,8 @@ def _verify_shard(file: str, shard: dict, split: str, size: int, seen: set[str],
         return [f"{file}: missing"]
     digest = sha256(file)
     if digest != shard["sha256"]:
-        return [f"{file}: sha256 {digest} does not match the manifest's {shard['sha256']}"]
+        return [f"{file}: sha256 {digest[:16]}... does not match the manifest's "
+                f"{shard['sha256'][:16]}..."]
     problems, n = [], 0
     try:
         for ex in tf.data.TFRecordDataset(file).map(records.parse).as_numpy_iterator():

@@ -23,9 +23,9 @@ from dataclasses import dataclass
 from typing import Callable
 
 from keras_ptx.data import records
-from keras_ptx.data.manifest import geometry_problem
+from keras_ptx.data.manifest import geometry_problem, listing_problem, read_manifest
 from keras_ptx.errors import UserError
-from keras_ptx.fileio import check_openable, join, read_json
+from keras_ptx.fileio import check_openable
 from keras_ptx.tf_errors import damaged_records
 from keras_ptx.tf_setup import tf
 
@@ -89,19 +89,26 @@ class RecordsDir:
 
     @property
     def manifest(self) -> dict | None:
-        """The build's manifest.json; None when there is none or it does not read."""
+        """The build's manifest.json; None when there is none; RecordsError when it does not
+        read or is not shaped as a build writes it (:func:`~keras_ptx.data.manifest.read_manifest`)."""
         if not self._manifest_read:
-            self._manifest_read = True
             try:
-                self._manifest = read_json(join(self.path, records.MANIFEST))
-            except (ValueError, OSError, tf.errors.OpError):
-                self._manifest = None
+                self._manifest = read_manifest(self.path)
+            except ValueError as exc:
+                raise RecordsError(f"{exc}; rebuild the records with build-tfrecords") from None
+            self._manifest_read = True
         return self._manifest
 
     def files(self, split: str) -> list[str]:
-        """The split's shard paths, sorted (empty when it has none)."""
+        """The split's shard paths, sorted (empty when it has none); RecordsError when they
+        are not the files the manifest lists."""
         if split not in self._files:
-            self._files[split] = records.shard_files(self.path, split)
+            found = records.shard_files(self.path, split)
+            problem = self.manifest and listing_problem(self.manifest, split, found)
+            if problem:
+                raise RecordsError(f"--data {self.path}: {problem}; check it with "
+                                   f"bin/build-tfrecords --verify {self.path}")
+            self._files[split] = found
         return self._files[split]
 
     def counts(self, split: str, fold: int | None = None) -> SplitCounts:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import numpy as np
 
 EMPTY = "-1"
+_SHOWN = 20                         # characters of a bad token a message quotes
 
 
 def parse_runs(rle: str) -> tuple[np.ndarray, np.ndarray]:
@@ -36,7 +37,10 @@ def _parse(rle: str) -> np.ndarray:
         try:
             values[i] = int(token)
         except ValueError:
-            raise ValueError(f"RLE token {i} ({token!r}) is not an integer") from None
+            raise ValueError(f"RLE token {i} ({token[:_SHOWN]!r}) is not an integer") from None
+        except OverflowError:       # past int64: past any image
+            raise ValueError(f"RLE token {i} ({token[:_SHOWN]!r}...) is too large for any "
+                             "image") from None
     if len(values) % 2:
         raise ValueError(f"RLE has an odd number of tokens ({len(values)}): "
                          "expected start/length pairs")
@@ -59,6 +63,14 @@ def runs(rle: str, height: int, width: int, relative: bool = True) -> tuple[np.n
     if is_empty(rle):
         return np.zeros(0, np.int64), np.zeros(0, np.int64)
     starts, lengths = parse_runs(rle)
+    n = height * width
+    # A start or length past the image is past it whatever the form; refusing it first also
+    # keeps the sums below from overflowing int64 (and wrapping around into the image).
+    huge = np.flatnonzero((starts > n) | (lengths > n))
+    if huge.size:
+        i = int(huge[0])
+        raise ValueError(f"RLE run {i} (token {2 * i}) starts or runs past the {height}x{width} "
+                         f"image ({n} pixels)")
     if relative:
         ends = np.cumsum(starts + lengths)
         starts = ends - lengths
@@ -71,7 +83,6 @@ def runs(rle: str, height: int, width: int, relative: bool = True) -> tuple[np.n
         if overlap.size:
             i = int(written[overlap[0] + 1])
             raise ValueError(f"RLE run {i} (token {2 * i}) overlaps an earlier run")
-    n = height * width
     past = np.flatnonzero(ends > n)
     if past.size:
         j = past[np.argmin(written[past])]      # the first such run as written

@@ -48,6 +48,9 @@ STANDARD_FORMAT = ("jpeg_baseline", "MONOCHROME2", 8)
 # 35x43 cm portrait and landscape, 24x30 cm landscape and pydicom-data's RG1 CR (1955x1841)
 MIXED_SHAPES = {2: (43, 35), 7: (35, 43), 11: (1955, 1841), 16: (24, 30)}
 IDENTITY_STREAM, PATIENT_SPLIT_STREAM = 2, 3
+# Bounds on what one command may ask for: 8x SIIM's 12,047 images; a side up to a 43 cm
+# detector's at ~0.1 mm (drawing one takes ~0.5 GB per worker).
+MAX_IMAGES, MAX_SIZE = 100_000, 4096
 PER_IMAGE_LIMIT = 5000              # synthetic.json lists images one by one up to this many
 PREVIEW_TILES, PREVIEW_TILE = 12, 320
 
@@ -72,10 +75,10 @@ class Options:
         if not self.classes or set(self.classes) - set(SOP_CLASSES):
             raise SyntheticError(f"classes must be some of {', '.join(SOP_CLASSES)}, got "
                                  f"{', '.join(self.classes) or 'none'}")
-        if self.n_images < 1:
-            raise SyntheticError(f"n_images must be at least 1, got {self.n_images}")
-        if self.size < MIN_SIZE:
-            raise SyntheticError(f"size must be at least {MIN_SIZE}, got {self.size}")
+        if not 1 <= self.n_images <= MAX_IMAGES:
+            raise SyntheticError(f"n_images must be within [1, {MAX_IMAGES}], got {self.n_images}")
+        if not MIN_SIZE <= self.size <= MAX_SIZE:
+            raise SyntheticError(f"size must be within [{MIN_SIZE}, {MAX_SIZE}], got {self.size}")
         for name in ("positive_fraction", "test_fraction"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise SyntheticError(f"{name} must be within [0, 1], got {getattr(self, name)}")
@@ -178,6 +181,10 @@ def make_dataset(out, options: Options, workers: int = 1, overwrite: bool = Fals
     if existing and not overwrite:
         raise SyntheticError(f"{out} already holds a dataset ({', '.join(existing)}); "
                               "choose another directory or replace it with --overwrite")
+    if existing and not _written_here(out):
+        raise SyntheticError(f"--overwrite: {out} holds {', '.join(existing)} but no "
+                             f"synthetic.json of make-synthetic; refusing to delete what it did "
+                             f"not write (choose another directory)")
     for name in existing:
         target = out / name
         shutil.rmtree(target) if target.is_dir() else target.unlink()
@@ -210,6 +217,15 @@ def make_dataset(out, options: Options, workers: int = 1, overwrite: bool = Fals
     (out / "synthetic.json").write_text(json.dumps(summary, indent=1) + "\n")
     write_preview(out, train, out / "preview.png")
     return summary
+
+
+def _written_here(out: Path) -> bool:
+    """Whether ``out`` holds make-synthetic's synthetic.json (what --overwrite may replace)."""
+    try:
+        summary = json.loads((out / "synthetic.json").read_text())
+    except (OSError, ValueError):
+        return False
+    return isinstance(summary, dict) and {"generator", "options", "counts"} <= summary.keys()
 
 
 def _summary(options: Options, records, label_file: str) -> dict:
