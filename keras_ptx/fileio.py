@@ -13,9 +13,11 @@ not only a killed process, leaves the old file or the new one, never an empty or
 from __future__ import annotations
 
 import contextlib
+import glob
 import json
 import os
 import shutil
+import sys
 import tempfile
 import uuid
 from pathlib import Path
@@ -25,6 +27,11 @@ from keras_ptx.errors import UserError
 
 # The temporary files of killed writes in a folder (a glob pattern; see temporary_name).
 TEMPORARY_GLOB = ".*.tmp-*"
+# In the name of a folder being written before its rename (see staging_folder).
+PARTIAL = ".partial-"
+# A set of outputs being moved in (see replaced_together): names its staging folder.
+SET_JOURNAL = ".outputs.commit"
+SET_STAGING = "outputs"
 # What adds a filesystem scheme to TensorFlow, for the message refusing one it lacks.
 SCHEME_PLUGINS = {"s3": "pip install tensorflow-io", "az": "pip install tensorflow-io",
                   "hdfs": "pip install tensorflow-io, and a Hadoop client",
@@ -36,9 +43,9 @@ def is_url(path) -> bool:
     return "://" in str(path)
 
 
-def check_openable(path, option: str) -> None:
+def check_openable(path, option: str | None = None) -> None:
     """UserError for a URL whose scheme this TensorFlow has no filesystem for (asked without
-    touching the URL), naming the scheme and what would add it."""
+    touching the URL), naming the option, the scheme and what would add it."""
     if not is_url(path):
         return
     from keras_ptx.tf_setup import tf
@@ -46,8 +53,84 @@ def check_openable(path, option: str) -> None:
     scheme = str(path).split("://", 1)[0]
     if scheme not in tf.io.gfile.get_registered_schemes():
         hint = SCHEME_PLUGINS.get(scheme.lower())
-        raise UserError(f"{option} {path}: this TensorFlow cannot open {scheme}:// URLs"
+        raise UserError(f"{_named(path, option)}: this TensorFlow cannot open {scheme}:// URLs"
                         + (f" ({hint})" if hint else ""))
+
+
+def check_output(path, option: str, inputs: dict | None = None) -> None:
+    """Refuse, before anything is written, an output ``path`` (given as ``option``) that this
+    TensorFlow cannot open, that is, lies inside or holds one of ``inputs`` (option -> a path
+    or several), or, on a local disk, that cannot be created and written."""
+    check_openable(path, option)
+    for name, value in (inputs or {}).items():
+        for source in [value] if isinstance(value, (str, os.PathLike)) else value or ():
+            relation = _relation(path, source)
+            if relation:
+                raise UserError(f"{option} {path}: {relation} {name} {source}, which this "
+                                f"command reads; choose another {option}")
+    if not is_url(path):
+        check_writable(path, option)
+
+
+def _relation(out, source) -> str | None:
+    """How ``out`` overlaps ``source``: "is", "is inside", "holds", or None."""
+    if is_url(out) != is_url(source):
+        return None
+    out, source = _canonical(out), _canonical(source)
+    if out == source:
+        return "is"
+    if out.startswith(source.rstrip("/") + "/"):
+        return "is inside"
+    if source.startswith(out.rstrip("/") + "/"):
+        return "holds"
+    return None
+
+
+def same_path(a, b) -> bool:
+    """Whether ``a`` and ``b`` name one file or folder (symbolic links followed)."""
+    return _relation(a, b) == "is"
+
+
+def _canonical(path) -> str:
+    return str(path).rstrip("/") if is_url(path) else os.path.realpath(path)
+
+
+def check_writable(path, option: str) -> None:
+    """UserError unless the local folder ``path`` exists or can be created, and takes new
+    files: its nearest existing folder is probed with an unnamed temporary file, which no
+    reader sees (permissions, a read-only disk and immutable folders all refuse it)."""
+    wanted = folder = os.path.abspath(path)
+    while not os.path.lexists(folder):
+        folder = os.path.dirname(folder)
+    if not os.path.isdir(folder):
+        raise UserError(f"{option} {path}: " + ("not a folder" if folder == wanted
+                                                   else f"{folder} is not a folder"))
+    try:
+        with tempfile.TemporaryFile(dir=folder):
+            pass
+    except OSError as exc:
+        raise UserError(f"{option} {path}: cannot write in {folder} ({exc.strerror})") from None
+
+
+@contextlib.contextmanager
+def reported_writes(option: str, path):
+    """Failures to write (an OSError, TensorFlow's PermissionDeniedError) inside the block as
+    a UserError naming the file (else ``option`` and ``path``) and the operating system's
+    reason: a disk that fills up or a folder made read-only while a command runs."""
+    try:
+        yield
+    except OSError as exc:
+        where = exc.filename or _named(path, option)
+        raise UserError(f"{where}: {exc.strerror or exc}") from None
+    except Exception as exc:
+        tf = sys.modules.get("tensorflow")
+        if tf is None or not isinstance(exc, tf.errors.PermissionDeniedError):
+            raise
+        raise UserError(f"{_named(path, option)}: {exc.message}") from None
+
+
+def _named(path, option: str | None) -> str:
+    return f"{option} {path}" if option else str(path)
 
 
 def join(*parts) -> str:
@@ -62,12 +145,16 @@ def _gfile():
 
 
 def exists(path) -> bool:
-    return _gfile().exists(str(path)) if is_url(path) else os.path.exists(path)
+    if not is_url(path):
+        return os.path.exists(path)
+    check_openable(path)
+    return _gfile().exists(str(path))
 
 
 def read_bytes(path) -> bytes:
     if not is_url(path):
         return Path(path).read_bytes()
+    check_openable(path)
     with _gfile().GFile(str(path), "rb") as f:
         return f.read()
 
@@ -100,11 +187,35 @@ def local_copy(path):
 
 def staging_folder(path) -> str:
     """Where to write a folder that :func:`publish_folder` then moves to ``path``: a hidden
-    sibling on a local disk, a local temporary folder for a URL."""
+    sibling on a local disk, named with this process's id (:func:`remove_stale_partials`
+    deletes it once the process is gone), a local temporary folder for a URL."""
     if is_url(path):
         return tempfile.mkdtemp(prefix=".staging-")
     return join(os.path.dirname(os.path.abspath(path)),
-                f".{os.path.basename(path)}.partial-{uuid.uuid4().hex[:8]}")
+                f".{os.path.basename(path)}{PARTIAL}{os.getpid()}-{uuid.uuid4().hex[:8]}")
+
+
+def remove_stale_partials(folder) -> None:
+    """Delete the staging folders (:func:`staging_folder`) in the local ``folder`` whose
+    process is no longer running: what killed writers left."""
+    if is_url(folder) or not os.path.isdir(folder):
+        return
+    for entry in os.scandir(folder):
+        if entry.name.startswith(".") and PARTIAL in entry.name and \
+                not _running(entry.name.rsplit(PARTIAL, 1)[1].split("-", 1)[0]):
+            shutil.rmtree(entry.path, ignore_errors=True)
+
+
+def _running(pid: str) -> bool:
+    if not pid.isdigit():
+        return False
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:         # another user's process
+        pass
+    return True
 
 
 def publish_folder(staged: str, path, last: str | None = None) -> None:
@@ -113,10 +224,7 @@ def publish_folder(staged: str, path, last: str | None = None) -> None:
     uploaded file by file, the top-level file ``last`` after all others, so that a reader
     waiting for that file sees the rest first."""
     if not is_url(path):
-        for folder, _, names in os.walk(staged):
-            for name in names:
-                _flush(os.path.join(folder, name))
-            _flush(folder)
+        _flush_tree(staged)
         os.rename(staged, path)
         _flush(os.path.dirname(os.path.abspath(path)))
         return
@@ -128,6 +236,74 @@ def publish_folder(staged: str, path, last: str | None = None) -> None:
         gfile.makedirs(os.path.dirname(target))
         gfile.copy(os.path.join(staged, name), target)
     shutil.rmtree(staged)
+
+
+@contextlib.contextmanager
+def replaced_together(folder, names):
+    """A local folder to write outputs of ``folder`` into (files or folders, some of
+    ``names``); on a clean exit they replace their namesakes in ``folder`` as one set (a
+    folder replaced whole), on error none is. Locally a journal names the staged set before
+    the first rename, so that a kill while moving it in is finished by the next call for
+    ``folder`` (:func:`recover_set`), which also deletes what killed writers left: staged sets
+    and the temporary files of ``names``. To a URL each file is uploaded whole, one by one."""
+    if is_url(folder):
+        staged = tempfile.mkdtemp(prefix=".staging-")
+        try:
+            yield staged
+            for parent, _, files in os.walk(staged):
+                for name in files:
+                    target = join(folder, os.path.relpath(os.path.join(parent, name), staged))
+                    _gfile().makedirs(os.path.dirname(target))
+                    _upload(os.path.join(parent, name), target)
+        finally:
+            shutil.rmtree(staged, ignore_errors=True)
+        return
+    recover_set(folder, names)
+    os.makedirs(folder, exist_ok=True)
+    staged = staging_folder(join(folder, SET_STAGING))
+    os.mkdir(staged)
+    try:
+        yield staged
+    except BaseException:
+        shutil.rmtree(staged, ignore_errors=True)
+        raise
+    _flush_tree(staged)
+    write_atomic(join(folder, SET_JOURNAL), os.path.basename(staged))
+    _move_in(folder, staged)
+
+
+def recover_set(folder, names=()) -> None:
+    """Finish moving in the set of :func:`replaced_together` that a kill interrupted; delete
+    killed writers' staged sets and the temporary files of ``names`` in the local ``folder``."""
+    if is_url(folder) or not os.path.isdir(folder):
+        return
+    journal = join(folder, SET_JOURNAL)
+    if os.path.exists(journal):
+        staged = Path(journal).read_text().strip()
+        if staged.startswith(f".{SET_STAGING}{PARTIAL}") and "/" not in staged and \
+                os.path.isdir(join(folder, staged)):
+            _move_in(folder, join(folder, staged))
+        else:
+            os.remove(journal)
+    remove_stale_partials(folder)
+    for name in names:
+        for leftover in glob.glob(join(glob.escape(str(folder)), f".{glob.escape(name)}.tmp-*")):
+            os.remove(leftover)
+
+
+def _move_in(folder, staged: str) -> None:
+    """Rename every entry of ``staged`` over its namesake in ``folder`` (an old folder moved
+    into ``staged`` first), then delete ``staged`` and the journal: repeatable after a kill."""
+    for name in sorted(os.listdir(staged)):
+        new, target = join(staged, name), join(folder, name)
+        if name.startswith("."):
+            continue                            # a folder already replaced
+        if os.path.isdir(new) and os.path.isdir(target) and not os.path.islink(target):
+            os.rename(target, join(staged, f".replaced-{name}"))
+        os.replace(new, target)
+    _flush(str(folder))
+    shutil.rmtree(staged)
+    os.remove(join(folder, SET_JOURNAL))
 
 
 def write_atomic(path, data: bytes | str) -> None:
@@ -176,6 +352,14 @@ def replace(written, path) -> None:
     _flush(written)
     os.replace(written, path)
     _flush(os.path.dirname(os.path.abspath(path)))
+
+
+def _flush_tree(folder: str) -> None:
+    """:func:`_flush` every file and folder below ``folder``, and ``folder``."""
+    for parent, _, names in os.walk(folder):
+        for name in names:
+            _flush(os.path.join(parent, name))
+        _flush(parent)
 
 
 def _flush(path: str) -> None:

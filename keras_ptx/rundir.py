@@ -35,9 +35,13 @@ strings joined with :func:`keras_ptx.fileio.join`, and files go through ``tf.io.
 """
 from __future__ import annotations
 
-from keras_ptx.config import Config, ConfigError, load_config
+import dataclasses
+import fnmatch
+
+from keras_ptx.config import Config, ConfigError, config_from_dict, read_config_file
 from keras_ptx.errors import UserError
-from keras_ptx.fileio import check_openable, exists, join, local_copy, read_json as _read_json
+from keras_ptx.fileio import (TEMPORARY_GLOB, check_openable, exists, join, local_copy,
+                              read_json as _read_json)
 
 CONFIG = "config.yaml"
 CHECKPOINTS = "checkpoints"
@@ -55,6 +59,10 @@ FOLDS = "folds.json"                    # at the top of a fold folder
 ENSEMBLE = "ensemble.json"              # at the top of an ensemble folder (bin/evaluate --out)
 TOP = "top"                             # the best epochs' weights, train.keep_best of them
 TOP_FILE = "epoch-{:03d}.weights.h5"    # in top/, the 1-based epoch
+# What a run directory holds at its top (eval-<split>/ and temporary files besides): what
+# --overwrite may delete.
+RUN_NAMES = frozenset({CONFIG, CHECKPOINTS, LOGS, HISTORY, METRICS, BEST_WEIGHTS, POSTPROCESS,
+                       EVAL, TOP})
 
 
 class RunDirError(UserError):
@@ -68,7 +76,10 @@ def load_run_config(run_dir) -> Config:
     if not exists(join(run_dir, CONFIG)):
         raise RunDirError(f"{run_dir}: not a training run directory (no {CONFIG})")
     try:
-        return load_config(join(run_dir, CONFIG))
+        raw = read_config_file(join(run_dir, CONFIG))
+        if not raw:
+            raise ConfigError("it is empty")
+        return config_from_dict(raw)
     except ConfigError as exc:
         raise RunDirError(f"{run_dir}: its {CONFIG} does not load: {exc}") from None
 
@@ -76,6 +87,7 @@ def load_run_config(run_dir) -> Config:
 def load_model(run_dir, config: Config, weights_file: str = BEST_WEIGHTS):
     """Rebuild the run's model from ``config`` (its config.yaml) and load its best weights (or
     another weights file of RUN_DIR, such as ``top/epoch-003.weights.h5``)."""
+    from keras_ptx.model.encoders import load_network
     from keras_ptx.model.unetpp import build_model_to_load
 
     weights = join(run_dir, weights_file)
@@ -87,10 +99,39 @@ def load_model(run_dir, config: Config, weights_file: str = BEST_WEIGHTS):
                               f"are in {CHECKPOINTS}/); run bin/train again with the same "
                               f"arguments to finish it")
         raise RunDirError(f"{run_dir}: no {BEST_WEIGHTS}; training has not finished an epoch")
-    model = build_model_to_load(config)
     with local_copy(weights) as local:         # h5py opens local files only
-        model.load_weights(local)
-    return model
+        return load_network(lambda: build_model_to_load(config), local, join(run_dir, CONFIG),
+                            shown=weights)
+
+
+def remove_run(run_dir) -> None:
+    """Delete the run directory ``run_dir`` (``--overwrite``), RunDirError unless it is one:
+    a keras_ptx config.yaml (by its sections: a config that no longer validates is still a
+    run's) and nothing but what a run holds."""
+    from keras_ptx.tf_setup import tf
+
+    run = str(run_dir)
+    names = sorted(name.rstrip("/") for name in tf.io.gfile.listdir(run))
+    foreign = [name for name in names if name not in RUN_NAMES and not name.startswith(EVAL + "-")
+               and not fnmatch.fnmatch(name, TEMPORARY_GLOB)]
+    if foreign:
+        raise RunDirError(f"--out {run}: not a run directory: it holds {', '.join(foreign[:3])}"
+                          f"{' and more' if len(foreign) > 3 else ''}, which a run does not; "
+                          f"refusing to delete it (move them, or choose another --out)")
+    if not _is_run_config(join(run, CONFIG)):
+        raise RunDirError(f"--out {run}: not a run directory (no keras_ptx {CONFIG}); refusing "
+                          f"to delete it (choose another --out)")
+    tf.io.gfile.rmtree(run)
+
+
+def _is_run_config(path: str) -> bool:
+    """Whether ``path`` is a YAML mapping of keras_ptx's config sections (read, not
+    validated: a run's config that no longer validates is still a run's)."""
+    try:
+        raw = read_config_file(path)
+    except ConfigError:
+        return False
+    return bool(raw) and set(raw) <= {field.name for field in dataclasses.fields(Config)}
 
 
 def eval_dir(run_dir, split: str) -> str:
@@ -104,5 +145,9 @@ def fold_dir(out, fold: int) -> str:
 
 
 def read_json(run_dir, name):
-    """RUN_DIR's JSON file ``name`` (None when there is none)."""
-    return _read_json(join(run_dir, name))
+    """RUN_DIR's JSON file ``name`` (None when there is none; RunDirError when it is not
+    JSON)."""
+    try:
+        return _read_json(join(run_dir, name))
+    except ValueError as exc:
+        raise RunDirError(f"{join(run_dir, name)}: not valid JSON ({exc})") from None

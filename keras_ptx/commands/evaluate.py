@@ -4,6 +4,7 @@ from __future__ import annotations
 import click
 
 from keras_ptx.cli import command as cli_command
+from keras_ptx.commands.options import batch_size_option
 from keras_ptx.config import Tta, choices
 
 
@@ -21,8 +22,7 @@ from keras_ptx.config import Tta, choices
 @click.option("--split", default="val", show_default=True, help="Split to evaluate on.")
 @click.option("--tta", type=click.Choice(choices(Tta)), default=None,
               help="Test-time augmentation [default: the run's eval.tta].")
-@click.option("--batch-size", type=click.IntRange(min=1), default=None,
-              help="Images per model call [default: the run's eval.batch_size].")
+@batch_size_option
 @click.option("--cases", type=click.IntRange(min=0), default=4, show_default=True,
               help="Best and worst cases drawn as overlays (each).")
 @click.option("--checkpoints", type=click.IntRange(min=1), default=1, show_default=True,

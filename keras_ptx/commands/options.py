@@ -3,6 +3,15 @@ from __future__ import annotations
 
 import click
 
+from keras_ptx.config import MAX_BATCH
+
+
+def batch_size_option(command):
+    """``--batch-size``: images per model call of evaluate and predict (the data caps it)."""
+    return click.option(
+        "--batch-size", type=click.IntRange(1, MAX_BATCH), default=None,
+        help="Images per model call [default: the run's eval.batch_size].")(command)
+
 
 def ensemble_options(command):
     """``--model`` (repeatable: runs, fold folders, ensemble folders) and ``--checkpoints``, the

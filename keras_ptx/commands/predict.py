@@ -5,7 +5,7 @@ from __future__ import annotations
 import click
 
 from keras_ptx.cli import command as cli_command
-from keras_ptx.commands.options import ensemble_options
+from keras_ptx.commands.options import batch_size_option, ensemble_options
 from keras_ptx.config import Tta, choices
 from keras_ptx.results import DEFAULT_KINDS, DESCRIPTION, KINDS
 
@@ -21,7 +21,7 @@ def _kinds(value: str) -> tuple[str, ...]:
 
 @cli_command("predict")
 @ensemble_options
-@click.option("--dicom-dir", required=True, type=click.Path(exists=True, file_okay=False),
+@click.option("--dicom-dir", required=True, type=click.Path(file_okay=False),
               help="Folder searched recursively for DICOM files (.dcm, .dicom).")
 @click.option("--out", required=True, type=click.Path(file_okay=False), help="Output folder.")
 @click.option("--format", "layout", type=click.Choice(["stage1", "stage2"]), default="stage1",
@@ -30,8 +30,7 @@ def _kinds(value: str) -> tuple[str, ...]:
 @click.option("--tta", type=click.Choice(choices(Tta)), default=None,
               help="Test-time augmentation [default: the one the run's postprocess.json was "
                    "tuned with, else its eval.tta].")
-@click.option("--batch-size", type=click.IntRange(min=1), default=None,
-              help="Images per model call [default: the run's eval.batch_size].")
+@batch_size_option
 @click.option("--dicom-out", type=click.Path(file_okay=False), default=None,
               help="Also write DICOM result objects here: <ImageId>.seg.dcm, .sr.dcm, .sc.dcm.")
 @click.option("--dicom-objects", default=",".join(DEFAULT_KINDS), show_default=True,

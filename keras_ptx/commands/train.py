@@ -30,7 +30,9 @@ def command(config_path, data_dir, run_dir, overrides, resume, overwrite):
     if resume and overwrite:
         raise click.UsageError("--resume and --overwrite exclude each other")
     from keras_ptx.config import load_config
+    from keras_ptx.fileio import check_output
     from keras_ptx.training.run import train
+    check_output(run_dir, "--out", {"--data": data_dir})
     try:
         config = load_config(config_path, overrides)
         train(config, data_dir, run_dir, resume=resume, overwrite=overwrite, echo=click.echo)

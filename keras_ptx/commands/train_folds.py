@@ -33,7 +33,9 @@ def command(config_path, data_dir, out, folds, overrides, resume, overwrite):
     if resume and overwrite:
         raise click.UsageError("--resume and --overwrite exclude each other")
     from keras_ptx.config import load_config
+    from keras_ptx.fileio import check_output
     from keras_ptx.training.folds import fold_table, train_folds
+    check_output(out, "--out", {"--data": data_dir})
     try:
         results = train_folds(load_config(config_path, overrides), data_dir, out, folds,
                               resume=resume, overwrite=overwrite, echo=click.echo)

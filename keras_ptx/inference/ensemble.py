@@ -17,7 +17,7 @@ from typing import Sequence
 
 from keras_ptx import rundir
 from keras_ptx.config import Config, Precision, Tta
-from keras_ptx.fileio import exists, join
+from keras_ptx.fileio import check_openable, exists, join, same_path
 from keras_ptx.inference.postprocess import PostProcess
 from keras_ptx.inference.runner import Predictor
 from keras_ptx.inference.trained import TrainedRun
@@ -31,7 +31,9 @@ class Ensemble:
             raise rundir.RunDirError("no --model given")
         if checkpoints < 1:
             raise rundir.RunDirError(f"--checkpoints {checkpoints}: at least 1")
-        self.runs = [TrainedRun(run, precision) for path in self.paths for run in _runs(path)]
+        for path in self.paths:
+            check_openable(path, "--model")
+        self.runs = [TrainedRun(run, precision) for path in self.paths for run in run_dirs(path)]
         self.weights = [(run, name) for run in self.runs for name in _weights(run, checkpoints)]
         _check_shared(self.runs, "grid sizes", lambda config: config.data.image_size)
         _check_shared(self.runs, "input normalisations (model.normalization)",
@@ -57,6 +59,10 @@ class Ensemble:
                 f"{self.post_source}: the post-processing ({self.post.describe()}) gates on "
                 f"the image-level head, but the model has none")
         return predictor
+
+    def folders(self) -> list[str]:
+        """Every folder the ensemble reads: the ``--model`` paths and their runs."""
+        return [*self.paths, *(run.path for run in self.runs)]
 
     def members(self) -> list[dict]:
         """Each member's run and weights file, for an export's metadata."""
@@ -90,12 +96,19 @@ def _check_shared(runs: list[TrainedRun], what: str, setting) -> None:
             "); an ensemble needs one")
 
 
-def _runs(path: str) -> list[str]:
-    """The RUN_DIRs of a ``--model``: an ensemble folder's members', a fold folder's trained
-    folds, or the run itself."""
+def run_dirs(path: str, within: tuple[str, ...] = ()) -> list[str]:
+    """The RUN_DIRs of a ``--model``: an ensemble folder's members' (``within``: the ensemble
+    folders that led here), a fold folder's trained folds, or the run itself."""
+    if any(same_path(path, folder) for folder in within):
+        raise rundir.RunDirError(f"{within[0]}: its {rundir.ENSEMBLE} leads back to {path}, an "
+                                 f"ensemble holding itself; evaluate its members again with "
+                                 f"another --out")
     members = rundir.read_json(path, rundir.ENSEMBLE)
     if members is not None:
-        return [run for member in members["members"] for run in _runs(member)]
+        listed = members.get("members") if isinstance(members, dict) else None
+        if not isinstance(listed, list) or not all(isinstance(m, str) for m in listed):
+            raise rundir.RunDirError(f"{join(path, rundir.ENSEMBLE)}: no list of members")
+        return [run for member in listed for run in run_dirs(member, (*within, path))]
     marker = rundir.read_json(path, rundir.FOLDS)
     if marker is None:
         return [path]

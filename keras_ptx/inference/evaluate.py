@@ -17,6 +17,7 @@ OUT/postprocess.json for the ensemble, the report in OUT/eval/ with the images s
 from __future__ import annotations
 
 import dataclasses
+import fnmatch
 import functools
 import json
 import os
@@ -29,19 +30,20 @@ from keras_ptx import rundir
 from keras_ptx.config import Config
 from keras_ptx.data.records_dir import RecordsDir
 from keras_ptx.errors import UserError
-from keras_ptx.fileio import join, write_atomic
+from keras_ptx.fileio import check_openable, check_output, join, reported_writes, write_atomic
 from keras_ptx.inference import plots, report as report_md
 from keras_ptx.inference.postprocess import REFERENCE_SIDE
 from keras_ptx.inference.runner import Predictor
 from keras_ptx.inference.score import classification_metrics, roc_curve
 from keras_ptx.inference.search import MapCache, SearchGrid, choose, search
-from keras_ptx.inference.ensemble import Ensemble, checkpoint_models
+from keras_ptx.inference.ensemble import Ensemble, checkpoint_models, run_dirs
 from keras_ptx.inference.trained import TrainedRun
 from keras_ptx.input.normalize import gray_from_model_input
 from keras_ptx.tf_errors import damaged_records
 
 ROC_PNG = "roc.png"
 CASES = "cases"
+CASE_FILES = ("best-*.png", "worst-*.png")     # in CASES, as _draw_cases names them
 OUT_OF_FOLD = "out-of-fold"         # the report's split for a fold folder
 CASE_SIDE = 512                     # case overlays are enlarged to at least this side
 
@@ -106,10 +108,11 @@ def evaluate(run_dir, data_dir: str, split: str = "val", tta: str | None = None,
     seen = model_passes(inputs, split, tta, batch_size, grid, progress)
     results = search(seen.cache, gated=seen.label_head)
     chosen = choose(results)
-    saved = write_rule(inputs, chosen.post, tta, checkpoints,
-                       split == "val" if save_postprocess is None else save_postprocess)
-    return write_report(inputs, split, tta, checkpoints, batch_size, seen, results, chosen,
-                        saved, cases)
+    with reported_writes("--out" if inputs.ensemble_folder else "--model", inputs.folder):
+        saved = write_rule(inputs, chosen.post, tta, checkpoints,
+                           split == "val" if save_postprocess is None else save_postprocess)
+        return write_report(inputs, split, tta, checkpoints, batch_size, seen, results, chosen,
+                            saved, cases)
 
 
 def resolve_inputs(run_dir, data_dir: str, split: str, checkpoints: int,
@@ -124,9 +127,18 @@ def resolve_inputs(run_dir, data_dir: str, split: str, checkpoints: int,
         raise EvaluateError("several --model make an ensemble: name the folder that keeps its "
                             "report and rule with --out (then --model OUT predicts and exports "
                             "the ensemble with it)")
+    for path in paths:
+        check_openable(path, "--model")
+    if report_to is None:
+        check_output(paths[0], "--model", {"--data": data_dir})
+    else:
+        check_output(report_to, "--out", {"--model": paths + [run for path in paths
+                                                              for run in run_dirs(path)],
+                                          "--data": data_dir})
     records = RecordsDir.open(data_dir)
-    marker = rundir.read_json(paths[0], rundir.FOLDS) if len(paths) == 1 else None
-    if len(paths) > 1:                                  # an ensemble of several: one scorer
+    several = len(paths) > 1 or rundir.read_json(paths[0], rundir.ENSEMBLE) is not None
+    marker = None if several else rundir.read_json(paths[0], rundir.FOLDS)
+    if several:                 # an ensemble (of several, or an ensemble folder's): one scorer
         ensemble = Ensemble(paths, checkpoints)
         scorers = [Scorer(split, ensemble.models, ensemble.config)]
     else:
@@ -222,6 +234,7 @@ def write_report(inputs: Inputs, split: str, tta: str, checkpoints: int,
     report["plots"] = _plot(out, results, image_prob, labels, report["image_level"]["auc"])
     report["cases"] = _draw_cases(seen, chosen, _case_dataset(inputs, split, batch_size),
                                   join(out, CASES), cases)
+    _remove_other_cases(join(out, CASES), report["cases"])
     write_atomic(join(out, rundir.EVAL_REPORT), json.dumps(report, indent=2) + "\n")
     write_atomic(join(out, rundir.EVAL_REPORT_MD), report_md.to_markdown(report))
     return report
@@ -243,14 +256,19 @@ def _runs(run_dir: str, marker: dict | None, records: RecordsDir, split: str) ->
 
 
 def _dataset(config, records: RecordsDir, split: str, batch_size: int | None):
+    """``split``'s images in batches of ``batch_size`` (else ``eval.batch_size``), no larger
+    than the split."""
     from keras_ptx.input.pipeline import make_eval_dataset
 
-    return make_eval_dataset(config, records, split, batch_size)
+    size = batch_size or config.eval.batch_size
+    total = _total(records, config, split)
+    return make_eval_dataset(config, records, split, min(size, total) if total else size)
 
 
 def _total(records: RecordsDir, config, split: str) -> int | None:
     """The images ``split`` holds for ``config`` (a fold run's, when ``data.fold`` is set),
-    for the progress bar; None when unknown without reading the shards."""
+    for the progress bar and to cap the batch size; None when unknown without reading the
+    shards."""
     if config.data.fold is not None:
         return records.counts(split, config.data.fold).records
     listed = records.listed_counts(split)
@@ -317,6 +335,17 @@ def _case_dataset(inputs: Inputs, split: str, batch_size: int | None):
         _dataset(scorer.config, inputs.records, split, batch_size).map(
             functools.partial(gray, scorer.config.model.normalization))
         for scorer in inputs.scorers))
+
+
+def _remove_other_cases(folder: str, cases: list[dict]) -> None:
+    """Delete the case overlays in ``folder`` that ``cases`` do not list (an earlier
+    evaluation's, with more --cases or other picks)."""
+    from keras_ptx.tf_setup import tf
+
+    drawn = {os.path.basename(case["file"]) for case in cases}
+    for name in tf.io.gfile.listdir(folder):
+        if name not in drawn and any(fnmatch.fnmatch(name, pattern) for pattern in CASE_FILES):
+            tf.io.gfile.remove(join(folder, name))
 
 
 def _draw_cases(seen: Pass, chosen, dataset, out: str, n: int) -> list[dict]:

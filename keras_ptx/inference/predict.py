@@ -45,7 +45,8 @@ def dicom_files(dicom_dir) -> tuple[list[Path], int]:
     many other files it skipped."""
     root = Path(dicom_dir)
     if not root.is_dir():
-        raise PredictError(f"{dicom_dir}: not a folder")
+        raise PredictError(f"--dicom-dir {dicom_dir}: "
+                           + ("not a folder" if root.exists() else "no such folder"))
     found, skipped = find_dicom_files(root)
     return [root / rel for rel in found], skipped
 
@@ -60,7 +61,7 @@ def model_identity(run: Ensemble, tta: str) -> ModelIdentity:
 
 
 class DicomPredictor:
-    """A model loaded once (a RUN_DIR, fold folder or several: an
+    """A model loaded once (a RUN_DIR, fold folder or several, or their
     :class:`~keras_ptx.inference.ensemble.Ensemble`) that turns DICOM files into predictions.
     ``any_image`` lets images outside the intended use through (research), each prediction
     saying why it is outside."""
@@ -68,12 +69,12 @@ class DicomPredictor:
     def __init__(self, models, checkpoints: int = 1, tta: str | None = None,
                  batch_size: int | None = None, any_image: bool = False,
                  log: Callable[[str], None] = print):
-        run = Ensemble(models, checkpoints)
-        self.post, self.post_source = run.post, run.post_source   # read before the build
+        run = models if isinstance(models, Ensemble) else Ensemble(models, checkpoints)
+        self.post, self.post_source = run.post, run.post_source
+        self.predictor = run.predictor(run.tta(tta))    # a refusal comes before any log line
         if len(run.weights) > 1:
             log(f"ensemble: {run.describe()}, probabilities averaged")
         log(f"post-processing: {self.post.describe()} ({self.post_source})")
-        self.predictor = run.predictor(run.tta(tta))
         log(f"test-time augmentation: {self.predictor.tta}" + (
             f" (the rule was tuned with {self.post.tta}: its thresholds may not fit)"
             if self.post.tta not in (None, self.predictor.tta) else ""))
@@ -98,7 +99,7 @@ class DicomPredictor:
         first_path: dict[str, str] = {}
         admitted = (self._admit(path, first_path) for path in files)
         with tqdm(total=len(files), desc="predict", unit="img", disable=not progress) as bar:
-            for item in batched(admitted, self.batch_size):
+            for item in batched(admitted, max(1, min(self.batch_size, len(files)))):
                 if isinstance(item, Rejection):
                     bar.update(1)
                     yield item

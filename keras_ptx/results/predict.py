@@ -5,7 +5,10 @@ OUT/submission.csv, predictions.csv and errors.csv (:mod:`keras_ptx.results.tabl
 overlays/ (:mod:`keras_ptx.results.overlays`), and with ``dicom_out`` a DICOM Segmentation,
 Structured Report and optionally a Secondary Capture per image
 (:mod:`keras_ptx.results.dicom_files`), fed from one background thread
-(:class:`~keras_ptx.results.writers.Outputs`).
+(:class:`~keras_ptx.results.writers.Outputs`). OUT's files are written to a staging folder in
+OUT and replace the earlier ones as one set when predict ends
+(:func:`~keras_ptx.fileio.replaced_together`): a killed or failed predict leaves the earlier set
+as it was, and the next one clears what it left.
 """
 from __future__ import annotations
 
@@ -14,15 +17,21 @@ from dataclasses import dataclass
 from typing import Callable, Sequence
 
 from keras_ptx.data.dicom import DICOM_SUFFIXES
-from keras_ptx.fileio import check_openable
+from keras_ptx.fileio import check_output, is_url, replaced_together, reported_writes
+from keras_ptx.inference.ensemble import Ensemble
 from keras_ptx.inference.postprocess import PostProcess
 from keras_ptx.inference.predict import DicomPredictor, PredictError, dicom_files
 from keras_ptx.inference.prediction import Rejection
 from keras_ptx.results import DEFAULT_KINDS, DESCRIPTION
 from keras_ptx.results.dicom_files import DicomObjectFiles
-from keras_ptx.results.overlays import OverlayPngs
-from keras_ptx.results.tables import ErrorsCsv, PredictionsCsv, SubmissionCsv
+from keras_ptx.results.overlays import OVERLAYS, OverlayPngs
+from keras_ptx.results.tables import (ERRORS, PREDICTIONS, SUBMISSION, ErrorsCsv, PredictionsCsv,
+                                      SubmissionCsv)
 from keras_ptx.results.writers import Outputs, Writer
+
+
+# What one predict writes to OUT, replaced as one set (fileio.replaced_together).
+OUTPUT_SET = (SUBMISSION, PREDICTIONS, ERRORS, OVERLAYS)
 
 
 @dataclass
@@ -47,16 +56,20 @@ def predict(run_dir, dicom_dir, out, layout: str = "stage1", overlays: bool = Fa
     :class:`~keras_ptx.inference.ensemble.Ensemble`); write ``out`` (and the DICOM objects of
     ``dicom_objects`` to ``dicom_out``)."""
     out = str(out)
-    check_openable(out, "--out")
+    if is_url(dicom_dir):
+        raise PredictError(f"--dicom-dir {dicom_dir}: a local folder is needed, not a URL")
+    run = Ensemble(run_dir, checkpoints)
+    inputs = {"--model": run.folders(), "--dicom-dir": str(dicom_dir)}
+    check_output(out, "--out", inputs)
     if dicom_out is not None:
-        check_openable(dicom_out, "--dicom-out")
+        check_output(dicom_out, "--dicom-out", inputs)
     files, skipped = dicom_files(dicom_dir)
     if not files:
         raise PredictError(f"{dicom_dir}: no DICOM files ({', '.join(DICOM_SUFFIXES)}) found")
+    model = DicomPredictor(run, checkpoints, tta, batch_size, any_image, log)
     if skipped:
         log(f"{skipped} file(s) without a {' or '.join(DICOM_SUFFIXES)} suffix skipped (rename "
             f"DICOMs stored without one)")
-    model = DicomPredictor(run_dir, checkpoints, tta, batch_size, any_image, log)
     writers: list[Writer] = [SubmissionCsv(layout), PredictionsCsv(), ErrorsCsv()]
     if overlays:
         writers.append(OverlayPngs())
@@ -64,7 +77,8 @@ def predict(run_dir, dicom_dir, out, layout: str = "stage1", overlays: bool = Fa
         writers.append(DicomObjectFiles(dicom_out, dicom_objects, dicom_description))
     start = time.perf_counter()         # predicting, not loading the model
     counts = {"images": 0, "positives": 0, "errors": 0, "filled": 0}
-    with Outputs(writers, out, model.identity) as outputs:
+    with reported_writes("--out", out), replaced_together(out, OUTPUT_SET) as staged, \
+            Outputs(writers, staged, model.identity) as outputs:
         for item in model.results(files, progress):
             if isinstance(item, Rejection):
                 outputs.reject(item)

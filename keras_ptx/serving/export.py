@@ -32,7 +32,8 @@ import keras_ptx
 from keras_ptx.config import Auto, Precision
 from keras_ptx.data import rle
 from keras_ptx.errors import UserError
-from keras_ptx.fileio import check_openable, join, publish_folder, read_json, staging_folder
+from keras_ptx.fileio import (check_openable, check_output, join, publish_folder, read_json,
+                              remove_stale_partials, reported_writes, staging_folder)
 from keras_ptx.inference.postprocess import PostProcess, apply_tf, image_mask_tf
 from keras_ptx.inference.runner import Predictor
 from keras_ptx.inference.ensemble import Ensemble
@@ -207,6 +208,7 @@ def export_model(predictor: Predictor, post: PostProcess, export_base,
     version = next_version(export_base) if version is None else version
     check_version_free(export_base, version)
     final = _version_path(export_base, version)
+    remove_stale_partials(str(export_base))
     staging = staging_folder(final)
     root = tf.Module()
     root.model_variables = predictor.variables      # the checkpoint; no Keras objects
@@ -259,18 +261,19 @@ def export_run(run_dir, export_base, version: int | None = None, tta: str | None
     """
     if precision == "auto":
         precision = best_inference_precision()
-    check_openable(export_base, "--out")
+    check_openable(export_base, "--out")           # before any --model is read
+    run = Ensemble(run_dir, checkpoints, precision)
+    check_output(export_base, "--out", {"--model": run.folders()})
     version = next_version(export_base) if version is None else version
     check_version_free(export_base, version)        # before the model is built
-    run = Ensemble(run_dir, checkpoints, precision)
     post = run.post                                 # a bad rule is refused before the build
     predictor = run.predictor(run.tta(tta))        # refuses a run without its weights
     identity = model_identity(run, predictor.tta).model
     if precision != "float32":
         identity += f" {precision}"
-    return export_model(predictor, post, export_base, version,
-                        run.config.export.warmup_requests,
-                        metadata={"run_dir": run.paths[0] if len(run.paths) == 1 else run.paths,
-                                  "postprocess_source": run.post_source,
-                                  "precision": precision, "members": run.members(),
-                                  "model_identity": identity})
+    metadata = {"run_dir": run.paths[0] if len(run.paths) == 1 else run.paths,
+                "postprocess_source": run.post_source, "precision": precision,
+                "members": run.members(), "model_identity": identity}
+    with reported_writes("--out", export_base):
+        return export_model(predictor, post, export_base, version,
+                            run.config.export.warmup_requests, metadata=metadata)

@@ -1,0 +1,381 @@
+"""The hostile-input matrix for run directories and outputs (#33): damaged runs, outputs that
+are inputs, unwritable outputs, URLs of schemes this TensorFlow lacks, --overwrite of what
+keras_ptx did not write, killed predicts and exports, and batch sizes past the data.
+
+One run (a freshly initialised B0 at 64 px), one records folder and a few DICOMs are shared by
+the module; a case damages a copy. Each refusal is checked with tests/hostile.py: exit 2, one
+short ``Error:`` line naming the input and what is wrong, and nothing written anywhere.
+"""
+import dataclasses
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from hostile import assert_refused, assert_unchanged, run, snapshot
+from test_ensemble import _write_run
+from test_train import write_records
+
+from keras_ptx import fileio, rundir
+from keras_ptx.config import dump_config, load_config
+from keras_ptx.synthetic.dicom_writer import write_dicom
+
+REPO = Path(__file__).resolve().parents[1]
+OUTPUT_SET = ("submission.csv", "predictions.csv", "errors.csv")
+
+
+@pytest.fixture(scope="module")
+def shared(tmp_path_factory):
+    """The module's inputs: run/ (a run dir), records/ (train and val), dicoms/, config.yaml."""
+    root = tmp_path_factory.mktemp("shared")
+    _write_run(root / "run", seed=1)
+    write_records(root / "records", "train", 4, seed=1)
+    write_records(root / "records", "val", 6, seed=2)
+    rng = np.random.default_rng(0)
+    for k in range(3):
+        write_dicom(root / "dicoms" / f"{k}.dcm", rng.integers(0, 255, (64, 64), dtype=np.uint8),
+                    image_id=f"1.2.3.{k}", study_uid="1.2.3", series_uid="1.2.3.9",
+                    patient_id=f"p{k}", patient_name="X")
+    config = rundir.load_run_config(root / "run")
+    dump_config(dataclasses.replace(config, train=dataclasses.replace(config.train, batch_size=2)),
+                root / "config.yaml")
+    return root
+
+
+@pytest.fixture
+def case(shared, tmp_path):
+    """A copy of the run in this test's folder, with the shared inputs beside it."""
+    shutil.copytree(shared / "run", tmp_path / "run")
+    return tmp_path
+
+
+def _args(command, root, shared):
+    """``command``'s arguments reading the run in ``root`` and writing into ``root``."""
+    return {"evaluate": ["--model", root / "run", "--data", shared / "records"],
+            "predict": ["--model", root / "run", "--dicom-dir", shared / "dicoms",
+                        "--out", root / "out"],
+            "export": ["--model", root / "run", "--out", root / "export"]}[command]
+
+
+def _truncate(path):
+    path.write_bytes(path.read_bytes()[:4096])
+
+
+def _other_network(run_dir):
+    config = load_config(run_dir / rundir.CONFIG, ["model.decoder_filters=[64,32,16,8,4]"])
+    dump_config(config, run_dir / rundir.CONFIG)
+
+
+# damage -> (change to RUN_DIR, fragments of the Error line)
+DAMAGES = {
+    "weights truncated": (lambda d: _truncate(d / rundir.BEST_WEIGHTS),
+                          [rundir.BEST_WEIGHTS, "not a readable weights file", "truncated"]),
+    "weights random": (lambda d: (d / rundir.BEST_WEIGHTS).write_bytes(os.urandom(20000)),
+                       [rundir.BEST_WEIGHTS, "not a readable weights file"]),
+    "weights missing": (lambda d: (d / rundir.BEST_WEIGHTS).unlink(),
+                        [f"no {rundir.BEST_WEIGHTS}"]),
+    "config emptied": (lambda d: (d / rundir.CONFIG).write_text(""),
+                       [rundir.CONFIG, "it is empty"]),
+    "config of another network": (_other_network,
+                                  ["does not fit the network of", rundir.CONFIG, "layer"]),
+    "config binary": (lambda d: (d / rundir.CONFIG).write_bytes(b"\xff\xfe\x00model: {"),
+                      [rundir.CONFIG, "UTF-8"]),
+    "config a list": (lambda d: (d / rundir.CONFIG).write_text("- model\n"),
+                      [rundir.CONFIG, "mapping"]),
+    "ensemble.json of itself": (
+        lambda d: (d / rundir.ENSEMBLE).write_text(json.dumps({"members": [str(d)]})),
+        [rundir.ENSEMBLE, "leads back to"]),
+    "ensemble.json not JSON": (lambda d: (d / rundir.ENSEMBLE).write_text("{members"),
+                               [rundir.ENSEMBLE, "not valid JSON"]),
+    "ensemble.json without members": (lambda d: (d / rundir.ENSEMBLE).write_text('{"m": 1}'),
+                                      [rundir.ENSEMBLE, "no list of members"]),
+}
+
+
+@pytest.mark.parametrize("damage", DAMAGES)
+@pytest.mark.parametrize("command", ["evaluate", "predict", "export"])
+def test_a_damaged_run_is_refused_by_name(command, damage, case, shared):
+    change, fragments = DAMAGES[damage]
+    change(case / "run")
+    before = snapshot(case)
+    assert_refused(run(command, _args(command, case, shared)), *fragments)
+    assert_unchanged(before, case)
+
+
+# command -> (arguments, with OUT where the output goes; where the output is)
+def _overlaps(root, shared):
+    model = root / "run"
+    return {
+        "evaluate --out is a --model": (
+            "evaluate", ["--model", model, "--model", model, "--data", shared / "records",
+                         "--out", model], "is --model"),
+        "evaluate --out inside a --model": (
+            "evaluate", ["--model", model, "--data", shared / "records", "--out", model / "e"],
+            "is inside --model"),
+        "evaluate --out holds a --model": (
+            "evaluate", ["--model", model, "--data", shared / "records", "--out", root],
+            "holds --model"),
+        "evaluate --out inside --data": (
+            "evaluate", ["--model", model, "--data", shared / "records",
+                         "--out", shared / "records" / "e"], "is inside --data"),
+        "predict --out is the --model": (
+            "predict", ["--model", model, "--dicom-dir", shared / "dicoms", "--out", model],
+            "is --model"),
+        "predict --out inside --dicom-dir": (
+            "predict", ["--model", model, "--dicom-dir", shared / "dicoms",
+                        "--out", shared / "dicoms" / "out"], "is inside --dicom-dir"),
+        "predict --dicom-out inside the --model": (
+            "predict", ["--model", model, "--dicom-dir", shared / "dicoms", "--out",
+                        root / "out", "--dicom-out", model / "dicom"], "--dicom-out"),
+        "export --out inside the --model": (
+            "export", ["--model", model, "--out", model / "export"], "is inside --model"),
+        "train --out is --data": (
+            "train", ["--config", shared / "config.yaml", "--data", shared / "records",
+                      "--out", shared / "records"], "is --data"),
+        "train --out holds --data": (
+            "train", ["--config", shared / "config.yaml", "--data", shared / "records",
+                      "--out", shared], "holds --data"),
+        "train-folds --out inside --data": (
+            "train-folds", ["--config", shared / "config.yaml", "--data", shared / "records",
+                            "--out", shared / "records" / "cv"], "is inside --data"),
+        "build-tfrecords --out inside --dicom-dir": (
+            "build-tfrecords", ["--dicom-dir", shared / "dicoms",
+                                "--out", shared / "dicoms" / "rec"], "is inside --dicom-dir"),
+    }
+
+
+OVERLAPS = list(_overlaps(Path("r"), Path("s")))
+
+
+@pytest.mark.parametrize("name", OVERLAPS)
+def test_an_output_that_is_inside_or_holds_an_input_is_refused(name, case, shared):
+    command, args, fragment = _overlaps(case, shared)[name]
+    before = snapshot(case.parent)
+    assert_refused(run(command, args), fragment, "choose another")
+    assert_unchanged(before, case.parent)
+
+
+def test_an_ensemble_that_would_list_itself_is_refused_through_its_members(case, shared):
+    """evaluate --model E --out A, where E lists A: A would list E, which lists A."""
+    (case / "ens").mkdir()
+    (case / "ens" / rundir.ENSEMBLE).write_text(json.dumps({"members": [str(case / "run")]}))
+    before = snapshot(case)
+    assert_refused(run("evaluate", ["--model", case / "ens", "--data", shared / "records",
+                                    "--out", case / "run"]), "is --model")
+    assert_unchanged(before, case)
+
+
+def _url_cases(root, shared, scheme):
+    model, records, dicoms, config = root / "run", shared / "records", shared / "dicoms", \
+        shared / "config.yaml"
+    url = f"{scheme}://bucket/x"
+    train = {"--config": config, "--data": records, "--out": root / "t"}
+    return {
+        "evaluate": ({"--model": model, "--data": records, "--out": root / "e"},
+                     ["--model", "--data", "--out"]),
+        "predict": ({"--model": model, "--dicom-dir": dicoms, "--out": root / "o",
+                     "--dicom-out": root / "d"}, ["--model", "--dicom-dir", "--out",
+                                                 "--dicom-out"]),
+        "export": ({"--model": model, "--out": root / "x"}, ["--model", "--out"]),
+        "train": (train, ["--config", "--data", "--out"]),
+        "train-folds": (train, ["--data", "--out"]),
+    }, url
+
+
+URL_CASES = [(command, option, scheme)
+             for scheme in ("s3", "http")
+             for command, (_, options) in _url_cases(Path("r"), Path("s"), scheme)[0].items()
+             for option in options]
+
+
+@pytest.mark.parametrize("command,option,scheme", URL_CASES)
+def test_a_url_of_a_scheme_this_tensorflow_lacks_is_refused_for_every_path_option(
+        command, option, scheme, case, shared):
+    cases, url = _url_cases(case, shared, scheme)
+    values = {**cases[command][0], option: url}
+    before = snapshot(case)
+    assert_refused(run(command, [part for pair in values.items() for part in pair]), url,
+                   "a local folder is needed" if option == "--dicom-dir"
+                   else f"cannot open {scheme}:// URLs")
+    assert_unchanged(before, case)
+
+
+def _unwritable(folder, how):
+    """Make ``folder`` refuse new files: read-only (not for root), or immutable (root only)."""
+    if how == "read-only":
+        if os.geteuid() == 0:
+            pytest.skip("root writes into read-only folders")
+        folder.chmod(0o555)
+        return lambda: folder.chmod(0o755)
+    if os.geteuid() != 0 or not shutil.which("chattr"):
+        pytest.skip("chattr +i needs root")
+    if subprocess.run(["chattr", "+i", folder], capture_output=True).returncode:
+        pytest.skip("this filesystem has no immutable flag")
+    return lambda: subprocess.run(["chattr", "-i", folder], check=True)
+
+
+@pytest.mark.parametrize("how", ["read-only", "immutable"])
+@pytest.mark.parametrize("command", ["train", "predict", "export", "evaluate"])
+def test_an_unwritable_output_is_refused_before_any_work(command, how, case, shared):
+    out = case / "out"
+    out.mkdir()
+    args = {"train": ["--config", shared / "config.yaml", "--data", shared / "records",
+                      "--out", out],
+            "predict": ["--model", case / "run", "--dicom-dir", shared / "dicoms", "--out", out],
+            "export": ["--model", case / "run", "--out", out],
+            "evaluate": ["--model", case / "run", "--data", shared / "records", "--out", out]}
+    before = snapshot(case)
+    restore = _unwritable(out, how)
+    try:
+        outcome = run(command, args[command])
+    finally:
+        restore()
+    assert_refused(outcome, f"--out {out}: cannot write in {out}")
+    assert_unchanged(before, case)
+
+
+# --- --overwrite deletes only what keras_ptx wrote ------------------------------------------
+
+def _foreign(folder):
+    folder.mkdir()
+    (folder / "config.yaml").write_text("services: {}\n")
+    (folder / "thesis.txt").write_text("four years\n")
+    (folder / "src").mkdir()
+    (folder / "src" / "main.c").write_text("int main;\n")
+
+
+@pytest.mark.parametrize("folder,fragment", [
+    (_foreign, "not a run directory: it holds src, thesis.txt, which a run does not"),
+    (lambda f: (f.mkdir(), (f / "config.yaml").write_text("services: {}\n")),
+     "not a run directory (no keras_ptx config.yaml)"),
+    (lambda f: (shutil.copytree(f.parent / "run", f), (f / "notes.md").write_text("mine")),
+     "holds notes.md"),
+])
+def test_train_overwrite_refuses_a_folder_that_is_not_a_run(folder, fragment, case, shared):
+    folder(case / "mine")
+    before = snapshot(case)
+    assert_refused(run("train", ["--config", shared / "config.yaml", "--data",
+                                 shared / "records", "--out", case / "mine", "--overwrite"]),
+                   f"--out {case / 'mine'}", fragment, "refusing to delete it")
+    assert_unchanged(before, case)
+
+
+def test_overwrite_deletes_a_run_even_one_whose_config_no_longer_validates(case):
+    (case / "run" / rundir.EVAL).mkdir()
+    (case / "run" / ".history.csv.tmp-1234").write_text("")
+    config = case / "run" / rundir.CONFIG
+    config.write_text(config.read_text().replace("prune_level: 1", "prune_level: 99"))
+    with pytest.raises(rundir.RunDirError):
+        rundir.load_run_config(case / "run")
+    rundir.remove_run(case / "run")
+    assert not (case / "run").exists()
+
+
+def test_make_synthetic_overwrite_refuses_a_dataset_it_did_not_write(tmp_path):
+    siim = tmp_path / "siim"
+    (siim / "dicom-images-train" / "s").mkdir(parents=True)
+    (siim / "dicom-images-train" / "s" / "1.dcm").write_bytes(b"real data")
+    (siim / "train-rle.csv").write_text("ImageId, EncodedPixels\n")
+    before = snapshot(tmp_path)
+    assert_refused(run("make-synthetic", [siim, "--n-images", 1, "--overwrite"]),
+                   "no synthetic.json of make-synthetic", "dicom-images-train")
+    assert_unchanged(before, tmp_path)
+
+
+# --- killed outputs ---------------------------------------------------------------------------
+
+def test_a_killed_predict_leaves_the_earlier_set_and_the_next_one_cleans_up(case, shared):
+    """predict over an earlier set, killed (SIGKILL) while it writes: the earlier set is intact;
+    the next predict replaces it whole and leaves no staging folder or temporary file."""
+    out = case / "out"
+    out.mkdir()
+    for name in OUTPUT_SET:
+        (out / name).write_text(f"earlier {name}\n")
+    earlier = snapshot(out)
+    (out / ".submission.csv.tmp-0badf00d").write_text("killed")       # an older version's
+    (out / f".outputs{fileio.PARTIAL}999999999-deadbeef").mkdir()     # a killed one's
+    dicoms = case / "many"
+    dicoms.mkdir()
+    for k in range(100):
+        os.link(shared / "dicoms" / f"{k % 3}.dcm", dicoms / f"{k}.dcm")
+
+    killed = subprocess.Popen(
+        [sys.executable, "-m", "keras_ptx.cli", "predict", "--model", str(case / "run"),
+         "--dicom-dir", str(dicoms), "--out", str(out), "--batch-size", "1"],
+        cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    staged = f".outputs{fileio.PARTIAL}{killed.pid}-*"
+    deadline = time.monotonic() + 300
+    while not any(p.glob("predictions.csv") for p in out.glob(staged)):
+        assert killed.poll() is None and time.monotonic() < deadline, "predict ended first"
+        time.sleep(0.02)
+    killed.send_signal(signal.SIGKILL)
+    killed.wait()
+    after = snapshot(out)
+    assert {k: after[k] for k in earlier} == earlier
+
+    args = ["--model", case / "run", "--dicom-dir", shared / "dicoms", "--out", out]
+    assert run("predict", args).status == 0
+    assert sorted(p.name for p in out.iterdir()) == sorted(OUTPUT_SET)
+    assert all(not (out / name).read_text().startswith("earlier") for name in OUTPUT_SET)
+
+
+def test_a_set_whose_moving_in_was_killed_is_finished_by_the_next_call(tmp_path):
+    """A kill after the journal and one rename: the next call moves the rest in."""
+    for name, text in (("a.csv", "old a"), ("b.csv", "old b")):
+        (tmp_path / name).write_text(text)
+    (tmp_path / "overlays").mkdir()
+    (tmp_path / "overlays" / "old.png").write_text("old")
+    staged = tmp_path / f".outputs{fileio.PARTIAL}999999999-0"
+    (staged / "overlays").mkdir(parents=True)
+    (staged / "overlays" / "new.png").write_text("new")
+    (staged / "b.csv").write_text("new b")
+    (tmp_path / "a.csv").write_text("new a")                     # already moved in
+    (tmp_path / fileio.SET_JOURNAL).write_text(staged.name)
+    fileio.recover_set(tmp_path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.csv", "b.csv", "overlays"]
+    assert [(tmp_path / n).read_text() for n in ("a.csv", "b.csv")] == ["new a", "new b"]
+    assert [p.name for p in (tmp_path / "overlays").iterdir()] == ["new.png"]
+
+
+def test_partial_exports_of_gone_processes_are_removed_and_running_ones_kept(tmp_path):
+    gone, running = (tmp_path / f".1{fileio.PARTIAL}{pid}-abcd" for pid in (999999999,
+                                                                           os.getpid()))
+    for folder in (gone, running, tmp_path / "1"):
+        (folder / "variables").mkdir(parents=True)
+    fileio.remove_stale_partials(tmp_path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["1", running.name])
+    assert fileio.staging_folder(tmp_path / "2").startswith(
+        str(tmp_path / f".2{fileio.PARTIAL}{os.getpid()}-"))
+
+
+# --- sizes and stale outputs ------------------------------------------------------------------
+
+@pytest.mark.parametrize("command", ["evaluate", "predict"])
+def test_a_batch_size_past_any_machine_is_refused(command, case, shared):
+    before = snapshot(case)
+    outcome = run(command, _args(command, case, shared) + ["--batch-size", 10_000_000])
+    assert outcome.status == 2 and outcome.exception is None
+    assert "--batch-size" in outcome.stderr and "10000000 is not in the range" in outcome.stderr
+    assert_unchanged(before, case)
+
+
+def test_evaluate_caps_the_batch_at_the_split_and_clears_the_cases_it_no_longer_draws(
+        case, shared):
+    cases = case / "run" / rundir.EVAL / "cases"
+    cases.mkdir(parents=True)
+    for name in ("best-4-1.2.3.png", "worst-3-1.2.4.png", "notes.txt"):    # a run with --cases 4
+        (cases / name).write_text("earlier")
+    outcome = run("evaluate", _args("evaluate", case, shared) + ["--cases", 1,
+                                                                 "--batch-size", 4096])
+    assert outcome.status == 0, outcome.stderr
+    report = json.loads((case / "run" / rundir.EVAL / rundir.EVAL_REPORT).read_text())
+    drawn = [Path(c["file"]).name for c in report["cases"]]
+    assert drawn and all(name.startswith(("best-1-", "worst-1-")) for name in drawn)
+    assert sorted(p.name for p in cases.iterdir()) == sorted(drawn + ["notes.txt"])
