@@ -8,7 +8,8 @@ from keras_ptx.model import (build_model, count_flops, feature_layer_names, make
                              make_metrics, resolve_jit_compile, resolve_mixed_precision,
                              size_summary)
 from keras_ptx.model import precision
-from keras_ptx.model.encoders import REGISTRY, STRIDES, WeightsError, build_encoder
+from keras_ptx.model.encoders import (REGISTRY, STRIDES, WeightsError, build_encoder,
+                                     encoder_layers)
 from keras_ptx.tf_setup import tf
 
 B0 = ["model.encoder=efficientnetb0", "model.weights=none", "data.image_size=64"]
@@ -211,3 +212,20 @@ def test_xla_training_step_runs_and_a_few_steps_fit_a_tiny_batch():
     for _ in range(5):
         last = model.train_on_batch(images, targets, return_dict=True)
     assert last["loss"] < 0.8 * first["loss"]
+
+
+def test_the_deepest_feature_is_the_top_or_the_last_block():
+    """``block`` taps what the top's 1x1 convolution takes (320 channels at B0, as smp does);
+    ``top`` (the default) is the network every run so far was trained as."""
+    top, block = (build_model(_config(), deepest_feature=deepest) for deepest in ("top", "block"))
+    assert top.get_layer("x40_proj").input.shape[-1] == 1280
+    assert block.get_layer("x40_proj").input.shape[-1] == 320
+    assert block.get_layer(feature_layer_names("efficientnetb0", "block")[-1]).output.shape[1] == 2
+    assert "top_conv" in {layer.name for layer in top.layers}
+    assert not {"top_conv", "top_bn", "top_activation"} & {layer.name for layer in block.layers}
+    frozen = {layer.name for layer in encoder_layers(block, "efficientnetb0")}
+    assert "block7a_project_conv" in frozen and not any(n.startswith("x") for n in frozen)
+    # the top's conv and batch norm; 960 fewer inputs to the stride-32 projection and the label
+    assert top.count_params() - block.count_params() == 320 * 1280 + 4 * 1280 + 960 * (256 + 1)
+    with pytest.raises(ConfigError, match="model.deepest_feature: expected one of top, block"):
+        build_model(_config(), deepest_feature="head")

@@ -33,6 +33,12 @@ with contextlib.redirect_stdout(io.StringIO()):     # it announces its framework
 import efficientnet.model as efficientnet_model
 
 STRIDES = (2, 4, 8, 16, 32)
+# The stride-32 feature: ``top``, the tap's (the top's 1x1 convolution to 1280 channels at B0,
+# as segmentation-models taps it), or ``block``, what that convolution takes (the last
+# block's output, 320 channels at B0, as segmentation_models_pytorch taps it).
+DEEPEST_FEATURES = ("top", "block")
+TOP_CONV = "top_conv"               # the top's 1x1 convolution, so named in both families
+BLOCK_FEATURES = "block_features"   # the identity layer naming the last block's output
 
 
 class WeightsError(UserError):
@@ -139,18 +145,21 @@ def check_normalization(model: ModelConfig) -> None:
                           f"got {model.normalization!r}; set model.normalization: {expected}")
 
 
-def feature_layer_names(name: str) -> tuple[str, ...]:
-    """Names of the layers whose outputs are the features at STRIDES (shallowest first)."""
-    return encoder_spec(name).taps
+def feature_layer_names(name: str, deepest: str = "top") -> tuple[str, ...]:
+    """Names of the layers whose outputs are the features at STRIDES (shallowest first) in a
+    network whose stride-32 feature is ``deepest`` (:data:`DEEPEST_FEATURES`)."""
+    taps = encoder_spec(name).taps
+    return taps if deepest == "top" else taps[:-1] + (BLOCK_FEATURES,)
 
 
 def encoder_layers(model: tf.keras.Model, name: str) -> list:
     """The layers with weights of ``model`` (a network of
     :func:`~keras_ptx.model.unetpp.build_model` on encoder ``name``) that belong to its
     encoder: those between its input and the encoder features it uses (a pruned network uses
-    the shallower ones only)."""
+    the shallower ones only; one whose deepest feature is the block has no top)."""
     present = {layer.name for layer in model.layers}
-    taps = [model.get_layer(layer).output for layer in feature_layer_names(name)
+    taps = [model.get_layer(layer).output
+            for layer in feature_layer_names(name) + (BLOCK_FEATURES,)
             if layer in present]
     return [layer for layer in tf.keras.Model(model.inputs, taps).layers if layer.weights]
 
@@ -180,10 +189,14 @@ def resolve_weights(name: str, weights: str) -> str | None:
 
 
 def build_encoder(name: str, image_size: int, weights: str = "none",
-                  any_size: bool = False) -> Encoder:
+                  any_size: bool = False, deepest: str = "top") -> Encoder:
     """Build ``name`` for square ``image_size`` inputs (a multiple of 32), or with
-    ``any_size`` for inputs of any multiple-of-32 height and width, and load its weights."""
+    ``any_size`` for inputs of any multiple-of-32 height and width, and load its weights;
+    its stride-32 feature is ``deepest`` (:data:`DEEPEST_FEATURES`)."""
     check_image_size(image_size)
+    if deepest not in DEEPEST_FEATURES:
+        raise ConfigError(f"model.deepest_feature: expected one of {', '.join(DEEPEST_FEATURES)}, "
+                          f"got {deepest!r}")
     spec = encoder_spec(name)
     weights_file = resolve_weights(name, weights)
     backbone = spec.builder((None, None, 3) if any_size else (image_size, image_size, 3))
@@ -194,73 +207,8 @@ def build_encoder(name: str, image_size: int, weights: str = "none",
             raise WeightsError(f"model.weights: {weights_file} does not hold {name}'s encoder "
                                f"weights: {exc}") from None
     features = tuple(backbone.get_layer(layer).output for layer in spec.taps)
+    if deepest == "block":
+        block = tf.keras.layers.Activation("linear", name=BLOCK_FEATURES)(
+            backbone.get_layer(TOP_CONV).input)
+        features = features[:-1] + (block,)
     return Encoder(name=name, model=backbone, features=features)
-
-
-def load_network(build: Callable[[], tf.keras.Model], path: str, config_file: str,
-                 shown: str | None = None) -> tf.keras.Model:
-    """The network ``build`` makes (from ``config_file``) with the weights of the local
-    ``.weights.h5`` file ``path`` (``save_weights``' layout: a group per layer, named after its
-    class). WeightsError naming the file (``shown``: a URL it was copied from) when h5py
-    cannot read it (checked before the build), or naming the first layer whose weights differ
-    when it holds another network."""
-    import h5py
-
-    shown = shown or path
-    try:
-        with h5py.File(path, "r") as f:
-            saved = _saved_shapes(f)
-    except (OSError, KeyError, ValueError) as exc:
-        raise WeightsError(f"{shown}: not a readable weights file ({_h5_reason(exc)})") from None
-    model = build()
-    expected = _layer_shapes(model)
-    for key in [*expected, *(key for key in saved if key not in expected)]:
-        name, shapes = expected.get(key, (key, None))
-        if saved.get(key) != shapes:
-            raise WeightsError(
-                f"{shown} does not fit the network of {config_file}: layer {name} has weights "
-                f"{_shapes(shapes)} there, {_shapes(saved.get(key))} in the file")
-    try:
-        model.load_weights(path)
-    except (OSError, ValueError) as exc:
-        raise WeightsError(f"{shown}: its weights do not load ({_h5_reason(exc)})") from None
-    return model
-
-
-def _layer_shapes(model) -> dict:
-    """The file's group of each layer with weights -> (layer name, weight shapes), as
-    ``save_weights`` names them: the class in snake case, numbered from its second layer."""
-    from tf_keras.src.utils.generic_utils import to_snake_case
-
-    seen: dict[str, int] = {}
-    shapes = {}
-    for layer in model.layers:
-        kind = to_snake_case(type(layer).__name__)
-        seen[kind] = seen.get(kind, -1) + 1
-        key = f"{kind}_{seen[kind]}" if seen[kind] else kind
-        weights = layer.trainable_weights + layer.non_trainable_weights
-        if weights:
-            shapes[key] = (layer.name, [tuple(w.shape) for w in weights])
-    return shapes
-
-
-def _saved_shapes(f) -> dict:
-    """The weights file's group of each layer with weights -> its weight shapes, in order."""
-    saved = {}
-    for key, group in f["layers"].items():
-        variables = group.get("vars")
-        if variables is not None and len(variables):
-            saved[key] = [tuple(variables[str(i)].shape) for i in range(len(variables))]
-    return saved
-
-
-def _shapes(shapes) -> str:
-    return "none" if shapes is None else " ".join("x".join(map(str, s)) or "scalar" for s in shapes)
-
-
-def _h5_reason(exc: Exception) -> str:
-    """The gist of an h5py error: 'Unable to ... (truncated file: eof = 8, ...)' -> 'truncated
-    file'."""
-    text = str(exc).strip("'\"")
-    inner = text[text.find("(") + 1:].split(":")[0].split(")")[0] if "(" in text else text
-    return inner.strip()[:120] or type(exc).__name__
