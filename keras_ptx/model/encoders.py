@@ -212,3 +212,72 @@ def build_encoder(name: str, image_size: int, weights: str = "none",
             backbone.get_layer(TOP_CONV).input)
         features = features[:-1] + (block,)
     return Encoder(name=name, model=backbone, features=features)
+
+
+def load_network(build: Callable[[], tf.keras.Model], path: str, config_file: str,
+                 shown: str | None = None) -> tf.keras.Model:
+    """The network ``build`` makes (from ``config_file``) with the weights of the local
+    ``.weights.h5`` file ``path`` (``save_weights``' layout: a group per layer, named after its
+    class). WeightsError naming the file (``shown``: a URL it was copied from) when h5py
+    cannot read it (checked before the build), or naming the first layer whose weights differ
+    when it holds another network."""
+    import h5py
+
+    shown = shown or path
+    try:
+        with h5py.File(path, "r") as f:
+            saved = _saved_shapes(f)
+    except (OSError, KeyError, ValueError) as exc:
+        raise WeightsError(f"{shown}: not a readable weights file ({_h5_reason(exc)})") from None
+    model = build()
+    expected = _layer_shapes(model)
+    for key in [*expected, *(key for key in saved if key not in expected)]:
+        name, shapes = expected.get(key, (key, None))
+        if saved.get(key) != shapes:
+            raise WeightsError(
+                f"{shown} does not fit the network of {config_file}: layer {name} has weights "
+                f"{_shapes(shapes)} there, {_shapes(saved.get(key))} in the file")
+    try:
+        model.load_weights(path)
+    except (OSError, ValueError) as exc:
+        raise WeightsError(f"{shown}: its weights do not load ({_h5_reason(exc)})") from None
+    return model
+
+
+def _layer_shapes(model) -> dict:
+    """The file's group of each layer with weights -> (layer name, weight shapes), as
+    ``save_weights`` names them: the class in snake case, numbered from its second layer."""
+    from tf_keras.src.utils.generic_utils import to_snake_case
+
+    seen: dict[str, int] = {}
+    shapes = {}
+    for layer in model.layers:
+        kind = to_snake_case(type(layer).__name__)
+        seen[kind] = seen.get(kind, -1) + 1
+        key = f"{kind}_{seen[kind]}" if seen[kind] else kind
+        weights = layer.trainable_weights + layer.non_trainable_weights
+        if weights:
+            shapes[key] = (layer.name, [tuple(w.shape) for w in weights])
+    return shapes
+
+
+def _saved_shapes(f) -> dict:
+    """The weights file's group of each layer with weights -> its weight shapes, in order."""
+    saved = {}
+    for key, group in f["layers"].items():
+        variables = group.get("vars")
+        if variables is not None and len(variables):
+            saved[key] = [tuple(variables[str(i)].shape) for i in range(len(variables))]
+    return saved
+
+
+def _shapes(shapes) -> str:
+    return "none" if shapes is None else " ".join("x".join(map(str, s)) or "scalar" for s in shapes)
+
+
+def _h5_reason(exc: Exception) -> str:
+    """The gist of an h5py error: 'Unable to ... (truncated file: eof = 8, ...)' -> 'truncated
+    file'."""
+    text = str(exc).strip("'\"")
+    inner = text[text.find("(") + 1:].split(":")[0].split(")")[0] if "(" in text else text
+    return inner.strip()[:120] or type(exc).__name__
