@@ -420,7 +420,7 @@ class ConfigLoader(yaml.SafeLoader):
             return super().construct_object(node, deep=deep)
         except ValueError as exc:       # int() and float() of the scalar
             raise yaml.constructor.ConstructorError(
-                None, None, f"cannot read {_shown(node.value)} as a {node.tag.rsplit(':', 1)[-1]} "
+                None, None, f"cannot read {_shown(node.value)} as {node.tag.rsplit(':', 1)[-1]} "
                 f"({str(exc).split(';')[0]})", node.start_mark) from None
 
 
