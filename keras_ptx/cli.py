@@ -28,13 +28,22 @@ class Refused(click.ClickException):
 
 
 class Command(click.Command):
-    """A click command whose :class:`UserError` becomes :class:`Refused`."""
+    """A click command whose :class:`UserError`, and click's own complaint about its arguments
+    (otherwise printed under the usage lines), become :class:`Refused`: one line."""
+
+    def make_context(self, info_name, args, parent=None, **extra):
+        try:
+            return super().make_context(info_name, args, parent, **extra)
+        except click.UsageError as exc:
+            raise Refused(exc.format_message()) from None
 
     def invoke(self, ctx):
         try:
             return super().invoke(ctx)
         except UserError as exc:
             raise Refused(str(exc)) from None
+        except click.UsageError as exc:
+            raise Refused(exc.format_message()) from None
 
 
 def command(name: str | None = None, **settings):
