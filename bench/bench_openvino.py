@@ -22,9 +22,10 @@ median over --rounds that alternate between all cases so machine noise spreads e
 Parity (--parity): the TF predictor against the OpenVINO engine on synthetic radiographs
 (``keras_ptx.synthetic``, half positive, on the grid by ``geometry.image_to_square``), for
 each TTA: f32 OpenVINO against TF float32, bf16 OpenVINO against TF mixed_bfloat16 (and
-against TF float32), and for scale TF mixed_bfloat16 against TF float32. Prints the largest and mean probability difference, the largest image
-probability difference, and at each --thresholds the pixels and images whose mask differs,
-with how many pixels TF put within that largest difference of the threshold.
+against TF float32), and for scale TF mixed_bfloat16 against TF float32. Prints the largest
+and mean probability difference, the largest image probability difference, and at each
+--thresholds the pixels and images whose mask differs, with how many pixels TF put within that
+largest difference of the threshold.
 
     .venv/bin/python bench/bench_openvino.py --parity --encoders efficientnetb0 --sizes 64 256
 """
@@ -102,7 +103,8 @@ def parity(args) -> None:
                     engine = OpenVinoPredictor.from_predictor(tf_predictors["float32"], precision)
                     print(f"| {encoder} {size} px | {tta} | "
                           f"{openvino_engine.inference_precision(precision)} | {against} | " +
-                          " | ".join(_differences(answers[against], _batched(engine.from_gray, gray),
+                          " | ".join(_differences(answers[against],
+                                                  _batched(engine.from_gray, gray),
                                                   args.thresholds)) + " |")
 
 
@@ -160,7 +162,8 @@ def speed(args) -> None:
                 times[key].append(1000 * (time.perf_counter() - start) / key[3])
     print(f"ms per image, {platform.processor() or platform.machine()}, "
           f"{time.strftime('%Y-%m-%d')}, OpenVINO {ov.get_version()}, median of {args.rounds}\n")
-    print("| encoder | size | precision | batch | tf predict_image | ours | ov own | ours / ov own |")
+    print("| encoder | size | precision | batch | tf predict_image | ours | ov own | "
+          "ours / ov own |")
     print("|---|---:|---|---:|---:|---:|---:|---:|")
     for key in dict.fromkeys(k[:4] for k in times):
         median = {path: statistics.median(times[(*key, path)])
