@@ -463,7 +463,7 @@ def test_without_a_label_head(dicom_dir, tmp_path, monkeypatch):
 
     PostProcess(cls_threshold=0.5).save(tmp_path / rundir.POSTPROCESS)
     result = CliRunner().invoke(main, ["predict", "--model", str(tmp_path), "--dicom-dir",
-                                       str(dicom_dir), "--out", str(tmp_path / "out")])
+                                       str(dicom_dir), "--out", str(tmp_path) + "-out"])
     assert result.exit_code == 2 and "the model has none" in result.stderr
 
 

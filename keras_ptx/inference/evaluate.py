@@ -129,8 +129,8 @@ def resolve_inputs(run_dir, data_dir: str, split: str, checkpoints: int,
                             "the ensemble with it)")
     for path in paths:
         check_openable(path, "--model")
-    if report_to is None:
-        check_output(paths[0], "--model", {"--data": data_dir})
+    if report_to is None:                   # the run's own eval/, as designed
+        check_output(paths[0], "--model")
     else:
         check_output(report_to, "--out", {"--model": paths + [run for path in paths
                                                               for run in run_dirs(path)],
