@@ -67,6 +67,9 @@ EncoderName = Literal[tuple(f"efficientnetb{i}" for i in range(8)) +
 # the encoder input (keras_ptx.input.normalize): imagenet = RGB in [0, 1] minus ImageNet's mean,
 # over its std; pixels = RGB 0..255 (the encoder normalises inside)
 Normalization = Literal["imagenet", "pixels"]
+# the encoder's stride-32 feature (model.encoders): top = EfficientNet's 1x1 top convolution
+# (1280 channels at B0), block = the last block's output it takes (320 at B0)
+DeepestFeature = Literal["top", "block"]
 Optimizer = Literal["adam", "adamw", "sgd"]
 Schedule = Literal["cosine", "plateau", "constant"]
 Monitor = Literal["score", "loss"]
@@ -220,6 +223,8 @@ class ModelConfig:
     weights: str = "imagenet"           # imagenet | none | path to a local .h5 weights file
     # the encoder's input (model.encoders.REGISTRY says which); imagenet for runs before it
     normalization: Normalization = "imagenet"
+    # the encoder's stride-32 feature; top for runs before it (block: as smp's UnetPlusPlus)
+    deepest_feature: DeepestFeature = "top"
     decoder_filters: tuple[int, ...] = (256, 128, 64, 32, 16)  # as segmentation_models_pytorch
     deep_supervision: bool = False
     classification_head: bool = True

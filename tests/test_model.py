@@ -2,7 +2,9 @@
 import numpy as np
 import pytest
 
-from keras_ptx.config import ConfigError, EncoderName, Normalization, choices, load_config
+from keras_ptx import rundir
+from keras_ptx.config import (ConfigError, EncoderName, Normalization, choices,
+                              config_from_dict, dump_config, load_config)
 from keras_ptx.input.normalize import NORMALIZATIONS
 from keras_ptx.model import (build_model, count_flops, feature_layer_names, make_losses,
                              make_metrics, resolve_jit_compile, resolve_mixed_precision,
@@ -217,7 +219,8 @@ def test_xla_training_step_runs_and_a_few_steps_fit_a_tiny_batch():
 def test_the_deepest_feature_is_the_top_or_the_last_block():
     """``block`` taps what the top's 1x1 convolution takes (320 channels at B0, as smp does);
     ``top`` (the default) is the network every run so far was trained as."""
-    top, block = (build_model(_config(), deepest_feature=deepest) for deepest in ("top", "block"))
+    top, block = (build_model(_config(f"model.deepest_feature={deepest}"))
+                  for deepest in ("top", "block"))
     assert top.get_layer("x40_proj").input.shape[-1] == 1280
     assert block.get_layer("x40_proj").input.shape[-1] == 320
     assert block.get_layer(feature_layer_names("efficientnetb0", "block")[-1]).output.shape[1] == 2
@@ -228,4 +231,19 @@ def test_the_deepest_feature_is_the_top_or_the_last_block():
     # the top's conv and batch norm; 960 fewer inputs to the stride-32 projection and the label
     assert top.count_params() - block.count_params() == 320 * 1280 + 4 * 1280 + 960 * (256 + 1)
     with pytest.raises(ConfigError, match="model.deepest_feature: expected one of top, block"):
-        build_model(_config(), deepest_feature="head")
+        _config("model.deepest_feature=head")
+
+
+def test_a_block_run_reloads_as_a_block_network(tmp_path):
+    """A run's config.yaml carries model.deepest_feature, so its weights load into the network
+    it was trained as; a config.yaml from before the option reads as ``top``."""
+    config = _config("model.deepest_feature=block", "model.prune_level=1")
+    dump_config(config, tmp_path / rundir.CONFIG)
+    tf.keras.utils.set_random_seed(3)
+    trained = build_model(config)
+    trained.save_weights(str(tmp_path / rundir.BEST_WEIGHTS))
+    loaded = rundir.load_model(tmp_path, rundir.load_run_config(tmp_path))
+    assert loaded.get_layer("label_logits").input.shape[-1] == 320       # the head pools it
+    images = np.random.default_rng(0).normal(size=(1, 64, 64, 3)).astype("float32")
+    assert np.array_equal(loaded(images)[0], trained(images)[0])
+    assert config_from_dict({"model": {"encoder": "efficientnetb0"}}).model.deepest_feature == "top"

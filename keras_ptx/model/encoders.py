@@ -24,7 +24,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from keras_ptx.config import ConfigError, ModelConfig, Normalization, check_image_size
+from keras_ptx.config import (ConfigError, DeepestFeature, ModelConfig, Normalization,
+                              check_image_size, choices)
 from keras_ptx.errors import UserError
 from keras_ptx.tf_setup import tf
 
@@ -33,10 +34,10 @@ with contextlib.redirect_stdout(io.StringIO()):     # it announces its framework
 import efficientnet.model as efficientnet_model
 
 STRIDES = (2, 4, 8, 16, 32)
-# The stride-32 feature: ``top``, the tap's (the top's 1x1 convolution to 1280 channels at B0,
-# as segmentation-models taps it), or ``block``, what that convolution takes (the last
-# block's output, 320 channels at B0, as segmentation_models_pytorch taps it).
-DEEPEST_FEATURES = ("top", "block")
+# The stride-32 feature (model.deepest_feature): ``top``, the tap's (the top's 1x1 convolution
+# to 1280 channels at B0, as segmentation-models taps it), or ``block``, what that convolution
+# takes (the last block's output, 320 channels at B0, as segmentation_models_pytorch taps it).
+DEEPEST_FEATURES = choices(DeepestFeature)
 TOP_CONV = "top_conv"               # the top's 1x1 convolution, so named in both families
 BLOCK_FEATURES = "block_features"   # the identity layer naming the last block's output
 
@@ -145,7 +146,7 @@ def check_normalization(model: ModelConfig) -> None:
                           f"got {model.normalization!r}; set model.normalization: {expected}")
 
 
-def feature_layer_names(name: str, deepest: str = "top") -> tuple[str, ...]:
+def feature_layer_names(name: str, deepest: DeepestFeature = "top") -> tuple[str, ...]:
     """Names of the layers whose outputs are the features at STRIDES (shallowest first) in a
     network whose stride-32 feature is ``deepest`` (:data:`DEEPEST_FEATURES`)."""
     taps = encoder_spec(name).taps
@@ -189,7 +190,7 @@ def resolve_weights(name: str, weights: str) -> str | None:
 
 
 def build_encoder(name: str, image_size: int, weights: str = "none",
-                  any_size: bool = False, deepest: str = "top") -> Encoder:
+                  any_size: bool = False, deepest: DeepestFeature = "top") -> Encoder:
     """Build ``name`` for square ``image_size`` inputs (a multiple of 32), or with
     ``any_size`` for inputs of any multiple-of-32 height and width, and load its weights;
     its stride-32 feature is ``deepest`` (:data:`DEEPEST_FEATURES`)."""

@@ -7,7 +7,7 @@ decoder node X(i, j), j >= 1, concatenates X(i, 0..j-1) with the bilinearly upsa
 X(i+1, j-1) and applies conv-BN-ReLU twice. ``decoder_filters`` gives the widths of the levels
 at strides 16, 8, 4, 2 and of the full-resolution head, as segmentation_models_pytorch's
 UnetPlusPlus does (its default 256, 128, 64, 32, 16); the stride-32 projection takes the first.
-The stride-32 feature is ``deepest_feature``'s
+The stride-32 feature is ``model.deepest_feature``'s
 (:data:`keras_ptx.model.encoders.DEEPEST_FEATURES`): EfficientNet's ``top`` (1280 channels at
 B0, as segmentation-models taps it; the default, and what every run before the option was
 trained with) or its last ``block`` (320 at B0, as segmentation_models_pytorch taps it: the
@@ -53,19 +53,18 @@ def named_outputs(model: tf.keras.Model, outputs) -> dict:
     return {model.output_names[0]: outputs}
 
 
-def build_model(config: Config, any_size: bool = False,
-                deepest_feature: str = "top") -> tf.keras.Model:
+def build_model(config: Config, any_size: bool = False) -> tf.keras.Model:
     """The segmentation network of ``config`` (input: float32 [B, S, S, 3] normalised as
     ``model.normalization`` says, :func:`keras_ptx.input.normalize.to_model_input`; S =
     ``data.image_size``; with ``any_size``, any multiple-of-32 height and width, e.g. training
     crops and whole validation images through one model), tapping the encoder's
-    ``deepest_feature`` at stride 32. ConfigError when ``model.normalization`` is not the
+    ``model.deepest_feature`` at stride 32. ConfigError when ``model.normalization`` is not the
     encoder's."""
     model = config.model
     check_normalization(model)
     with dtype_policy(resolve_mixed_precision(config.train.mixed_precision)):
         encoder = build_encoder(model.encoder, config.data.image_size, model.weights, any_size,
-                                deepest_feature)
+                                model.deepest_feature)
         columns = model.prune_level
         widths = tuple(reversed(model.decoder_filters[:DECODER_DEPTH])) + (model.decoder_filters[0],)
         nodes = {}
