@@ -45,8 +45,6 @@ def command(dicom_dir, labels, out, image_size, val_fraction, folds, seed, shard
     from keras_ptx.data.build import BuildError, Options, build
     from keras_ptx.fileio import check_output
     check_output(out, "--out", {"--dicom-dir": dicom_dir, "--labels": labels})
-    from keras_ptx.fileio import check_output
-    check_output(out, "--out", {"--dicom-dir": dicom_dir, "--labels": labels})
     from keras_ptx.data.manifest import summary
     options = Options(dicom_dir=dicom_dir, out=out, labels=labels, image_size=image_size,
                       val_fraction=val_fraction, folds=folds, seed=seed, shard_size=shard_size,

@@ -185,10 +185,6 @@ def make_dataset(out, options: Options, workers: int = 1, overwrite: bool = Fals
         raise SyntheticError(f"--overwrite: {out} holds {', '.join(existing)} but no "
                              f"synthetic.json of make-synthetic; refusing to delete what it did "
                              f"not write (choose another directory)")
-    if existing and not _written_here(out):
-        raise SyntheticError(f"--overwrite: {out} holds {', '.join(existing)} but no "
-                             f"synthetic.json of make-synthetic; refusing to delete what it did "
-                             f"not write (choose another directory)")
     for name in existing:
         target = out / name
         shutil.rmtree(target) if target.is_dir() else target.unlink()
@@ -221,15 +217,6 @@ def make_dataset(out, options: Options, workers: int = 1, overwrite: bool = Fals
     (out / "synthetic.json").write_text(json.dumps(summary, indent=1) + "\n")
     write_preview(out, train, out / "preview.png")
     return summary
-
-
-def _written_here(out: Path) -> bool:
-    """Whether ``out`` holds make-synthetic's synthetic.json (what --overwrite may replace)."""
-    try:
-        summary = json.loads((out / "synthetic.json").read_text())
-    except (OSError, ValueError):
-        return False
-    return isinstance(summary, dict) and {"generator", "options", "counts"} <= summary.keys()
 
 
 def _written_here(out: Path) -> bool:
