@@ -33,6 +33,14 @@ of keras_ptx: install them in a separate environment and pass its interpreter, e
     .venv/bin/python bench/bench_peer.py --torch-python /work/bench-venv/bin/python --rounds 3 \
         --stages
 
+``--engine openvino`` runs both networks under OpenVINO instead (inference only, #32):
+keras_ptx's through its own engine (``OpenVinoPredictor.from_gray``: the network folded and
+frozen as predict runs it, uint8 squares in, probabilities out), the peer converted from
+PyTorch by ``openvino.convert_model``; each compiled for the CPU with the inference precision
+hint f32 (float32) or bf16 (mixed_bfloat16). ``--deepest-feature block`` builds keras_ptx's
+UNet++ on the encoder taps smp uses. The peer's environment then also needs openvino
+(``pip install openvino==2026.4.1``).
+
 Run on a quiet machine.
 """
 from __future__ import annotations
@@ -64,17 +72,23 @@ def _time(run, batch: int, seconds: float) -> float:
     return statistics.median(times) * 1000 / batch
 
 
-def _keras_config(encoder: str, size: int, policy: str):
+def _keras_config(encoder: str, size: int, policy: str, deepest: str = "top"):
     from keras_ptx.config import load_config
     from keras_ptx.model.encoders import REGISTRY
 
     return load_config(None, [f"model.encoder={encoder}", "model.weights=none",
                               f"model.normalization={REGISTRY[encoder].normalization}",
+                              f"model.deepest_feature={deepest}",
                               f"data.image_size={size}", f"train.mixed_precision={policy}"])
 
 
+def _ov_hint(policy: str) -> str:
+    return "bf16" if policy == "mixed_bfloat16" else "f32"
+
+
 def measure_keras(encoder: str, size: int, batches, policies, seconds: float,
-                  stages: bool = False, train_batch: int = 0) -> list[dict]:
+                  stages: bool = False, train_batch: int = 0, engine: str = "tf",
+                  deepest: str = "top") -> list[dict]:
     import numpy as np
 
     from keras_ptx.model import build_model
@@ -83,6 +97,8 @@ def measure_keras(encoder: str, size: int, batches, policies, seconds: float,
     from keras_ptx.tf_setup import tf
     from trained_like import randomise_batch_norms
 
+    if engine == "openvino":
+        return _keras_openvino(encoder, size, batches, policies, seconds, deepest)
     rows = []
     for policy in policies:
         config = _keras_config(encoder, size, policy)
@@ -102,6 +118,31 @@ def measure_keras(encoder: str, size: int, batches, policies, seconds: float,
                 rows.append({"mode": "inference", "framework": name, "encoder": encoder,
                              "precision": policy, "batch": batch,
                              "ms": _time(lambda: forward(images), batch, seconds)})
+    return rows
+
+
+def _keras_openvino(encoder: str, size: int, batches, policies, seconds: float,
+                    deepest: str) -> list[dict]:
+    """keras_ptx's OpenVINO engine: the float32 network converted once, compiled per policy."""
+    import numpy as np
+
+    from keras_ptx.inference.openvino_engine import OpenVinoPredictor
+    from keras_ptx.inference.runner import Predictor
+    from keras_ptx.model import build_model
+    from trained_like import randomise_batch_norms
+
+    model = build_model(_keras_config(encoder, size, "float32", deepest))
+    randomise_batch_norms(model)
+    predictor = Predictor(model)
+    squares = np.random.default_rng(0).integers(0, 256, (max(batches), size, size), np.uint8)
+    rows = []
+    for policy in policies:
+        engine = OpenVinoPredictor.from_predictor(predictor, policy)
+        for batch in batches:
+            rows.append({"mode": "inference", "framework": f"keras_ptx OpenVINO ({deepest})",
+                         "encoder": encoder, "precision": _ov_hint(policy), "batch": batch,
+                         "ms": _time(lambda b=batch: engine.from_gray(squares[:b]), batch,
+                                     seconds)})
     return rows
 
 
@@ -136,12 +177,14 @@ def _training_batch(batch: int, size: int):
 
 
 def measure_peer(encoder: str, size: int, batches, policies, seconds: float,
-                 train_batch: int = 0) -> list[dict]:
+                 train_batch: int = 0, engine: str = "tf") -> list[dict]:
     import segmentation_models_pytorch as smp
     import torch
 
     model = smp.UnetPlusPlus(encoder_name=ENCODERS[encoder], encoder_weights=None,
                              classes=1).eval()
+    if engine == "openvino":
+        return _peer_openvino(model, encoder, size, batches, policies, seconds)
     rows = []
     for policy in policies:
         if train_batch:
@@ -157,6 +200,30 @@ def measure_peer(encoder: str, size: int, batches, policies, seconds: float,
             rows.append({"mode": "inference", "framework": f"smp {smp.__version__}",
                          "encoder": encoder, "precision": _peer_precision(policy),
                          "batch": batch, "ms": _time(run, batch, seconds)})
+    return rows
+
+
+def _peer_openvino(model, encoder: str, size: int, batches, policies,
+                   seconds: float) -> list[dict]:
+    """The peer converted to OpenVINO (dynamic batch), compiled per policy."""
+    import numpy as np
+    import torch
+    sys.modules.setdefault("openvino_telemetry", None)      # no usage reports over the network
+    import openvino as ov
+
+    converted = ov.convert_model(model, example_input=torch.randn(1, 3, size, size),
+                                 input=[ov.PartialShape([-1, 3, size, size])])
+    images = np.random.default_rng(0).normal(size=(max(batches), 3, size, size)).astype(
+        np.float32)
+    rows = []
+    for policy in policies:
+        request = ov.Core().compile_model(converted, "CPU", {
+            ov.properties.hint.inference_precision: _ov_hint(policy)}).create_infer_request()
+        for batch in batches:
+            rows.append({"mode": "inference", "framework": f"smp OpenVINO {ov.get_version().split('-')[0]}",
+                         "encoder": encoder, "precision": _ov_hint(policy), "batch": batch,
+                         "ms": _time(lambda b=batch: request.infer({0: images[:b]}), batch,
+                                     seconds)})
     return rows
 
 
@@ -194,7 +261,8 @@ def _child(python: str, side: str, args) -> list[dict]:
     command = [python, __file__, "--side", side, "--encoders", *args.encoders,
                "--size", str(args.size), "--batches", *map(str, args.batches),
                "--precisions", *args.precisions, "--seconds", str(args.seconds),
-               "--train-batch", str(args.train_batch),
+               "--train-batch", str(args.train_batch), "--engine", args.engine,
+               "--deepest-feature", args.deepest_feature,
                *(["--stages"] if args.stages and side == "keras" else [])]
     result = subprocess.run(command, capture_output=True, text=True, check=False)
     if result.returncode:
@@ -217,13 +285,18 @@ def main() -> None:
                         "as trained and with its batch norms folded but not frozen")
     parser.add_argument("--train-batch", type=int, default=0, help="also time a training "
                         "step at this batch (0: inference only)")
+    parser.add_argument("--engine", choices=["tf", "openvino"], default="tf",
+                        help="openvino: both networks under OpenVINO (inference only)")
+    parser.add_argument("--deepest-feature", choices=["top", "block"], default="top",
+                        help="keras_ptx's model.deepest_feature")
     parser.add_argument("--side", choices=["keras", "peer"], help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.side:                                   # a child: one framework, print JSON rows
         measure = functools.partial(
-            measure_keras, stages=args.stages, train_batch=args.train_batch) \
-            if args.side == "keras" else functools.partial(measure_peer,
-                                                           train_batch=args.train_batch)
+            measure_keras, stages=args.stages, train_batch=args.train_batch,
+            engine=args.engine, deepest=args.deepest_feature) \
+            if args.side == "keras" else functools.partial(
+                measure_peer, train_batch=args.train_batch, engine=args.engine)
         print(json.dumps([row for encoder in args.encoders for row in measure(
             encoder, args.size, args.batches, args.precisions, args.seconds)]))
         return
