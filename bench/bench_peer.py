@@ -215,12 +215,13 @@ def _peer_openvino(model, encoder: str, size: int, batches, policies,
                                  input=[ov.PartialShape([-1, 3, size, size])])
     images = np.random.default_rng(0).normal(size=(max(batches), 3, size, size)).astype(
         np.float32)
+    version = ov.get_version().split("-")[0]
     rows = []
     for policy in policies:
         request = ov.Core().compile_model(converted, "CPU", {
             ov.properties.hint.inference_precision: _ov_hint(policy)}).create_infer_request()
         for batch in batches:
-            rows.append({"mode": "inference", "framework": f"smp OpenVINO {ov.get_version().split('-')[0]}",
+            rows.append({"mode": "inference", "framework": f"smp OpenVINO {version}",
                          "encoder": encoder, "precision": _ov_hint(policy), "batch": batch,
                          "ms": _time(lambda b=batch: request.infer({0: images[:b]}), batch,
                                      seconds)})
