@@ -75,6 +75,7 @@ Schedule = Literal["cosine", "plateau", "constant"]
 Monitor = Literal["score", "loss"]
 Strategy = Literal["auto", "default", "mirrored", "multi_worker"]
 Precision = Literal["float32", "mixed_float16", "mixed_bfloat16"]  # Keras dtype policies
+Engine = Literal["tf", "openvino"]      # what runs the network in predict, evaluate, the node
 
 
 def choices(literal) -> tuple[str, ...]:

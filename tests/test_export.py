@@ -34,7 +34,7 @@ from keras_ptx.serving import (BATCHING_FILE, PREDICT_IMAGE, SERVING_COMPACT, SE
                                WARMUP_FILE)
 from keras_ptx.serving.client import ServingError, build_request, parse_response, predict
 from keras_ptx.inference.ensemble import Ensemble
-from keras_ptx.inference.predict import model_identity
+from keras_ptx.inference.engine import model_identity
 from keras_ptx.serving.export import (BATCHING, decode_gray_tf, encode_rle_tf, next_version,
                                       read_metadata, to_square_tf)
 from keras_ptx.tf_setup import tf

@@ -8,6 +8,7 @@ synthetic radiographs): float32 engines were at most 4.2e-7 apart in a pixel pro
 6e-8 in an image probability (allowed: 1e-5); bfloat16 ones at most 3.6e-3 and 2.1e-4 (allowed:
 1e-2), about as far as TF's own mixed_bfloat16 is from its float32 (3.1e-3).
 """
+import csv
 import json
 import subprocess
 import sys
@@ -15,20 +16,29 @@ import textwrap
 from pathlib import Path
 from types import SimpleNamespace
 
+import cv2
 import numpy as np
 import pytest
+from click.testing import CliRunner
 
 from keras_ptx import rundir
+from keras_ptx.cli import main
 from keras_ptx.config import dump_config, load_config
 from keras_ptx.data.geometry import image_to_square
+from keras_ptx.data.records import write_shards
 from keras_ptx.errors import UserError
 from keras_ptx.inference import openvino_engine
+from keras_ptx.inference.engine import RunsOnEngine
 from keras_ptx.inference.ensemble import Ensemble
 from keras_ptx.inference.openvino_engine import OpenVinoMissing, OpenVinoPredictor
+from keras_ptx.inference.predict import DicomPredictor
 from keras_ptx.input.normalize import to_model_input
 from keras_ptx.model import build_model
+from keras_ptx.node.config import NodeError
+from keras_ptx.node.model import open_model
 from keras_ptx.serving.export import ExportError
 from keras_ptx.serving.openvino_export import export_openvino
+from keras_ptx.synthetic.dicom_writer import write_dicom
 from keras_ptx.synthetic.radiograph import generate_image
 from keras_ptx.tf_setup import tf
 
@@ -83,6 +93,7 @@ def test_the_export_holds_the_ir_and_what_predict_needs(exported, run):
     assert metadata["postprocess"]["threshold"] == THRESHOLD
     assert metadata["members"] == [{"run_dir": run.path, "weights": rundir.BEST_WEIGHTS}]
     assert metadata["model_identity"].endswith(" openvino mixed_bfloat16")
+    assert Path(exported).name == "1" and metadata["version"] == 1     # OVMS: <base>/<version>
     # float32 weights, not save_model's default float16: 4 bytes per parameter, less the
     # batch norms' folded into their convolutions
     assert Path(exported, "network.bin").stat().st_size > 3.5 * run.parameters
@@ -147,5 +158,124 @@ def test_refused_in_one_line_naming_the_extra_without_openvino(monkeypatch, tmp_
 def test_an_export_is_never_overwritten(exported, run):
     before = json.loads(Path(exported, openvino_engine.METADATA).read_text())
     with pytest.raises(ExportError, match="already exists"):
-        export_openvino(run.path, exported)
+        export_openvino(run.path, Path(exported).parent, version=1)
     assert json.loads(Path(exported, openvino_engine.METADATA).read_text()) == before
+
+
+# --engine in the commands and the node: a float32 run answers the same submission under both
+# engines; an export's IR reloads in predict and the node; without openvino, one Error line.
+
+@pytest.fixture(scope="module")
+def dicoms(tmp_path_factory):
+    """Four synthetic radiographs as DICOMs, two not square (the grid pads them)."""
+    folder = tmp_path_factory.mktemp("dicoms")
+    for i, shape in enumerate(((96, 96), (96, 80), (80, 96), (128, 128))):
+        pixels = cv2.resize(generate_image(5, i, 256, i % 2 == 0).pixels, shape[::-1])
+        write_dicom(folder / f"{i}.dcm", pixels, image_id=f"1.2.3.{i}", study_uid="1.2.3",
+                    series_uid="1.2.3.9", patient_id=f"p{i}", patient_name="X")
+    return folder
+
+
+def _invoke(*args):
+    return CliRunner().invoke(main, [str(arg) for arg in args])
+
+
+def _predict(model, dicoms, out, *options):
+    result = _invoke("predict", "--model", model, "--dicom-dir", dicoms, "--out", out, *options)
+    assert result.exit_code == 0, result.output + result.stderr
+    with open(Path(out, "predictions.csv")) as f:
+        predictions = list(csv.DictReader(f))
+    return Path(out, "submission.csv").read_text(), predictions
+
+
+@pytest.fixture(scope="module")
+def tf_predicted(run, dicoms, tmp_path_factory):
+    return _predict(run.path, dicoms, tmp_path_factory.mktemp("tf"), "--engine", "tf")
+
+
+def _same_answers(got, expected):
+    """Identical masks (the submission's RLEs) and image probabilities within float32's."""
+    assert got[0] == expected[0]
+    for row, expected_row in zip(map(dict, got[1]), map(dict, expected[1]), strict=True):
+        assert abs(float(row.pop("probability")) - float(expected_row.pop("probability"))) <= \
+            FLOAT32_TOLERANCE
+        assert row == expected_row                          # mask areas among them
+
+
+def test_predict_on_openvino_answers_as_tf(run, dicoms, tf_predicted, tmp_path):
+    assert len(tf_predicted[1]) == 4 and tf_predicted[0].count(", -1") < 4     # masks to compare
+    _same_answers(_predict(run.path, dicoms, tmp_path, "--engine", "openvino"), tf_predicted)
+
+
+def test_the_exported_ir_reloads_in_predict(run, dicoms, tf_predicted, tmp_path):
+    base = tmp_path / "ov"
+    result = _invoke("export", "--model", run.path, "--out", base, "--format", "openvino")
+    assert result.exit_code == 0, result.output + result.stderr
+    assert "OpenVINO IR: network.xml" in result.output and Path(base, "1", "network.xml").is_file()
+    # a version or the base (its highest version): the run's rule, TTA and float32 inside
+    _same_answers(_predict(base / "1", dicoms, tmp_path / "v1", "--engine", "openvino"),
+                  tf_predicted)
+    _same_answers(_predict(base, dicoms, tmp_path / "base", "--engine", "openvino"),
+                  tf_predicted)
+    refused = _invoke("predict", "--model", base / "1", "--dicom-dir", dicoms, "--out",
+                      tmp_path / "tf")
+    assert refused.exit_code == 2
+    assert refused.stderr.strip() == (f"Error: --model {base / '1'}: an OpenVINO export; run "
+                                      f"it with --engine openvino")
+    refused = _invoke("predict", "--model", base, "--dicom-dir", dicoms, "--out",
+                      tmp_path / "hflip", "--engine", "openvino", "--tta", "hflip")
+    assert refused.exit_code == 2 and "exported with TTA none" in refused.stderr
+
+
+def test_the_node_runs_an_openvino_export_in_bfloat16(run, exported, dicoms):
+    """The node's backend for an IR folder: bfloat16 as exported, within the measured
+    tolerance of TF's own mixed_bfloat16, and named as the export names it."""
+    files = sorted(str(path) for path in Path(dicoms).glob("*.dcm"))
+    backend = open_model((exported,), None, engine="openvino")
+    backend.warm_up()
+    got = list(backend.results(files))
+    assert backend.identity.model == openvino_engine.read_metadata(exported)["model_identity"]
+    tf_bfloat16 = DicomPredictor(RunsOnEngine(Ensemble(run.path, 1, "mixed_bfloat16"), "tf"),
+                                 log=lambda _: None)
+    expected = list(tf_bfloat16.results(files, progress=False))
+    assert [p.image.image_id for p in got] == [p.image.image_id for p in expected]
+    assert max(abs(a.probability - b.probability)
+               for a, b in zip(got, expected)) <= BFLOAT16_TOLERANCE
+    with pytest.raises(NodeError, match="serves a SavedModel, which TensorFlow runs"):
+        open_model((), "http://localhost:8501/v1/models/ptx", engine="openvino")
+
+
+def test_evaluate_on_openvino_scores_as_tf(run, gray, tmp_path):
+    """Records whose truth is the TF maps above 0.5: both engines find the same rules and
+    scores (float32 maps at most 4.2e-7 apart move no pixel across a threshold here)."""
+    maps, _ = Ensemble(run.path, 1).predictor("none").from_gray(gray)
+    write_shards(tmp_path, "val", zip(gray, (maps > 0.5).astype(np.uint8)), original=SIZE)
+    reports = {}
+    for engine in ("tf", "openvino"):
+        result = _invoke("evaluate", "--model", run.path, "--data", tmp_path, "--cases", "0",
+                         "--no-save-postprocess", "--engine", engine)
+        assert result.exit_code == 0, result.output + result.stderr
+        reports[engine] = json.loads(Path(run.path, "eval", "report.json").read_text())
+    assert reports["openvino"]["engine"] == "openvino"
+    assert "Network run by openvino." in Path(run.path, "eval", "report.md").read_text()
+    assert reports["openvino"]["kinds"] == reports["tf"]["kinds"]
+    assert reports["openvino"]["image_level"] == pytest.approx(reports["tf"]["image_level"],
+                                                               abs=FLOAT32_TOLERANCE)
+
+
+@pytest.mark.parametrize("command", [
+    ["predict", "--engine", "openvino", "--dicom-dir", "{dicoms}", "--out", "{out}"],
+    ["evaluate", "--engine", "openvino", "--data", "{out}"],
+    ["export", "--format", "openvino", "--out", "{out}"],
+])
+def test_each_command_refuses_openvino_in_one_line_without_it(run, dicoms, tmp_path,
+                                                              monkeypatch, command):
+    monkeypatch.setitem(sys.modules, "openvino", None)
+    args = [arg.format(dicoms=dicoms, out=tmp_path / "out") for arg in command]
+    result = _invoke(*args[:1], "--model", run.path, *args[1:])
+    assert result.exit_code == 2
+    assert result.stderr.count("\n") == 1 and result.stderr.startswith("Error: ")
+    assert "pip install 'keras_ptx[openvino]'" in result.stderr
+    assert not (tmp_path / "out").exists()
+    with pytest.raises(OpenVinoMissing):
+        open_model((run.path,), None, engine="openvino")

@@ -4,7 +4,7 @@ from __future__ import annotations
 import click
 
 from keras_ptx.cli import command as cli_command
-from keras_ptx.commands.options import batch_size_option
+from keras_ptx.commands.options import batch_size_option, engine_option
 from keras_ptx.config import Tta, choices
 
 
@@ -23,6 +23,7 @@ from keras_ptx.config import Tta, choices
 @click.option("--tta", type=click.Choice(choices(Tta)), default=None,
               help="Test-time augmentation [default: the run's eval.tta].")
 @batch_size_option
+@engine_option(exports=False)
 @click.option("--cases", type=click.IntRange(min=0), default=4, show_default=True,
               help="Best and worst cases drawn as overlays (each).")
 @click.option("--checkpoints", type=click.IntRange(min=1), default=1, show_default=True,
@@ -32,7 +33,7 @@ from keras_ptx.config import Tta, choices
 @click.option("--save-postprocess/--no-save-postprocess", default=None,
               help="Save the chosen rule to RUN_DIR/postprocess.json [default: only when "
                    "evaluating the val split].")
-def command(run_dir, report_to, data_dir, split, tta, batch_size, cases, checkpoints,
+def command(run_dir, report_to, data_dir, split, tta, batch_size, engine, cases, checkpoints,
             save_postprocess):
     """Run the model over a split, search the post-processing (pixel threshold, the winner's
     triplet, gating by the image-level head) and report the competition score of each.
@@ -49,7 +50,7 @@ def command(run_dir, report_to, data_dir, split, tta, batch_size, cases, checkpo
 
     report = evaluate(run_dir, data_dir, split=split, tta=tta, batch_size=batch_size,
                       cases=cases, save_postprocess=save_postprocess, checkpoints=checkpoints,
-                      report_to=report_to)
+                      report_to=report_to, engine=engine)
     click.echo(summary_table(report))
     click.echo(report["resolution"]["note"])
     home = report_to or run_dir[0]

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import click
 
-from keras_ptx.config import MAX_BATCH
+from keras_ptx.config import MAX_BATCH, Engine, choices
 
 
 def batch_size_option(command):
@@ -25,3 +25,15 @@ def ensemble_options(command):
         help="Training run directory, fold folder (train-folds) or ensemble folder (evaluate "
              "--out), a local path or a URL; repeat it for an ensemble (probabilities "
              "averaged; the first one's postprocess.json applies).")(command)
+
+
+def engine_option(exports: bool):
+    """``--engine``: what runs the network (:mod:`keras_ptx.inference.engine`); ``exports``:
+    the command also takes an OpenVINO export as its model."""
+    also = (" --model may then be a bin/export --format openvino folder, computing as "
+            "exported.") if exports else ""
+    return click.option(
+        "--engine", type=click.Choice(choices(Engine)), default="tf", show_default=True,
+        help="What runs the network: TensorFlow, or OpenVINO (pip install "
+             "'keras_ptx[openvino]') computing in the run's train.mixed_precision, as TF "
+             "does." + also)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import click
 
 from keras_ptx.cli import command as cli_command
-from keras_ptx.commands.options import batch_size_option, ensemble_options
+from keras_ptx.commands.options import batch_size_option, engine_option, ensemble_options
 from keras_ptx.config import Tta, choices
 from keras_ptx.results import DEFAULT_KINDS, DESCRIPTION, KINDS
 
@@ -31,6 +31,7 @@ def _kinds(value: str) -> tuple[str, ...]:
               help="Test-time augmentation [default: the one the run's postprocess.json was "
                    "tuned with, else its eval.tta].")
 @batch_size_option
+@engine_option(exports=True)
 @click.option("--dicom-out", type=click.Path(file_okay=False), default=None,
               help="Also write DICOM result objects here: <ImageId>.seg.dcm, .sr.dcm, .sc.dcm.")
 @click.option("--dicom-objects", default=",".join(DEFAULT_KINDS), show_default=True,
@@ -44,8 +45,8 @@ def _kinds(value: str) -> tuple[str, ...]:
               help="Research: also predict images that are not one frontal chest radiograph "
                    "(lateral views, other body parts, other modalities); every output marks "
                    "them as outside the intended use.")
-def command(run_dir, checkpoints, dicom_dir, out, layout, overlays, tta, batch_size, dicom_out,
-            dicom_objects, dicom_description, any_image):
+def command(run_dir, checkpoints, dicom_dir, out, layout, overlays, tta, batch_size, engine,
+            dicom_out, dicom_objects, dicom_description, any_image):
     """Predict a pneumothorax mask for every DICOM below DICOM_DIR at its original size.
 
     Writes OUT/submission.csv (one row per image, relative RLE, -1 for none), predictions.csv
@@ -63,7 +64,7 @@ def command(run_dir, checkpoints, dicom_dir, out, layout, overlays, tta, batch_s
                       checkpoints=checkpoints, batch_size=batch_size,
                       log=lambda m: click.echo(m, err=True), dicom_out=dicom_out,
                       dicom_objects=dicom_objects, dicom_description=dicom_description,
-                      any_image=any_image)
+                      any_image=any_image, engine=engine)
     rate = summary.images / summary.seconds if summary.seconds else 0.0
     click.echo(f"{summary.images} images predicted ({summary.positives} with pneumothorax); "
                f"{summary.seconds:.1f} s, {rate:.1f} images/s")

@@ -4,17 +4,20 @@ from __future__ import annotations
 import click
 
 from keras_ptx.cli import command as cli_command
+from keras_ptx.commands.options import engine_option
 from keras_ptx.config import Tta, choices
 
 
 @cli_command("serve-dicom")
 @click.option("--model", "model", multiple=True, metavar="PATH",
               help="RUN_DIR, fold folder or bin/export output (a version, or the base: its "
-                   "highest version), run in this process; repeat runs for an ensemble.")
+                   "highest version; a SavedModel, or OpenVINO IR with --engine openvino), run "
+                   "in this process; repeat runs for an ensemble.")
 @click.option("--model-server", default=None, metavar="URL",
               help="TF Serving instead: http://host:8501/v1/models/NAME (serving_compact).")
 @click.option("--tta", type=click.Choice(choices(Tta)), default=None,
               help="Test-time augmentation for a RUN_DIR [default: as bin/predict].")
+@engine_option(exports=True)
 @click.option("--ae-title", default="KPTX", show_default=True, help="The node's AE title.")
 @click.option("--host", default="127.0.0.1", show_default=True,
               help="Address to listen on (0.0.0.0: every interface).")
@@ -44,9 +47,9 @@ from keras_ptx.config import Tta, choices
 @click.option("--tls-ca", type=click.Path(exists=True, dir_okay=False), default=None)
 @click.option("--max-backoff", type=float, default=60.0, show_default=True,
               help="Longest wait in seconds between two attempts to send.")
-def command(model, model_server, tta, ae_title, host, port, allow, allow_any, spool, send_to,
-            stow, calling_ae, quiet_seconds, retention_seconds, objects, tls_cert, tls_key,
-            tls_ca, max_backoff):
+def command(model, model_server, tta, engine, ae_title, host, port, allow, allow_any, spool,
+            send_to, stow, calling_ae, quiet_seconds, retention_seconds, objects, tls_cert,
+            tls_key, tls_ca, max_backoff):
     """Receive studies by C-STORE, predict every frontal chest radiograph once its study is
     quiet, and send a SEG and an SR per image back (C-STORE or STOW-RS).
 
@@ -55,8 +58,8 @@ def command(model, model_server, tta, ae_title, host, port, allow, allow_any, sp
     """
     from keras_ptx.node.main import serve
 
-    serve(model=model, model_server=model_server, tta=tta, ae_title=ae_title, host=host,
-          port=port, allowed=allow, allow_any=allow_any, spool=spool, send_to=send_to, stow=stow,
-          calling_ae=calling_ae, quiet_seconds=quiet_seconds,
+    serve(model=model, model_server=model_server, tta=tta, engine=engine, ae_title=ae_title,
+          host=host, port=port, allowed=allow, allow_any=allow_any, spool=spool,
+          send_to=send_to, stow=stow, calling_ae=calling_ae, quiet_seconds=quiet_seconds,
           retention_seconds=retention_seconds, objects=objects, tls=(tls_cert, tls_key, tls_ca),
           max_backoff=max_backoff)

@@ -27,11 +27,12 @@ import numpy as np
 from tqdm import tqdm
 
 from keras_ptx import rundir
-from keras_ptx.config import Config
+from keras_ptx.config import Config, Engine, Precision
 from keras_ptx.data.records_dir import RecordsDir
 from keras_ptx.errors import UserError
 from keras_ptx.fileio import check_openable, check_output, join, reported_writes, write_atomic
 from keras_ptx.inference import plots, report as report_md
+from keras_ptx.inference.engine import network_precision, on_engine
 from keras_ptx.inference.postprocess import REFERENCE_SIDE
 from keras_ptx.inference.runner import Predictor
 from keras_ptx.inference.score import classification_metrics, roc_curve
@@ -90,7 +91,7 @@ class Inputs:
 def evaluate(run_dir, data_dir: str, split: str = "val", tta: str | None = None,
              batch_size: int | None = None, grid: SearchGrid = SearchGrid(), cases: int = 4,
              progress: bool = True, save_postprocess: bool | None = None,
-             checkpoints: int = 1, report_to: str | None = None) -> dict:
+             checkpoints: int = 1, report_to: str | None = None, engine: Engine = "tf") -> dict:
     """Evaluate ``run_dir`` on ``split`` of ``data_dir`` (a fold folder: out of fold, see the
     module docstring; several runs or folders: their ensemble, which ``out`` then names, see
     :mod:`keras_ptx.inference.ensemble`); write the report to
@@ -99,26 +100,28 @@ def evaluate(run_dir, data_dir: str, split: str = "val", tta: str | None = None,
     ``save_postprocess`` (default: for the val split or out of fold only, the images held out
     for this purpose), the chosen rule, with the TTA it was tuned with, to its
     postprocess.json. ``checkpoints`` above 1 scores each run's ensemble of its best epochs
-    (:func:`~keras_ptx.inference.ensemble.checkpoint_models`).
+    (:func:`~keras_ptx.inference.ensemble.checkpoint_models`). ``engine`` runs the networks
+    (:mod:`keras_ptx.inference.engine`).
 
     Returns the report (as written to report.json).
     """
-    inputs = resolve_inputs(run_dir, data_dir, split, checkpoints, report_to)
+    inputs = resolve_inputs(run_dir, data_dir, split, checkpoints, report_to,
+                            network_precision(engine))
     tta = tta or inputs.config.eval.tta     # evaluate tunes a rule, so not the saved rule's TTA
-    seen = model_passes(inputs, split, tta, batch_size, grid, progress)
+    seen = model_passes(inputs, split, tta, batch_size, grid, progress, engine)
     results = search(seen.cache, gated=seen.label_head)
     chosen = choose(results)
     with reported_writes("--out" if inputs.ensemble_folder else "--model", inputs.folder):
         saved = write_rule(inputs, chosen.post, tta, checkpoints,
                            split == "val" if save_postprocess is None else save_postprocess)
-        return write_report(inputs, split, tta, checkpoints, batch_size, seen, results, chosen,
-                            saved, cases)
+        return write_report(inputs, split, tta, engine, checkpoints, batch_size, seen, results,
+                            chosen, saved, cases)
 
 
 def resolve_inputs(run_dir, data_dir: str, split: str, checkpoints: int,
-                   report_to: str | None) -> Inputs:
-    """The runs, their networks and the records an evaluation reads (EvaluateError for what
-    cannot be evaluated)."""
+                   report_to: str | None, precision: Precision | None = None) -> Inputs:
+    """The runs, their networks (in ``precision``; None: each run's own) and the records an
+    evaluation reads (EvaluateError for what cannot be evaluated)."""
     paths = [str(run_dir)] if isinstance(run_dir, (str, os.PathLike)) else list(map(str, run_dir))
     if split == "test":
         raise EvaluateError("the test split holds the images built without labels: nothing to "
@@ -139,26 +142,27 @@ def resolve_inputs(run_dir, data_dir: str, split: str, checkpoints: int,
     several = len(paths) > 1 or rundir.read_json(paths[0], rundir.ENSEMBLE) is not None
     marker = None if several else rundir.read_json(paths[0], rundir.FOLDS)
     if several:                 # an ensemble (of several, or an ensemble folder's): one scorer
-        ensemble = Ensemble(paths, checkpoints)
+        ensemble = Ensemble(paths, checkpoints, precision)
         scorers = [Scorer(split, ensemble.models, ensemble.config)]
     else:
         scorers = [Scorer(f"fold {run.config.data.fold}" if marker is not None else split,
                           checkpoint_models(run, checkpoints), run.config)
-                   for run in _runs(paths[0], marker, records, split)]
+                   for run in _runs(paths[0], marker, records, split, precision)]
     folder = str(report_to) if report_to is not None else paths[0]
     return Inputs(paths, records, folder, report_to is not None, marker is not None, scorers)
 
 
 def model_passes(inputs: Inputs, split: str, tta: str, batch_size: int | None,
-                 grid: SearchGrid, progress: bool) -> Pass:
-    """Each scorer's maps of its images, in one :class:`Pass` (EvaluateError for damaged
-    records or nothing labeled)."""
+                 grid: SearchGrid, progress: bool, engine: Engine = "tf") -> Pass:
+    """Each scorer's maps of its images, run by ``engine``, in one :class:`Pass`
+    (EvaluateError for damaged records or nothing labeled)."""
     from keras_ptx.tf_setup import tf
 
     seen = Pass(MapCache(grid, inputs.config.data.image_size))
     try:
         for scorer in inputs.scorers:
-            predictor = Predictor(scorer.models, tta)
+            predictor = on_engine(Predictor(scorer.models, tta, scorer.config.model.normalization),
+                                  scorer.config, engine)
             seen.label_head = seen.label_head and predictor.has_label_head
             before = len(seen.cache)
             _run_model(predictor, _dataset(scorer.config, inputs.records, split, batch_size),
@@ -189,7 +193,7 @@ def write_rule(inputs: Inputs, post, tta: str, checkpoints: int, save: bool) -> 
     return saved
 
 
-def write_report(inputs: Inputs, split: str, tta: str, checkpoints: int,
+def write_report(inputs: Inputs, split: str, tta: str, engine: Engine, checkpoints: int,
                  batch_size: int | None, seen: Pass, results: dict, chosen, saved: str | None,
                  cases: int) -> dict:
     """report.json, report.md, the plots and the case overlays in the folder's eval dir; the
@@ -206,7 +210,8 @@ def write_report(inputs: Inputs, split: str, tta: str, checkpoints: int,
     report = {
         "run_dir": paths[0] if len(paths) == 1 else paths, "data": str(inputs.records),
         "split": OUT_OF_FOLD if inputs.folds else split,
-        "tta": tta, "checkpoints": checkpoints, "images": len(seen.cache), "positives": int(labels.sum()),
+        "tta": tta, "engine": engine, "checkpoints": checkpoints, "images": len(seen.cache),
+        "positives": int(labels.sum()),
         "unlabeled_skipped": seen.unlabeled, "images_per_fold": seen.scored if inputs.folds else None,
         "resolution": {
             "scored_at": f"{side}x{side} record grid",
@@ -240,19 +245,20 @@ def write_report(inputs: Inputs, split: str, tta: str, checkpoints: int,
     return report
 
 
-def _runs(run_dir: str, marker: dict | None, records: RecordsDir, split: str) -> list[TrainedRun]:
-    """The runs whose models score the images: ``run_dir`` itself, or each trained fold of the
-    fold folder whose folds.json is ``marker`` (EvaluateError for a split other than val, or
-    records of other folds)."""
+def _runs(run_dir: str, marker: dict | None, records: RecordsDir, split: str,
+          precision: Precision | None) -> list[TrainedRun]:
+    """The runs whose models score the images, in ``precision``: ``run_dir`` itself, or each
+    trained fold of the fold folder whose folds.json is ``marker`` (EvaluateError for a split
+    other than val, or records of other folds)."""
     if marker is None:
-        return [TrainedRun(run_dir)]
+        return [TrainedRun(run_dir, precision)]
     if split != "val":
         raise EvaluateError(f"{run_dir} is a fold folder: it is evaluated out of fold (each "
                             f"image by the fold model that never saw it), not on --split {split}")
     if marker["folds"] != records.folds:
         raise EvaluateError(f"{run_dir} holds runs of {marker['folds']} folds, but the records "
                             f"in {records} have {records.folds or 'no'} folds")
-    return [TrainedRun(rundir.fold_dir(run_dir, k)) for k in marker["trained"]]
+    return [TrainedRun(rundir.fold_dir(run_dir, k), precision) for k in marker["trained"]]
 
 
 def _dataset(config, records: RecordsDir, split: str, batch_size: int | None):

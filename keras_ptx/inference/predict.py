@@ -14,7 +14,6 @@ as this does. Each file becomes a :class:`~keras_ptx.inference.prediction.Predic
 """
 from __future__ import annotations
 
-import hashlib
 from pathlib import Path
 from typing import Callable, Iterable, Iterator, Sequence
 
@@ -22,18 +21,16 @@ import numpy as np
 from tqdm import tqdm
 
 from keras_ptx import rundir
+from keras_ptx.config import Engine
 from keras_ptx.data.annotations import IMAGE_ID
 from keras_ptx.data.dicom import (DicomError, DicomImage, find_dicom_files, read_dicom,
                                   read_dicom_header)
 from keras_ptx.data.eligibility import rejection as eligibility_rejection
 from keras_ptx.data.geometry import image_to_square
 from keras_ptx.errors import UserError
-from keras_ptx.fileio import join, read_bytes
-from keras_ptx.inference.ensemble import Ensemble
+from keras_ptx.inference.engine import OpenVinoExport, RunsOnEngine, open_model
 from keras_ptx.inference.postprocess import image_map
-from keras_ptx.inference.prediction import ModelIdentity, Prediction, Rejection
-
-IDENTITY_CHARS = 12
+from keras_ptx.inference.prediction import Prediction, Rejection
 
 
 class PredictError(UserError):
@@ -51,29 +48,23 @@ def dicom_files(dicom_dir) -> tuple[list[Path], int]:
     return [root / rel for rel in found], skipped
 
 
-def model_identity(run: Ensemble, tta: str) -> ModelIdentity:
-    """A digest of what decides the answers: every member's weights, the rule and the TTA."""
-    digest = hashlib.sha256()
-    for trained, weights in run.weights:
-        digest.update(hashlib.sha256(read_bytes(join(trained.path, weights))).digest())
-    digest.update(f"{run.post.describe()}|{tta}".encode())
-    return ModelIdentity(model=digest.hexdigest()[:IDENTITY_CHARS])
-
-
 class DicomPredictor:
-    """A model loaded once (a RUN_DIR, fold folder or several, or their
-    :class:`~keras_ptx.inference.ensemble.Ensemble`) that turns DICOM files into predictions.
-    ``any_image`` lets images outside the intended use through (research), each prediction
-    saying why it is outside."""
+    """A model loaded once (a RUN_DIR, fold folder or several, an OpenVINO export, or what
+    :func:`~keras_ptx.inference.engine.open_model` opened of them) that turns DICOM files into
+    predictions, its network run by ``engine``. ``any_image`` lets images outside the intended
+    use through (research), each prediction saying why it is outside."""
 
     def __init__(self, models, checkpoints: int = 1, tta: str | None = None,
                  batch_size: int | None = None, any_image: bool = False,
-                 log: Callable[[str], None] = print):
-        run = models if isinstance(models, Ensemble) else Ensemble(models, checkpoints)
+                 log: Callable[[str], None] = print, engine: Engine = "tf"):
+        run = (models if isinstance(models, (RunsOnEngine, OpenVinoExport))
+               else open_model(models, checkpoints, engine))
         self.post, self.post_source = run.post, run.post_source
         self.predictor = run.predictor(run.tta(tta))    # a refusal comes before any log line
-        if len(run.weights) > 1:
-            log(f"ensemble: {run.describe()}, probabilities averaged")
+        if run.ensemble:
+            log(f"ensemble: {run.ensemble}, probabilities averaged")
+        if engine != "tf":
+            log(f"engine: {engine}, computing in {self.predictor.precision}")
         log(f"post-processing: {self.post.describe()} ({self.post_source})")
         log(f"test-time augmentation: {self.predictor.tta}" + (
             f" (the rule was tuned with {self.post.tta}: its thresholds may not fit)"
@@ -83,8 +74,8 @@ class DicomPredictor:
         if any_image:
             log("--any-image: images outside the intended use (not one frontal chest "
                 "radiograph) are predicted too, and each output says so")
-        self.identity = model_identity(run, self.predictor.tta)
-        self.batch_size = batch_size or run.config.eval.batch_size
+        self.identity = run.identity(self.predictor.tta)
+        self.batch_size = batch_size or run.batch_size
         self.any_image = any_image
 
     def results(self, files: Sequence, progress: bool = True) -> Iterator[Prediction | Rejection]:

@@ -33,6 +33,7 @@ def to_markdown(report: dict) -> str:
         "",
         f"{report['images']} labeled images ({report['positives']} with pneumothorax) from "
         f"`{report['data']}`; test-time augmentation: {report['tta']}."
+        + (f" Network run by {report['engine']}." if report["engine"] != "tf" else "")
         + (f" Unlabeled records skipped: {report['unlabeled_skipped']}." if report["unlabeled_skipped"] else "")
         + (" Images scored by each fold's model (its own fold): " + ", ".join(
             f"fold {k}: {n}" for k, n in report["images_per_fold"].items()) + "."

@@ -10,7 +10,7 @@ from keras_ptx.node.config import NodeConfig, NodeError, Tls, parse_destination
 LOG_FORMAT = "%(asctime)s %(levelname)s %(message)s"
 
 
-def serve(*, model, model_server, tta, ae_title, host, port, allowed, allow_any, spool,
+def serve(*, model, model_server, tta, engine, ae_title, host, port, allowed, allow_any, spool,
           send_to, stow, calling_ae, quiet_seconds, retention_seconds, objects, tls,
           max_backoff) -> None:
     """Check everything the user gave before loading the model, then serve until SIGTERM or
@@ -32,7 +32,7 @@ def serve(*, model, model_server, tta, ae_title, host, port, allowed, allow_any,
                                   sender.client_tls(tls.cert, tls.key, tls.ca) if tls else None)
     else:
         out = sender.StowSender(stow)
-    backend = open_model(tuple(model), model_server, tta)
+    backend = open_model(tuple(model), model_server, tta, engine)
     backend.warm_up()
     node = Node(config, backend, out,
                 receiver.server_tls(tls.cert, tls.key, tls.ca) if tls else None)

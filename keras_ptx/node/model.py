@@ -7,8 +7,10 @@ radiograph), one per file in order, names itself with a
 :class:`~keras_ptx.inference.prediction.ModelIdentity` (which the result objects' UIDs derive
 from) and gives its ``batch_size`` (images per model call: the node's rounds hold about one):
 
-* :class:`RunModel`: RUN_DIRs or fold folders, through ``bin/predict``'s own
-  :class:`~keras_ptx.inference.predict.DicomPredictor`;
+* :class:`RunModel`: RUN_DIRs or fold folders, or an OpenVINO export (``bin/export --format
+  openvino``: a version, or the base: its highest version), through ``bin/predict``'s own
+  :class:`~keras_ptx.inference.predict.DicomPredictor`, its network run by the ``--engine``
+  (:mod:`keras_ptx.inference.engine`);
 * :class:`ExportModel`: a SavedModel of ``bin/export`` (a version folder, or a base whose
   highest version is taken), called through its ``serving_compact`` signature;
 * :class:`ServerModel`: TF Serving's REST API (``http://host:8501/v1/models/NAME``), the same
@@ -33,15 +35,20 @@ log = logging.getLogger("keras_ptx.node")
 BATCH = 16                                  # images per call of an export or a server
 
 
-def open_model(model: tuple[str, ...], server: str | None, tta: str | None = None):
-    """The backend for ``--model`` paths or ``--model-server`` (exactly one is given)."""
+def open_model(model: tuple[str, ...], server: str | None, tta: str | None = None,
+               engine: str = "tf"):
+    """The backend for ``--model`` paths or ``--model-server`` (exactly one is given), a
+    RUN_DIR's or an OpenVINO export's network run by ``engine``."""
     if bool(model) == bool(server):
         raise NodeError("give --model (a RUN_DIR, fold folder or export) or --model-server URL")
+    if (server or _export_version(model[0])) and engine != "tf":
+        raise NodeError(f"--engine {engine}: {server or model[0]} serves a SavedModel, which "
+                        f"TensorFlow runs; give a RUN_DIR or an OpenVINO export")
     if server:
         return ServerModel(server)
     if len(model) == 1 and _export_version(model[0]):
         return ExportModel(_export_version(model[0]))
-    return RunModel(model, tta)
+    return RunModel(model, tta, engine)
 
 
 def _export_version(path: str) -> str | None:
@@ -66,10 +73,10 @@ def _png(image: np.ndarray) -> bytes:
 
 
 class RunModel:
-    def __init__(self, paths: tuple[str, ...], tta: str | None = None):
+    def __init__(self, paths: tuple[str, ...], tta: str | None = None, engine: str = "tf"):
         from keras_ptx.inference.predict import DicomPredictor
 
-        self._model = DicomPredictor(list(paths), tta=tta, log=log.info)
+        self._model = DicomPredictor(list(paths), tta=tta, log=log.info, engine=engine)
         self.identity = self._model.identity
         self.batch_size = self._model.batch_size
 

@@ -16,9 +16,10 @@ import time
 from dataclasses import dataclass
 from typing import Callable, Sequence
 
+from keras_ptx.config import Engine
 from keras_ptx.data.dicom import DICOM_SUFFIXES
 from keras_ptx.fileio import check_output, is_url, replaced_together, reported_writes
-from keras_ptx.inference.ensemble import Ensemble
+from keras_ptx.inference.engine import open_model
 from keras_ptx.inference.postprocess import PostProcess
 from keras_ptx.inference.predict import DicomPredictor, PredictError, dicom_files
 from keras_ptx.inference.prediction import Rejection
@@ -50,15 +51,17 @@ def predict(run_dir, dicom_dir, out, layout: str = "stage1", overlays: bool = Fa
             tta: str | None = None, batch_size: int | None = None, progress: bool = True,
             log: Callable[[str], None] = print, checkpoints: int = 1,
             dicom_out: str | None = None, dicom_objects: Sequence[str] = DEFAULT_KINDS,
-            dicom_description: str = DESCRIPTION, any_image: bool = False) -> Summary:
+            dicom_description: str = DESCRIPTION, any_image: bool = False,
+            engine: Engine = "tf") -> Summary:
     """Predict every DICOM below ``dicom_dir`` with the run in ``run_dir`` (or the ensemble of
     several runs or fold folders, each with its ``checkpoints`` best epochs:
-    :class:`~keras_ptx.inference.ensemble.Ensemble`); write ``out`` (and the DICOM objects of
+    :class:`~keras_ptx.inference.ensemble.Ensemble`; or an OpenVINO export), its network run by
+    ``engine`` (:mod:`keras_ptx.inference.engine`); write ``out`` (and the DICOM objects of
     ``dicom_objects`` to ``dicom_out``)."""
     out = str(out)
     if is_url(dicom_dir):
         raise PredictError(f"--dicom-dir {dicom_dir}: a local folder is needed, not a URL")
-    run = Ensemble(run_dir, checkpoints)
+    run = open_model(run_dir, checkpoints, engine)
     inputs = {"--model": run.folders(), "--dicom-dir": str(dicom_dir)}
     check_output(out, "--out", inputs)
     if dicom_out is not None:

@@ -37,7 +37,7 @@ from keras_ptx.fileio import (check_openable, check_output, join, publish_folder
 from keras_ptx.inference.postprocess import PostProcess, apply_tf, image_mask_tf
 from keras_ptx.inference.runner import Predictor
 from keras_ptx.inference.ensemble import Ensemble
-from keras_ptx.inference.predict import model_identity
+from keras_ptx.inference.engine import model_identity
 from keras_ptx.model.precision import best_inference_precision
 from keras_ptx.serving import (BATCHING_FILE, BYTES_INPUT, IMAGE_INPUT, PREDICT_IMAGE,
                                SERVING_COMPACT, SERVING_DEFAULT, WARMUP_FILE)
@@ -268,9 +268,7 @@ def export_run(run_dir, export_base, version: int | None = None, tta: str | None
     check_version_free(export_base, version)        # before the model is built
     post = run.post                                 # a bad rule is refused before the build
     predictor = run.predictor(run.tta(tta))        # refuses a run without its weights
-    identity = model_identity(run, predictor.tta).model
-    if precision != "float32":
-        identity += f" {precision}"
+    identity = model_identity(run, predictor.tta, precision=precision).model
     metadata = {"run_dir": run.paths[0] if len(run.paths) == 1 else run.paths,
                 "postprocess_source": run.post_source, "precision": precision,
                 "members": run.members(), "model_identity": identity}
