@@ -499,7 +499,7 @@ def test_versions_are_never_overwritten(exported):
     a_file = exported["base"].parent / "a-file"
     a_file.write_text("keep me")
     result = CliRunner().invoke(command, ["--model", str(exported["run"]), "--out", str(a_file)])
-    assert result.exit_code == 2 and "exists and is not a directory" in result.output
+    assert result.exit_code == 2 and "not a folder" in result.output
     assert a_file.read_text() == "keep me"
 
 
