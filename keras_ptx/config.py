@@ -30,7 +30,7 @@ from typing import Any, Literal, Optional, Union
 import yaml
 
 from keras_ptx.errors import UserError
-from keras_ptx.fileio import exists, is_url, read_bytes, write_atomic
+from keras_ptx.fileio import exists, is_url, read_bytes, utf8_text, write_atomic
 
 
 class ConfigError(UserError):
@@ -458,18 +458,6 @@ def _yaml_problem(exc: yaml.YAMLError) -> str:
     if isinstance(exc, yaml.reader.ReaderError):
         return f"character {exc.position + 1} (#x{exc.character:04x}): {exc.reason}"
     return " ".join(str(exc).split())
-
-
-def utf8_text(data: bytes, path, kind: str, error: type[UserError] = UserError) -> str:
-    """``data`` (the content of ``path``, a ``kind`` such as "config") decoded as UTF-8, a
-    byte-order mark dropped; ``error`` naming the path, the byte and its line if it is not
-    UTF-8 text."""
-    try:
-        return data.decode("utf-8-sig")
-    except UnicodeDecodeError as exc:
-        line = exc.object[:exc.start].count(b"\n") + 1
-        raise error(f"{path}: not UTF-8 text (byte 0x{exc.object[exc.start]:02x} on line "
-                    f"{line}); a {kind} must be saved as UTF-8") from None
 
 
 def _read_at_most(path, limit: int) -> bytes:

@@ -377,3 +377,14 @@ def _upload(local: str, url: str) -> None:
     gfile.copy(local, staged, overwrite=True)
     replace(staged, url)
 
+
+def utf8_text(data: bytes, path, kind: str, error: type[UserError] = UserError) -> str:
+    """``data`` (the content of ``path``, a ``kind`` such as "config") decoded as UTF-8, a
+    byte-order mark dropped; ``error`` naming the path, the byte and its line if it is not
+    UTF-8 text."""
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        line = exc.object[:exc.start].count(b"\n") + 1
+        raise error(f"{path}: not UTF-8 text (byte 0x{exc.object[exc.start]:02x} on line "
+                    f"{line}); a {kind} must be saved as UTF-8") from None

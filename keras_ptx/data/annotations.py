@@ -21,7 +21,7 @@ import numpy as np
 
 from keras_ptx.data import rle
 from keras_ptx.errors import UserError
-from keras_ptx.fileio import atomic_path
+from keras_ptx.fileio import atomic_path, utf8_text
 
 # ImageIds keras_ptx writes (submissions) and builds records of: SIIM's are SOPInstanceUIDs,
 # digits and dots; these characters also make safe file names (overlays, evaluation cases).
@@ -91,13 +91,10 @@ def load_annotations(path) -> Annotations:
     if not path.is_file():
         raise AnnotationError(f"{path}: no such label file")
     try:
-        text = path.read_bytes().decode("utf-8-sig")
+        data = path.read_bytes()
     except OSError as exc:
         raise AnnotationError(f"{path}: cannot be read ({exc.strerror or exc})") from None
-    except UnicodeDecodeError as exc:
-        line = exc.object[:exc.start].count(b"\n") + 1
-        raise AnnotationError(f"{path}: not UTF-8 text (byte 0x{exc.object[exc.start]:02x} on "
-                              f"line {line}); a label CSV must be saved as UTF-8") from None
+    text = utf8_text(data, path, "label CSV", AnnotationError)
     rows: dict[str, list[tuple[int, str]]] = {}
     report: list[Problem] = []
     broken: set[str] = set()

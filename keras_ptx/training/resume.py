@@ -27,8 +27,8 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from keras_ptx import rundir
-from keras_ptx.config import Config, ConfigError, ModelConfig, dump_config, load_config, utf8_text
-from keras_ptx.fileio import join, write_atomic
+from keras_ptx.config import Config, ConfigError, ModelConfig, dump_config, load_config
+from keras_ptx.fileio import join, utf8_text, write_atomic
 from keras_ptx.model.unetpp import output_names
 from keras_ptx.tf_setup import tf
 from keras_ptx.training import TrainingError
