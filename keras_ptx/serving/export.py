@@ -193,8 +193,8 @@ def check_version_free(export_base, version: int) -> None:
         raise ExportError(f"version must be a positive integer, got {version}")
     path = _version_path(export_base, version)
     if tf.io.gfile.exists(path):
-        raise ExportError(f"{path} already exists; a served version is never replaced (TF Serving and OpenVINO "
-                          f"Model Server read versions as immutable), "
+        raise ExportError(f"{path} already exists; a served version is never replaced (TF "
+                          f"Serving and OpenVINO Model Server take versions as immutable): "
                           f"choose another --version or omit it (next free: "
                           f"{next_version(export_base)})")
 
