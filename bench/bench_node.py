@@ -22,7 +22,8 @@ per image, 1024 px JPEG Baseline by default), then
 
 ``--model`` is a RUN_DIR or export; ``--random ENCODER`` builds a run with random weights
 (random batch-norm statistics, bench/trained_like.py) on a ``--grid`` instead: speed does not
-depend on training. Run the measurement on a quiet machine:
+depend on training. ``--engine openvino`` runs the network under OpenVINO in both (#32).
+Run the measurement on a quiet machine:
 
     .venv/bin/python bench/bench_node.py --random efficientnetb4 --grid 512 --images 200
     .venv/bin/python bench/bench_node.py --random efficientnetb0 --grid 64 --images 6 \\
@@ -76,16 +77,16 @@ def synthetic(folder: Path, images: int, size: int, seed: int = 0) -> list[Path]
     return [folder / rel for rel in find_dicom_files(folder)[0]]
 
 
-def predict_seconds(model: Path, folder: Path, out: Path) -> tuple[int, float]:
+def predict_seconds(model: Path, folder: Path, out: Path, engine: str) -> tuple[int, float]:
     """bin/predict's own (images, seconds) line for the DICOMs below ``folder``."""
     done = subprocess.run([str(REPO / "bin" / "predict"), "--model", str(model), "--dicom-dir",
-                           str(folder), "--out", str(out)], capture_output=True, text=True,
-                          check=True)
+                           str(folder), "--out", str(out), "--engine", engine],
+                          capture_output=True, text=True, check=True)
     found = re.search(r"(\d+) images predicted .*; ([\d.]+) s, ", done.stdout)
     return int(found.group(1)), float(found.group(2))
 
 
-def predict_rates(model: Path, files: list[Path], folder: Path, work: Path) -> dict:
+def predict_rates(model: Path, files: list[Path], folder: Path, work: Path, engine: str) -> dict:
     """bin/predict's images/s as it reports it, and its steady rate past the first batch."""
     from keras_ptx.config import load_config
     from keras_ptx.rundir import CONFIG
@@ -95,14 +96,14 @@ def predict_rates(model: Path, files: list[Path], folder: Path, work: Path) -> d
     head.mkdir(parents=True, exist_ok=True)
     for path in files[:batch]:
         shutil.copy(path, head / path.name)
-    n, seconds = predict_seconds(model, folder, work / "predict")
-    k, head_seconds = predict_seconds(model, head, work / "predict-head-out")
+    n, seconds = predict_seconds(model, folder, work / "predict", engine)
+    k, head_seconds = predict_seconds(model, head, work / "predict-head-out", engine)
     return {"reported": n / seconds, "steady": (n - k) / (seconds - head_seconds),
             "first_batch_s": head_seconds}
 
 
 def node_run(model: Path, files: list[Path], paced: list[Path], interval: float, work: Path,
-             quiet: float) -> dict:
+             quiet: float, engine: str) -> dict:
     from keras_ptx.node.spool import digest
 
     services.install()
@@ -110,7 +111,7 @@ def node_run(model: Path, files: list[Path], paced: list[Path], interval: float,
     orthanc = services.Orthanc(work / "orthanc", {"node": (NODE_AE, port)}).start()
     node = services.NodeProcess(
         ["--model", str(model), "--ae-title", NODE_AE, "--port", str(port), "--allow",
-         "STORESCU", "--spool", str(work / "spool"), "--quiet", str(quiet),
+         "STORESCU", "--spool", str(work / "spool"), "--quiet", str(quiet), "--engine", engine,
          "--send-to", f"ORTHANC@{services.HOST}:{orthanc.dicom_port}"], work / "node.log")
     try:
         node.start(wait_port=port)
@@ -166,19 +167,22 @@ def main():
     parser.add_argument("--interval", type=float, default=3.0,
                         help="seconds between two paced studies")
     parser.add_argument("--workdir", type=Path, default=None)
+    parser.add_argument("--engine", choices=["tf", "openvino"], default="tf",
+                        help="the network's engine, in bin/predict and the node alike")
     args = parser.parse_args()
 
     work = args.workdir or Path(tempfile.mkdtemp(prefix="bench-node-"))
     model = args.model or random_run(work / "run", args.random, args.grid)
     files = synthetic(work / "dicom", args.images, args.size)
     paced = synthetic(work / "paced", args.paced, args.size, seed=1) if args.paced else []
-    rates = predict_rates(model, files, work / "dicom", work)
+    rates = predict_rates(model, files, work / "dicom", work, args.engine)
     predict = rates["steady"]
-    node = node_run(model, files, paced, args.interval, work / "node", args.quiet)
+    node = node_run(model, files, paced, args.interval, work / "node", args.quiet,
+                    args.engine)
     rate = len(files) / node["seconds"]
     flood = _summary(node["latencies"], args.quiet)
     steady = _summary(node["paced_latencies"], args.quiet) if paced else None
-    result = {"images": len(files), "size": args.size, "model": str(model),
+    result = {"images": len(files), "size": args.size, "model": str(model), "engine": args.engine,
               "quiet_s": args.quiet, "predict_images_per_s": round(predict, 2),
               "predict_reported_images_per_s": round(rates["reported"], 2),
               "predict_first_batch_s": round(rates["first_batch_s"], 1),
