@@ -175,7 +175,7 @@ def test_evaluate_scores_a_runs_best_epochs_together(runs, tmp_path, monkeypatch
     seen = []
     real = evaluate_module.Predictor
     monkeypatch.setattr(evaluate_module, "Predictor",
-                        lambda models, tta: seen.append(len(models)) or real(models, tta))
+                        lambda models, *args: seen.append(len(models)) or real(models, *args))
     result = CliRunner().invoke(main, ["evaluate", "--model", str(runs["a"]), "--data", str(data),
                                        "--checkpoints", "2", "--no-save-postprocess"])
     assert result.exit_code == 0, result.output
