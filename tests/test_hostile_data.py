@@ -12,20 +12,25 @@ import csv
 import json
 import shutil
 import warnings
+import zlib
 
 import numpy as np
 import pydicom
 import pydicom.data
 import pytest
+from pydicom.dataset import Dataset
 from pydicom.encaps import encapsulate, get_frame
-from pydicom.uid import ExplicitVRLittleEndian
+from pydicom.filewriter import write_file_meta_info
+from pydicom.uid import DeflatedExplicitVRLittleEndian, ExplicitVRLittleEndian, JPEGTransferSyntaxes, JPEGLSTransferSyntaxes
 
 import hostile
 import test_ensemble
 from keras_ptx import rundir
 from keras_ptx.data import records
 from keras_ptx.data.records_dir import RecordsDir, RecordsError
-from keras_ptx.data.dicom import DEFAULT_MAX_PIXELS, MAX_PIXELS_VARIABLE, DicomError, read_dicom
+from keras_ptx.data import dicom
+from keras_ptx.data.dicom import (DEFAULT_MAX_PIXELS, MAX_PIXELS_VARIABLE, DicomError,
+                                  max_inflated_bytes, read_dicom, read_dicom_header)
 from keras_ptx.node.model import _admit as node_admit
 from keras_ptx.model import build_model
 from keras_ptx.synthetic.dicom_writer import write_dicom
@@ -87,6 +92,24 @@ def _bomb(ds):                      # the issue's: a small JPEG whose SOF and he
     _header_claims(BOMB)(ds)
 
 
+def _deflated(path, body):
+    """Rewrite ``path`` as Deflated Explicit VR Little Endian holding the raw bytes ``body``
+    yields (deflated a chunk at a time)."""
+    meta = pydicom.dcmread(path).file_meta
+    meta.TransferSyntaxUID = DeflatedExplicitVRLittleEndian
+    packer = zlib.compressobj(wbits=-zlib.MAX_WBITS)
+    with open(path, "wb") as handle:
+        handle.write(bytes(128) + b"DICM")
+        write_file_meta_info(handle, meta)
+        for chunk in body:
+            handle.write(packer.compress(chunk))
+        handle.write(packer.flush())
+
+
+def _deflate_bomb(path):            # ~130 KB of zeros past what the pixel limit lets inflate
+    _deflated(path, (bytes(MiB) for _ in range(max_inflated_bytes(DEFAULT_MAX_PIXELS) // MiB + 2)))
+
+
 def _cut_pixels(path):
     data = path.read_bytes()
     path.write_bytes(data[:len(data) - 300])
@@ -100,7 +123,7 @@ DICOM_CASES = {
     "truncated-pixels": (_cut_pixels, "truncated file"),
     "jpeg-garbage": (lambda p: _edit(p, lambda ds: _frame(ds, lambda f: bytes(range(256)) * 4)),
                      "without a readable JPEG SOF header"),
-    "jpeg-bomb": (lambda p: _edit(p, _bomb), "exceed the limit of 50,000,000"),
+    "jpeg-bomb": (lambda p: _edit(p, _bomb), "exceed the limit of 64,000,000"),
     "sof-disagrees": (lambda p: _edit(p, lambda ds: _frame(ds, _set_sof(BOMB))),
                       f"JPEG SOF header declares {BOMB}x{BOMB} pixels, the DICOM header 64x64"),
     "uncompressed-bomb": ("explicit_le", _header_claims(BOMB), "exceed the limit"),
@@ -108,6 +131,7 @@ DICOM_CASES = {
                           f"JPEG 2000 SIZ header declares {BOMB}x{BOMB}"),
     "huge-samples": ("explicit_le", lambda ds: setattr(ds, "SamplesPerPixel", 65535),
                      "exceed the limit"),
+    "deflate-bomb": (_deflate_bomb, f"inflates past {max_inflated_bytes(DEFAULT_MAX_PIXELS):,} bytes"),
     "multi-frame": (lambda p: _edit(p, lambda ds: setattr(ds, "NumberOfFrames", 100000)),
                     "multi-frame image (100000 frames)"),
     "dicomdir": (pydicom.data.get_testdata_file("DICOMDIR"), "a DICOMDIR"),
@@ -163,6 +187,54 @@ def test_the_pixel_limit_is_one_setting_and_real_radiographs_pass(tmp_path, monk
                                               "--out", tmp_path / "out"])
     hostile.assert_refused(outcome, f"{MAX_PIXELS_VARIABLE}='lots'", str(DEFAULT_MAX_PIXELS))
     assert not (tmp_path / "out").exists()
+
+
+def test_a_full_size_colour_radiograph_is_within_the_pixel_limit():
+    ds = Dataset()
+    ds.Rows = ds.Columns = 4300
+    ds.SamplesPerPixel = 3
+    assert dicom._declared_size("rgb.dcm", ds, dicom.max_pixels()) == (4300, 4300)
+
+
+def test_a_deflated_dicom_decodes_as_pydicom_reads_it():
+    path = pydicom.data.get_testdata_file("image_dfl.dcm")
+    expected = pydicom.dcmread(path)
+    image, header = read_dicom(path), read_dicom_header(path)
+    for read in image, header:
+        assert (read.rows, read.columns, read.image_id) == (512, 512, expected.SOPInstanceUID)
+    np.testing.assert_array_equal(image.pixels, expected.pixel_array)
+
+
+def test_a_cut_deflated_dicom_is_truncated(tmp_path):
+    path = tmp_path / "cut.dcm"
+    data = open(pydicom.data.get_testdata_file("image_dfl.dcm"), "rb").read()
+    path.write_bytes(data[:len(data) // 2])
+    with pytest.raises(DicomError, match="truncated file"):
+        read_dicom(path)
+
+
+@pytest.mark.parametrize("name", ["good", "jpeg-bomb", "sof-disagrees", "jpeg-garbage"])
+def test_the_jpeg_size_check_stands_without_pydicoms_private_parser(dicom_dir, name, monkeypatch):
+    monkeypatch.setattr(dicom, "_get_jpg_parameters", None)
+    if name == "good":
+        assert read_dicom(dicom_dir / f"good-{GOOD[0]}.dcm").pixels.shape == (SIZE, SIZE)
+        return
+    with pytest.raises(DicomError) as caught:
+        read_dicom(dicom_dir / f"{name}.dcm")
+    assert DICOM_CASES[name][-1] in caught.value.reason
+
+
+def test_the_own_sof_parser_agrees_with_pydicoms_on_its_jpegs():
+    syntaxes = {*JPEGTransferSyntaxes, *JPEGLSTransferSyntaxes}
+    frames = []
+    for name in pydicom.data.get_testdata_files("*.dcm"):
+        ds = pydicom.dcmread(name, force=True)
+        if ds.get("file_meta", {}).get("TransferSyntaxUID") in syntaxes and "PixelData" in ds:
+            frames.append(get_frame(ds.PixelData, 0, number_of_frames=int(ds.get("NumberOfFrames") or 1)))
+    assert len(frames) >= 10
+    for frame in frames:
+        assert dicom._sof_size(frame) == dicom._jpeg_size(frame) is not None
+    assert dicom._sof_size(b"\xff\xd8\xff\xdb\x00") is None
 
 
 @pytest.mark.parametrize("name", DICOM_CASES)

@@ -18,8 +18,10 @@ Decompression bombs. Before any pixel is decoded, the pixel count the header dec
 (Rows x Columns x samples; a multi-frame object is refused before) must be at most :func:`max_pixels`, and a compressed frame's
 own header (JPEG SOF, JPEG 2000 SIZ) must declare the same Rows and Columns: a codec allocates
 what its header says, not what the DICOM header says. The limit is the environment variable
-``KERAS_PTX_MAX_PIXELS`` (a whole number of pixels), default 50 million: any radiograph
-detector fits (the largest, 43 x 43 cm at 0.1 mm, is ~4,300 x 4,300 = 18.5 million). RLE
+``KERAS_PTX_MAX_PIXELS`` (a whole number of pixels, samples counted), default 64 million: any
+radiograph detector fits, in colour too (the largest, 43 x 43 cm at 0.1 mm, is ~4,300 x 4,300 =
+18.5 million, 55.5 million as RGB). A Deflated Explicit VR Little Endian file is inflated here,
+never past :func:`max_inflated_bytes` (pydicom would inflate all of it: ~1000:1). RLE
 declares no size; it is decoded with pylibjpeg-rle, which writes into the frame's size (pydicom's
 own RLE decoder grows a segment by up to 64 bytes per byte read before it checks). The decoded
 array must have the header's shape. Patient names and IDs
@@ -33,17 +35,24 @@ import hashlib
 import os
 import re
 import warnings
+import zlib
 from dataclasses import dataclass, field
 
 import numpy as np
 import pydicom
 from pydicom.dataelem import RawDataElement
-from pydicom.dataset import FileMetaDataset
+from pydicom.datadict import tag_for_keyword
+from pydicom.dataset import FileDataset, FileMetaDataset
 from pydicom.encaps import get_frame
 from pydicom.errors import InvalidDicomError
+from pydicom.filebase import DicomBytesIO
+from pydicom.filereader import read_dataset, read_preamble
 from pydicom.pixels import (apply_color_lut, apply_modality_lut, apply_voi, apply_windowing,
                             as_pixel_options, get_decoder)
-from pydicom.pixels.utils import _get_jpg_parameters   # the SOF parser pydicom's decoders use
+try:                                # the SOF parser pydicom's decoders use; private to pydicom
+    from pydicom.pixels.utils import _get_jpg_parameters
+except ImportError:                 # gone in a later pydicom: keras_ptx's own (_sof_size)
+    _get_jpg_parameters = None
 from pydicom.uid import (JPEG2000TransferSyntaxes, JPEGLSTransferSyntaxes, JPEGTransferSyntaxes,
                          DeflatedExplicitVRLittleEndian, ExplicitVRBigEndian,
                          ExplicitVRLittleEndian, ImplicitVRLittleEndian, MediaStorageDirectoryStorage,
@@ -64,8 +73,15 @@ UNDEFINED_LENGTH = 0xFFFFFFFF
 warnings.filterwarnings("ignore", message="End of file reached before delimiter",
                         category=UserWarning, module=r"pydicom\.")
 _PIXEL_TAGS = ("PixelData", "FloatPixelData", "DoubleFloatPixelData")
+_PIXEL_TAG_NUMBERS = {tag_for_keyword(keyword) for keyword in _PIXEL_TAGS}
 MAX_PIXELS_VARIABLE = "KERAS_PTX_MAX_PIXELS"
-DEFAULT_MAX_PIXELS = 50_000_000
+DEFAULT_MAX_PIXELS = 64_000_000
+INFLATED_BYTES_PER_PIXEL = 2        # 16 bits a sample, the most a radiograph stores
+INFLATED_OTHER_BYTES = 1 << 20      # the elements besides the pixels
+_INFLATE_CHUNK = 1 << 20
+# JPEG's start-of-frame markers (ITU T.81 B.1.1.3: C0-CF but DHT, JPG, DAC) and JPEG-LS's SOF55
+_SOF_MARKERS = {*range(0xC0, 0xD0)} - {0xC4, 0xC8, 0xCC} | {0xF7}
+_STANDALONE_MARKERS = {0x01, *range(0xD0, 0xD9)}      # TEM, RSTn, SOI: no length follows
 _JPEG_SYNTAXES = {*JPEGTransferSyntaxes, *JPEGLSTransferSyntaxes}
 _J2K_START = b"\xff\x4f\xff\x51"     # SOC then SIZ: how every JPEG 2000 codestream begins
 _BOUNDED_PLUGIN = {RLELossless: "pylibjpeg"}       # see the module docstring
@@ -90,6 +106,12 @@ def max_pixels() -> int:
         raise PixelLimitError(f"{MAX_PIXELS_VARIABLE}={text[:40]!r}: expected a positive whole "
                               f"number of pixels (default {DEFAULT_MAX_PIXELS})")
     return limit
+
+
+def max_inflated_bytes(limit: int) -> int:
+    """The most bytes a deflated dataset may inflate to when a DICOM may declare ``limit``
+    pixels: those at :data:`INFLATED_BYTES_PER_PIXEL` plus :data:`INFLATED_OTHER_BYTES`."""
+    return limit * INFLATED_BYTES_PER_PIXEL + INFLATED_OTHER_BYTES
 
 
 class DicomError(Exception):
@@ -159,8 +181,9 @@ def find_dicom_files(folder) -> tuple[list[str], int]:
 def read_dicom_header(path) -> DicomHeader:
     """The tags of ``path`` without decoding its pixels (cheap: stops before Pixel Data)."""
     path = os.fspath(path)
+    limit = max_pixels()
     try:
-        return _header(path, _dataset(path, stop_before_pixels=True))
+        return _header(path, _dataset(path, limit, stop_before_pixels=True))
     except DicomError:
         raise
     except Exception as exc:        # noqa: BLE001 - the contract: only DicomError escapes
@@ -172,7 +195,7 @@ def read_dicom(path) -> DicomImage:
     path = os.fspath(path)
     limit = max_pixels()
     try:
-        ds = _dataset(path, stop_before_pixels=False)
+        ds = _dataset(path, limit, stop_before_pixels=False)
         header = _header(path, ds)
         pixels = _pixels(path, ds, limit)
         for tag in _PIXEL_TAGS:         # decoded: the header alone travels on
@@ -201,11 +224,14 @@ def patient_hash(patient_id) -> str:
     return hashlib.sha256(text.encode("utf-8")).hexdigest()[:PATIENT_HASH_CHARS]
 
 
-def _dataset(path: str, stop_before_pixels: bool) -> pydicom.Dataset:
+def _dataset(path: str, limit: int, stop_before_pixels: bool) -> pydicom.Dataset:
     if not os.path.isfile(path):
         raise DicomError(path, "not a regular file" if os.path.exists(path) else "no such file")
     try:
-        ds = pydicom.dcmread(path, stop_before_pixels=stop_before_pixels)
+        ds = _deflated_dataset(path, limit, stop_before_pixels) or \
+            pydicom.dcmread(path, stop_before_pixels=stop_before_pixels)
+    except DicomError:
+        raise
     except InvalidDicomError:       # no preamble / file meta: maybe a bare dataset
         ds = _bare_dataset(path, stop_before_pixels)
     except Exception as exc:        # noqa: BLE001
@@ -214,6 +240,52 @@ def _dataset(path: str, stop_before_pixels: bool) -> pydicom.Dataset:
     if cut:
         raise DicomError(path, f"truncated file ({cut})")
     return ds
+
+
+def _deflated_dataset(path: str, limit: int, stop_before_pixels: bool) -> FileDataset | None:
+    """The dataset of a Deflated Explicit VR Little Endian file (with or without preamble),
+    inflated within :func:`max_inflated_bytes` of ``limit``; None for another transfer
+    syntax."""
+    with open(path, "rb") as handle:
+        preamble = read_preamble(handle, force=True)
+        try:
+            meta = FileMetaDataset(read_dataset(handle, False, True, stop_when=_after_meta))
+            deflated = meta.get("TransferSyntaxUID") == DeflatedExplicitVRLittleEndian
+        except Exception:           # noqa: BLE001 - no readable file meta: pydicom's to judge
+            return None
+        if not deflated:
+            return None
+        deflated = handle.read()
+    most = max_inflated_bytes(limit)
+    if _inflated_size(deflated, most) > most:
+        raise DicomError(path, f"the deflated data set inflates past {most:,} bytes, more than "
+                               f"{limit:,} pixels need ({MAX_PIXELS_VARIABLE})")
+    inflater = zlib.decompressobj(-zlib.MAX_WBITS)
+    data = inflater.decompress(deflated)
+    if not inflater.eof:
+        raise DicomError(path, "truncated file (the deflated data set ends early)")
+    dataset = read_dataset(DicomBytesIO(data), False, True,
+                           stop_when=_at_pixels if stop_before_pixels else None)
+    return FileDataset(path, dataset, preamble, meta, False, True)
+
+
+def _inflated_size(deflated: bytes, most: int) -> int:
+    """How many bytes raw deflate data inflates to, counted a chunk at a time and no further
+    than past ``most`` (so a bomb costs no memory)."""
+    inflater = zlib.decompressobj(-zlib.MAX_WBITS)
+    size, chunk = 0, inflater.decompress(deflated, _INFLATE_CHUNK)
+    while chunk and size <= most:
+        size += len(chunk)
+        chunk = inflater.decompress(inflater.unconsumed_tail, _INFLATE_CHUNK)
+    return size
+
+
+def _after_meta(tag, vr, length) -> bool:
+    return tag >> 16 != 2
+
+
+def _at_pixels(tag, vr, length) -> bool:
+    return tag in _PIXEL_TAG_NUMBERS
 
 
 def _cut_short(path: str, ds, whole: bool) -> str | None:
@@ -276,14 +348,7 @@ def _header(path: str, ds) -> DicomHeader:
 def _pixels(path: str, ds, limit: int) -> np.ndarray:
     if not any(tag in ds for tag in _PIXEL_TAGS):
         raise DicomError(path, "no pixel data")
-    frames = int(ds.get("NumberOfFrames", 1) or 1)
-    if frames != 1:                 # never decoded, so frames need no place in the count
-        raise DicomError(path, f"multi-frame image ({frames} frames); expected one image")
-    rows, columns = int(ds.get("Rows", 0) or 0), int(ds.get("Columns", 0) or 0)
-    samples = int(ds.get("SamplesPerPixel", 1) or 1)
-    _check_pixel_count(path, f"{columns}x{rows}", rows * columns * samples, limit)
-    if not rows or not columns:
-        raise DicomError(path, f"zero-size image ({ds.get('Rows')}x{ds.get('Columns')})")
+    rows, columns = _declared_size(path, ds, limit)
     if getattr(ds, "file_meta", None) is None:
         ds.file_meta = FileMetaDataset()
     syntax = ds.file_meta.get("TransferSyntaxUID")
@@ -332,6 +397,20 @@ def _pixels(path: str, ds, limit: int) -> np.ndarray:
     return 255 - image if photometric == "MONOCHROME1" else image
 
 
+def _declared_size(path: str, ds, limit: int) -> tuple[int, int]:
+    """(Rows, Columns) of the one image ``ds`` declares, its pixels (samples counted) at most
+    ``limit``; DicomError for more, none, or several frames."""
+    frames = int(ds.get("NumberOfFrames", 1) or 1)
+    if frames != 1:                 # never decoded, so frames need no place in the count
+        raise DicomError(path, f"multi-frame image ({frames} frames); expected one image")
+    rows, columns = int(ds.get("Rows", 0) or 0), int(ds.get("Columns", 0) or 0)
+    samples = int(ds.get("SamplesPerPixel", 1) or 1)
+    _check_pixel_count(path, f"{columns}x{rows}", rows * columns * samples, limit)
+    if not rows or not columns:
+        raise DicomError(path, f"zero-size image ({ds.get('Rows')}x{ds.get('Columns')})")
+    return rows, columns
+
+
 def _check_pixel_count(path: str, what: str, pixels: int, limit: int) -> None:
     if pixels > limit:
         raise DicomError(path, f"{what} image: {pixels:,} pixels (rows x columns x samples)"
@@ -361,8 +440,32 @@ def _check_codec_size(path: str, ds, syntax, rows: int, columns: int, limit: int
 
 def _jpeg_size(frame: bytes) -> tuple[int, int, int] | None:
     """(height, width, components) of a JPEG or JPEG-LS frame's SOF, None if it has none."""
+    if _get_jpg_parameters is None:
+        return _sof_size(frame)
     info = _get_jpg_parameters(frame)
     return (info["height"], info["width"], info["components"]) if "height" in info else None
+
+
+def _sof_size(frame: bytes) -> tuple[int, int, int] | None:
+    """:func:`_jpeg_size` by keras_ptx's own walk of the marker segments from SOI to the first
+    SOF (:data:`_SOF_MARKERS`: length, precision, Y, X, components); None without one."""
+    if frame[:2] != b"\xff\xd8":
+        return None
+    at = 2
+    while at + 4 <= len(frame):
+        if frame[at] != 0xFF:
+            return None
+        marker = frame[at + 1]
+        if marker == 0xFF or marker in _STANDALONE_MARKERS:     # a fill byte, or no length
+            at += 1 if marker == 0xFF else 2
+            continue
+        if marker in _SOF_MARKERS:
+            sof = frame[at + 4:at + 10]
+            if len(sof) < 6:
+                return None
+            return (int.from_bytes(sof[1:3], "big"), int.from_bytes(sof[3:5], "big"), sof[5])
+        at += 2 + int.from_bytes(frame[at + 2:at + 4], "big")
+    return None
 
 
 def _j2k_size(frame: bytes) -> tuple[int, int, int] | None:
