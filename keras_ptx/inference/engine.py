@@ -17,22 +17,58 @@ names the engine and the precision when they are not TF's float32.
 from __future__ import annotations
 
 import hashlib
-import os
+import reprlib
 from typing import Sequence
 
-from keras_ptx.config import Config, Engine, Precision, Tta
+from keras_ptx.config import (MAX_BATCH, MAX_IMAGE_SIZE, SIZE_MULTIPLE, Config, ConfigError,
+                              Engine, Normalization, Precision, Tta, check_image_size, choices)
 from keras_ptx.errors import UserError
-from keras_ptx.fileio import exists, join, read_bytes
+from keras_ptx.fileio import join, read_bytes
 from keras_ptx.inference import openvino_engine
 from keras_ptx.inference.ensemble import Ensemble
 from keras_ptx.inference.postprocess import PostProcess, PostProcessError
 from keras_ptx.inference.prediction import ModelIdentity
+from keras_ptx.inference.versions import model_version
 from keras_ptx.model.precision import resolve_mixed_precision
 
 IDENTITY_CHARS = 12
-# what an OpenVINO export's metadata holds for predict besides the engine's own (its network)
-EXPORT_KEYS = ("network", "image_size", "tta", "normalization", "has_label_head", "precision",
-               "postprocess", "postprocess_source", "members", "model_identity", "batch_size")
+
+
+def _one_of(values: tuple) -> tuple:
+    return (lambda value: any(type(value) is type(v) and value == v for v in values),
+            f"one of {', '.join(map(str, values))}")
+
+
+def _filled(kind: type, what: str) -> tuple:
+    return lambda value: isinstance(value, kind) and len(value) > 0, what
+
+
+def _image_size(value) -> bool:
+    if type(value) is not int:
+        return False
+    try:
+        check_image_size(value)
+    except ConfigError:
+        return False
+    return True
+
+
+# What predict reads of an OpenVINO export's metadata (openvino_engine.save and
+# serving.openvino_export write it): key -> (whether a value is usable, what it must be).
+EXPORT_CHECKS = {
+    "network": _one_of((openvino_engine.NETWORK,)),
+    "image_size": (_image_size, f"a multiple of {SIZE_MULTIPLE} up to {MAX_IMAGE_SIZE}"),
+    "tta": _one_of(choices(Tta)),
+    "normalization": _one_of(choices(Normalization)),
+    "has_label_head": _one_of((True, False)),
+    "precision": _one_of(choices(Precision)),
+    "postprocess": _filled(dict, "a mapping"),
+    "postprocess_source": _filled(str, "text"),
+    "members": _filled(list, "a list of the runs"),
+    "model_identity": _filled(str, "text"),
+    "batch_size": (lambda value: type(value) is int and 1 <= value <= MAX_BATCH,
+                   f"a whole number from 1 to {MAX_BATCH}"),
+}
 
 
 class EngineError(UserError):
@@ -78,14 +114,7 @@ def run_precision(config: Config) -> Precision:
 def openvino_export(path) -> str | None:
     """``path`` if it is a version of ``bin/export --format openvino``, else its highest
     integer version holding one (a local base), else None."""
-    if exists(join(str(path), openvino_engine.METADATA)):
-        return str(path)
-    try:
-        versions = sorted((int(n) for n in os.listdir(path) if n.isdigit()), reverse=True)
-    except OSError:
-        return None
-    return next((join(str(path), str(v)) for v in versions
-                 if exists(join(str(path), str(v), openvino_engine.METADATA))), None)
+    return model_version(path, openvino_engine.METADATA)
 
 
 def open_model(models: str | Sequence[str], checkpoints: int = 1, engine: Engine = "tf"):
@@ -132,6 +161,20 @@ class RunsOnEngine:
         return model_identity(self.run, tta, self.engine, run_precision(self.run.config))
 
 
+def check_export_metadata(metadata: dict, shown: str) -> None:
+    """OpenVinoError naming the metadata file ``shown`` and its first key that
+    :data:`EXPORT_CHECKS` finds missing or unusable."""
+    missing = [key for key in EXPORT_CHECKS if key not in metadata]
+    if missing:
+        raise openvino_engine.OpenVinoError(f"{shown}: no {', '.join(missing)}; export the run "
+                                            f"again with this version")
+    for key, (usable, what) in EXPORT_CHECKS.items():
+        if not usable(metadata[key]):
+            raise openvino_engine.OpenVinoError(
+                f"{shown}: {key} is {reprlib.repr(metadata[key])}, expected {what}; export the "
+                f"run again")
+
+
 class OpenVinoExport:
     """A folder of ``bin/export --format openvino``: its network, with the rule, TTA, members
     and identity it was exported with."""
@@ -141,10 +184,7 @@ class OpenVinoExport:
         self.folder = folder
         self.metadata = openvino_engine.read_metadata(folder)
         shown = join(folder, openvino_engine.METADATA)
-        missing = [key for key in EXPORT_KEYS if key not in self.metadata]
-        if missing:
-            raise openvino_engine.OpenVinoError(f"{shown}: no {', '.join(missing)}; export the "
-                                                f"run again with this version")
+        check_export_metadata(self.metadata, shown)
         try:
             self.post = PostProcess.from_dict(self.metadata["postprocess"])
         except (PostProcessError, TypeError) as exc:

@@ -146,7 +146,7 @@ class OpenVinoPredictor:
         ``precision`` (None: the one it was saved for)."""
         ov = import_openvino()
         metadata = read_metadata(folder)
-        xml = join(str(folder), metadata["network"])
+        xml = join(str(folder), NETWORK)
         weights = np.frombuffer(read_bytes(xml.removesuffix(".xml") + ".bin"), np.uint8)
         network = ov.Core().read_model(read_bytes(xml).decode(), ov.Tensor(weights))
         return cls(network, metadata["image_size"], metadata["tta"], metadata["normalization"],

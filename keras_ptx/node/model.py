@@ -29,6 +29,7 @@ from typing import Iterator
 import cv2
 import numpy as np
 
+from keras_ptx.inference.versions import model_version
 from keras_ptx.node.config import NodeError
 
 log = logging.getLogger("keras_ptx.node")
@@ -41,28 +42,15 @@ def open_model(model: tuple[str, ...], server: str | None, tta: str | None = Non
     RUN_DIR's or an OpenVINO export's network run by ``engine``."""
     if bool(model) == bool(server):
         raise NodeError("give --model (a RUN_DIR, fold folder or export) or --model-server URL")
-    if (server or _export_version(model[0])) and engine != "tf":
+    saved_model = None if server else model_version(model[0], "saved_model.pb")
+    if (server or saved_model) and engine != "tf":
         raise NodeError(f"--engine {engine}: {server or model[0]} serves a SavedModel, which "
                         f"TensorFlow runs; give a RUN_DIR or an OpenVINO export")
     if server:
         return ServerModel(server)
-    if len(model) == 1 and _export_version(model[0]):
-        return ExportModel(_export_version(model[0]))
+    if len(model) == 1 and saved_model:
+        return ExportModel(saved_model)
     return RunModel(model, tta, engine)
-
-
-def _export_version(path: str) -> str | None:
-    """``path`` if it is a SavedModel, else its highest integer version holding one."""
-    if os.path.isfile(os.path.join(path, "saved_model.pb")):
-        return path
-    try:
-        versions = sorted((int(n) for n in os.listdir(path) if n.isdigit()), reverse=True)
-    except OSError:
-        return None
-    for version in versions:
-        if os.path.isfile(os.path.join(path, str(version), "saved_model.pb")):
-            return os.path.join(path, str(version))
-    return None
 
 
 def _png(image: np.ndarray) -> bytes:

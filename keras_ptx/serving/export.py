@@ -27,9 +27,11 @@ image (the ``height`` and ``width`` outputs say what each image owns).
 from __future__ import annotations
 
 import json
+import shutil
+from typing import Callable
 
 import keras_ptx
-from keras_ptx.config import Auto, Precision
+from keras_ptx.config import Auto, Engine, Precision
 from keras_ptx.data import rle
 from keras_ptx.errors import UserError
 from keras_ptx.fileio import (check_openable, check_output, join, publish_folder, read_json,
@@ -199,24 +201,69 @@ def check_version_free(export_base, version: int) -> None:
                           f"{next_version(export_base)})")
 
 
+def write_version(export_base, version: int | None, write: Callable[[str, int], None],
+                  last: str) -> str:
+    """``export_base/<version>/`` (``version`` defaults to the next free integer) as
+    ``write(folder, version)`` fills a staging folder, published whole, the file ``last`` last
+    (:func:`~keras_ptx.fileio.publish_folder`); returns its path. What killed exports left is
+    removed first, an existing version is never overwritten, and a failure to write is one line
+    naming the file or --out."""
+    with reported_writes("--out", export_base):
+        version = next_version(export_base) if version is None else version
+        check_version_free(export_base, version)
+        final = _version_path(export_base, version)
+        remove_stale_partials(str(export_base))
+        staging = staging_folder(final)
+        try:
+            write(staging, version)
+            check_version_free(export_base, version)
+            publish_folder(staging, final, last=last)
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+    return final
+
+
+def exported_runs(run_dir, export_base, version: int | None, checkpoints: int,
+                  precision: Precision) -> Ensemble:
+    """The runs ``--model`` names for an export to ``export_base``, built in ``precision``,
+    with every refusal made before a network is built: an --out this TensorFlow cannot open,
+    one that is or holds a run, a taken ``version``, a bad rule."""
+    check_openable(export_base, "--out")           # before any --model is read
+    run = Ensemble(run_dir, checkpoints, precision)
+    check_output(export_base, "--out", {"--model": run.folders()})
+    if version is not None:
+        check_version_free(export_base, version)
+    run.post                                        # read now: a bad rule is refused here
+    return run
+
+
+def post_metadata(post: PostProcess) -> dict:
+    """What an export's metadata says of its post-processing rule."""
+    return {"postprocess": post.to_dict(), "postprocess_rule": post.describe()}
+
+
+def run_metadata(run: Ensemble, tta: str, engine: Engine, precision: Precision) -> dict:
+    """What an export's metadata says of the runs it holds: their paths and weights, the rule
+    and where it came from, the precision and the model's identity under ``engine``."""
+    return {"run_dir": run.paths[0] if len(run.paths) == 1 else run.paths,
+            "members": run.members(), **post_metadata(run.post),
+            "postprocess_source": run.post_source, "precision": precision,
+            "model_identity": model_identity(run, tta, engine, precision).model}
+
+
 def export_model(predictor: Predictor, post: PostProcess, export_base,
                  version: int | None = None, warmup_requests: int = 2,
                  metadata: dict | None = None) -> str:
-    """Write ``predictor``'s model, its TTA and ``post`` as ``export_base/<version>/``; returns
-    that path. ``version`` defaults to the next free integer; an existing version is never
-    overwritten."""
+    """Write ``predictor``'s model, its TTA and ``post`` as ``export_base/<version>/``
+    (:func:`write_version`); returns that path."""
     size = predictor.size
-    version = next_version(export_base) if version is None else version
-    check_version_free(export_base, version)
-    final = _version_path(export_base, version)
-    remove_stale_partials(str(export_base))
-    staging = staging_folder(final)
     root = tf.Module()
     root.model_variables = predictor.variables      # the checkpoint; no Keras objects
     functions = serving_functions(predictor, post)
     for name, function in functions.items():
         setattr(root, name, function)
-    try:
+
+    def write(staging: str, version: int) -> None:
         tf.saved_model.save(root, staging, signatures=functions)
         tf.io.gfile.makedirs(join(staging, "assets.extra"))
         write_warmup(join(staging, WARMUP_FILE), size, warmup_requests)
@@ -225,17 +272,11 @@ def export_model(predictor: Predictor, post: PostProcess, export_base,
         with tf.io.gfile.GFile(join(staging, METADATA_FILE), "w") as f:
             json.dump({"keras_ptx": keras_ptx.__version__, "version": version, "image_size": size,
                        "tta": predictor.tta, "normalization": predictor.normalization,
-                       "postprocess": post.to_dict(),
-                       "postprocess_rule": post.describe(),
-                       "signatures": sorted(functions),
+                       **post_metadata(post), "signatures": sorted(functions),
                        "batching": {"file": BATCHING_FILE, **BATCHING},
                        **(metadata or {})}, f, indent=2)
-        check_version_free(export_base, version)
-        publish_folder(staging, final, last="saved_model.pb")
-    finally:
-        if tf.io.gfile.exists(staging):
-            tf.io.gfile.rmtree(staging)
-    return final
+
+    return write_version(export_base, version, write, last="saved_model.pb")
 
 
 def read_metadata(export_dir) -> dict:
@@ -262,17 +303,8 @@ def export_run(run_dir, export_base, version: int | None = None, tta: str | None
     """
     if precision == "auto":
         precision = best_inference_precision()
-    check_openable(export_base, "--out")           # before any --model is read
-    run = Ensemble(run_dir, checkpoints, precision)
-    check_output(export_base, "--out", {"--model": run.folders()})
-    version = next_version(export_base) if version is None else version
-    check_version_free(export_base, version)        # before the model is built
-    post = run.post                                 # a bad rule is refused before the build
+    run = exported_runs(run_dir, export_base, version, checkpoints, precision)
     predictor = run.predictor(run.tta(tta))        # refuses a run without its weights
-    identity = model_identity(run, predictor.tta, precision=precision).model
-    metadata = {"run_dir": run.paths[0] if len(run.paths) == 1 else run.paths,
-                "postprocess_source": run.post_source, "precision": precision,
-                "members": run.members(), "model_identity": identity}
-    with reported_writes("--out", export_base):
-        return export_model(predictor, post, export_base, version,
-                            run.config.export.warmup_requests, metadata=metadata)
+    return export_model(predictor, run.post, export_base, version,
+                        run.config.export.warmup_requests,
+                        metadata=run_metadata(run, predictor.tta, "tf", precision))

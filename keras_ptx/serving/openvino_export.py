@@ -8,20 +8,15 @@ the network as every predictor runs it, and ``keras_ptx_openvino.json``) with wh
 ``bin/predict --engine openvino`` needs besides the network: the post-processing rule and where
 it came from, the runs and weights, the batch size and the model identity. The network answers
 probabilities (maps and image-level), not TF Serving's RLE signatures: the post-processing is
-the reader's. It is written under a temporary name and published whole, the metadata last
-(:func:`keras_ptx.fileio.publish_folder`).
+the reader's. It is written and published as the SavedModel is
+(:func:`keras_ptx.serving.export.write_version`), the metadata last.
 """
 from __future__ import annotations
 
-import shutil
-
 from keras_ptx.config import Auto, Precision, Tta
-from keras_ptx.fileio import check_openable, check_output, join, publish_folder, staging_folder
 from keras_ptx.inference import openvino_engine
-from keras_ptx.inference.engine import model_identity
-from keras_ptx.inference.ensemble import Ensemble
 from keras_ptx.model.precision import best_inference_precision
-from keras_ptx.serving.export import check_version_free, next_version
+from keras_ptx.serving.export import exported_runs, run_metadata, write_version
 
 
 def export_openvino(run_dir, export_base, version: int | None = None, tta: Tta | None = None,
@@ -37,24 +32,12 @@ def export_openvino(run_dir, export_base, version: int | None = None, tta: Tta |
     openvino_engine.import_openvino()               # refused before anything is built
     if precision == "auto":
         precision = best_inference_precision()
-    check_openable(export_base, "--out")
-    run = Ensemble(run_dir, checkpoints, "float32")
-    check_output(export_base, "--out", {"--model": run.folders()})
-    version = next_version(export_base) if version is None else version
-    check_version_free(export_base, version)
-    post = run.post
+    run = exported_runs(run_dir, export_base, version, checkpoints, "float32")
     predictor = run.predictor(run.tta(tta))
-    final = join(str(export_base), str(version))
-    staging = staging_folder(final)
-    try:
+
+    def write(staging: str, version: int) -> None:
         openvino_engine.save(predictor, staging, precision, metadata={
-            "run_dir": run.paths[0] if len(run.paths) == 1 else run.paths,
-            "members": run.members(), "postprocess": post.to_dict(),
-            "postprocess_rule": post.describe(), "postprocess_source": run.post_source,
-            "model_identity": model_identity(run, predictor.tta, "openvino", precision).model,
+            **run_metadata(run, predictor.tta, "openvino", precision),
             "batch_size": run.config.eval.batch_size, "version": version})
-        check_version_free(export_base, version)
-        publish_folder(staging, final, last=openvino_engine.METADATA)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
-    return final
+
+    return write_version(export_base, version, write, last=openvino_engine.METADATA)
