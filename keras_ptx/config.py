@@ -505,11 +505,21 @@ def load_config(path=None, overrides=()) -> Config:
             raise ConfigError(f"override {_shown(key)}: {_yaml_problem(exc)}") from None
         except yaml.YAMLError:
             value = text                    # not YAML: the text itself
-        if value is None and _is_section(parts):
+        if value in (None, {}) and _is_section(parts):
             raise ConfigError(f"override {_shown(item)}: {key} is a section; set its keys "
                               f"instead, e.g. {key}.<key>=<value>")
-        _set_path(raw, parts, value)
+        _merge(raw, parts, value)
     return config_from_dict(raw)
+
+
+def _merge(raw: dict, parts: list[str], value: Any) -> None:
+    """Set the dotted key ``parts`` of ``raw`` to ``value``; a mapping given for a section
+    sets its keys, keeping the section's others."""
+    if isinstance(value, dict) and _is_section(parts):
+        for name, item in value.items():
+            _merge(raw, [*parts, str(name)], item)
+    else:
+        _set_path(raw, parts, value)
 
 
 def _is_section(parts: list[str]) -> bool:

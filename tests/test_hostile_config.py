@@ -77,6 +77,7 @@ OVERRIDES = {
     "100000 augmentation processes": (["data.num_parallel_calls=100000"],
                                       ["data.num_parallel_calls: must be at most 256"]),
     "a section set to nothing": (["train="], ["'train='", "train is a section"]),
+    "a section set to an empty mapping": (["train={}"], ["'train={}'", "train is a section"]),
     "NUL in a path": (['model.weights="a\\0b"'], ["model.weights: expected a string", "NUL"]),
     "a path of 100000 characters": ([f"model.weights={'a' * 100_000}"],
                                     ["model.weights: expected a string of at most 4096"]),
@@ -155,6 +156,12 @@ def test_a_setting_that_cannot_work_is_refused_by_name(root, command, case):
 def test_settings_the_data_or_the_disk_cannot_serve_are_refused_before_writing(
         root, command, overrides, fragments):
     _refused_unchanged(root, command, _args(command, root, TEST_CONFIG, overrides), *fragments)
+
+
+def test_a_mapping_for_a_section_sets_its_keys_and_keeps_the_others():
+    config = load_config(TEST_CONFIG, ["train={epochs: 3, seed: 5}"])
+    expected = load_config(TEST_CONFIG, ["train.epochs=3", "train.seed=5"])
+    assert config == expected and config.train != load_config(None).train
 
 
 def test_doctor_refuses_a_batch_whose_data_alone_would_take_gigabytes(root):
