@@ -37,10 +37,13 @@ from __future__ import annotations
 
 import dataclasses
 import fnmatch
+import os
+import shutil
+import typing
 
 from keras_ptx.config import Config, ConfigError, config_from_dict, read_config_file
 from keras_ptx.errors import UserError
-from keras_ptx.fileio import (TEMPORARY_GLOB, check_openable, exists, join, local_copy,
+from keras_ptx.fileio import (TEMPORARY_GLOB, check_openable, exists, is_url, join, local_copy,
                               read_json as _read_json)
 
 CONFIG = "config.yaml"
@@ -106,8 +109,8 @@ def load_model(run_dir, config: Config, weights_file: str = BEST_WEIGHTS):
 
 def remove_run(run_dir) -> None:
     """Delete the run directory ``run_dir`` (``--overwrite``), RunDirError unless it is one:
-    a keras_ptx config.yaml (by its sections: a config that no longer validates is still a
-    run's) and nothing but what a run holds."""
+    a keras_ptx config.yaml (by its keys: a config that no longer validates is still a run's),
+    nothing but what a run holds, and (locally) no symbolic link, as itself or inside."""
     from keras_ptx.tf_setup import tf
 
     run = str(run_dir)
@@ -121,17 +124,51 @@ def remove_run(run_dir) -> None:
     if not _is_run_config(join(run, CONFIG)):
         raise RunDirError(f"--out {run}: not a run directory (no keras_ptx {CONFIG}); refusing "
                           f"to delete it (choose another --out)")
-    tf.io.gfile.rmtree(run)
+    if is_url(run):
+        tf.io.gfile.rmtree(run)
+        return
+    link = _first_link(run)
+    if link is not None:
+        where = "it" if link == run else f"its {os.path.relpath(link, run)}"
+        raise RunDirError(f"--out {run}: {where} is a symbolic link (to {os.readlink(link)}); "
+                          f"refusing to delete it (remove the link, or choose another --out)")
+    shutil.rmtree(run)
+
+
+def _first_link(folder: str) -> str | None:
+    """The first symbolic link in the local ``folder``, the folder itself included (None)."""
+    if os.path.islink(folder):
+        return folder
+    for parent, folders, files in os.walk(folder):
+        for name in sorted(folders + files):
+            if os.path.islink(os.path.join(parent, name)):
+                return os.path.join(parent, name)
+    return None
 
 
 def _is_run_config(path: str) -> bool:
-    """Whether ``path`` is a YAML mapping of keras_ptx's config sections (read, not
-    validated: a run's config that no longer validates is still a run's)."""
+    """Whether ``path`` is a YAML mapping of keras_ptx's config sections, each holding only
+    keras_ptx keys of that section (read, not validated: a run's config that no longer
+    validates is still a run's)."""
     try:
         raw = read_config_file(path)
     except ConfigError:
         return False
-    return bool(raw) and set(raw) <= {field.name for field in dataclasses.fields(Config)}
+    return bool(raw) and _only_keys_of(Config, raw)
+
+
+def _only_keys_of(section: type, raw) -> bool:
+    """Whether ``raw`` is a mapping of the fields of the config dataclass ``section``, its
+    subsections mappings of theirs (or empty), whatever the values."""
+    if raw is None:
+        return True
+    if not isinstance(raw, dict):
+        return False
+    hints = typing.get_type_hints(section)
+    fields = {field.name: hints[field.name] for field in dataclasses.fields(section)}
+    return all(key in fields and (not dataclasses.is_dataclass(fields[key])
+                                  or _only_keys_of(fields[key], value))
+               for key, value in raw.items())
 
 
 def eval_dir(run_dir, split: str) -> str:

@@ -1,6 +1,8 @@
 """``train``: train the UNet++ of a config on TFRecords into a run directory."""
 from __future__ import annotations
 
+import os
+
 import click
 
 from keras_ptx.cli import command as cli_command
@@ -32,11 +34,22 @@ def command(config_path, data_dir, run_dir, overrides, resume, overwrite):
     from keras_ptx.config import load_config
     from keras_ptx.fileio import check_output
     from keras_ptx.training.run import train
-    check_output(run_dir, "--out", {"--data": data_dir})
+    config = load_config(config_path, overrides)
+    check_output(run_dir, "--out", {"--data": data_dir, **config_inputs(config)})
     try:
-        config = load_config(config_path, overrides)
         train(config, data_dir, run_dir, resume=resume, overwrite=overwrite, echo=click.echo)
     except KeyboardInterrupt:
         click.echo("\ninterrupted; run the same command again to continue from the last "
                    "finished epoch", err=True)
         raise SystemExit(130) from None
+
+
+def config_inputs(config) -> dict:
+    """The paths a training of ``config`` reads besides --data (setting -> path), which its
+    --out must not be, lie inside or hold: train.init_from, and model.weights when it names a
+    file (not imagenet or none)."""
+    inputs = {"train.init_from": config.train.init_from}
+    weights = config.model.weights
+    if weights != "imagenet" and weights.lower() != "none":
+        inputs["model.weights"] = os.path.expanduser(weights)
+    return {name: path for name, path in inputs.items() if path is not None}

@@ -32,13 +32,15 @@ def command(config_path, data_dir, out, folds, overrides, resume, overwrite):
     """
     if resume and overwrite:
         raise click.UsageError("--resume and --overwrite exclude each other")
+    from keras_ptx.commands.train import config_inputs
     from keras_ptx.config import load_config
     from keras_ptx.fileio import check_output
     from keras_ptx.training.folds import fold_table, train_folds
-    check_output(out, "--out", {"--data": data_dir})
+    config = load_config(config_path, overrides)
+    check_output(out, "--out", {"--data": data_dir, **config_inputs(config)})
     try:
-        results = train_folds(load_config(config_path, overrides), data_dir, out, folds,
-                              resume=resume, overwrite=overwrite, echo=click.echo)
+        results = train_folds(config, data_dir, out, folds, resume=resume, overwrite=overwrite,
+                              echo=click.echo)
     except KeyboardInterrupt:
         click.echo("\ninterrupted; run the same command again to continue", err=True)
         raise SystemExit(130) from None

@@ -30,7 +30,8 @@ from keras_ptx import rundir
 from keras_ptx.config import Config, Engine, Precision
 from keras_ptx.data.records_dir import RecordsDir
 from keras_ptx.errors import UserError
-from keras_ptx.fileio import check_openable, check_output, join, reported_writes, write_atomic
+from keras_ptx.fileio import (check_openable, check_output, exists, join, reported_writes,
+                              same_path, write_atomic)
 from keras_ptx.inference import plots, report as report_md
 from keras_ptx.inference.engine import network_precision, on_engine
 from keras_ptx.inference.postprocess import REFERENCE_SIDE
@@ -138,6 +139,7 @@ def resolve_inputs(run_dir, data_dir: str, split: str, checkpoints: int,
         check_output(report_to, "--out", {"--model": paths + [run for path in paths
                                                               for run in run_dirs(path)],
                                           "--data": data_dir})
+        check_ensemble_folder(report_to, paths)
     records = RecordsDir.open(data_dir)
     several = len(paths) > 1 or rundir.read_json(paths[0], rundir.ENSEMBLE) is not None
     marker = None if several else rundir.read_json(paths[0], rundir.FOLDS)
@@ -150,6 +152,28 @@ def resolve_inputs(run_dir, data_dir: str, split: str, checkpoints: int,
                    for run in _runs(paths[0], marker, records, split, precision)]
     folder = str(report_to) if report_to is not None else paths[0]
     return Inputs(paths, records, folder, report_to is not None, marker is not None, scorers)
+
+
+def check_ensemble_folder(out, paths: list[str]) -> None:
+    """EvaluateError for an ``--out`` that is neither new nor the ensemble folder of ``paths``:
+    a run or fold folder, or the folder of another ensemble (--model OUT would silently
+    become this one)."""
+    for marker in (rundir.CONFIG, rundir.FOLDS):
+        if exists(join(out, marker)):
+            raise EvaluateError(f"--out {out}: holds {marker}, so it is a run or fold folder, "
+                                f"which --model {out} would no longer be; choose another --out")
+    known = rundir.read_json(out, rundir.ENSEMBLE)
+    if known is not None and not _lists(known, paths):
+        raise EvaluateError(f"--out {out}: the ensemble folder of other models (its "
+                            f"{rundir.ENSEMBLE}); choose another --out, or give its --model")
+
+
+def _lists(ensemble, paths: list[str]) -> bool:
+    """Whether the ensemble.json value ``ensemble`` lists the folders of ``paths``, no other."""
+    listed = ensemble.get("members") if isinstance(ensemble, dict) else None
+    return isinstance(listed, list) and all(isinstance(m, str) for m in listed) and \
+        all(any(same_path(a, b) for b in paths) for a in listed) and \
+        all(any(same_path(a, b) for b in listed) for a in paths)
 
 
 def model_passes(inputs: Inputs, split: str, tta: str, batch_size: int | None,
