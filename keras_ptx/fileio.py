@@ -13,12 +13,18 @@ not only a killed process, leaves the old file or the new one, never an empty or
 from __future__ import annotations
 
 import contextlib
+import errno
+import fcntl
 import glob
 import json
 import os
+import re
 import shutil
+import socket
 import sys
 import tempfile
+import time
+import urllib.parse
 import uuid
 from pathlib import Path
 
@@ -27,11 +33,23 @@ from keras_ptx.errors import UserError
 
 # The temporary files of killed writes in a folder (a glob pattern; see temporary_name).
 TEMPORARY_GLOB = ".*.tmp-*"
-# In the name of a folder being written before its rename (see staging_folder).
+# The name of a folder being written before its rename (see staging_folder):
+# .<name>.partial-<host>-<pid>-<8 hex digits>, the host and process that write it.
 PARTIAL = ".partial-"
-# A set of outputs being moved in (see replaced_together): names its staging folder.
+STAGED_NAME = re.compile(r"\.(?P<name>.+)\.partial-(?P<host>[\w.-]+)-(?P<pid>\d+)-[0-9a-f]{8}")
+# The staging folders of exports from before STAGED_NAME (no host, no process): a killed
+# export's once older than LEGACY_STAGED_AGE seconds.
+LEGACY_STAGED_NAME = re.compile(r"\.\d+\.partial-[0-9a-f]{8}")
+LEGACY_STAGED_AGE = 3600
+# A set of outputs being moved in (see replaced_together): the journal names its staging
+# folder (first line) and the names it no longer holds (a line each); the lock file makes one
+# process at a time recover or move in a set.
 SET_JOURNAL = ".outputs.commit"
+SET_LOCK = ".outputs.lock"
 SET_STAGING = "outputs"
+# The errors of writes that hold no file name (a full disk, a folder made read-only).
+WRITE_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EFBIG, errno.EACCES,
+                          errno.EPERM})
 # What adds a filesystem scheme to TensorFlow, for the message refusing one it lacks.
 SCHEME_PLUGINS = {"s3": "pip install tensorflow-io", "az": "pip install tensorflow-io",
                   "hdfs": "pip install tensorflow-io, and a Hadoop client",
@@ -58,9 +76,10 @@ def check_openable(path, option: str | None = None) -> None:
 
 
 def check_output(path, option: str, inputs: dict | None = None) -> None:
-    """Refuse, before anything is written, an output ``path`` (given as ``option``) that this
-    TensorFlow cannot open, that is, lies inside or holds one of ``inputs`` (option -> a path
-    or several), or, on a local disk, that cannot be created and written."""
+    """Refuse, before anything is written, an output ``path`` given as ``option`` when:
+    this TensorFlow cannot open its URL scheme; it is, lies inside or holds one of ``inputs``
+    (option -> a path or several); or, on a local disk (``file://`` URLs included), its folder
+    cannot be created or written."""
     check_openable(path, option)
     for name, value in (inputs or {}).items():
         for source in [value] if isinstance(value, (str, os.PathLike)) else value or ():
@@ -68,13 +87,13 @@ def check_output(path, option: str, inputs: dict | None = None) -> None:
             if relation:
                 raise UserError(f"{option} {path}: {relation} {name} {source}, which this "
                                 f"command reads; choose another {option}")
-    if not is_url(path):
+    if not is_url(_local(path)):
         check_writable(path, option)
 
 
 def _relation(out, source) -> str | None:
     """How ``out`` overlaps ``source``: "is", "is inside", "holds", or None."""
-    if is_url(out) != is_url(source):
+    if is_url(_local(out)) != is_url(_local(source)):
         return None
     out, source = _canonical(out), _canonical(source)
     if out == source:
@@ -92,14 +111,23 @@ def same_path(a, b) -> bool:
 
 
 def _canonical(path) -> str:
-    return str(path).rstrip("/") if is_url(path) else os.path.realpath(path)
+    path = _local(path)
+    return path.rstrip("/") if is_url(path) else os.path.realpath(path)
+
+
+def _local(path) -> str:
+    """``path`` as a string, a ``file://`` URL as the local path TensorFlow opens for it (its
+    host ignored)."""
+    path = str(path)
+    return urllib.parse.urlsplit(path).path or "/" if path.startswith("file://") else path
 
 
 def check_writable(path, option: str) -> None:
-    """UserError unless the local folder ``path`` exists or can be created, and takes new
-    files: its nearest existing folder is probed with an unnamed temporary file, which no
-    reader sees (permissions, a read-only disk and immutable folders all refuse it)."""
-    wanted = folder = os.path.abspath(path)
+    """UserError unless the local folder ``path`` (or ``file://`` URL) exists or can be
+    created, and takes new files: its nearest existing folder is probed with an unnamed
+    temporary file, which no reader sees (permissions, a read-only disk and immutable folders
+    all refuse it)."""
+    wanted = folder = os.path.abspath(_local(path))
     while not os.path.lexists(folder):
         folder = os.path.dirname(folder)
     if not os.path.isdir(folder):
@@ -114,12 +142,15 @@ def check_writable(path, option: str) -> None:
 
 @contextlib.contextmanager
 def reported_writes(option: str, path):
-    """Failures to write (an OSError, TensorFlow's PermissionDeniedError) inside the block as
-    a UserError naming the file (else ``option`` and ``path``) and the operating system's
-    reason: a disk that fills up or a folder made read-only while a command runs."""
+    """Failures inside the block as a UserError with the operating system's reason: an
+    OSError naming its file (a file that vanished, a folder made read-only while a command
+    runs), a write error naming none (:data:`WRITE_ERRNOS`: a disk that fills up) as one of
+    ``option`` ``path``, and TensorFlow's PermissionDeniedError."""
     try:
         yield
     except OSError as exc:
+        if not exc.filename and exc.errno not in WRITE_ERRNOS:
+            raise
         where = exc.filename or _named(path, option)
         raise UserError(f"{where}: {exc.strerror or exc}") from None
     except Exception as exc:
@@ -165,8 +196,13 @@ def read_text(path) -> str:
 
 def read_json(path):
     """The JSON value in ``path``, None when there is no such file; ValueError when it is not
-    JSON."""
-    return json.loads(read_bytes(path)) if exists(path) else None
+    JSON, or nested too deeply to read."""
+    if not exists(path):
+        return None
+    try:
+        return json.loads(read_bytes(path))
+    except RecursionError:
+        raise ValueError("nested too deeply") from None
 
 
 @contextlib.contextmanager
@@ -187,31 +223,51 @@ def local_copy(path):
 
 def staging_folder(path) -> str:
     """Where to write a folder that :func:`publish_folder` then moves to ``path``: a hidden
-    sibling on a local disk, named with this process's id (:func:`remove_stale_partials`
-    deletes it once the process is gone), a local temporary folder for a URL."""
+    sibling on a local disk named with this host and process (:data:`STAGED_NAME`;
+    :func:`remove_stale_partials` deletes it once the process is gone), a local temporary
+    folder for a URL."""
     if is_url(path):
         return tempfile.mkdtemp(prefix=".staging-")
-    return join(os.path.dirname(os.path.abspath(path)),
-                f".{os.path.basename(path)}{PARTIAL}{os.getpid()}-{uuid.uuid4().hex[:8]}")
+    return join(os.path.dirname(os.path.abspath(path)), staged_name(os.path.basename(path)))
+
+
+def staged_name(name: str, pid: int | None = None) -> str:
+    """The name (:data:`STAGED_NAME`) of a new staging folder for ``name``, written by process
+    ``pid`` of this host (default: this process)."""
+    pid = os.getpid() if pid is None else pid
+    return f".{name}{PARTIAL}{_host()}-{pid}-{uuid.uuid4().hex[:8]}"
+
+
+def _host() -> str:
+    """This machine's name as :data:`STAGED_NAME` holds it."""
+    return re.sub(r"[^\w.-]", "_", socket.gethostname()) or "_"
 
 
 def remove_stale_partials(folder) -> None:
-    """Delete the staging folders (:func:`staging_folder`) in the local ``folder`` whose
-    process is no longer running: what killed writers left."""
+    """Delete what killed writers left in the local ``folder``: the staging folders
+    (:data:`STAGED_NAME`) of this host's processes that are no longer running, and those of
+    exports from before (:data:`LEGACY_STAGED_NAME`) once older than an hour. Other hosts'
+    (a shared disk) and any other name are kept."""
     if is_url(folder) or not os.path.isdir(folder):
         return
     for entry in os.scandir(folder):
-        if entry.name.startswith(".") and PARTIAL in entry.name and \
-                not _running(entry.name.rsplit(PARTIAL, 1)[1].split("-", 1)[0]):
+        if entry.is_dir(follow_symlinks=False) and _stale(entry):
             shutil.rmtree(entry.path, ignore_errors=True)
 
 
-def _running(pid: str) -> bool:
-    if not pid.isdigit():
-        return False
+def _stale(entry: os.DirEntry) -> bool:
+    staged = STAGED_NAME.fullmatch(entry.name)
+    if staged:
+        return staged["host"] == _host() and not _running(int(staged["pid"]))
+    return bool(LEGACY_STAGED_NAME.fullmatch(entry.name)) and \
+        time.time() - entry.stat(follow_symlinks=False).st_mtime > LEGACY_STAGED_AGE
+
+
+def _running(pid: int) -> bool:
+    """Whether process ``pid`` of this host is running."""
     try:
-        os.kill(int(pid), 0)
-    except ProcessLookupError:
+        os.kill(pid, 0)
+    except (ProcessLookupError, OverflowError, ValueError):     # none, or no process id
         return False
     except PermissionError:         # another user's process
         pass
@@ -241,11 +297,13 @@ def publish_folder(staged: str, path, last: str | None = None) -> None:
 @contextlib.contextmanager
 def replaced_together(folder, names):
     """A local folder to write outputs of ``folder`` into (files or folders, some of
-    ``names``); on a clean exit they replace their namesakes in ``folder`` as one set (a
-    folder replaced whole), on error none is. Locally a journal names the staged set before
-    the first rename, so that a kill while moving it in is finished by the next call for
-    ``folder`` (:func:`recover_set`), which also deletes what killed writers left: staged sets
-    and the temporary files of ``names``. To a URL each file is uploaded whole, one by one."""
+    ``names``); on a clean exit they replace the set of ``names`` in ``folder`` as one (a
+    folder replaced whole, the names not written deleted), on error none is. Locally a journal
+    names the staged set before the first rename, so that a kill while moving it in is
+    finished by the next call for ``folder`` (:func:`recover_set`), which also deletes what
+    killed writers left: staged sets and the temporary files of ``names``; one process at a
+    time recovers or moves in (an flock of :data:`SET_LOCK`). To a URL each file is uploaded
+    whole, one by one, and nothing is deleted."""
     if is_url(folder):
         staged = tempfile.mkdtemp(prefix=".staging-")
         try:
@@ -258,8 +316,8 @@ def replaced_together(folder, names):
         finally:
             shutil.rmtree(staged, ignore_errors=True)
         return
-    recover_set(folder, names)
     os.makedirs(folder, exist_ok=True)
+    recover_set(folder, names)
     staged = staging_folder(join(folder, SET_STAGING))
     os.mkdir(staged)
     try:
@@ -268,32 +326,49 @@ def replaced_together(folder, names):
         shutil.rmtree(staged, ignore_errors=True)
         raise
     _flush_tree(staged)
-    write_atomic(join(folder, SET_JOURNAL), os.path.basename(staged))
-    _move_in(folder, staged)
+    dropped = [name for name in names if name not in os.listdir(staged)]
+    with _set_lock(folder):
+        write_atomic(join(folder, SET_JOURNAL), "\n".join([os.path.basename(staged), *dropped]))
+        _move_in(folder, staged, dropped)
 
 
 def recover_set(folder, names=()) -> None:
     """Finish moving in the set of :func:`replaced_together` that a kill interrupted; delete
-    killed writers' staged sets and the temporary files of ``names`` in the local ``folder``."""
+    killed writers' staged sets and the temporary files of ``names`` and of the journal in the
+    local ``folder``."""
     if is_url(folder) or not os.path.isdir(folder):
         return
-    journal = join(folder, SET_JOURNAL)
-    if os.path.exists(journal):
-        staged = Path(journal).read_text().strip()
-        if staged.startswith(f".{SET_STAGING}{PARTIAL}") and "/" not in staged and \
-                os.path.isdir(join(folder, staged)):
-            _move_in(folder, join(folder, staged))
-        else:
-            os.remove(journal)
-    remove_stale_partials(folder)
-    for name in names:
-        for leftover in glob.glob(join(glob.escape(str(folder)), f".{glob.escape(name)}.tmp-*")):
-            os.remove(leftover)
+    with _set_lock(folder):
+        journal = join(folder, SET_JOURNAL)
+        if os.path.exists(journal):
+            staged, *dropped = Path(journal).read_text(errors="replace").split("\n")
+            named = STAGED_NAME.fullmatch(staged)
+            if named and named["name"] == SET_STAGING and os.path.isdir(join(folder, staged)):
+                _move_in(folder, join(folder, staged), dropped)
+            else:
+                os.remove(journal)
+        remove_stale_partials(folder)
+        for name in (*names, SET_JOURNAL):
+            for leftover in glob.glob(join(glob.escape(str(folder)),
+                                           f".{glob.escape(name)}.tmp-*")):
+                os.remove(leftover)
 
 
-def _move_in(folder, staged: str) -> None:
+@contextlib.contextmanager
+def _set_lock(folder):
+    """Hold the local ``folder``'s :data:`SET_LOCK` (an flock) while the block runs."""
+    fd = os.open(join(folder, SET_LOCK), os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
+
+
+def _move_in(folder, staged: str, dropped=()) -> None:
     """Rename every entry of ``staged`` over its namesake in ``folder`` (an old folder moved
-    into ``staged`` first), then delete ``staged`` and the journal: repeatable after a kill."""
+    into ``staged`` first) and move the ``dropped`` names of ``folder`` into ``staged``, then
+    delete ``staged`` and the journal: repeatable after a kill."""
     for name in sorted(os.listdir(staged)):
         new, target = join(staged, name), join(folder, name)
         if name.startswith("."):
@@ -301,9 +376,17 @@ def _move_in(folder, staged: str) -> None:
         if os.path.isdir(new) and os.path.isdir(target) and not os.path.islink(target):
             os.rename(target, join(staged, f".replaced-{name}"))
         os.replace(new, target)
+    for name in dropped:
+        if _plain_name(name) and os.path.lexists(join(folder, name)):
+            os.rename(join(folder, name), join(staged, f".replaced-{name}"))
     _flush(str(folder))
     shutil.rmtree(staged)
     os.remove(join(folder, SET_JOURNAL))
+
+
+def _plain_name(name: str) -> bool:
+    """Whether ``name`` names an entry of a folder (not itself, its parent, or deeper)."""
+    return bool(name) and name not in (".", "..") and "/" not in name and "\0" not in name
 
 
 def write_atomic(path, data: bytes | str) -> None:
