@@ -1,12 +1,15 @@
 """keras_ptx.fileio: a file is replaced whole or not at all, locally and on a tf.io.gfile URL,
 and on a local disk it is on the disk before the rename is."""
+import errno
 import os
 
 import numpy as np
 import pytest
 
-from keras_ptx.fileio import (TEMPORARY_GLOB, atomic_path, is_url, join, publish_folder, read_json,
-                              staging_folder, temporary_name, write_atomic)
+from keras_ptx.errors import UserError
+from keras_ptx.fileio import (TEMPORARY_GLOB, atomic_path, check_output, is_url, join,
+                              publish_folder, read_json, reported_writes, staging_folder,
+                              temporary_name, write_atomic)
 from keras_ptx.tf_setup import tf
 
 
@@ -103,6 +106,30 @@ def test_read_json_reads_local_files_and_urls_and_none_for_no_file(tmp_path, fol
     assert read_json(join(folder, "missing.json")) is None
     with pytest.raises(ValueError):
         read_json(join(folder, "bad.json"))
+    write_atomic(join(folder, "deep.json"), "[" * 100000)
+    with pytest.raises(ValueError, match="nested too deeply"):
+        read_json(join(folder, "deep.json"))
+
+
+def test_a_file_url_is_checked_as_the_local_path_it_names(tmp_path):
+    (tmp_path / "run").mkdir()
+    (tmp_path / "file").write_text("")
+    with pytest.raises(UserError, match="is --model"):
+        check_output(f"file://{tmp_path}/run/", "--out", {"--model": str(tmp_path / "run")})
+    with pytest.raises(UserError, match=f"--out file://{tmp_path}/file: not a folder"):
+        check_output(f"file://{tmp_path}/file", "--out")
+
+
+@pytest.mark.parametrize("error,reported", [
+    (OSError(errno.ENOSPC, "No space left on device"), "--out o: No space left on device"),
+    (OSError(errno.EIO, "Input/output error", "/in/a.dcm"), "/in/a.dcm: Input/output error"),
+    (OSError(errno.EIO, "Input/output error"), None),          # no file: not blamed on --out
+])
+def test_reported_writes_names_the_file_or_blames_out_only_for_write_errors(error, reported):
+    with pytest.raises(UserError if reported else OSError) as caught:
+        with reported_writes("--out", "o"):
+            raise error
+    assert reported is None or str(caught.value) == reported
 
 
 def test_a_url_is_written_through_gfile():

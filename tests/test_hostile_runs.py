@@ -7,12 +7,14 @@ the module; a case damages a copy. Each refusal is checked with tests/hostile.py
 short ``Error:`` line naming the input and what is wrong, and nothing written anywhere.
 """
 import dataclasses
+import fcntl
 import json
 import os
 import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -25,6 +27,7 @@ from test_train import write_records
 
 from keras_ptx import fileio, rundir
 from keras_ptx.config import dump_config, load_config
+from keras_ptx.inference import predict as predict_module
 from keras_ptx.synthetic.dicom_writer import write_dicom
 
 REPO = Path(__file__).resolve().parents[1]
@@ -96,6 +99,8 @@ DAMAGES = {
                                [rundir.ENSEMBLE, "not valid JSON"]),
     "ensemble.json without members": (lambda d: (d / rundir.ENSEMBLE).write_text('{"m": 1}'),
                                       [rundir.ENSEMBLE, "no list of members"]),
+    "ensemble.json nested too deeply": (lambda d: (d / rundir.ENSEMBLE).write_text("[" * 100000),
+                                        [rundir.ENSEMBLE, "not valid JSON", "nested too deeply"]),
 }
 
 
@@ -142,6 +147,22 @@ def _overlaps(root, shared):
         "train --out holds --data": (
             "train", ["--config", shared / "config.yaml", "--data", shared / "records",
                       "--out", shared], "holds --data"),
+        "train --overwrite of its train.init_from": (
+            "train", ["--config", shared / "config.yaml", "--data", shared / "records",
+                      "--out", model, "--overwrite", "--set", f"train.init_from={model}"],
+            "is train.init_from"),
+        "train --out holds model.weights": (
+            "train", ["--config", shared / "config.yaml", "--data", shared / "records",
+                      "--out", model, "--overwrite",
+                      "--set", f"model.weights={model / rundir.BEST_WEIGHTS}"],
+            "holds model.weights"),
+        "train-folds --out is train.init_from": (
+            "train-folds", ["--config", shared / "config.yaml", "--data", shared / "records",
+                            "--out", model, "--set", f"train.init_from={model}"],
+            "is train.init_from"),
+        "predict --out a file:// URL of the --model": (
+            "predict", ["--model", model, "--dicom-dir", shared / "dicoms",
+                        "--out", f"file://{model}"], "is --model"),
         "train-folds --out inside --data": (
             "train-folds", ["--config", shared / "config.yaml", "--data", shared / "records",
                             "--out", shared / "records" / "cv"], "is inside --data"),
@@ -169,6 +190,27 @@ def test_an_ensemble_that_would_list_itself_is_refused_through_its_members(case,
     before = snapshot(case)
     assert_refused(run("evaluate", ["--model", case / "ens", "--data", shared / "records",
                                     "--out", case / "run"]), "is --model")
+    assert_unchanged(before, case)
+
+
+def _other_ensemble(folder):
+    folder.mkdir()
+    (folder / rundir.ENSEMBLE).write_text(json.dumps({"members": [str(folder.parent / "b")]}))
+
+
+@pytest.mark.parametrize("folder,fragment", [
+    (lambda f: shutil.copytree(f.parent / "run", f), "holds config.yaml, so it is a run"),
+    (lambda f: (f.mkdir(), (f / rundir.FOLDS).write_text('{"folds": 2, "trained": [0]}')),
+     "holds folds.json, so it is a run or fold folder"),
+    (_other_ensemble, "the ensemble folder of other models"),
+])
+def test_evaluate_refuses_an_out_that_is_another_model(folder, fragment, case, shared):
+    """--model OUT of predict and export would silently become this ensemble."""
+    folder(case / "other")
+    before = snapshot(case)
+    assert_refused(run("evaluate", ["--model", case / "run", "--data", shared / "records",
+                                    "--out", case / "other"]),
+                   f"--out {case / 'other'}", fragment, "choose another --out")
     assert_unchanged(before, case)
 
 
@@ -251,10 +293,32 @@ def _foreign(folder):
     (folder / "src" / "main.c").write_text("int main;\n")
 
 
+def _other_framework(folder):
+    """A run of another framework: sections named like keras_ptx's, with keys of its own."""
+    (folder / "checkpoints").mkdir(parents=True)
+    (folder / "logs").mkdir()
+    (folder / "checkpoints" / "epoch-9.pt").write_text("weights")
+    (folder / "config.yaml").write_text("model:\n  name: resnet50\ntrain:\n  epochs: 90\n")
+
+
+def _linked(name):
+    """A copy of the run whose ``name`` (logs, or a file in checkpoints/) links elsewhere."""
+    def make(folder):
+        shutil.copytree(folder.parent / "run", folder)
+        (folder.parent / "shared").mkdir()
+        (folder.parent / "shared" / "events").write_text("another run's")
+        (folder / name).parent.mkdir(exist_ok=True)
+        (folder / name).symlink_to(folder.parent / "shared")
+    return make
+
+
 @pytest.mark.parametrize("folder,fragment", [
     (_foreign, "not a run directory: it holds src, thesis.txt, which a run does not"),
     (lambda f: (f.mkdir(), (f / "config.yaml").write_text("services: {}\n")),
      "not a run directory (no keras_ptx config.yaml)"),
+    (_other_framework, "not a run directory (no keras_ptx config.yaml)"),
+    (_linked("logs"), "logs is a symbolic link"),
+    (_linked("checkpoints/best.weights.h5"), "best.weights.h5 is a symbolic link"),
     (lambda f: (shutil.copytree(f.parent / "run", f), (f / "notes.md").write_text("mine")),
      "holds notes.md"),
 ])
@@ -300,7 +364,7 @@ def test_a_killed_predict_leaves_the_earlier_set_and_the_next_one_cleans_up(case
         (out / name).write_text(f"earlier {name}\n")
     earlier = snapshot(out)
     (out / ".submission.csv.tmp-0badf00d").write_text("killed")       # an older version's
-    (out / f".outputs{fileio.PARTIAL}999999999-deadbeef").mkdir()     # a killed one's
+    (out / fileio.staged_name(fileio.SET_STAGING, 999999999)).mkdir()  # a killed one's
     dicoms = case / "many"
     dicoms.mkdir()
     for k in range(100):
@@ -310,9 +374,8 @@ def test_a_killed_predict_leaves_the_earlier_set_and_the_next_one_cleans_up(case
         [sys.executable, "-m", "keras_ptx.cli", "predict", "--model", str(case / "run"),
          "--dicom-dir", str(dicoms), "--out", str(out), "--batch-size", "1"],
         cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    staged = f".outputs{fileio.PARTIAL}{killed.pid}-*"
     deadline = time.monotonic() + 300
-    while not any(p.glob("predictions.csv") for p in out.glob(staged)):
+    while not any(any(p.glob("*predictions.csv*")) for p in _staged_by(out, killed.pid)):
         assert killed.poll() is None and time.monotonic() < deadline, "predict ended first"
         time.sleep(0.02)
     killed.send_signal(signal.SIGKILL)
@@ -322,37 +385,80 @@ def test_a_killed_predict_leaves_the_earlier_set_and_the_next_one_cleans_up(case
 
     args = ["--model", case / "run", "--dicom-dir", shared / "dicoms", "--out", out]
     assert run("predict", args).status == 0
-    assert sorted(p.name for p in out.iterdir()) == sorted(OUTPUT_SET)
+    assert sorted(p.name for p in out.iterdir()) == sorted([*OUTPUT_SET, fileio.SET_LOCK])
     assert all(not (out / name).read_text().startswith("earlier") for name in OUTPUT_SET)
 
 
+def _staged_by(folder, pid):
+    """The staging folders in ``folder`` of process ``pid``."""
+    return [p for p in folder.iterdir()
+            if (m := fileio.STAGED_NAME.fullmatch(p.name)) and m["pid"] == str(pid)]
+
+
+def test_predict_without_overlays_drops_the_overlays_of_an_earlier_set(case, shared):
+    args = _args("predict", case, shared)
+    assert run("predict", args + ["--overlays"]).status == 0
+    assert any((case / "out" / "overlays").iterdir())
+    assert run("predict", args).status == 0
+    assert not (case / "out" / "overlays").exists()
+
+
 def test_a_set_whose_moving_in_was_killed_is_finished_by_the_next_call(tmp_path):
-    """A kill after the journal and one rename: the next call moves the rest in."""
-    for name, text in (("a.csv", "old a"), ("b.csv", "old b")):
+    """A kill after the journal and one rename: the next call moves the rest in and drops the
+    names the set no longer holds (c.csv); the journal's own killed write is cleaned up."""
+    for name, text in (("a.csv", "old a"), ("b.csv", "old b"), ("c.csv", "old c")):
         (tmp_path / name).write_text(text)
     (tmp_path / "overlays").mkdir()
     (tmp_path / "overlays" / "old.png").write_text("old")
-    staged = tmp_path / f".outputs{fileio.PARTIAL}999999999-0"
+    staged = tmp_path / fileio.staged_name(fileio.SET_STAGING, 999999999)
     (staged / "overlays").mkdir(parents=True)
     (staged / "overlays" / "new.png").write_text("new")
     (staged / "b.csv").write_text("new b")
     (tmp_path / "a.csv").write_text("new a")                     # already moved in
-    (tmp_path / fileio.SET_JOURNAL).write_text(staged.name)
+    (tmp_path / fileio.SET_JOURNAL).write_text(f"{staged.name}\nc.csv")
+    (tmp_path / fileio.temporary_name(tmp_path / fileio.SET_JOURNAL)).write_text(staged.name)
     fileio.recover_set(tmp_path)
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.csv", "b.csv", "overlays"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [fileio.SET_LOCK, "a.csv", "b.csv",
+                                                          "overlays"]
     assert [(tmp_path / n).read_text() for n in ("a.csv", "b.csv")] == ["new a", "new b"]
     assert [p.name for p in (tmp_path / "overlays").iterdir()] == ["new.png"]
 
 
 def test_partial_exports_of_gone_processes_are_removed_and_running_ones_kept(tmp_path):
-    gone, running = (tmp_path / f".1{fileio.PARTIAL}{pid}-abcd" for pid in (999999999,
-                                                                           os.getpid()))
+    gone, running = (tmp_path / fileio.staged_name("1", pid) for pid in (999999999,
+                                                                         os.getpid()))
     for folder in (gone, running, tmp_path / "1"):
         (folder / "variables").mkdir(parents=True)
     fileio.remove_stale_partials(tmp_path)
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["1", running.name])
-    assert fileio.staging_folder(tmp_path / "2").startswith(
-        str(tmp_path / f".2{fileio.PARTIAL}{os.getpid()}-"))
+    assert fileio.STAGED_NAME.fullmatch(os.path.basename(fileio.staging_folder(tmp_path / "2")))
+
+
+def test_only_this_hosts_staging_folders_of_gone_processes_and_old_legacy_ones_are_removed(
+        tmp_path):
+    """Not a user's folder that merely holds .partial-, not another host's (a shared disk),
+    not a legacy export's younger than an hour; a pid past any integer is a gone one."""
+    ours = fileio.staged_name("1", 999999999)
+    kept = [".notes.partial-draft", ".1.partial-otherhost-999999999-0123abcd",
+            ".1.partial-0123abcd"]
+    removed = [ours, fileio.staged_name("1", int("9" * 40)), ".2.partial-89abcdef"]
+    for name in kept + removed:
+        (tmp_path / name).mkdir()
+    os.utime(tmp_path / removed[2], (0, 0))                      # a legacy one, long ago
+    fileio.remove_stale_partials(tmp_path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(kept)
+
+
+def test_a_set_is_recovered_and_moved_in_by_one_process_at_a_time(tmp_path):
+    lock = os.open(tmp_path / fileio.SET_LOCK, os.O_RDWR | os.O_CREAT)
+    fcntl.flock(lock, fcntl.LOCK_EX)                             # another predict's
+    recovering = threading.Thread(target=fileio.recover_set, args=(tmp_path,))
+    recovering.start()
+    recovering.join(0.5)
+    assert recovering.is_alive()
+    os.close(lock)
+    recovering.join(10)
+    assert not recovering.is_alive()
 
 
 # --- sizes and stale outputs ------------------------------------------------------------------
@@ -360,10 +466,19 @@ def test_partial_exports_of_gone_processes_are_removed_and_running_ones_kept(tmp
 @pytest.mark.parametrize("command", ["evaluate", "predict"])
 def test_a_batch_size_past_any_machine_is_refused(command, case, shared):
     before = snapshot(case)
-    outcome = run(command, _args(command, case, shared) + ["--batch-size", 10_000_000])
-    assert outcome.status == 2 and outcome.exception is None
-    assert "--batch-size" in outcome.stderr and "10000000 is not in the range" in outcome.stderr
+    assert_refused(run(command, _args(command, case, shared) + ["--batch-size", 10_000_000]),
+                   "--batch-size", "10000000 is not in the range")
     assert_unchanged(before, case)
+
+
+def test_predict_caps_the_batch_at_the_images(case, shared, monkeypatch):
+    sizes = []
+    batched = predict_module.batched
+    monkeypatch.setattr(predict_module, "batched",
+                        lambda items, size: (sizes.append(size), batched(items, size))[1])
+    outcome = run("predict", _args("predict", case, shared) + ["--batch-size", 4096])
+    assert outcome.status == 0, outcome.stderr
+    assert sizes == [3]                                          # the three DICOMs
 
 
 def test_evaluate_caps_the_batch_at_the_split_and_clears_the_cases_it_no_longer_draws(
