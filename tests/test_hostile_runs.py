@@ -64,7 +64,19 @@ def _args(command, root, shared):
     return {"evaluate": ["--model", root / "run", "--data", shared / "records"],
             "predict": ["--model", root / "run", "--dicom-dir", shared / "dicoms",
                         "--out", root / "out"],
-            "export": ["--model", root / "run", "--out", root / "export"]}[command]
+            "export": ["--model", root / "run", "--out", root / "export"],
+            "serve-dicom": ["--model", root / "run", "--spool", root / "spool", "--allow-any",
+                            "--send-to", "PACS@127.0.0.1:1"]}[command]
+
+
+@pytest.fixture
+def node_never_starts(monkeypatch):
+    """A node that gets past its checks fails loudly (exit 1) instead of serving forever."""
+    from keras_ptx.node.service import Node
+
+    def start(self):
+        raise AssertionError("the node started: its input was not refused")
+    monkeypatch.setattr(Node, "start", start)
 
 
 def _truncate(path):
@@ -105,8 +117,8 @@ DAMAGES = {
 
 
 @pytest.mark.parametrize("damage", DAMAGES)
-@pytest.mark.parametrize("command", ["evaluate", "predict", "export"])
-def test_a_damaged_run_is_refused_by_name(command, damage, case, shared):
+@pytest.mark.parametrize("command", ["evaluate", "predict", "export", "serve-dicom"])
+def test_a_damaged_run_is_refused_by_name(command, damage, case, shared, node_never_starts):
     change, fragments = DAMAGES[damage]
     change(case / "run")
     before = snapshot(case)
@@ -494,3 +506,36 @@ def test_evaluate_caps_the_batch_at_the_split_and_clears_the_cases_it_no_longer_
     drawn = [Path(c["file"]).name for c in report["cases"]]
     assert drawn and all(name.startswith(("best-1-", "worst-1-")) for name in drawn)
     assert sorted(p.name for p in cases.iterdir()) == sorted(drawn + ["notes.txt"])
+
+
+# serve-dicom's own settings -> (its arguments past a working run and spool, Error fragments)
+NODE_SETTINGS = {
+    "--quiet nan": (["--quiet", "nan"], ["--quiet nan", "seconds from 0"]),
+    "--retention inf": (["--retention", "inf"], ["--retention inf", "seconds from 0"]),
+    "--max-backoff 0": (["--max-backoff", "0"], ["--max-backoff 0", "seconds from 0.001"]),
+    "--send-to without a port": (["--send-to", "PACS@host"], ["expected AE@host:port"]),
+    "--objects unknown": (["--objects", "seg,xx"], ["choose from seg, sr, sc"]),
+    "--port past 65535": (["--port", "70000"], ["--port", "70000"]),
+    "--ae-title too long": (["--ae-title", "A" * 17], ["--ae-title", "1-16 printable"]),
+}
+
+
+@pytest.mark.parametrize("setting", NODE_SETTINGS)
+def test_the_node_refuses_its_settings_before_loading_a_model(setting, case, shared,
+                                                             node_never_starts):
+    extra, fragments = NODE_SETTINGS[setting]
+    before = snapshot(case)
+    assert_refused(run("serve-dicom", _args("serve-dicom", case, shared) + extra), *fragments)
+    assert_unchanged(before, case)
+
+
+@pytest.mark.parametrize("spool, fragment", [
+    ("run/spool", "is inside --model"), (".", "holds --model"),
+    ("s3://bucket/spool", "cannot open s3:// URLs")])
+def test_the_node_refuses_a_spool_over_its_model(spool, fragment, case, shared,
+                                                 node_never_starts):
+    args = _args("serve-dicom", case, shared)
+    args[args.index("--spool") + 1] = spool if "://" in spool else case / spool
+    before = snapshot(case)
+    assert_refused(run("serve-dicom", args), "--spool", fragment)
+    assert_unchanged(before, case)

@@ -6,6 +6,7 @@ reads ``AE@host:port``. Every check that can fail on the user's input raises
 """
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import dataclass
 
@@ -38,6 +39,9 @@ class Tls:
     ca: str
 
 
+MAX_SECONDS = 7 * 24 * 3600             # the longest wait a node setting may ask for
+
+
 @dataclass(frozen=True)
 class NodeConfig:
     ae_title: str
@@ -63,8 +67,12 @@ class NodeConfig:
                             "--allow-any to let every caller in)")
         if (self.destination is None) == (self.stow_url is None):
             raise NodeError("give exactly one of --send-to AE@host:port and --stow URL")
-        if self.quiet_seconds < 0 or self.retention_seconds < 0:
-            raise NodeError("--quiet and --retention are seconds, at least 0")
+        for option, seconds, least in (("--quiet", self.quiet_seconds, 0.0),
+                                       ("--retention", self.retention_seconds, 0.0),
+                                       ("--max-backoff", self.max_backoff, 0.001)):
+            if not (math.isfinite(seconds) and least <= seconds <= MAX_SECONDS):
+                raise NodeError(f"{option} {seconds:g}: seconds from {least:g} to "
+                                f"{MAX_SECONDS:g} (a week)")
         unknown = set(self.kinds) - {"seg", "sr", "sc"}
         if unknown or not self.kinds:
             raise NodeError(f"--objects {','.join(self.kinds)}: choose from seg, sr, sc")

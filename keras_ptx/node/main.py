@@ -23,6 +23,7 @@ def serve(*, model, model_server, tta, engine, ae_title, host, port, allowed, al
         kinds=tuple(k.strip().lower() for k in objects.split(",") if k.strip()), tls=tls,
         max_backoff=max_backoff)
     _log_without_phi()
+    from keras_ptx.fileio import check_output
     from keras_ptx.node import receiver, sender
     from keras_ptx.node.model import open_model
     from keras_ptx.node.service import Node
@@ -32,6 +33,7 @@ def serve(*, model, model_server, tta, engine, ae_title, host, port, allowed, al
                                   sender.client_tls(tls.cert, tls.key, tls.ca) if tls else None)
     else:
         out = sender.StowSender(stow)
+    check_output(spool, "--spool", {"--model": list(model)})
     backend = open_model(tuple(model), model_server, tta, engine)
     backend.warm_up()
     node = Node(config, backend, out,
