@@ -218,6 +218,13 @@ class AugmentConfig:
             section.validate()
 
 
+def weights_file(weights: str | None) -> str | None:
+    """The file a ``model.weights`` value names (``~`` expanded), None for imagenet and none."""
+    if weights is None or weights == "imagenet" or weights.lower() == "none":
+        return None
+    return os.path.expanduser(weights)
+
+
 @dataclass
 class ModelConfig:
     encoder: EncoderName = "efficientnetb4"

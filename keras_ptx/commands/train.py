@@ -1,8 +1,6 @@
 """``train``: train the UNet++ of a config on TFRecords into a run directory."""
 from __future__ import annotations
 
-import os
-
 import click
 
 from keras_ptx.cli import command as cli_command
@@ -48,8 +46,8 @@ def config_inputs(config) -> dict:
     """The paths a training of ``config`` reads besides --data (setting -> path), which its
     --out must not be, lie inside or hold: train.init_from, and model.weights when it names a
     file (not imagenet or none)."""
-    inputs = {"train.init_from": config.train.init_from}
-    weights = config.model.weights
-    if weights != "imagenet" and weights.lower() != "none":
-        inputs["model.weights"] = os.path.expanduser(weights)
+    from keras_ptx.config import weights_file
+
+    inputs = {"train.init_from": config.train.init_from,
+              "model.weights": weights_file(config.model.weights)}
     return {name: path for name, path in inputs.items() if path is not None}

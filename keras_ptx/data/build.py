@@ -409,7 +409,7 @@ def _resume(out: str, plan: Plan, log) -> tuple[dict, list[Shard]]:
     state = {"plan_sha256": plan.digest, "shards": {}}
     try:
         previous = read_json(state_path)
-    except (ValueError, RecursionError) as exc:
+    except ValueError as exc:
         raise BuildError(f"{state_path}: unreadable ({type(exc).__name__}); remove it or choose "
                          "another --out") from None
     if previous is not None:

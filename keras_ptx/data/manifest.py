@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from keras_ptx.data import geometry, records
-from keras_ptx.fileio import exists, join, read_bytes
+from keras_ptx.fileio import exists, join, read_json
 from keras_ptx.tf_setup import tf
 
 FORMAT = 1
@@ -123,8 +123,8 @@ def read_manifest(folder: str) -> dict | None:
     if not exists(path):
         return None
     try:
-        manifest = json.loads(read_bytes(path))
-    except (ValueError, OSError, RecursionError, tf.errors.OpError) as exc:
+        manifest = read_json(path)          # (a file holding null is not "no manifest")
+    except (ValueError, OSError, tf.errors.OpError) as exc:
         raise ValueError(f"{path}: unreadable ({type(exc).__name__}: {str(exc)[:120]})") from None
     problems = schema_problems(manifest)
     if problems:

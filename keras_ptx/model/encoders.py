@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Callable
 
 from keras_ptx.config import (ConfigError, DeepestFeature, ModelConfig, Normalization,
-                              check_image_size, choices)
+                              check_image_size, choices, weights_file)
 from keras_ptx.errors import UserError
 from keras_ptx.tf_setup import tf
 
@@ -167,9 +167,10 @@ def encoder_layers(model: tf.keras.Model, name: str) -> list:
 
 def resolve_weights(name: str, weights: str) -> str | None:
     """The local weights file for ``weights`` (downloading ImageNet weights once), or None."""
-    if weights is None or str(weights).lower() == "none":
-        return None
+    file = weights_file(weights)
     source = encoder_spec(name).weights
+    if file is None and weights != "imagenet":
+        return None
     if weights == "imagenet":
         try:
             return tf.keras.utils.get_file(source.file_name, source.url, cache_subdir="models",
@@ -181,7 +182,7 @@ def resolve_weights(name: str, weights: str) -> str | None:
                 f"~/.keras/models/{source.file_name} or set model.weights: "
                 f"/path/to/{source.file_name} (or use model.weights: none to start from random "
                 f"weights)") from None
-    path = Path(weights).expanduser()
+    path = Path(file)
     if not path.is_file():
         raise WeightsError(
             f"model.weights: {weights!r} is not a file; use imagenet, none, or the path of an "
