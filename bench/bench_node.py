@@ -23,6 +23,9 @@ per image, 1024 px JPEG Baseline by default), then
 ``--model`` is a RUN_DIR or export; ``--random ENCODER`` builds a run with random weights
 (random batch-norm statistics, bench/trained_like.py) on a ``--grid`` instead: speed does not
 depend on training. ``--engine openvino`` runs the network under OpenVINO in both (#32).
+Orthanc runs with ``TCP_NODELAY=1`` as the tests run it; ``--orthanc-nagle`` runs it with its
+DCMTK's default instead (Nagle's algorithm on: each answer waits for the node's delayed
+acknowledgement). The median C-ECHO round trip to that Orthanc is reported too.
 Run the measurement on a quiet machine:
 
     .venv/bin/python bench/bench_node.py --random efficientnetb4 --grid 512 --images 200
@@ -102,25 +105,43 @@ def predict_rates(model: Path, files: list[Path], folder: Path, work: Path, engi
             "first_batch_s": head_seconds}
 
 
+def echo_ms(orthanc, calls: int = 20) -> float:
+    """Median ms of a C-ECHO to ``orthanc`` over one association."""
+    from pynetdicom import AE
+
+    ae = AE(ae_title=NODE_AE)
+    ae.add_requested_context("1.2.840.10008.1.1")
+    assoc = ae.associate(services.HOST, orthanc.dicom_port, ae_title=orthanc.aet)
+    times = []
+    for _ in range(calls):
+        start = time.perf_counter()
+        assoc.send_c_echo()
+        times.append(time.perf_counter() - start)
+    assoc.release()
+    return statistics.median(times) * 1000
+
+
 def node_run(model: Path, files: list[Path], paced: list[Path], interval: float, work: Path,
-             quiet: float, engine: str) -> dict:
+             quiet: float, engine: str, nodelay: bool) -> dict:
     from keras_ptx.node.spool import digest
 
     services.install()
     port = services.free_port()
-    orthanc = services.Orthanc(work / "orthanc", {"node": (NODE_AE, port)}).start()
+    orthanc = services.Orthanc(work / "orthanc", {"node": (NODE_AE, port)},
+                               nodelay=nodelay).start()
     node = services.NodeProcess(
         ["--model", str(model), "--ae-title", NODE_AE, "--port", str(port), "--allow",
          "STORESCU", "--spool", str(work / "spool"), "--quiet", str(quiet), "--engine", engine,
          "--send-to", f"ORTHANC@{services.HOST}:{orthanc.dicom_port}"], work / "node.log")
     try:
+        echo = echo_ms(orthanc)
         node.start(wait_port=port)
         start = time.monotonic()
         sent = services.storescu(files, port, NODE_AE, timeout=3600)
         if sent.returncode != 0:
             raise RuntimeError(f"storescu failed: {sent.stderr[-500:]}")
         received = time.monotonic() - start
-        services.wait_for(lambda: len(orthanc.instances("SEG")) >= len(files), 3600,
+        services.wait_for(lambda: len(orthanc.ids("SEG")) >= len(files), 3600,
                           "a SEG for every image", interval=0.5)
         seconds = time.monotonic() - start
         for path in paced:
@@ -128,7 +149,7 @@ def node_run(model: Path, files: list[Path], paced: list[Path], interval: float,
             if services.storescu([path], port, NODE_AE).returncode != 0:
                 raise RuntimeError("storescu of a paced study failed")
             time.sleep(max(0.0, next_at - time.monotonic()))
-        services.wait_for(lambda: len(orthanc.instances("SEG")) >= len(files) + len(paced),
+        services.wait_for(lambda: len(orthanc.ids("SEG")) >= len(files) + len(paced),
                           600, "a SEG for every paced image", interval=0.5)
     finally:
         node.stop()
@@ -141,7 +162,7 @@ def node_run(model: Path, files: list[Path], paced: list[Path], interval: float,
     def latencies(keys):
         return [(int(line.split()[0]), float(line.rsplit(" ", 1)[1]))
                 for key, line in lines.items() if keys(key)]
-    return {"seconds": seconds, "received_seconds": received,
+    return {"seconds": seconds, "received_seconds": received, "echo_ms": echo,
             "latencies": latencies(lambda key: key not in paced_keys),
             "paced_latencies": latencies(lambda key: key in paced_keys)}
 
@@ -169,6 +190,8 @@ def main():
     parser.add_argument("--workdir", type=Path, default=None)
     parser.add_argument("--engine", choices=["tf", "openvino"], default="tf",
                         help="the network's engine, in bin/predict and the node alike")
+    parser.add_argument("--orthanc-nagle", action="store_true",
+                        help="run Orthanc without TCP_NODELAY=1 (its DCMTK's default)")
     args = parser.parse_args()
 
     work = args.workdir or Path(tempfile.mkdtemp(prefix="bench-node-"))
@@ -178,7 +201,7 @@ def main():
     rates = predict_rates(model, files, work / "dicom", work, args.engine)
     predict = rates["steady"]
     node = node_run(model, files, paced, args.interval, work / "node", args.quiet,
-                    args.engine)
+                    args.engine, not args.orthanc_nagle)
     rate = len(files) / node["seconds"]
     flood = _summary(node["latencies"], args.quiet)
     steady = _summary(node["paced_latencies"], args.quiet) if paced else None
@@ -187,7 +210,9 @@ def main():
               "predict_reported_images_per_s": round(rates["reported"], 2),
               "predict_first_batch_s": round(rates["first_batch_s"], 1),
               "node_images_per_s": round(rate, 2), "ratio": round(rate / predict, 3),
-              "storescu_s": round(node["received_seconds"], 1), "flood_latency": flood,
+              "storescu_s": round(node["received_seconds"], 1),
+              "orthanc_tcp_nodelay": not args.orthanc_nagle,
+              "orthanc_echo_ms": round(node["echo_ms"], 1), "flood_latency": flood,
               "paced_latency": steady, "paced_interval_s": args.interval,
               "workdir": str(work)}
     print(json.dumps(result, indent=1))

@@ -64,7 +64,7 @@ def site(tmp_path_factory, run):
 
 
 def _objects_of(orthanc, study_uid, modality):
-    return [i for i in orthanc.instances(modality) if i.get("StudyInstanceUID") == study_uid]
+    return orthanc.instances(modality, study_uid)
 
 
 def _wait_objects(orthanc, study_uid, n, timeout=120):

@@ -6,8 +6,11 @@ the whole path against Orthanc and dcmtk.
 """
 import os
 import shutil
+import signal
+import socket
 import stat
 import subprocess
+import threading
 
 import numpy as np
 import pytest
@@ -413,6 +416,9 @@ def test_the_sender_keeps_one_association_and_sends_files_as_they_are(tmp_path):
         sender.send(paths[:2], acknowledged.append)
         sender.send(paths[2:], acknowledged.append)
         assert len(associations) == 1 and acknowledged == paths
+        # no 40 ms wait for a delayed acknowledgement at the end of each message
+        assert sender._assoc.dul.socket.socket.getsockopt(socket.IPPROTO_TCP,
+                                                          socket.TCP_NODELAY)
         sender.close()
         sender.send(paths[:1], acknowledged.append)
         assert len(associations) == 2
@@ -424,6 +430,66 @@ def test_the_sender_keeps_one_association_and_sends_files_as_they_are(tmp_path):
         whole = open(path, "rb").read()
         assert whole.endswith(data)
         assert pydicom.dcmread(path).SOPInstanceUID in data.decode("latin-1")
+
+
+def test_the_sending_process_reports_what_was_stored_and_outlives_its_child(tmp_path):
+    """The sender runs in a child process: the objects the destination stored are
+    acknowledged in order up to a refused one, whose status is the error; a child that died
+    is replaced at the next attempt."""
+    from pynetdicom import evt
+    from pynetdicom.sop_class import ComputedRadiographyImageStorage as CR
+
+    from keras_ptx.node.sender import SendError, open_sender
+    from keras_ptx.node.sender_process import ProcessSender
+
+    refused, storing, release = set(), threading.Event(), threading.Event()
+    scp = AE(ae_title="DEST")
+    scp.add_supported_context(CR, ExplicitVRLittleEndian)
+
+    def on_store(event):
+        storing.set()
+        release.wait(10)
+        return 0xA700 if event.request.AffectedSOPInstanceUID in refused else 0x0000
+    port = _free_port()
+    server = scp.start_server((HOST, port), block=False, evt_handlers=[(evt.EVT_C_STORE,
+                                                                        on_store)])
+    paths, uids = [], []
+    for k in range(3):
+        ds = _radiograph()
+        paths.append(str(tmp_path / f"{k}.dcm"))
+        uids.append(ds.SOPInstanceUID)
+        ds.save_as(paths[-1], enforce_file_format=True)
+    refused.add(uids[1])
+    sender = ProcessSender("test", open_sender, Destination("DEST", HOST, port), None, "KPTX",
+                           None)
+    try:
+        acknowledged, errors = [], []
+
+        def send_first():
+            try:
+                sender.send(paths[:1], acknowledged.append)
+            except SendError as exc:
+                errors.append(str(exc))
+        attempt = threading.Thread(target=send_first)
+        attempt.start()
+        assert storing.wait(30)                 # the child is waiting for the destination
+        os.kill(sender._process.pid, signal.SIGKILL)
+        attempt.join(30)
+        assert acknowledged == [] and "the sending process ended" in errors[0]
+        release.set()
+        with pytest.raises(SendError, match="C-STORE status 0xA700"):
+            sender.send(paths, acknowledged.append)
+        assert acknowledged == paths[:1]
+        refused.clear()
+        first = sender._process.pid
+        os.kill(first, signal.SIGKILL)
+        sender._process.join()
+        sender.send(paths[1:], acknowledged.append)
+        assert sender._process.pid != first
+        assert acknowledged == paths
+    finally:
+        sender.stop()
+        server.shutdown()
 
 
 def test_an_instance_arriving_after_the_answer_gets_its_own(tmp_path, caplog):

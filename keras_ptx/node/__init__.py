@@ -4,6 +4,6 @@ objects (:mod:`keras_ptx.results.dicom_objects`) by C-STORE or STOW-RS.
 
 :mod:`.config` (the settings), :mod:`.receiver` (the SCP), :mod:`.spool` (durable instances,
 objects and per-study progress), :mod:`.model` (in-process or TF Serving), :mod:`.sender`
-(C-STORE, STOW-RS, backoff), :mod:`.status` (counters in ``status.json``), :mod:`.service`
-(the threads that join them).
+(C-STORE, STOW-RS, backoff), :mod:`.sender_process` (the sender in a child process),
+:mod:`.status` (counters in ``status.json``), :mod:`.service` (the threads that join them).
 """

@@ -26,16 +26,15 @@ def serve(*, model, model_server, tta, engine, ae_title, host, port, allowed, al
     from keras_ptx.fileio import check_output
     from keras_ptx.node import receiver, sender
     from keras_ptx.node.model import open_model
+    from keras_ptx.node.sender_process import ProcessSender
     from keras_ptx.node.service import Node
 
-    if config.destination is not None:
-        out = sender.CStoreSender(config.destination, calling_ae or ae_title,
-                                  sender.client_tls(tls.cert, tls.key, tls.ca) if tls else None)
-    else:
-        out = sender.StowSender(stow)
+    destination = (config.destination, stow, calling_ae or ae_title, tls)
+    described = str(sender.open_sender(*destination))  # TLS files checked before the model
     check_output(spool, "--spool", {"--model": list(model)})
     backend = open_model(tuple(model), model_server, tta, engine)
     backend.warm_up()
+    out = ProcessSender(described, sender.open_sender, *destination)
     node = Node(config, backend, out,
                 receiver.server_tls(tls.cert, tls.key, tls.ca) if tls else None)
     stop = threading.Event()
@@ -47,6 +46,7 @@ def serve(*, model, model_server, tta, engine, ae_title, host, port, allowed, al
     finally:
         logging.getLogger("keras_ptx.node").info("stopping")
         node.stop()
+        out.stop()
 
 
 def _log_without_phi() -> None:

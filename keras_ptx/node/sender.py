@@ -6,6 +6,7 @@ between calls. :class:`Backoff` spaces the attempts. A sender is used by one thr
 """
 from __future__ import annotations
 
+import socket
 import ssl
 from typing import Callable
 
@@ -14,7 +15,7 @@ from pydicom.filereader import read_file_meta_info
 from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
 from pynetdicom import AE, _config
 
-from keras_ptx.node.config import Destination
+from keras_ptx.node.config import Destination, Tls
 
 # C-STORE statuses that mean stored: success and the three warnings (PS3.4 B.2.3)
 STORED = {0x0000, 0xB000, 0xB006, 0xB007}
@@ -22,6 +23,16 @@ STORED = {0x0000, 0xB000, 0xB006, 0xB007}
 
 class SendError(Exception):
     """The destination did not take an object; the message says how (no PHI)."""
+
+
+def open_sender(destination: Destination | None, stow_url: str | None, calling_ae: str,
+                tls: Tls | None):
+    """The C-STORE sender to ``destination`` (over TLS when ``tls``), else the STOW-RS one to
+    ``stow_url``."""
+    if destination is not None:
+        return CStoreSender(destination, calling_ae,
+                            client_tls(tls.cert, tls.key, tls.ca) if tls else None)
+    return StowSender(stow_url)
 
 
 def client_tls(cert: str, key: str, ca: str) -> ssl.SSLContext:
@@ -99,6 +110,9 @@ class CStoreSender:
             why = "rejected" if assoc.is_rejected else "aborted" if assoc.is_aborted \
                 else "no answer"
             raise SendError(f"association with {where} failed ({why})")
+        # An object goes out in several PDUs: with Nagle's algorithm the last segment of each
+        # waits for the acknowledgement the destination delays (40 ms per message on Linux).
+        assoc.dul.socket.socket.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self._assoc = assoc
         return assoc
 
