@@ -37,8 +37,9 @@ of keras_ptx: install them in a separate environment and pass its interpreter, e
 keras_ptx's through its own engine (``OpenVinoPredictor.from_gray``: the network folded and
 frozen as predict runs it, uint8 squares in, probabilities out), the peer converted from
 PyTorch by ``openvino.convert_model``; each compiled for the CPU with the inference precision
-hint f32 (float32) or bf16 (mixed_bfloat16). ``--deepest-feature block`` builds keras_ptx's
-UNet++ on the encoder taps smp uses. The peer's environment then also needs openvino
+hint f32 (float32) or bf16 (mixed_bfloat16). ``--deepest-feature block --skip-features block
+--inner-widths encoder`` build keras_ptx's UNet++ as smp's is built: on the encoder taps smp
+uses, its inner nodes as wide as those features (under either engine). The peer's environment then also needs openvino
 (``pip install openvino==2026.4.1``).
 
 Run on a quiet machine.
@@ -72,13 +73,18 @@ def _time(run, batch: int, seconds: float) -> float:
     return statistics.median(times) * 1000 / batch
 
 
-def _keras_config(encoder: str, size: int, policy: str, deepest: str = "top"):
+DEFAULT_NETWORK = ("top", "expand", "level")     # deepest_feature, skip_features, inner_widths
+
+
+def _keras_config(encoder: str, size: int, policy: str, taps: tuple = DEFAULT_NETWORK):
     from keras_ptx.config import load_config
     from keras_ptx.model.encoders import REGISTRY
 
     return load_config(None, [f"model.encoder={encoder}", "model.weights=none",
                               f"model.normalization={REGISTRY[encoder].normalization}",
-                              f"model.deepest_feature={deepest}",
+                              f"model.deepest_feature={taps[0]}",
+                              f"model.skip_features={taps[1]}",
+                              f"model.inner_widths={taps[2]}",
                               f"data.image_size={size}", f"train.mixed_precision={policy}"])
 
 
@@ -88,7 +94,7 @@ def _ov_hint(policy: str) -> str:
 
 def measure_keras(encoder: str, size: int, batches, policies, seconds: float,
                   stages: bool = False, train_batch: int = 0, engine: str = "tf",
-                  deepest: str = "top") -> list[dict]:
+                  taps: tuple = DEFAULT_NETWORK) -> list[dict]:
     import numpy as np
 
     from keras_ptx.model import build_model
@@ -98,10 +104,10 @@ def measure_keras(encoder: str, size: int, batches, policies, seconds: float,
     from trained_like import randomise_batch_norms
 
     if engine == "openvino":
-        return _keras_openvino(encoder, size, batches, policies, seconds, deepest)
+        return _keras_openvino(encoder, size, batches, policies, seconds, taps)
     rows = []
     for policy in policies:
-        config = _keras_config(encoder, size, policy)
+        config = _keras_config(encoder, size, policy, taps)
         if train_batch:
             rows.append(_keras_training(config, train_batch, seconds))
         trained = build_model(config)
@@ -122,7 +128,7 @@ def measure_keras(encoder: str, size: int, batches, policies, seconds: float,
 
 
 def _keras_openvino(encoder: str, size: int, batches, policies, seconds: float,
-                    deepest: str) -> list[dict]:
+                    taps: tuple) -> list[dict]:
     """keras_ptx's OpenVINO engine: the float32 network converted once, compiled per policy."""
     import numpy as np
 
@@ -131,7 +137,7 @@ def _keras_openvino(encoder: str, size: int, batches, policies, seconds: float,
     from keras_ptx.model import build_model
     from trained_like import randomise_batch_norms
 
-    model = build_model(_keras_config(encoder, size, "float32", deepest))
+    model = build_model(_keras_config(encoder, size, "float32", taps))
     randomise_batch_norms(model)
     predictor = Predictor(model)
     squares = np.random.default_rng(0).integers(0, 256, (max(batches), size, size), np.uint8)
@@ -139,7 +145,7 @@ def _keras_openvino(encoder: str, size: int, batches, policies, seconds: float,
     for policy in policies:
         engine = OpenVinoPredictor.from_predictor(predictor, policy)
         for batch in batches:
-            rows.append({"mode": "inference", "framework": f"keras_ptx OpenVINO ({deepest})",
+            rows.append({"mode": "inference", "framework": f"keras_ptx OpenVINO ({'/'.join(taps)})",
                          "encoder": encoder, "precision": _ov_hint(policy), "batch": batch,
                          "ms": _time(lambda b=batch: engine.from_gray(squares[:b]), batch,
                                      seconds)})
@@ -263,7 +269,8 @@ def _child(python: str, side: str, args) -> list[dict]:
                "--size", str(args.size), "--batches", *map(str, args.batches),
                "--precisions", *args.precisions, "--seconds", str(args.seconds),
                "--train-batch", str(args.train_batch), "--engine", args.engine,
-               "--deepest-feature", args.deepest_feature,
+               "--deepest-feature", args.deepest_feature, "--skip-features", args.skip_features,
+               "--inner-widths", args.inner_widths,
                *(["--stages"] if args.stages and side == "keras" else [])]
     result = subprocess.run(command, capture_output=True, text=True, check=False)
     if result.returncode:
@@ -290,12 +297,17 @@ def main() -> None:
                         help="openvino: both networks under OpenVINO (inference only)")
     parser.add_argument("--deepest-feature", choices=["top", "block"], default="top",
                         help="keras_ptx's model.deepest_feature")
+    parser.add_argument("--skip-features", choices=["expand", "block"], default="expand",
+                        help="keras_ptx's model.skip_features")
+    parser.add_argument("--inner-widths", choices=["level", "encoder"], default="level",
+                        help="keras_ptx's model.inner_widths")
     parser.add_argument("--side", choices=["keras", "peer"], help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.side:                                   # a child: one framework, print JSON rows
         measure = functools.partial(
             measure_keras, stages=args.stages, train_batch=args.train_batch,
-            engine=args.engine, deepest=args.deepest_feature) \
+            engine=args.engine,
+            taps=(args.deepest_feature, args.skip_features, args.inner_widths)) \
             if args.side == "keras" else functools.partial(
                 measure_peer, train_batch=args.train_batch, engine=args.engine)
         print(json.dumps([row for encoder in args.encoders for row in measure(

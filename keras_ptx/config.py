@@ -70,6 +70,14 @@ Normalization = Literal["imagenet", "pixels"]
 # the encoder's stride-32 feature (model.encoders): top = EfficientNet's 1x1 top convolution
 # (1280 channels at B0), block = the last block's output it takes (320 at B0)
 DeepestFeature = Literal["top", "block"]
+# the features at strides 2..16 the decoder's skips take (model.encoders): expand = the expansion
+# activation ahead of each downsampling block (96-672 channels at B0, as segmentation-models
+# taps), block = the last block's output at each stride (16-112 at B0, as smp's timm encoders)
+SkipFeatures = Literal["expand", "block"]
+# the width of the UNet++ nodes off its last diagonal (model.unetpp): level = the decoder width
+# of their level (decoder_filters), encoder = the encoder feature's width at their level, taken
+# as it is without a projection (as segmentation_models_pytorch's UnetPlusPlus)
+InnerWidths = Literal["level", "encoder"]
 Optimizer = Literal["adam", "adamw", "sgd"]
 Schedule = Literal["cosine", "plateau", "constant"]
 Monitor = Literal["score", "loss"]
@@ -233,6 +241,10 @@ class ModelConfig:
     normalization: Normalization = "imagenet"
     # the encoder's stride-32 feature; top for runs before it (block: as smp's UnetPlusPlus)
     deepest_feature: DeepestFeature = "top"
+    # the features at strides 2..16; expand for runs before it (block: as smp's UnetPlusPlus)
+    skip_features: SkipFeatures = "expand"
+    # the inner nodes' widths; level for runs before it (encoder: as smp's UnetPlusPlus)
+    inner_widths: InnerWidths = "level"
     decoder_filters: tuple[int, ...] = (256, 128, 64, 32, 16)  # as segmentation_models_pytorch
     deep_supervision: bool = False
     classification_head: bool = True
@@ -251,6 +263,11 @@ class ModelConfig:
                               f"{self.prune_level}")
         if not 0.0 <= self.dropout < 1.0:
             raise ConfigError(f"model.dropout: expected a rate in [0, 1), got {self.dropout}")
+        if self.inner_widths == "encoder" and self.skip_features == "expand":
+            raise ConfigError("model.inner_widths: encoder makes the inner nodes as wide as the "
+                              "skip features, and skip_features: expand has 96 to 672 "
+                              "channels at B0 (4x the default network's FLOPs); set "
+                              "model.skip_features: block with it")
 
 
 @dataclass

@@ -42,7 +42,7 @@ def _config(*overrides):
                            "efficientnetv2s"))])
 def test_each_v2_unetpp_taps_its_encoder_at_strides_2_to_32(encoder):
     model = build_model(_config(f"model.encoder={encoder}"))
-    taps = feature_layer_names(encoder)
+    taps = feature_layer_names(model, encoder)
     assert [model.get_layer(name).output.shape[1] for name in taps] == \
         [SIZE // stride for stride in STRIDES]
     # each tap is the encoder's last layer at its stride (the deepest features there)

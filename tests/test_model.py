@@ -62,7 +62,7 @@ def test_size_summary_counts_parameters_and_flops(full_model):
 
 
 def test_skip_features_are_taken_by_name_at_strides_2_to_32(full_model):
-    names = feature_layer_names("efficientnetb0")
+    names = feature_layer_names(full_model, "efficientnetb0")
     assert names[-1] == "top_activation"
     assert [full_model.get_layer(name).output.shape[1] for name in names] == \
         [64 // stride for stride in STRIDES]
@@ -75,7 +75,7 @@ def test_b4_at_256_has_its_skips_at_the_right_strides():
     model = build_model(config)
     assert model.output_names == ["mask"] and model.output_shape == (None, 256, 256, 1)
     assert [model.get_layer(name).output.shape[1] for name in feature_layer_names(
-        "efficientnetb4")] == [256 // stride for stride in STRIDES]
+        model, "efficientnetb4")] == [256 // stride for stride in STRIDES]
 
 
 def test_the_registry_holds_every_configurable_encoder_with_five_taps_and_a_known_input():
@@ -223,7 +223,8 @@ def test_the_deepest_feature_is_the_top_or_the_last_block():
                   for deepest in ("top", "block"))
     assert top.get_layer("x40_proj").input.shape[-1] == 1280
     assert block.get_layer("x40_proj").input.shape[-1] == 320
-    assert block.get_layer(feature_layer_names("efficientnetb0", "block")[-1]).output.shape[1] == 2
+    assert block.get_layer(feature_layer_names(block, "efficientnetb0", "block")[-1]
+                           ).output.shape[1] == 2
     assert "top_conv" in {layer.name for layer in top.layers}
     assert not {"top_conv", "top_bn", "top_activation"} & {layer.name for layer in block.layers}
     frozen = {layer.name for layer in encoder_layers(block, "efficientnetb0")}
@@ -232,6 +233,56 @@ def test_the_deepest_feature_is_the_top_or_the_last_block():
     assert top.count_params() - block.count_params() == 320 * 1280 + 4 * 1280 + 960 * (256 + 1)
     with pytest.raises(ConfigError, match="model.deepest_feature: expected one of top, block"):
         _config("model.deepest_feature=head")
+
+
+def test_block_skips_take_the_last_block_at_each_stride():
+    """``model.skip_features: block`` takes each stride's last block output (16, 24, 40 and
+    112 channels at B0, timm's features as smp takes them), with the deepest block the taps
+    of smp's UnetPlusPlus; the default (``expand``) is the network of every earlier run."""
+    block = build_model(_config("model.skip_features=block", "model.deepest_feature=block"))
+    names = feature_layer_names(block, "efficientnetb0", "block", "block")
+    assert names == ("block1a_project_bn", "block2b_add", "block3b_add", "block5c_add",
+                     "block_features")
+    assert [block.get_layer(n).output.shape[1] for n in names] == [64 // s for s in STRIDES]
+    assert [block.get_layer(f"x{i}0_proj").input.shape[-1] for i in range(5)] == \
+        [16, 24, 40, 112, 320]
+    expand = build_model(_config())
+    assert [expand.get_layer(f"x{i}0_proj").input.shape[-1] for i in range(4)] == \
+        [96, 144, 240, 672]
+    assert count_flops(block) < count_flops(expand)       # 1.05 against 1.07 GFLOPs at 64
+    frozen = {layer.name for layer in encoder_layers(block, "efficientnetb0")}
+    assert "block7a_project_conv" in frozen and not any(n.startswith("x") for n in frozen)
+    assert config_from_dict({"model": {"encoder": "efficientnetb0"}}).model.skip_features == \
+        "expand"
+    with pytest.raises(ConfigError, match="model.skip_features: expected one of expand, block"):
+        _config("model.skip_features=top")
+
+
+def test_inner_nodes_as_wide_as_the_encoder_features_as_smp_builds_them(tmp_path):
+    """``model.inner_widths: encoder``: the nodes inside the last diagonal as wide as their
+    level's encoder feature, taken without a projection (as smp's UnetPlusPlus); the last
+    diagonal keeps decoder_filters' widths, in a pruned network too, so the full network's
+    weights load into it by name."""
+    smp_like = ("model.skip_features=block", "model.deepest_feature=block",
+                "model.inner_widths=encoder")
+    full = build_model(_config(*smp_like))
+    widths = {layer.name: layer.output_shape[-1] for layer in full.layers
+              if layer.name.startswith("x") and layer.name.endswith("_conv2")}
+    assert widths == {"x01_conv2": 16, "x02_conv2": 16, "x03_conv2": 16, "x11_conv2": 24,
+                      "x12_conv2": 24, "x21_conv2": 40, "x04_conv2": 32, "x13_conv2": 64,
+                      "x22_conv2": 128, "x31_conv2": 256}
+    assert not any(layer.name.endswith("_proj") for layer in full.layers)
+    assert count_flops(full) < 0.6 * count_flops(build_model(_config(*smp_like[:2])))
+    pruned = build_model(_config(*smp_like, "model.prune_level=2"))
+    full.save_weights(str(tmp_path / "full.h5"))
+    pruned.load_weights(str(tmp_path / "full.h5"), by_name=True)
+    for pruned_weights, full_weights in zip(pruned.get_layer("x02_conv2").get_weights(),
+                                            full.get_layer("x02_conv2").get_weights()):
+        np.testing.assert_array_equal(pruned_weights, full_weights)
+    assert config_from_dict({"model": {"encoder": "efficientnetb0"}}).model.inner_widths == \
+        "level"
+    with pytest.raises(ConfigError, match="set model.skip_features: block with it"):
+        _config("model.inner_widths=encoder")
 
 
 def test_a_block_run_reloads_as_a_block_network(tmp_path):

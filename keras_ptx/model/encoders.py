@@ -20,12 +20,13 @@ from __future__ import annotations
 import contextlib
 import functools
 import io
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
 from keras_ptx.config import (ConfigError, DeepestFeature, ModelConfig, Normalization,
-                              check_image_size, choices, weights_file)
+                              SkipFeatures, check_image_size, choices, weights_file)
 from keras_ptx.errors import UserError
 from keras_ptx.tf_setup import tf
 
@@ -40,6 +41,12 @@ STRIDES = (2, 4, 8, 16, 32)
 DEEPEST_FEATURES = choices(DeepestFeature)
 TOP_CONV = "top_conv"               # the top's 1x1 convolution, so named in both families
 BLOCK_FEATURES = "block_features"   # the identity layer naming the last block's output
+# The features at strides 2 to 16 (model.skip_features): ``expand``, the entry's taps (the
+# expansion activations ahead of each downsampling block, as segmentation-models taps them),
+# or ``block``, the last block's output at each stride (as timm's features_only, which
+# segmentation_models_pytorch's encoders use, takes them): :func:`block_ends`.
+SKIP_FEATURES = choices(SkipFeatures)
+BLOCK_LAYER = re.compile(r"(block\d+[a-z]+)_")   # a block's layers, e.g. block2b_add
 
 
 class WeightsError(UserError):
@@ -146,11 +153,35 @@ def check_normalization(model: ModelConfig) -> None:
                           f"got {model.normalization!r}; set model.normalization: {expected}")
 
 
-def feature_layer_names(name: str, deepest: DeepestFeature = "top") -> tuple[str, ...]:
-    """Names of the layers whose outputs are the features at STRIDES (shallowest first) in a
-    network whose stride-32 feature is ``deepest`` (:data:`DEEPEST_FEATURES`)."""
+def block_ends(layers) -> dict[int, str]:
+    """stride -> the name of the last layer of the last block (layers named ``block<n><x>_*``
+    in both families) whose output is at that stride, from ``layers`` in topological order (a
+    backbone's or a network's): each convolution with strides 2 doubles the stride, and a
+    downsampling block's output is at the stride after it."""
+    blocks: dict[str, tuple[int, str]] = {}         # block -> (its output's stride, last layer)
+    stride = 1
+    for layer in layers:
+        if tuple(getattr(layer, "strides", ())) == (2, 2):
+            stride *= 2
+        block = BLOCK_LAYER.match(layer.name)
+        if block:
+            blocks[block.group(1)] = (stride, layer.name)
+    return {stride: name for stride, name in blocks.values()}
+
+
+def feature_layer_names(model: tf.keras.Model, name: str, deepest: DeepestFeature = "top",
+                        skips: SkipFeatures = "expand") -> tuple[str, ...]:
+    """Names of the layers of ``model`` (the backbone of encoder ``name``, or a network on it)
+    whose outputs are the features at STRIDES (shallowest first), the ones at strides 2 to 16
+    being ``skips``' (:data:`SKIP_FEATURES`) and the stride-32 one ``deepest``'s
+    (:data:`DEEPEST_FEATURES`)."""
     taps = encoder_spec(name).taps
-    return taps if deepest == "top" else taps[:-1] + (BLOCK_FEATURES,)
+    if skips == "block":
+        ends = block_ends(model.layers)
+        shallow = tuple(ends[stride] for stride in STRIDES[:-1])
+    else:
+        shallow = taps[:-1]
+    return shallow + ((taps[-1],) if deepest == "top" else (BLOCK_FEATURES,))
 
 
 def encoder_layers(model: tf.keras.Model, name: str) -> list:
@@ -159,9 +190,8 @@ def encoder_layers(model: tf.keras.Model, name: str) -> list:
     encoder: those between its input and the encoder features it uses (a pruned network uses
     the shallower ones only; one whose deepest feature is the block has no top)."""
     present = {layer.name for layer in model.layers}
-    taps = [model.get_layer(layer).output
-            for layer in feature_layer_names(name) + (BLOCK_FEATURES,)
-            if layer in present]
+    candidates = {*encoder_spec(name).taps, *block_ends(model.layers).values(), BLOCK_FEATURES}
+    taps = [model.get_layer(layer).output for layer in sorted(candidates & present)]
     return [layer for layer in tf.keras.Model(model.inputs, taps).layers if layer.weights]
 
 
@@ -191,14 +221,17 @@ def resolve_weights(name: str, weights: str) -> str | None:
 
 
 def build_encoder(name: str, image_size: int, weights: str = "none",
-                  any_size: bool = False, deepest: DeepestFeature = "top") -> Encoder:
+                  any_size: bool = False, deepest: DeepestFeature = "top",
+                  skips: SkipFeatures = "expand") -> Encoder:
     """Build ``name`` for square ``image_size`` inputs (a multiple of 32), or with
     ``any_size`` for inputs of any multiple-of-32 height and width, and load its weights;
-    its stride-32 feature is ``deepest`` (:data:`DEEPEST_FEATURES`)."""
+    its features at strides 2 to 16 are ``skips``' (:data:`SKIP_FEATURES`), its stride-32
+    one ``deepest``'s (:data:`DEEPEST_FEATURES`)."""
     check_image_size(image_size)
-    if deepest not in DEEPEST_FEATURES:
-        raise ConfigError(f"model.deepest_feature: expected one of {', '.join(DEEPEST_FEATURES)}, "
-                          f"got {deepest!r}")
+    for key, value, known in (("deepest_feature", deepest, DEEPEST_FEATURES),
+                              ("skip_features", skips, SKIP_FEATURES)):
+        if value not in known:
+            raise ConfigError(f"model.{key}: expected one of {', '.join(known)}, got {value!r}")
     spec = encoder_spec(name)
     weights_file = resolve_weights(name, weights)
     backbone = spec.builder((None, None, 3) if any_size else (image_size, image_size, 3))
@@ -208,7 +241,8 @@ def build_encoder(name: str, image_size: int, weights: str = "none",
         except (ValueError, OSError) as exc:
             raise WeightsError(f"model.weights: {weights_file} does not hold {name}'s encoder "
                                f"weights: {exc}") from None
-    features = tuple(backbone.get_layer(layer).output for layer in spec.taps)
+    names = feature_layer_names(backbone, name, "top", skips)
+    features = tuple(backbone.get_layer(layer).output for layer in names)
     if deepest == "block":
         block = tf.keras.layers.Activation("linear", name=BLOCK_FEATURES)(
             backbone.get_layer(TOP_CONV).input)

@@ -13,6 +13,13 @@ B0, as segmentation-models taps it; the default, and what every run before the o
 trained with) or its last ``block`` (320 at B0, as segmentation_models_pytorch taps it: the
 top's 1x1 convolution, its batch norm and activation are then not built).
 
+``model.skip_features: block`` takes each stride's last block output instead of the expand
+activations (:data:`keras_ptx.model.encoders.SKIP_FEATURES`), and ``model.inner_widths:
+encoder`` gives the nodes inside the last diagonal (X(i, j), i + j < 4) the width of their
+level's encoder feature, which X(i, 0) then is without a projection, as
+segmentation_models_pytorch's UnetPlusPlus builds them (B0 at 256 with all three: 8.1 GFLOPs
+instead of 17.1).
+
 Heads: X(0, j) -> bilinear x2 -> conv-BN-ReLU twice -> 3x3 conv -> sigmoid, each with its own
 weights (layers ``head{j}_*``). ``mask`` comes from X(0, prune_level); with deep supervision
 ``mask_1`` ... ``mask_{prune_level-1}`` come from the shallower columns; ``label`` is a sigmoid
@@ -64,20 +71,27 @@ def build_model(config: Config, any_size: bool = False) -> tf.keras.Model:
     check_normalization(model)
     with dtype_policy(resolve_mixed_precision(config.train.mixed_precision)):
         encoder = build_encoder(model.encoder, config.data.image_size, model.weights, any_size,
-                                model.deepest_feature)
+                                model.deepest_feature, model.skip_features)
         columns = model.prune_level
         widths = tuple(reversed(model.decoder_filters[:DECODER_DEPTH])) + (model.decoder_filters[0],)
+        raw = model.inner_widths == "encoder"
         nodes = {}
         for i in range(columns + 1):
-            nodes[i, 0] = _conv_bn_relu(encoder.features[i], widths[i], 1, f"x{i}0_proj")
+            nodes[i, 0] = encoder.features[i] if raw else \
+                _conv_bn_relu(encoder.features[i], widths[i], 1, f"x{i}0_proj")
         for j in range(1, columns + 1):
             for i in range(columns + 1 - j):
+                # the full network's last diagonal has the level's width, the nodes inside it
+                # the level's (or with inner_widths: encoder, the encoder feature's); a pruned
+                # network keeps the full one's widths, so its weights load by name
+                width = widths[i] if not raw or i + j == DECODER_DEPTH else \
+                    encoder.features[i].shape[-1]
                 up = layers.UpSampling2D(2, interpolation="bilinear", name=f"x{i}{j}_up")(
                     nodes[i + 1, j - 1])
                 x = layers.Concatenate(name=f"x{i}{j}_concat")(
                     [nodes[i, k] for k in range(j)] + [up])
-                x = _conv_bn_relu(x, widths[i], 3, f"x{i}{j}_conv1")
-                nodes[i, j] = _conv_bn_relu(x, widths[i], 3, f"x{i}{j}_conv2")
+                x = _conv_bn_relu(x, width, 3, f"x{i}{j}_conv1")
+                nodes[i, j] = _conv_bn_relu(x, width, 3, f"x{i}{j}_conv2")
 
         outputs = [_mask_head(nodes[0, columns], columns, model.decoder_filters[-1], "mask")]
         if model.deep_supervision:
