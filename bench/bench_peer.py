@@ -73,18 +73,19 @@ def _time(run, batch: int, seconds: float) -> float:
     return statistics.median(times) * 1000 / batch
 
 
-DEFAULT_NETWORK = ("top", "expand", "level")     # deepest_feature, skip_features, inner_widths
+# model.deepest_feature, model.skip_features, model.inner_widths
+DEFAULT_NETWORK = ("top", "expand", "level")
 
 
-def _keras_config(encoder: str, size: int, policy: str, taps: tuple = DEFAULT_NETWORK):
+def _keras_config(encoder: str, size: int, policy: str, network: tuple = DEFAULT_NETWORK):
     from keras_ptx.config import load_config
     from keras_ptx.model.encoders import REGISTRY
 
     return load_config(None, [f"model.encoder={encoder}", "model.weights=none",
                               f"model.normalization={REGISTRY[encoder].normalization}",
-                              f"model.deepest_feature={taps[0]}",
-                              f"model.skip_features={taps[1]}",
-                              f"model.inner_widths={taps[2]}",
+                              f"model.deepest_feature={network[0]}",
+                              f"model.skip_features={network[1]}",
+                              f"model.inner_widths={network[2]}",
                               f"data.image_size={size}", f"train.mixed_precision={policy}"])
 
 
@@ -94,7 +95,7 @@ def _ov_hint(policy: str) -> str:
 
 def measure_keras(encoder: str, size: int, batches, policies, seconds: float,
                   stages: bool = False, train_batch: int = 0, engine: str = "tf",
-                  taps: tuple = DEFAULT_NETWORK) -> list[dict]:
+                  network: tuple = DEFAULT_NETWORK) -> list[dict]:
     import numpy as np
 
     from keras_ptx.model import build_model
@@ -104,10 +105,10 @@ def measure_keras(encoder: str, size: int, batches, policies, seconds: float,
     from trained_like import randomise_batch_norms
 
     if engine == "openvino":
-        return _keras_openvino(encoder, size, batches, policies, seconds, taps)
+        return _keras_openvino(encoder, size, batches, policies, seconds, network)
     rows = []
     for policy in policies:
-        config = _keras_config(encoder, size, policy, taps)
+        config = _keras_config(encoder, size, policy, network)
         if train_batch:
             rows.append(_keras_training(config, train_batch, seconds))
         trained = build_model(config)
@@ -128,7 +129,7 @@ def measure_keras(encoder: str, size: int, batches, policies, seconds: float,
 
 
 def _keras_openvino(encoder: str, size: int, batches, policies, seconds: float,
-                    taps: tuple) -> list[dict]:
+                    network: tuple) -> list[dict]:
     """keras_ptx's OpenVINO engine: the float32 network converted once, compiled per policy."""
     import numpy as np
 
@@ -137,7 +138,7 @@ def _keras_openvino(encoder: str, size: int, batches, policies, seconds: float,
     from keras_ptx.model import build_model
     from trained_like import randomise_batch_norms
 
-    model = build_model(_keras_config(encoder, size, "float32", taps))
+    model = build_model(_keras_config(encoder, size, "float32", network))
     randomise_batch_norms(model)
     predictor = Predictor(model)
     squares = np.random.default_rng(0).integers(0, 256, (max(batches), size, size), np.uint8)
@@ -145,7 +146,8 @@ def _keras_openvino(encoder: str, size: int, batches, policies, seconds: float,
     for policy in policies:
         engine = OpenVinoPredictor.from_predictor(predictor, policy)
         for batch in batches:
-            rows.append({"mode": "inference", "framework": f"keras_ptx OpenVINO ({'/'.join(taps)})",
+            rows.append({"mode": "inference",
+                         "framework": f"keras_ptx OpenVINO ({'/'.join(network)})",
                          "encoder": encoder, "precision": _ov_hint(policy), "batch": batch,
                          "ms": _time(lambda b=batch: engine.from_gray(squares[:b]), batch,
                                      seconds)})
@@ -307,7 +309,7 @@ def main() -> None:
         measure = functools.partial(
             measure_keras, stages=args.stages, train_batch=args.train_batch,
             engine=args.engine,
-            taps=(args.deepest_feature, args.skip_features, args.inner_widths)) \
+            network=(args.deepest_feature, args.skip_features, args.inner_widths)) \
             if args.side == "keras" else functools.partial(
                 measure_peer, train_batch=args.train_batch, engine=args.engine)
         print(json.dumps([row for encoder in args.encoders for row in measure(

@@ -63,14 +63,10 @@ def site(tmp_path_factory, run):
     orthanc.stop()
 
 
-def _objects_of(orthanc, study_uid, modality):
-    return orthanc.instances(modality, study_uid)
-
-
 def _wait_objects(orthanc, study_uid, n, timeout=120):
     """The SEGs and SRs of a study once Orthanc holds ``n`` of each."""
     def ready():
-        segs, srs = (_objects_of(orthanc, study_uid, m) for m in ("SEG", "SR"))
+        segs, srs = (orthanc.instances(m, study_uid) for m in ("SEG", "SR"))
         return (segs, srs) if len(segs) >= n and len(srs) >= n else None
     return wait_for(ready, timeout, f"{n} SEG and SR of the study in Orthanc", interval=0.5)
 
@@ -160,7 +156,7 @@ def test_refusals_and_bad_input_give_reasons_and_the_node_stays_up(site, tmp_pat
                "keras_ptx result object fed back")
     wait_for(lambda: all(r in node.text() for r in reasons), 30, "the three reasons logged")
     assert _echo(port), "the node answers C-ECHO after all that"
-    assert not _objects_of(site["orthanc"], "1.2.3.79", "SEG")
+    assert not site["orthanc"].instances("SEG", "1.2.3.79")
 
 
 def test_load_four_associations_of_25_images(site, tmp_path):

@@ -81,9 +81,8 @@ def build_model(config: Config, any_size: bool = False) -> tf.keras.Model:
                 _conv_bn_relu(encoder.features[i], widths[i], 1, f"x{i}0_proj")
         for j in range(1, columns + 1):
             for i in range(columns + 1 - j):
-                # the full network's last diagonal has the level's width, the nodes inside it
-                # the level's (or with inner_widths: encoder, the encoder feature's); a pruned
-                # network keeps the full one's widths, so its weights load by name
+                # inner_widths: encoder widens only the nodes inside the full network's last
+                # diagonal (i + j < 4), also in a pruned network, so weights load by name
                 width = widths[i] if not raw or i + j == DECODER_DEPTH else \
                     encoder.features[i].shape[-1]
                 up = layers.UpSampling2D(2, interpolation="bilinear", name=f"x{i}{j}_up")(

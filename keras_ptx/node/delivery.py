@@ -14,7 +14,7 @@ import threading
 import time
 from collections import deque
 
-from keras_ptx.node.sender import Backoff, SendError
+from keras_ptx.node.sender import Backoff, failure_reason
 
 log = logging.getLogger("keras_ptx.node")
 SHORT = 12                                  # digest characters in log lines
@@ -66,7 +66,7 @@ class Delivery:
                     self.sender.send(self.spool.outbox(key), self._acknowledged)
                 except Exception as exc:    # noqa: BLE001 - the destination, a bug: retry
                     wait = backoff.next_wait()
-                    why = exc if isinstance(exc, (SendError, OSError)) else type(exc).__name__
+                    why = failure_reason(exc)
                     log.warning("sending failed for study %s (%s); next attempt in %.0f s",
                                 key[:SHORT], why, wait)
                     self.sender.close()

@@ -22,7 +22,7 @@ def serve(*, model, model_server, tta, engine, ae_title, host, port, allowed, al
         stow_url=stow, quiet_seconds=quiet_seconds, retention_seconds=retention_seconds,
         kinds=tuple(k.strip().lower() for k in objects.split(",") if k.strip()), tls=tls,
         max_backoff=max_backoff)
-    _log_without_phi()
+    log_without_phi()
     from keras_ptx.fileio import check_output
     from keras_ptx.node import receiver, sender
     from keras_ptx.node.model import open_model
@@ -49,7 +49,7 @@ def serve(*, model, model_server, tta, engine, ae_title, host, port, allowed, al
         out.stop()
 
 
-def _log_without_phi() -> None:
+def log_without_phi() -> None:
     """The node's own lines (INFO: no PHI by construction) and other libraries' errors only:
     pynetdicom, highdicom and pydicom write UIDs and headers at INFO and in warnings."""
     logging.basicConfig(level=logging.ERROR, format=LOG_FORMAT)

@@ -25,6 +25,12 @@ class SendError(Exception):
     """The destination did not take an object; the message says how (no PHI)."""
 
 
+def failure_reason(exc: Exception) -> str:
+    """What a failed send says in the log: the message of a SendError or an OS error (no PHI),
+    only the type of anything else (whose message may quote a header)."""
+    return str(exc) if isinstance(exc, (SendError, OSError)) else type(exc).__name__
+
+
 def open_sender(destination: Destination | None, stow_url: str | None, calling_ae: str,
                 tls: Tls | None):
     """The C-STORE sender to ``destination`` (over TLS when ``tls``), else the STOW-RS one to

@@ -6,20 +6,17 @@ time, so every DIMSE message waited for them (BENCHMARKS.md, "The DICOM node"). 
 process started by ``spawn`` (never ``fork`` from a process running TensorFlow's threads)
 the sender answers at once. :class:`ProcessSender` is used like the sender it runs
 (``send(paths, acknowledged)``, ``close()``): the child reports which objects the destination
-confirmed, and the parent acknowledges them in the spool. A child that died (killed, out of
-memory) is a :class:`~keras_ptx.node.sender.SendError` for that attempt and is started again
-for the next; the parent's end closes the child's pipe, which ends the child.
+confirmed, and the parent acknowledges them in the spool. A child that dies during a send
+(killed, out of memory) makes that attempt a :class:`~keras_ptx.node.sender.SendError`; a dead
+child is replaced at the next request; closing the parent's end of the pipe ends the child.
 """
 from __future__ import annotations
 
-import logging
 import multiprocessing
 import signal
 from typing import Callable
 
-from keras_ptx.node.sender import SendError
-
-log = logging.getLogger("keras_ptx.node")
+from keras_ptx.node.sender import SendError, failure_reason
 
 
 class ProcessSender:
@@ -87,10 +84,11 @@ class ProcessSender:
 def _serve(conn, make: Callable, args: tuple) -> None:
     """The child: requests from ``conn`` until the parent's end closes (a signal to the
     node's process group is the parent's to handle: it lets the send in flight finish)."""
+    from keras_ptx.node.main import log_without_phi
+
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, signal.SIG_IGN)
-    logging.basicConfig(level=logging.ERROR)        # libraries' errors only, as in the node
-    logging.captureWarnings(True)
+    log_without_phi()
     sender = make(*args)
     try:
         while True:
@@ -106,8 +104,7 @@ def _serve(conn, make: Callable, args: tuple) -> None:
                 else:
                     sender.close()
             except Exception as exc:            # noqa: BLE001 - reported to the parent
-                error = str(exc) if isinstance(exc, (SendError, OSError)) \
-                    else f"{type(exc).__name__} while sending"
+                error = failure_reason(exc)
             try:
                 conn.send((acked, error))
             except OSError:
