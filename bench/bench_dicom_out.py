@@ -32,8 +32,8 @@ from keras_ptx.config import dump_config, load_config
 from keras_ptx.data.dicom import read_dicom
 from keras_ptx.fileio import write_atomic
 from keras_ptx.inference import plots
-from keras_ptx.results.dicom_files import encode, object_path
-from keras_ptx.results.dicom_objects import build_objects
+from keras_ptx.results.dicom_files import object_path
+from keras_ptx.results.dicom_objects import build_objects, encode
 from keras_ptx.inference.prediction import ModelIdentity
 from keras_ptx.synthetic.dataset import Options, make_dataset
 from keras_ptx.synthetic.dicom_writer import write_dicom

@@ -19,8 +19,7 @@ from dicom_checks import dciodvfy_errors, seg_mask, sr_finding
 from keras_ptx.data import rle
 from keras_ptx.data.dicom import read_dicom
 from keras_ptx.data.eligibility import rejection
-from keras_ptx.results.dicom_files import encode
-from keras_ptx.results.dicom_objects import ObjectError, build_objects, spacing_mm
+from keras_ptx.results.dicom_objects import ObjectError, build_objects, encode, spacing_mm
 from keras_ptx.inference.prediction import ModelIdentity
 from keras_ptx.synthetic.dicom_writer import write_dicom
 

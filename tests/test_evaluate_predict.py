@@ -485,8 +485,7 @@ def test_predict_writes_valid_dicom_objects_for_frontal_chest_images_only(run, t
     get a reason instead. Each SEG decodes to submission.csv's mask, each SR's finding and
     probability are predictions.csv's, and dciodvfy finds no error in any object."""
     from dicom_checks import dciodvfy_errors, seg_mask, sr_finding
-    from keras_ptx.results.dicom_files import encode
-    from keras_ptx.results.dicom_objects import build_objects
+    from keras_ptx.results.dicom_objects import build_objects, encode
     from keras_ptx.inference.prediction import ModelIdentity
 
     rng, folder = np.random.default_rng(3), tmp_path / "in"

@@ -11,6 +11,7 @@ import socket
 import stat
 import subprocess
 import threading
+import time
 
 import numpy as np
 import pytest
@@ -24,6 +25,7 @@ from keras_ptx.node.receiver import server_tls
 from keras_ptx.node.sender import Backoff, CStoreSender, client_tls
 from keras_ptx.node.service import Node
 from keras_ptx.node.spool import Spool, digest
+from keras_ptx.results.dicom_objects import encode
 from keras_ptx.inference.prediction import ModelIdentity
 
 HOST = "127.0.0.1"
@@ -148,7 +150,7 @@ def test_an_answered_instance_is_not_answered_again_and_progress_is_read_from_fi
     key, new = spool.store("1.2.3", "1.2.3.4", b"DICM")
     assert new and spool.pending(key) == [digest("1.2.3.4")]
     spool.record(key, digest("1.2.3.4"), {"outcome": "predicted", "positive": False},
-                 [_radiograph()])
+                 [encode(_radiograph())])
     assert spool.pending(key) == [] and len(spool.outbox(key)) == 1
     assert spool.store("1.2.3", "1.2.3.4", b"DICM") == (key, False)
     spool.acknowledge(spool.outbox(key)[0])
@@ -473,7 +475,7 @@ def test_the_sending_process_reports_what_was_stored_and_outlives_its_child(tmp_
         attempt = threading.Thread(target=send_first)
         attempt.start()
         assert storing.wait(30)                 # the child is waiting for the destination
-        os.kill(sender._process.pid, signal.SIGKILL)
+        os.kill(sender.child.pid, signal.SIGKILL)
         attempt.join(30)
         assert acknowledged == [] and "the sending process ended" in errors[0]
         release.set()
@@ -481,14 +483,64 @@ def test_the_sending_process_reports_what_was_stored_and_outlives_its_child(tmp_
             sender.send(paths, acknowledged.append)
         assert acknowledged == paths[:1]
         refused.clear()
-        first = sender._process.pid
+        first = sender.child.pid
         os.kill(first, signal.SIGKILL)
-        sender._process.join()
+        _wait(lambda: not sender.child.alive)
         sender.send(paths[1:], acknowledged.append)
-        assert sender._process.pid != first
+        assert sender.child.pid != first
         assert acknowledged == paths
     finally:
         sender.stop()
+        server.shutdown()
+
+
+def test_a_late_reactor_does_not_take_the_c_store_response(tmp_path, monkeypatch):
+    """pynetdicom's reactor, descheduled just after passing its checkpoint, takes the
+    response a C-STORE waits for when it arrives before the sending thread asks for it (the
+    send then times out); CStoreSender holds the reactor at the checkpoint first. Both
+    threads' delays are simulated: the reactor sleeps 30 ms each time it passes, the sender
+    60 ms before it waits for a response."""
+    from pynetdicom import evt
+    from pynetdicom.dimse import DIMSEServiceProvider
+    from pynetdicom.sop_class import ComputedRadiographyImageStorage as CR
+
+    from keras_ptx.node import sender as sending
+
+    class LateReactor(sending.ReactorCheckpoint):
+        def wait(self, timeout=None):
+            passed = super().wait(timeout)
+            time.sleep(0.03)
+            return passed
+    get_msg = DIMSEServiceProvider.get_msg
+
+    def late_get_msg(self, block=False):
+        if block:
+            time.sleep(0.06)
+        return get_msg(self, block)
+    monkeypatch.setattr(sending, "ReactorCheckpoint", LateReactor)
+    monkeypatch.setattr(DIMSEServiceProvider, "get_msg", late_get_msg)
+    scp = AE(ae_title="DEST")
+    scp.add_supported_context(CR, ExplicitVRLittleEndian)
+    port = _free_port()
+    server = scp.start_server((HOST, port), block=False,
+                              evt_handlers=[(evt.EVT_C_STORE, lambda event: 0x0000)])
+    paths = []
+    for k in range(8):
+        paths.append(str(tmp_path / f"{k}.dcm"))
+        _radiograph().save_as(paths[-1], enforce_file_format=True)
+    try:
+        acknowledged = []
+        sender = sending.CStoreSender(Destination("DEST", HOST, port), "KPTX", timeout=2)
+        with monkeypatch.context() as pynetdicom_as_is:     # clear only, as send_c_store does
+            pynetdicom_as_is.setattr(LateReactor, "hold", lambda self, reactor: self.clear())
+            with pytest.raises(sending.SendError, match="no C-STORE response"):
+                sender.send(paths, acknowledged.append)
+        assert len(acknowledged) < len(paths)
+        acknowledged.clear()
+        sender.send(paths, acknowledged.append)
+        sender.close()
+        assert acknowledged == paths
+    finally:
         server.shutdown()
 
 

@@ -3,7 +3,8 @@ predicts each frontal chest radiograph once its study is quiet, and answers with
 objects (:mod:`keras_ptx.results.dicom_objects`) by C-STORE or STOW-RS.
 
 :mod:`.config` (the settings), :mod:`.receiver` (the SCP), :mod:`.spool` (durable instances,
-objects and per-study progress), :mod:`.model` (in-process or TF Serving), :mod:`.sender`
-(C-STORE, STOW-RS, backoff), :mod:`.sender_process` (the sender in a child process),
+objects and per-study progress), :mod:`.model` (in-process or TF Serving), :mod:`.builder`
+(the result objects), :mod:`.sender` (C-STORE, STOW-RS, backoff), :mod:`.child` (work in a
+child process of its own: the builder and the sender run there, :mod:`.sender_process`),
 :mod:`.status` (counters in ``status.json``), :mod:`.service` (the threads that join them).
 """

@@ -25,6 +25,7 @@ def serve(*, model, model_server, tta, engine, ae_title, host, port, allowed, al
     log_without_phi()
     from keras_ptx.fileio import check_output
     from keras_ptx.node import receiver, sender
+    from keras_ptx.node.builder import ProcessBuilder
     from keras_ptx.node.model import open_model
     from keras_ptx.node.sender_process import ProcessSender
     from keras_ptx.node.service import Node
@@ -35,8 +36,9 @@ def serve(*, model, model_server, tta, engine, ae_title, host, port, allowed, al
     backend = open_model(tuple(model), model_server, tta, engine)
     backend.warm_up()
     out = ProcessSender(described, sender.open_sender, *destination)
+    builder = ProcessBuilder(backend.identity, config.kinds)
     node = Node(config, backend, out,
-                receiver.server_tls(tls.cert, tls.key, tls.ca) if tls else None)
+                receiver.server_tls(tls.cert, tls.key, tls.ca) if tls else None, builder)
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
@@ -47,6 +49,7 @@ def serve(*, model, model_server, tta, engine, ae_title, host, port, allowed, al
         logging.getLogger("keras_ptx.node").info("stopping")
         node.stop()
         out.stop()
+        builder.stop()
 
 
 def log_without_phi() -> None:

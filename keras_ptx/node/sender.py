@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import socket
 import ssl
+import threading
+import time
 from typing import Callable
 
 import pydicom
@@ -48,12 +50,68 @@ def client_tls(cert: str, key: str, ca: str) -> ssl.SSLContext:
     return context
 
 
+class ReactorCheckpoint:
+    """What an association's reactor thread waits at (pynetdicom 3's ``_reactor_checkpoint``:
+    ``set``, ``clear``, ``wait``), telling whether the reactor is blocked there.
+
+    A ``send_*`` method pauses the reactor so that it does not take the peer's response off
+    the queue: it clears the event and waits until the reactor says it is paused, which the
+    reactor says just *before* it waits. A reactor that passed the event while it was still
+    set and was descheduled before saying otherwise then takes the response itself ("Received
+    unexpected C-STORE service message"), and the C-STORE waits out the DIMSE timeout (30 s
+    stalls in the node's benchmark under load, BENCHMARKS.md).
+    :meth:`hold` returns once the reactor is blocked, so the send that follows is safe."""
+
+    def __init__(self):
+        self._cond = threading.Condition()
+        self._open, self._opened = True, 0              # is set; how many times it was set
+        self._waiting: list[int] = []                   # each waiter's count at its start
+
+    def set(self) -> None:
+        with self._cond:
+            self._open, self._opened = True, self._opened + 1
+            self._cond.notify_all()
+
+    def clear(self) -> None:
+        with self._cond:
+            self._open = False
+
+    def is_set(self) -> bool:
+        return self._open
+
+    def wait(self, timeout: float | None = None) -> bool:
+        """As ``threading.Event.wait``: True once set, even if cleared again since."""
+        with self._cond:
+            if self._open:
+                return True
+            opened = self._opened
+            self._waiting.append(opened)
+            self._cond.notify_all()
+            try:
+                return self._cond.wait_for(lambda: self._opened != opened, timeout)
+            finally:
+                self._waiting.remove(opened)
+
+    def hold(self, reactor: threading.Thread, timeout: float = 10.0) -> None:
+        """Close the checkpoint and return once ``reactor`` is blocked at it (or has ended,
+        or ``timeout`` passed: the send then fails or succeeds on its own)."""
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            self._open = False
+            # a waiter counted before the last set() is on its way out: not blocked
+            while self._opened not in self._waiting and reactor.is_alive() \
+                    and time.monotonic() < deadline:
+                self._cond.wait(0.05)
+
+
 class CStoreSender:
     """One association kept open across calls until ``close()``, proposing the SOP
     classes of the objects sent so far (far below the 128-context limit), each in the
     objects' own transfer syntaxes and the two uncompressed; a call with a new class or
     syntax associates again. An object whose own syntax was accepted is sent from its file
-    as it is (pynetdicom's chunked sending: no decoding and encoding again)."""
+    as it is (pynetdicom's chunked sending: no decoding and encoding again). Each C-STORE
+    has its own Message ID and waits until the association's reactor is held
+    (:class:`ReactorCheckpoint`)."""
 
     def __init__(self, destination: Destination, calling_ae: str,
                  tls: ssl.SSLContext | None = None, timeout: float = 30.0):
@@ -61,6 +119,7 @@ class CStoreSender:
             destination, calling_ae, tls, timeout
         self._proposed: dict[str, set[str]] = {}        # SOP class -> transfer syntaxes
         self._assoc = None
+        self._message_id = 0
         _config.STORE_SEND_CHUNKED_DATASET = True       # a path is sent as its file holds it
 
     def __str__(self):
@@ -83,12 +142,15 @@ class CStoreSender:
         for path, meta in zip(paths, metas):
             sop_class = str(meta.MediaStorageSOPClassUID)
             if (sop_class, str(meta.TransferSyntaxUID)) in accepted:
-                status = assoc.send_c_store(path)
+                what = path
             elif any(c == sop_class for c, _ in accepted):
-                status = assoc.send_c_store(pydicom.dcmread(path))   # converted by pynetdicom
+                what = pydicom.dcmread(path)                    # converted by pynetdicom
             else:
                 raise SendError(f"{where} accepted no presentation context for "
                                 f"{getattr(meta.MediaStorageSOPClassUID, 'name', sop_class)}")
+            self._message_id = self._message_id % 0xFFFF + 1
+            assoc._reactor_checkpoint.hold(assoc)
+            status = assoc.send_c_store(what, msg_id=self._message_id)
             if "Status" not in status:
                 self.close()
                 raise SendError(f"{where}: no C-STORE response (connection lost or timed out)")
@@ -119,7 +181,8 @@ class CStoreSender:
         # An object goes out in several PDUs: with Nagle's algorithm the last segment of each
         # waits for the acknowledgement the destination delays (40 ms per message on Linux).
         assoc.dul.socket.socket.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        self._assoc = assoc
+        assoc._reactor_checkpoint = ReactorCheckpoint()
+        self._assoc, self._message_id = assoc, 0
         return assoc
 
 

@@ -26,12 +26,12 @@ import time
 from keras_ptx.data.eligibility import rejection
 from keras_ptx.inference.prediction import Rejection
 from keras_ptx.node import receiver
+from keras_ptx.node.builder import Builder, ObjectsNotBuilt
 from keras_ptx.node.config import NodeConfig, NodeError
 from keras_ptx.node.delivery import SHORT, Delivery
 from keras_ptx.node.sender import Backoff
 from keras_ptx.node.spool import Spool, digest
 from keras_ptx.node.status import Status
-from keras_ptx.results.dicom_objects import build_objects     # loaded before the first study
 
 log = logging.getLogger("keras_ptx.node")
 FULL_DISK = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
@@ -41,10 +41,13 @@ FINISH = "finish"                           # builder job: a study's last outcom
 
 class Node:
     """``start()`` listens and works in background threads until ``stop()``. The model
-    backend gives ``results(files)``, ``identity`` and ``batch_size`` (images per round)."""
+    backend gives ``results(files)``, ``identity`` and ``batch_size`` (images per round);
+    ``builder`` makes the result objects (:mod:`keras_ptx.node.builder`; by default in the
+    builder thread)."""
 
-    def __init__(self, config: NodeConfig, model, sender, tls=None):
+    def __init__(self, config: NodeConfig, model, sender, tls=None, builder=None):
         self.config, self.model, self.sender, self.tls = config, model, sender, tls
+        self.builder = builder or Builder(model.identity, config.kinds)
         os.umask(0o077)                     # spool files 0600, folders 0700: they hold PHI
         self.spool = Spool(config.spool)
         self.status = Status(os.path.join(self.spool.root, "status.json"))
@@ -265,16 +268,14 @@ class Node:
     def _answer(self, key: str, instance: str, prediction) -> None:
         image = prediction.image
         try:
-            objects = build_objects(image.source.dataset, prediction.mask,
-                                    prediction.probability, self.model.identity,
-                                    self.config.kinds, pixels=image.pixels)
-        except Exception as exc:            # noqa: BLE001 - a header the builder cannot use
-            self._skip(key, instance, f"result objects could not be built ({type(exc).__name__})")
+            objects = self.builder.build(image.source.dataset, prediction.mask,
+                                         prediction.probability, pixels=image.pixels)
+        except ObjectsNotBuilt as exc:
+            self._skip(key, instance, f"result objects could not be built ({exc})")
             return
         positive = bool(prediction.mask.any())
         self.spool.record(key, instance, {"outcome": "predicted", "positive": positive,
-                                          "probability": prediction.probability},
-                          list(objects.values()))
+                                          "probability": prediction.probability}, objects)
         self.status.add("processed")
         self.status.add("positives", positive)
 

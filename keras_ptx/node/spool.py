@@ -33,7 +33,7 @@ import time
 import uuid
 from pathlib import Path
 
-from keras_ptx.fileio import atomic_path, write_atomic
+from keras_ptx.fileio import write_atomic
 
 STATES = ("received", "predicted", "sent")
 KEY_CHARS = 24
@@ -121,13 +121,13 @@ class Spool:
 
     # --- progress --------------------------------------------------------------------------
     def record(self, key: str, instance: str, outcome: dict, objects=()) -> None:
-        """An instance's result objects (pydicom Datasets) into ``out/``, then its outcome."""
+        """An instance's result objects (DICOM files' bytes) into ``out/``, then its
+        outcome."""
         with self.lock(key):
             names = []
-            for n, ds in enumerate(objects):
+            for n, data in enumerate(objects):
                 names.append(f"{instance}-{n}.dcm")
-                with atomic_path(self.path(key, "out", names[-1])) as tmp:
-                    ds.save_as(tmp, enforce_file_format=True)
+                write_atomic(self.path(key, "out", names[-1]), data)
             write_atomic(self.path(key, "done", f"{instance}.json"),
                          json.dumps({**outcome, "instance": instance, "objects": names}))
 

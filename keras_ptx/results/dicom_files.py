@@ -7,14 +7,10 @@ too: an empty segment and a report that says "absent".
 """
 from __future__ import annotations
 
-import io
-
-from pydicom.dataset import Dataset
-
 from keras_ptx.fileio import join, write_atomic
 from keras_ptx.inference import plots
 from keras_ptx.results import DEFAULT_KINDS, DESCRIPTION
-from keras_ptx.results.dicom_objects import build_objects
+from keras_ptx.results.dicom_objects import build_objects, encode
 from keras_ptx.inference.prediction import ModelIdentity, Prediction
 from keras_ptx.results.writers import Writer
 from keras_ptx.tf_setup import tf
@@ -24,13 +20,6 @@ RESEARCH_PREFIX = "RESEARCH, outside intended use: "
 
 def object_path(folder: str, image_id: str, kind: str) -> str:
     return join(folder, f"{plots.safe_filename(image_id)}.{kind}.dcm")
-
-
-def encode(ds: Dataset) -> bytes:
-    """``ds`` as a DICOM file (preamble, file meta, dataset)."""
-    buffer = io.BytesIO()
-    ds.save_as(buffer, enforce_file_format=True)
-    return buffer.getvalue()
 
 
 class DicomObjectFiles(Writer):

@@ -25,6 +25,7 @@ the same model again gives the same objects' UIDs (a resend replaces, never dupl
 from __future__ import annotations
 
 import copy
+import io
 
 import highdicom as hd
 import numpy as np
@@ -60,6 +61,13 @@ def as_mask(mask, rows: int, columns: int) -> np.ndarray:
     if mask.shape != (rows, columns):
         raise ObjectError(f"mask of shape {mask.shape} on a {rows}x{columns} source")
     return mask.astype(bool)
+
+
+def encode(ds: Dataset) -> bytes:
+    """``ds`` as a DICOM file (preamble, file meta, dataset)."""
+    buffer = io.BytesIO()
+    ds.save_as(buffer, enforce_file_format=True)
+    return buffer.getvalue()
 
 
 def spacing_mm(source: Dataset) -> tuple[float, float] | None:
