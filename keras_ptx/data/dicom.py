@@ -24,7 +24,10 @@ radiograph detector fits, in colour too (the largest, 43 x 43 cm at 0.1 mm, is ~
 never past :func:`max_inflated_bytes` (pydicom would inflate all of it: ~1000:1). RLE
 declares no size; it is decoded with pylibjpeg-rle, which writes into the frame's size (pydicom's
 own RLE decoder grows a segment by up to 64 bytes per byte read before it checks). The decoded
-array must have the header's shape. Patient names and IDs
+array must have the header's shape. JPEG Baseline (SIIM's syntax) is decoded with Pillow
+(libjpeg-turbo): 4.5 ms per 1024 x 1024 radiograph against pylibjpeg's 17.6, and without the
+GIL, which the DICOM node's receiving and predicting threads need (BENCHMARKS.md); the two
+decoders differ by at most one grey level on about 3% of pixels (IDCT rounding). Patient names and IDs
 leave this module only inside :class:`SourceHeader`, which shows nothing of them when printed
 or logged (the DICOM result objects must carry the source's patient module), and otherwise a
 PatientID only as a one-way hash (``patient_hash``).
@@ -55,8 +58,8 @@ except ImportError:                 # gone in a later pydicom: keras_ptx's own (
     _get_jpg_parameters = None
 from pydicom.uid import (JPEG2000TransferSyntaxes, JPEGLSTransferSyntaxes, JPEGTransferSyntaxes,
                          DeflatedExplicitVRLittleEndian, ExplicitVRBigEndian,
-                         ExplicitVRLittleEndian, ImplicitVRLittleEndian, MediaStorageDirectoryStorage,
-                         RLELossless)
+                         ExplicitVRLittleEndian, ImplicitVRLittleEndian, JPEGBaseline8Bit,
+                         MediaStorageDirectoryStorage, RLELossless)
 
 from keras_ptx.errors import UserError
 
@@ -84,7 +87,7 @@ _SOF_MARKERS = {*range(0xC0, 0xD0)} - {0xC4, 0xC8, 0xCC} | {0xF7}
 _STANDALONE_MARKERS = {0x01, *range(0xD0, 0xD9)}      # TEM, RSTn, SOI: no length follows
 _JPEG_SYNTAXES = {*JPEGTransferSyntaxes, *JPEGLSTransferSyntaxes}
 _J2K_START = b"\xff\x4f\xff\x51"     # SOC then SIZ: how every JPEG 2000 codestream begins
-_BOUNDED_PLUGIN = {RLELossless: "pylibjpeg"}       # see the module docstring
+_PLUGIN = {RLELossless: "pylibjpeg", JPEGBaseline8Bit: "pillow"}     # see the module docstring
 
 
 class PixelLimitError(UserError):
@@ -365,7 +368,7 @@ def _pixels(path: str, ds, limit: int) -> np.ndarray:
         raise DicomError(path, f"no decoder installed for {syntax.name} (needs one of: "
                                f"{'; '.join(decoder.missing_dependencies)})")
     _check_codec_size(path, ds, syntax, rows, columns, limit)
-    plugin = _BOUNDED_PLUGIN.get(syntax, "")
+    plugin = _PLUGIN.get(syntax, "")
     try:
         arr, meta = decoder.as_array(ds, decoding_plugin=plugin, **as_pixel_options(ds))
     except Exception as exc:        # noqa: BLE001 - truncated / corrupt pixel data
