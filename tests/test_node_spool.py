@@ -36,7 +36,7 @@ class NotCalled:
     identity = ModelIdentity(model="not called")
     batch_size = 8
 
-    def results(self, files):
+    def results(self, files, read=None):
         raise AssertionError("no prediction expected")
 
 
@@ -234,8 +234,7 @@ class ScriptedModel:
         self.before, self.fail_once, self.reject = before, set(fail_once), set(reject)
         self.calls = []
 
-    def results(self, files):
-        from keras_ptx.data.dicom import read_dicom
+    def results(self, files, read):
         from keras_ptx.inference.prediction import Prediction, Rejection
 
         self.calls.append([os.path.basename(f) for f in files])
@@ -248,7 +247,7 @@ class ScriptedModel:
             if path in self.reject:
                 yield Rejection(path, "ViewPosition LL: not a frontal view")
                 continue
-            image = read_dicom(path)
+            image = read(path)
             batch.append(Prediction(image=image, mask=np.zeros(image.pixels.shape, bool),
                                     probability=0.1))
             if len(batch) == self.batch:

@@ -16,6 +16,9 @@ from) and gives its ``batch_size`` (images per model call: the node's rounds hol
 * :class:`ServerModel`: TF Serving's REST API (``http://host:8501/v1/models/NAME``), the same
   signature through :mod:`keras_ptx.serving.client`.
 
+``results(files, read)`` takes each file's decoded image from ``read`` (``read_dicom`` by
+default; the node passes :class:`~keras_ptx.node.predecode.Predecoded`'s, same contract).
+
 The two last receive each image as a PNG of its decoded pixels (lossless: the graph sees what
 ``read_dicom`` gave).
 """
@@ -29,6 +32,7 @@ from typing import Iterator
 import cv2
 import numpy as np
 
+from keras_ptx.data.dicom import read_dicom
 from keras_ptx.inference.versions import model_version
 from keras_ptx.node.config import NodeError
 
@@ -68,8 +72,8 @@ class RunModel:
         self.identity = self._model.identity
         self.batch_size = self._model.batch_size
 
-    def results(self, files: list[str]) -> Iterator:
-        return self._model.results(files, progress=False)
+    def results(self, files: list[str], read=read_dicom) -> Iterator:
+        return self._model.results(files, progress=False, read=read)
 
     def warm_up(self) -> None:
         """Trace the model's function on one blank image (before the node listens)."""
@@ -77,14 +81,14 @@ class RunModel:
         self._model.predictor.from_gray(np.zeros((1, size, size), np.uint8))
 
 
-def _admit(path: str):
+def _admit(path: str, read=read_dicom):
     """The decoded image, or a Rejection: unreadable, or not a frontal chest radiograph."""
-    from keras_ptx.data.dicom import DicomError, read_dicom
+    from keras_ptx.data.dicom import DicomError
     from keras_ptx.data.eligibility import rejection
     from keras_ptx.inference.prediction import Rejection
 
     try:
-        image = read_dicom(path)
+        image = read(path)
     except DicomError as exc:
         return Rejection(exc.path, exc.reason)
     reason = rejection(image.source.dataset)
@@ -95,10 +99,10 @@ class _SignatureModel:
     """Reading and checking as ``bin/predict`` does, then ``serving_compact`` per batch."""
     batch_size = BATCH
 
-    def results(self, files: list[str]) -> Iterator:
+    def results(self, files: list[str], read=read_dicom) -> Iterator:
         from keras_ptx.inference.predict import batched
 
-        for item in batched((_admit(path) for path in files), BATCH):
+        for item in batched((_admit(path, read) for path in files), BATCH):
             if isinstance(item, list):
                 yield from self._predictions(item)
             else:

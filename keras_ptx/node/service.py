@@ -1,8 +1,9 @@
 """The node: receive instances, run each study once it is quiet, send its objects, forget it.
 
-Four threads beside pynetdicom's, a pipeline: the predictor takes the studies whose quiet
-period (``quiet_seconds`` without a new instance) is over, oldest first, in rounds of about
-one model batch (a flood of studies does not hold back the first ones), and hands each
+Five threads beside pynetdicom's, a pipeline: each stored instance is decoded while its study
+waits (:mod:`keras_ptx.node.predecode`); the predictor takes the studies whose quiet period
+(``quiet_seconds`` without a new instance) is over, oldest first, in rounds of about one
+model batch (a flood of studies does not hold back the first ones), and hands each
 prediction or rejection to the builder; the builder writes each instance's outcome (result
 objects, or the reason it was skipped) and, once every instance of a study has one, marks it
 predicted and hands it to the sender (:class:`~keras_ptx.node.delivery.Delivery`), which sends
@@ -29,6 +30,7 @@ from keras_ptx.node import receiver
 from keras_ptx.node.builder import Builder, ObjectsNotBuilt
 from keras_ptx.node.config import NodeConfig, NodeError
 from keras_ptx.node.delivery import SHORT, Delivery
+from keras_ptx.node.predecode import Predecoded
 from keras_ptx.node.sender import Backoff
 from keras_ptx.node.spool import Spool, digest
 from keras_ptx.node.status import Status
@@ -41,13 +43,14 @@ FINISH = "finish"                           # builder job: a study's last outcom
 
 class Node:
     """``start()`` listens and works in background threads until ``stop()``. The model
-    backend gives ``results(files)``, ``identity`` and ``batch_size`` (images per round);
+    backend gives ``results(files, read)``, ``identity`` and ``batch_size`` (images per round);
     ``builder`` makes the result objects (:mod:`keras_ptx.node.builder`; by default in the
     builder thread)."""
 
     def __init__(self, config: NodeConfig, model, sender, tls=None, builder=None):
         self.config, self.model, self.sender, self.tls = config, model, sender, tls
         self.builder = builder or Builder(model.identity, config.kinds)
+        self.predecoded = Predecoded()
         os.umask(0o077)                     # spool files 0600, folders 0700: they hold PHI
         self.spool = Spool(config.spool)
         self.status = Status(os.path.join(self.spool.root, "status.json"))
@@ -71,9 +74,11 @@ class Node:
         except OSError as exc:
             raise NodeError(f"--host {self.config.host} --port {self.config.port}: cannot "
                             f"listen ({exc.strerror or exc})") from None
-        for target in (self._predict_loop, self._build_loop, self.delivery.run,
-                       self._housekeeping_loop):
-            thread = threading.Thread(target=target, name=target.__name__, daemon=True)
+        for target, args in ((self._predict_loop, ()), (self._build_loop, ()),
+                             (self.delivery.run, ()), (self._housekeeping_loop, ()),
+                             (self.predecoded.run, (self._stopping,))):
+            thread = threading.Thread(target=target, args=args, name=target.__name__,
+                                      daemon=True)
             thread.start()
             self._threads.append(thread)
         log.info("listening as %s on %s:%d; sending by %s; model %s; quiet period %.1f s",
@@ -146,6 +151,7 @@ class Node:
             with self._lock:
                 self._quiet_since[key] = time.monotonic()
             self.status.add("received")
+            self.predecoded.put(self.spool.instance_file(key, digest(sop_uid)))
         else:
             log.info("%s already answered: not answered again", where)
         return 0x0000
@@ -209,7 +215,7 @@ class Node:
                     self._jobs.put((FINISH, key))
                 for instance in instances:
                     where[self.spool.instance_file(key, instance)] = (key, instance)
-            for item in self.model.results(list(where)):
+            for item in self.model.results(list(where), self.predecoded.read):
                 path = str(item.path if isinstance(item, Rejection) else item.image.path)
                 key, instance = where[path]
                 with self._lock:

@@ -1,0 +1,76 @@
+"""Instances decoded as they arrive, while their study waits out its quiet period.
+
+A study is predicted only once no instance of it arrived for ``--quiet`` seconds; the cores
+are mostly idle meanwhile. :class:`Predecoded` decodes each stored instance then, in a thread
+of its own, so that the predicting thread finds the image ready
+(:meth:`Predecoded.read`, ``read_dicom``'s contract) instead of decoding it between the
+network's calls: in a flood of studies every image is decoded during the first quiet period.
+Images are kept up to ``budget`` bytes (more arrivals are decoded when predicted, as before);
+an image is handed out once and only while its file is the one decoded (a resent instance
+replaces the file: it is read again).
+"""
+from __future__ import annotations
+
+import os
+import queue
+import threading
+
+from keras_ptx.data.dicom import DicomError, DicomImage, read_dicom
+
+BUDGET = 512 * 2 ** 20                  # bytes of decoded pixels kept: 512 SIIM radiographs
+
+
+def _version(path: str) -> tuple[int, int, int] | None:
+    try:
+        stat = os.stat(path)
+    except OSError:
+        return None
+    return stat.st_ino, stat.st_mtime_ns, stat.st_size
+
+
+class Predecoded:
+    """``put(path)`` after an instance is stored; ``run(stopping)`` in a thread decodes them;
+    ``read(path)`` gives the decoded image (or decodes it now)."""
+
+    def __init__(self, budget: int = BUDGET):
+        self.budget = budget
+        self._paths: queue.Queue = queue.Queue()
+        self._images: dict[str, tuple[tuple, DicomImage]] = {}
+        self._bytes = 0
+        self._lock = threading.Lock()
+
+    def put(self, path: str) -> None:
+        self._paths.put(path)
+
+    def run(self, stopping: threading.Event) -> None:
+        while not stopping.is_set():
+            try:
+                path = self._paths.get(timeout=0.2)
+            except queue.Empty:
+                continue
+            if self._bytes >= self.budget:
+                continue
+            version = _version(path)
+            try:
+                image = read_dicom(path)
+            except DicomError:
+                continue                    # read again when predicted, for its rejection
+            with self._lock:
+                old = self._images.pop(path, None)
+                self._bytes -= old[1].pixels.nbytes if old else 0
+                self._images[path] = (version, image)
+                self._bytes += image.pixels.nbytes
+
+    def read(self, path: str) -> DicomImage:
+        with self._lock:
+            version, image = self._images.pop(os.fspath(path), (None, None))
+            if image is not None:
+                self._bytes -= image.pixels.nbytes
+        if image is not None and version is not None and version == _version(path):
+            return image
+        return read_dicom(path)
+
+    @property
+    def held(self) -> int:
+        """Images decoded and not yet read."""
+        return len(self._images)
