@@ -111,6 +111,19 @@ def test_an_instance_is_on_the_disk_privately_before_success(node_at, tmp_path):
     assert ds.StudyInstanceUID not in names and ds.SOPInstanceUID not in names
 
 
+def test_the_node_takes_large_pdus(node_at, tmp_path):
+    from keras_ptx.node.receiver import MAX_PDU
+
+    node = node_at(tmp_path / "spool")
+    ae = AE(ae_title="PACS")
+    ae.add_requested_context(ComputedRadiographyImageStorage, ExplicitVRLittleEndian)
+    assoc = ae.associate(HOST, node.config.port, ae_title="KPTX")
+    try:
+        assert assoc.is_established and assoc.acceptor.maximum_length == MAX_PDU
+    finally:
+        assoc.release()
+
+
 def test_an_ae_title_not_on_the_list_is_refused_at_association(node_at, tmp_path):
     node = node_at(tmp_path / "spool")
     assert _store(node.config.port, _radiograph(), calling="INTRUDER") is None
