@@ -50,8 +50,9 @@ class Child:
             self._conn.send(request)
             return self._conn.recv()
         except (EOFError, OSError) as exc:
-            code = self._process.exitcode if self._process is not None else None
-            self.stop()
+            process = self._process
+            self.stop()                     # reaped: its exit code is known
+            code = process.exitcode if process is not None else None
             raise ChildGone(f"the {self.name} process ended ({type(exc).__name__}, exit code "
                             f"{code}); a new one takes the next attempt") from None
 
