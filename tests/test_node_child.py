@@ -13,6 +13,7 @@ from pydicom.filebase import DicomBytesIO
 from pydicom.uid import generate_uid
 
 from dicom_checks import seg_mask
+from dicom_services import wait_for
 from keras_ptx.data.dicom import read_dicom
 from keras_ptx.inference.prediction import ModelIdentity
 from keras_ptx.node.builder import Builder, ObjectsNotBuilt, ProcessBuilder
@@ -32,13 +33,6 @@ class Echo:
         if request == "wait":
             time.sleep(600)
         return self.prefix + request
-
-
-def _wait(predicate, timeout=30):
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, "not within the time limit"
-        time.sleep(0.02)
 
 
 def test_a_child_answers_and_one_killed_during_a_request_is_replaced_at_the_next():

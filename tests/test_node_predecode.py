@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 from pydicom.uid import generate_uid
 
+from dicom_services import wait_for
 from keras_ptx.data.dicom import DicomError, read_dicom
 from keras_ptx.node.predecode import Predecoded
 from keras_ptx.synthetic.dicom_writer import write_dicom
@@ -34,18 +35,11 @@ def running():
         thread.join(5)
 
 
-def _until(predicate, timeout=30):
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, "not within the time limit"
-        time.sleep(0.01)
-
-
 def test_an_image_decoded_ahead_is_handed_out_once(tmp_path, running):
     path = _write(tmp_path / "a.dcm", 1)
     ahead = running(Predecoded())
     ahead.put(path)
-    _until(lambda: ahead.held == 1)
+    wait_for(lambda: ahead.held == 1, 30, "the image decoded", 0.01)
     first = ahead.read(path)
     assert ahead.held == 0
     again = ahead.read(path)                        # decoded now, not kept
@@ -61,7 +55,7 @@ def test_a_replaced_file_is_read_again_and_an_unreadable_one_left_to_the_reader(
     ahead = running(Predecoded())
     for p in (path, str(broken)):
         ahead.put(p)
-    _until(lambda: ahead.held == 1)
+    wait_for(lambda: ahead.held == 1, 30, "the image decoded", 0.01)
     expected = read_dicom(other).pixels
     (tmp_path / "b.dcm").replace(path)              # a resent instance replaces its file
     assert np.array_equal(ahead.read(path).pixels, expected)
@@ -74,6 +68,6 @@ def test_no_more_is_decoded_than_the_budget(tmp_path, running):
     ahead = running(Predecoded(budget=1))
     for path in paths:
         ahead.put(path)
-    _until(lambda: ahead._paths.empty())
+    wait_for(lambda: ahead._paths.empty(), 30, "every path taken", 0.01)
     time.sleep(0.2)
     assert ahead.held == 1

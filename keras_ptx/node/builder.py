@@ -21,17 +21,6 @@ class ObjectsNotBuilt(Exception):
     type (a header's values may be in its text)."""
 
 
-def _encoded(identity: ModelIdentity, kinds: tuple[str, ...], source, mask, probability: float,
-             pixels) -> list[bytes]:
-    from keras_ptx.results.dicom_objects import build_objects, encode
-
-    try:
-        objects = build_objects(source, mask, probability, identity, kinds, pixels=pixels)
-        return [encode(ds) for ds in objects.values()]
-    except Exception as exc:                # noqa: BLE001 - a header the builder cannot use
-        raise ObjectsNotBuilt(type(exc).__name__) from None
-
-
 class Builder:
     """``build(source, mask, probability, pixels)`` -> the objects of ``kinds`` as DICOM files'
     bytes (``pixels``, the decoded image, is used for a secondary capture only)."""
@@ -40,7 +29,14 @@ class Builder:
         self.identity, self.kinds = identity, tuple(kinds)
 
     def build(self, source, mask: np.ndarray, probability: float, pixels=None) -> list[bytes]:
-        return _encoded(self.identity, self.kinds, source, mask, probability, pixels)
+        from keras_ptx.results.dicom_objects import build_objects, encode
+
+        try:
+            objects = build_objects(source, mask, probability, self.identity, self.kinds,
+                                    pixels=pixels)
+            return [encode(ds) for ds in objects.values()]
+        except Exception as exc:            # noqa: BLE001 - a header the builder cannot use
+            raise ObjectsNotBuilt(type(exc).__name__) from None
 
     def stop(self) -> None:
         """Nothing runs between calls."""
@@ -65,16 +61,13 @@ class ProcessBuilder(Builder):
         self.child.stop()
 
 
-class _Building:
+class _Building(Builder):
     """The worker in the child: a request -> the encoded objects, or the error's type."""
-
-    def __init__(self, identity: ModelIdentity, kinds: tuple[str, ...]):
-        self.identity, self.kinds = identity, kinds
 
     def __call__(self, request) -> list[bytes] | str:
         source, packed, shape, probability, pixels = request
         mask = np.unpackbits(packed, count=shape[0] * shape[1]).reshape(shape).astype(bool)
         try:
-            return _encoded(self.identity, self.kinds, source, mask, probability, pixels)
+            return self.build(source, mask, probability, pixels)
         except ObjectsNotBuilt as exc:
             return str(exc)

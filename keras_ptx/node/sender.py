@@ -118,7 +118,7 @@ class CStoreSender:
         self.destination, self.calling_ae, self.tls, self.timeout = \
             destination, calling_ae, tls, timeout
         self._proposed: dict[str, set[str]] = {}        # SOP class -> transfer syntaxes
-        self._assoc = None
+        self._assoc = self._checkpoint = None
         self._message_id = 0
         _config.STORE_SEND_CHUNKED_DATASET = True       # a path is sent as its file holds it
 
@@ -149,7 +149,7 @@ class CStoreSender:
                 raise SendError(f"{where} accepted no presentation context for "
                                 f"{getattr(meta.MediaStorageSOPClassUID, 'name', sop_class)}")
             self._message_id = self._message_id % 0xFFFF + 1
-            assoc._reactor_checkpoint.hold(assoc)
+            self._checkpoint.hold(assoc)
             status = assoc.send_c_store(what, msg_id=self._message_id)
             if "Status" not in status:
                 self.close()
@@ -181,7 +181,7 @@ class CStoreSender:
         # An object goes out in several PDUs: with Nagle's algorithm the last segment of each
         # waits for the acknowledgement the destination delays (40 ms per message on Linux).
         assoc.dul.socket.socket.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        assoc._reactor_checkpoint = ReactorCheckpoint()
+        self._checkpoint = assoc._reactor_checkpoint = ReactorCheckpoint()
         self._assoc, self._message_id = assoc, 0
         return assoc
 
