@@ -1,9 +1,10 @@
 """The node's receiving side without a model or a PACS: real pynetdicom associations into a
 node running in this process, its spool on a real (and, for the full disk, a tiny tmpfs) disk.
 
-Predictions never start here (the quiet period is an hour); tests/test_node_orthanc.py runs
+No study is answered here (the quiet period is an hour); tests/test_node_orthanc.py runs
 the whole path against Orthanc and dcmtk.
 """
+import dataclasses
 import os
 import shutil
 import signal
@@ -31,13 +32,14 @@ from keras_ptx.inference.prediction import ModelIdentity
 HOST = "127.0.0.1"
 
 
-class NotCalled:
-    """The model slot of a node that must not predict in these tests."""
-    identity = ModelIdentity(model="not called")
+class Unanswering:
+    """The model slot of a node whose instances stay pending in these tests: it is handed
+    them (predicted early, while their study waits) and answers none."""
+    identity = ModelIdentity(model="unanswering")
     batch_size = 8
 
     def results(self, files, read=None):
-        raise AssertionError("no prediction expected")
+        return iter(())
 
 
 def _free_port():
@@ -73,7 +75,7 @@ def node_at(tmp_path):
         config = NodeConfig(**{"ae_title": "KPTX", "port": _free_port(), "spool": str(spool),
                                "allowed": ("PACS",), "destination": Destination("X", HOST, 9),
                                "quiet_seconds": 3600, **settings})
-        node = Node(config, NotCalled(), CStoreSender(config.destination, "KPTX"), tls)
+        node = Node(config, Unanswering(), CStoreSender(config.destination, "KPTX"), tls)
         node.start()
         nodes.append(node)
         return node
@@ -327,6 +329,15 @@ def _wait(predicate, timeout=60):
         time.sleep(0.05)
 
 
+def _run_until(node, predicate, timeout=60):
+    """Start ``node``, wait for ``predicate``, stop it (also when the wait fails)."""
+    node.start()
+    try:
+        _wait(predicate, timeout)
+    finally:
+        node.stop()
+
+
 def test_a_study_is_sent_while_later_studies_are_predicted(tmp_path):
     """Four one-image studies due at once: rounds of one model batch, and the first study's
     objects leave before the last study's prediction starts."""
@@ -350,11 +361,7 @@ def test_a_study_is_sent_while_later_studies_are_predicted(tmp_path):
         if keys[0] in sender.sent:
             first_sent.set()
     sender.send = send
-    node.start()
-    try:
-        _wait(lambda: node.status.counts["studies_answered"] == 4)
-    finally:
-        node.stop()
+    _run_until(node, lambda: node.status.counts["studies_answered"] == 4)
     assert seen_before_last == [True]
     assert [len(call) for call in model.calls] == [1, 1, 1, 1]
     assert sender.sent == [k for k in keys for _ in "SEG SR".split()]     # study by study
@@ -371,11 +378,7 @@ def test_a_failed_round_keeps_recorded_outcomes_and_answers_the_study_once(tmp_p
     second = files[1]
     model.fail_once = {second}
     sender = node.delivery.sender
-    node.start()
-    try:
-        _wait(lambda: node.status.counts["studies_answered"] == 1)
-    finally:
-        node.stop()
+    _run_until(node, lambda: node.status.counts["studies_answered"] == 1)
     assert model.calls == [[os.path.basename(f) for f in files], [os.path.basename(second)]]
     assert len(sender.sent) == 4 and node.status.counts["failed"] == 1
     assert node.status.counts["processed"] == 2
@@ -397,11 +400,7 @@ def test_a_restart_sends_a_predicted_study_and_does_not_predict_it_again(tmp_pat
     model, sender = ScriptedModel(), RecordingSender()
     config = first.config
     again = Node(config, model, sender)
-    again.start()
-    try:
-        _wait(lambda: again.status.counts["studies_answered"] == 1)
-    finally:
-        again.stop()
+    _run_until(again, lambda: again.status.counts["studies_answered"] == 1)
     assert model.calls == [] and sender.sent == [key, key]
 
 
@@ -593,10 +592,39 @@ def test_a_rejection_ahead_of_its_batch_still_finishes_the_study(tmp_path):
     model.batch_size = model.batch = 2
     files = [node.spool.instance_file(keys[0], i) for i in node.spool.pending(keys[0])]
     model.reject = {files[1]}
-    node.start()
-    try:
-        _wait(lambda: node.status.counts["studies_answered"] == 1, timeout=20)
-    finally:
-        node.stop()
+    _run_until(node, lambda: node.status.counts["studies_answered"] == 1, timeout=20)
     assert node.status.counts["processed"] == 1 and node.status.counts["skipped"] == 1
     assert len(node.delivery.sender.sent) == 2
+
+
+def test_instances_are_predicted_while_their_study_waits_and_answered_once_it_is_quiet(
+        tmp_path):
+    """A study of two instances in a node with an hour's quiet period: both get their outcome
+    (predicted early, one round) and nothing is sent; a node that finds the study quiet sends
+    it without predicting it again."""
+    model = ScriptedModel()
+    node, keys = _pipeline(tmp_path, model, [2], quiet_seconds=3600)
+    model.batch_size = model.batch = 2
+    sender = node.delivery.sender
+    _run_until(node, lambda: node.status.counts["processed"] == 2)
+    assert len(model.calls) == 1 and len(model.calls[0]) == 2
+    assert node.spool.pending(keys[0]) == [] and node.spool.study(keys[0])["state"] == "received"
+    assert sender.sent == []
+    model, sender = ScriptedModel(), RecordingSender()
+    again = Node(dataclasses.replace(node.config, quiet_seconds=0), model, sender)
+    _run_until(again, lambda: again.status.counts["studies_answered"] == 1)
+    assert model.calls == [] and sender.sent == [keys[0]] * 4
+
+
+def test_an_early_round_that_failed_is_tried_again_after_the_backoff(tmp_path):
+    """The model fails on an instance predicted early: it is predicted again after the
+    backoff (a model server down is not called in a loop), still before its study is due."""
+    model = ScriptedModel()
+    node, keys = _pipeline(tmp_path, model, [1], quiet_seconds=3600)
+    model.fail_once = {node.spool.instance_file(keys[0], node.spool.pending(keys[0])[0])}
+    called = []
+    model.before = lambda path: called.append(time.monotonic())
+    _run_until(node, lambda: node.status.counts["processed"] == 1)
+    assert node.status.counts["failed"] == 1 and len(called) == 2
+    assert called[1] - called[0] >= 0.9                 # Backoff's first wait: 1 s
+    assert node.spool.study(keys[0])["state"] == "received"

@@ -35,7 +35,8 @@ from keras_ptx.config import Tta, choices
 @click.option("--calling-ae", default=None,
               help="AE title the node calls the destination as [default: --ae-title].")
 @click.option("--quiet", "quiet_seconds", type=float, default=10.0, show_default=True,
-              help="Seconds without a new instance after which a study is predicted.")
+              help="Seconds without a new instance after which a study is answered "
+                   "(its instances are predicted as they come).")
 @click.option("--retention", "retention_seconds", type=float, default=0.0, show_default=True,
               help="Seconds a study's spool is kept after the destination acknowledged it.")
 @click.option("--objects", default="seg,sr", show_default=True,

@@ -1,5 +1,5 @@
 """The DICOM node behind ``bin/serve-dicom``: a Storage SCP that takes studies from a PACS,
-predicts each frontal chest radiograph once its study is quiet, and answers with SEG and SR
+predicts each frontal chest radiograph, and once its study is quiet answers with SEG and SR
 objects (:mod:`keras_ptx.results.dicom_objects`) by C-STORE or STOW-RS.
 
 :mod:`.config` (the settings), :mod:`.receiver` (the SCP), :mod:`.spool` (durable instances,

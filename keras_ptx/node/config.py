@@ -51,7 +51,7 @@ class NodeConfig:
     destination: Destination | None = None
     stow_url: str | None = None
     host: str = "127.0.0.1"
-    quiet_seconds: float = 10.0         # a study runs once no instance arrived for this long
+    quiet_seconds: float = 10.0         # a study is answered once no instance arrived for this long
     retention_seconds: float = 0.0      # how long an answered study's spool is kept
     kinds: tuple[str, ...] = ("seg", "sr")
     tls: Tls | None = None

@@ -1,10 +1,9 @@
-"""Instances decoded as they arrive, while their study waits out its quiet period.
+"""Instances decoded as they arrive, before the network gets to them.
 
-A study is predicted only once no instance of it arrived for ``--quiet`` seconds; the cores
-are mostly idle meanwhile. :class:`Predecoded` decodes each stored instance then, in a thread
-of its own, so that the predicting thread finds the image ready
-(:meth:`Predecoded.read`, ``read_dicom``'s contract) instead of decoding it between the
-network's calls: in a flood of studies every image is decoded during the first quiet period.
+:class:`Predecoded` decodes each stored instance in a thread of its own, so that the
+predicting thread finds the image ready (:meth:`Predecoded.read`, ``read_dicom``'s contract)
+instead of decoding it between the network's calls: in a flood of studies the instances
+arrive faster than the network predicts them, and are decoded while it works.
 Images are kept up to ``budget`` bytes (more arrivals are decoded when predicted, as before);
 an image is handed out once and only while its file is the one decoded (a resent instance
 replaces the file: it is read again).

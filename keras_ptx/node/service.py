@@ -1,12 +1,14 @@
-"""The node: receive instances, run each study once it is quiet, send its objects, forget it.
+"""The node: receive instances, predict them, answer each study once it is quiet, forget it.
 
 Five threads beside pynetdicom's, a pipeline: each stored instance is decoded while its study
 waits (:mod:`keras_ptx.node.predecode`); the predictor takes the studies whose quiet period
 (``quiet_seconds`` without a new instance) is over, oldest first, in rounds of about one
-model batch (a flood of studies does not hold back the first ones), and hands each
-prediction or rejection to the builder; the builder writes each instance's outcome (result
-objects, or the reason it was skipped) and, once every instance of a study has one, marks it
-predicted and hands it to the sender (:class:`~keras_ptx.node.delivery.Delivery`), which sends
+model batch (a flood of studies does not hold back the first ones), fills a round with room
+left with instances of studies still waiting, in the order they came (predicted early: the
+network does not idle through a quiet period, and the answer is ready when it ends), and
+hands each prediction or rejection to the builder; the builder writes each instance's outcome (result
+objects, or the reason it was skipped) and, once a study is quiet and every instance of it
+has one, marks it predicted and hands it to the sender (:class:`~keras_ptx.node.delivery.Delivery`), which sends
 it while the next studies are predicted; the housekeeper rewrites ``status.json`` and deletes
 sent studies after their retention. Everything they act on is on the disk first
 (:mod:`keras_ptx.node.spool`), so a restart after a crash resumes every unfinished study: its
@@ -17,6 +19,7 @@ Log lines carry digests of UIDs, counts and reasons; never a name, an ID or a UI
 """
 from __future__ import annotations
 
+import collections
 import errno
 import logging
 import os
@@ -56,6 +59,8 @@ class Node:
         self.status = Status(os.path.join(self.spool.root, "status.json"))
         self._quiet_since: dict[str, float] = {}     # study key -> monotonic time of its last instance
         self._in_flight: set[tuple[str, str]] = set()   # (study, instance) handed to the builder
+        self._fresh: collections.deque = collections.deque()   # (study, instance) as stored
+        self._early_from = 0.0              # no early predictions before (after a failed round)
         self._lock = threading.Lock()
         self._jobs: queue.Queue = queue.Queue(maxsize=2 * max(1, model.batch_size))
         self._stopping = threading.Event()
@@ -108,8 +113,10 @@ class Node:
         for key in self.spool.keys():
             study = self.spool.study(key) or {}
             state = study.get("state", "received")
-            if self.spool.pending(key):
+            pending = self.spool.pending(key)
+            if pending:
                 self._quiet_since[key] = now
+                self._fresh.extend((key, instance) for instance in pending)
             elif state == "sent":
                 self.delivery.retain(key, study.get("sent_at", 0))
                 continue
@@ -148,19 +155,23 @@ class Node:
             self.status.add("failed")
             return OUT_OF_RESOURCES if full else OTHER_RESOURCE_FAILURE
         if new:
+            instance = digest(sop_uid)
             with self._lock:
                 self._quiet_since[key] = time.monotonic()
+                self._fresh.append((key, instance))
             self.status.add("received")
-            self.predecoded.put(self.spool.instance_file(key, digest(sop_uid)))
+            self.predecoded.put(self.spool.instance_file(key, instance))
         else:
             log.info("%s already answered: not answered again", where)
         return 0x0000
 
     # --- predicting ------------------------------------------------------------------------
-    def _due(self) -> list[tuple[str, list[str]]]:
-        """The next round: the studies whose quiet period is over, oldest first, until they
-        hold a model batch of instances (at least one study), each with its pending instances
-        not already handed to the builder; taken off the waiting list."""
+    def _due(self) -> list[tuple[str, list[str], bool]]:
+        """The next round, (study, instances, whether to finish it): the studies whose quiet
+        period is over, oldest first, until they hold a model batch of instances (at least
+        one study), each with its pending instances not already handed to the builder, taken
+        off the waiting list; then, while the round has room, pending instances of studies
+        still waiting, in the order they came (not after a failed round's backoff)."""
         now = time.monotonic()
         with self._lock:
             due = sorted((since, key) for key, since in self._quiet_since.items()
@@ -173,9 +184,20 @@ class Node:
                 del self._quiet_since[key]
                 busy = {i for k, i in self._in_flight if k == key}
             instances = [i for i in self.spool.pending(key) if i not in busy]
-            round_.append((key, instances))
+            round_.append((key, instances, True))
             images += len(instances)
-        return round_
+        early: dict[str, list[str]] = {}
+        while images < self.model.batch_size and now >= self._early_from:
+            with self._lock:
+                if not self._fresh:
+                    break
+                key, instance = self._fresh.popleft()
+                taken = key not in self._quiet_since or (key, instance) in self._in_flight
+            if taken or instance in early.get(key, ()) or self.spool.answered(key, instance):
+                continue                    # due (in this round or before), or has its outcome
+            early.setdefault(key, []).append(instance)
+            images += 1
+        return round_ + [(key, instances, False) for key, instances in early.items()]
 
     def _requeue(self, keys, wait: float) -> None:
         """Studies back on the waiting list, due again in ``wait`` seconds."""
@@ -196,22 +218,28 @@ class Node:
                 backoff.reset()
             except _RoundFailed as failed:  # a model server down, a bug: retry
                 wait, cause = backoff.next_wait(), failed.__cause__
+                studies = failed.unfinished | {key for key, _ in failed.early}
                 log.error("%d stud%s: prediction failed (%s: %s); next attempt in %.0f s",
-                          len(failed.unfinished), "y" if len(failed.unfinished) == 1 else "ies",
+                          len(studies), "y" if len(studies) == 1 else "ies",
                           type(cause).__name__, str(cause)[:200], wait)
                 self.status.add("failed")
                 self._requeue(failed.unfinished, wait)
+                with self._lock:
+                    self._fresh.extendleft(reversed(failed.early))
+                self._early_from = time.monotonic() + wait
 
-    def _predict_round(self, round_: list[tuple[str, list[str]]]) -> None:
+    def _predict_round(self, round_: list[tuple[str, list[str], bool]]) -> None:
         """The round's instances in one stream of batches; each outcome goes to the builder
-        as it comes (rejections may come before earlier files' predictions), and a study's
-        last one is followed by a FINISH. Raises _RoundFailed naming the studies not
-        finished."""
+        as it comes (rejections may come before earlier files' predictions), and the last one
+        of a study to finish is followed by a FINISH. Raises _RoundFailed naming the studies
+        to finish that were not and the early instances without an outcome."""
         where: dict[str, tuple[str, str]] = {}
-        remaining = {key: len(instances) for key, instances in round_}
+        remaining = {key: len(instances) for key, instances, finish in round_ if finish}
+        early = {(key, i): None for key, instances, finish in round_ if not finish
+                 for i in instances}          # an ordered set
         try:
-            for key, instances in round_:
-                if not instances:           # outcomes in flight: the FINISH follows them
+            for key, instances, finish in round_:
+                if finish and not instances:    # outcomes in flight: the FINISH follows them
                     self._jobs.put((FINISH, key))
                 for instance in instances:
                     where[self.spool.instance_file(key, instance)] = (key, instance)
@@ -221,13 +249,15 @@ class Node:
                 with self._lock:
                     self._in_flight.add((key, instance))
                 self._jobs.put((key, instance, item))
-                remaining[key] -= 1
-                if remaining[key] == 0:
-                    self._jobs.put((FINISH, key))
+                early.pop((key, instance), None)
+                if key in remaining:
+                    remaining[key] -= 1
+                    if remaining[key] == 0:
+                        self._jobs.put((FINISH, key))
                 if self._stopping.is_set():
                     return                  # the rest stays pending in the spool
         except Exception as exc:            # noqa: BLE001 - the caller retries these studies
-            raise _RoundFailed({key for key, n in remaining.items() if n}) from exc
+            raise _RoundFailed({key for key, n in remaining.items() if n}, list(early)) from exc
 
     # --- building --------------------------------------------------------------------------
     def _build_loop(self) -> None:
@@ -300,8 +330,9 @@ class Node:
 
 
 class _RoundFailed(Exception):
-    """A round's stream of predictions broke; ``unfinished``: its studies without a FINISH."""
+    """A round's stream of predictions broke; ``unfinished``: its studies to finish without a
+    FINISH; ``early``: its early (study, instance) pairs without an outcome."""
 
-    def __init__(self, unfinished: set[str]):
+    def __init__(self, unfinished: set[str], early: list[tuple[str, str]]):
         super().__init__("prediction round failed")
-        self.unfinished = unfinished
+        self.unfinished, self.early = unfinished, early

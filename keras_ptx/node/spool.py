@@ -75,7 +75,7 @@ class Spool:
         with self.lock(key):
             for folder in ("in", "done", "out", "sent"):
                 os.makedirs(self.path(key, folder), exist_ok=True)
-            answered = os.path.exists(self.path(key, "done", f"{instance}.json"))
+            answered = self.answered(key, instance)
             if not answered:
                 write_atomic(self.path(key, "in", f"{instance}.dcm"), data)
                 study = self.study(key)
@@ -100,6 +100,10 @@ class Spool:
         done = {name[:-5] for name in _names(self.path(key, "done"), ".json")}
         return [name[:-4] for name in _names(self.path(key, "in"), ".dcm")
                 if name[:-4] not in done]
+
+    def answered(self, key: str, instance: str) -> bool:
+        """Whether the instance has its outcome."""
+        return os.path.exists(self.path(key, "done", f"{instance}.json"))
 
     def last_received(self, key: str) -> float | None:
         """When the study's newest instance was stored (epoch seconds), None without any."""
