@@ -64,3 +64,25 @@ def test_a_failing_writer_stops_predict_and_leaves_the_earlier_outputs(tmp_path)
     assert failing.closed is False
     assert (tmp_path / "submission.csv").read_text() == "earlier\n"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["submission.csv"]    # no partial file
+
+
+def test_dicom_objects_that_cannot_be_built_stop_predict_with_the_reason(tmp_path):
+    """A prediction whose objects cannot be built (here a mask off the source's grid) stops
+    predict with its one-line error, not a traceback, and writes no object."""
+    from pydicom.uid import generate_uid
+
+    from keras_ptx.data.dicom import read_dicom
+    from keras_ptx.inference.predict import PredictError
+    from keras_ptx.results.dicom_files import DicomObjectFiles
+    from keras_ptx.synthetic.dicom_writer import write_dicom
+
+    image = read_dicom(write_dicom(tmp_path / "cr.dcm", np.zeros((8, 6), np.uint8),
+                                   image_id=generate_uid(), study_uid=generate_uid(),
+                                   series_uid=generate_uid(), patient_id="P1",
+                                   patient_name="DOE^JANE", view="PA"))
+    off_grid = Prediction(image=image, mask=np.zeros((8, 5), bool), probability=0.1)
+    with pytest.raises(PredictError, match=r": its DICOM objects cannot be built \(ObjectError: "
+                                           r"mask of shape \(8, 5\) on a 8x6 source\)$"):
+        with Outputs([DicomObjectFiles(tmp_path / "dicom")], str(tmp_path), IDENTITY) as outputs:
+            outputs.write(off_grid)
+    assert list((tmp_path / "dicom").iterdir()) == []

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from keras_ptx.fileio import join, write_atomic
 from keras_ptx.inference import plots
+from keras_ptx.inference.predict import PredictError
 from keras_ptx.results import DEFAULT_KINDS, DESCRIPTION
 from keras_ptx.results.dicom_objects import build_objects, encode
 from keras_ptx.inference.prediction import ModelIdentity, Prediction
@@ -34,8 +35,12 @@ class DicomObjectFiles(Writer):
         image = prediction.image
         description = self.description if prediction.outside_use is None else \
             RESEARCH_PREFIX + self.description
-        objects = build_objects(image.source.dataset, prediction.mask, prediction.probability,
-                                self.identity, self.kinds, description,
-                                pixels=getattr(image, "pixels", None))
+        try:
+            objects = build_objects(image.source.dataset, prediction.mask,
+                                    prediction.probability, self.identity, self.kinds,
+                                    description, pixels=getattr(image, "pixels", None))
+        except Exception as exc:            # noqa: BLE001 - a header highdicom cannot use
+            raise PredictError(f"{image.image_id}: its DICOM objects cannot be built "
+                               f"({type(exc).__name__}: {exc})") from exc
         for kind, ds in objects.items():
             write_atomic(object_path(self.folder, image.image_id, kind), encode(ds))
