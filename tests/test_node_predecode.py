@@ -1,4 +1,4 @@
-"""Instances decoded while their study waits (node/predecode.py): handed out once, only while
+"""Instances decoded as they arrive (node/predecode.py): handed out once, only while
 the file is the one decoded, within the budget; an unreadable file is left to the predictor."""
 import threading
 import time
@@ -71,3 +71,19 @@ def test_no_more_is_decoded_than_the_budget(tmp_path, running):
     wait_for(lambda: ahead._paths.empty(), 30, "every path taken", 0.01)
     time.sleep(0.2)
     assert ahead.held == 1
+
+
+def test_an_image_the_predictor_read_first_is_neither_decoded_again_nor_kept(tmp_path,
+                                                                            running):
+    """Predicted early, an instance may be read before this thread gets to it: kept, it would
+    never be read and would hold its share of the budget for good."""
+    paths = [_write(tmp_path / f"{k}.dcm", k) for k in range(2)]
+    ahead = Predecoded()
+    for path in paths:
+        ahead.put(path)
+    read_first = ahead.read(paths[0])               # before the thread runs
+    running(ahead)
+    wait_for(lambda: not ahead._queued, 30, "every path taken up", 0.01)
+    assert ahead.held == 1 and ahead._bytes == read_first.pixels.nbytes   # the second only
+    assert np.array_equal(ahead.read(paths[1]).pixels, read_dicom(paths[1]).pixels)
+    assert ahead.held == 0 and ahead._bytes == 0

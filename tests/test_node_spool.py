@@ -1,7 +1,8 @@
 """The node's receiving side without a model or a PACS: real pynetdicom associations into a
 node running in this process, its spool on a real (and, for the full disk, a tiny tmpfs) disk.
 
-No study is answered here (the quiet period is an hour); tests/test_node_orthanc.py runs
+The receiving tests answer no study (the quiet period is an hour), the pipeline tests a
+scripted model's; tests/test_node_orthanc.py runs
 the whole path against Orthanc and dcmtk.
 """
 import dataclasses
@@ -611,9 +612,24 @@ def test_instances_are_predicted_while_their_study_waits_and_answered_once_it_is
     assert node.spool.pending(keys[0]) == [] and node.spool.study(keys[0])["state"] == "received"
     assert sender.sent == []
     model, sender = ScriptedModel(), RecordingSender()
+    restarted = Node(node.config, model, sender)    # the quiet period starts again
+    _run_until(restarted, lambda: time.sleep(0.5) or True)
+    assert model.calls == [] and sender.sent == []
     again = Node(dataclasses.replace(node.config, quiet_seconds=0), model, sender)
     _run_until(again, lambda: again.status.counts["studies_answered"] == 1)
     assert model.calls == [] and sender.sent == [keys[0]] * 4
+
+
+def test_an_early_round_takes_only_instances_still_pending(tmp_path):
+    """Arrivals that have their outcome, or whose file is gone (their study answered and
+    deleted, then sent again), are passed over."""
+    node, keys = _pipeline(tmp_path, ScriptedModel(), [3], quiet_seconds=3600)
+    node.model.batch_size = 8
+    first, second, third = node.spool.pending(keys[0])
+    node._recover()                                 # the arrival list, no thread started
+    node.spool.record(keys[0], first, {"outcome": "skipped", "reason": "test"})
+    os.remove(node.spool.instance_file(keys[0], third))
+    assert node._due() == [(keys[0], [second], False)]
 
 
 def test_an_early_round_that_failed_is_tried_again_after_the_backoff(tmp_path):

@@ -6,10 +6,12 @@ instead of decoding it between the network's calls: in a flood of studies the in
 arrive faster than the network predicts them, and are decoded while it works.
 Images are kept up to ``budget`` bytes (more arrivals are decoded when predicted, as before);
 an image is handed out once and only while its file is the one decoded (a resent instance
-replaces the file: it is read again).
+replaces the file: it is read again). An instance the predictor read before this thread got to
+it is not decoded again, nor kept (it would never be read).
 """
 from __future__ import annotations
 
+import collections
 import os
 import queue
 import threading
@@ -36,9 +38,13 @@ class Predecoded:
         self._paths: queue.Queue = queue.Queue()
         self._images: dict[str, tuple[tuple, DicomImage]] = {}
         self._bytes = 0
+        self._queued: collections.Counter = collections.Counter()   # put, not yet taken up
+        self._read_first: set[str] = set()  # of those, read by the predictor meanwhile
         self._lock = threading.Lock()
 
     def put(self, path: str) -> None:
+        with self._lock:
+            self._queued[path] += 1
         self._paths.put(path)
 
     def run(self, stopping: threading.Event) -> None:
@@ -47,24 +53,34 @@ class Predecoded:
                 path = self._paths.get(timeout=0.2)
             except queue.Empty:
                 continue
-            if self._bytes >= self.budget:
-                continue
-            version = _version(path)
-            try:
-                image = read_dicom(path)
-            except DicomError:
-                continue                    # read again when predicted, for its rejection
             with self._lock:
-                old = self._images.pop(path, None)
-                self._bytes -= old[1].pixels.nbytes if old else 0
-                self._images[path] = (version, image)
-                self._bytes += image.pixels.nbytes
+                wanted = path not in self._read_first and self._bytes < self.budget
+            version, image = _version(path), None
+            if wanted:
+                try:
+                    image = read_dicom(path)
+                except DicomError:
+                    pass                    # read again when predicted, for its rejection
+            with self._lock:
+                self._queued[path] -= 1
+                if not self._queued[path]:
+                    del self._queued[path]
+                if path in self._read_first:
+                    self._read_first.discard(path)
+                elif image is not None:
+                    old = self._images.pop(path, None)
+                    self._bytes -= old[1].pixels.nbytes if old else 0
+                    self._images[path] = (version, image)
+                    self._bytes += image.pixels.nbytes
 
     def read(self, path: str) -> DicomImage:
+        path = os.fspath(path)
         with self._lock:
-            version, image = self._images.pop(os.fspath(path), (None, None))
+            version, image = self._images.pop(path, (None, None))
             if image is not None:
                 self._bytes -= image.pixels.nbytes
+            elif path in self._queued:
+                self._read_first.add(path)
         if image is not None and version is not None and version == _version(path):
             return image
         return read_dicom(path)

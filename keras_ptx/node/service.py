@@ -1,15 +1,16 @@
 """The node: receive instances, predict them, answer each study once it is quiet, forget it.
 
-Five threads beside pynetdicom's, a pipeline: each stored instance is decoded while its study
-waits (:mod:`keras_ptx.node.predecode`); the predictor takes the studies whose quiet period
+Five threads beside pynetdicom's, a pipeline: each stored instance is decoded as it arrives
+(:mod:`keras_ptx.node.predecode`); the predictor takes the studies whose quiet period
 (``quiet_seconds`` without a new instance) is over, oldest first, in rounds of about one
 model batch (a flood of studies does not hold back the first ones), fills a round with room
 left with instances of studies still waiting, in the order they came (predicted early: the
 network does not idle through a quiet period, and the answer is ready when it ends), and
-hands each prediction or rejection to the builder; the builder writes each instance's outcome (result
-objects, or the reason it was skipped) and, once a study is quiet and every instance of it
-has one, marks it predicted and hands it to the sender (:class:`~keras_ptx.node.delivery.Delivery`), which sends
-it while the next studies are predicted; the housekeeper rewrites ``status.json`` and deletes
+hands each prediction or rejection to the builder; the builder writes each instance's
+outcome (result objects, or the reason it was skipped) and, once a study is quiet and every
+instance of it has one, marks it predicted and hands it to the sender
+(:class:`~keras_ptx.node.delivery.Delivery`), which sends it while the next studies are
+predicted; the housekeeper rewrites ``status.json`` and deletes
 sent studies after their retention. Everything they act on is on the disk first
 (:mod:`keras_ptx.node.spool`), so a restart after a crash resumes every unfinished study: its
 quiet period starts again, instances without an outcome are predicted, unacknowledged objects
@@ -57,9 +58,11 @@ class Node:
         os.umask(0o077)                     # spool files 0600, folders 0700: they hold PHI
         self.spool = Spool(config.spool)
         self.status = Status(os.path.join(self.spool.root, "status.json"))
-        self._quiet_since: dict[str, float] = {}     # study key -> monotonic time of its last instance
+        self._quiet_since: dict[str, float] = {}     # waiting study key -> monotonic time its
+        # quiet period started (its last instance, a restart, a retry's backoff)
         self._in_flight: set[tuple[str, str]] = set()   # (study, instance) handed to the builder
-        self._fresh: collections.deque = collections.deque()   # (study, instance) as stored
+        self._fresh: collections.deque = collections.deque()   # (study, instance) as stored:
+        # predicted early if still pending when a round has room
         self._early_from = 0.0              # no early predictions before (after a failed round)
         self._lock = threading.Lock()
         self._jobs: queue.Queue = queue.Queue(maxsize=2 * max(1, model.batch_size))
@@ -120,9 +123,9 @@ class Node:
             elif state == "sent":
                 self.delivery.retain(key, study.get("sent_at", 0))
                 continue
+            elif state == "received":           # every instance has its outcome (predicted
+                self._quiet_since[key] = now    # early, or killed before the hand-over)
             else:
-                if state == "received":
-                    self.spool.set_state(key, "predicted", predicted_at=time.time())
                 self.delivery.put(key)
             unfinished += 1
         if unfinished:
@@ -193,8 +196,8 @@ class Node:
                     break
                 key, instance = self._fresh.popleft()
                 taken = key not in self._quiet_since or (key, instance) in self._in_flight
-            if taken or instance in early.get(key, ()) or self.spool.answered(key, instance):
-                continue                    # due (in this round or before), or has its outcome
+            if taken or instance in early.get(key, ()) or not self.spool.is_pending(key, instance):
+                continue                    # due (in this round or before), has its outcome, gone
             early.setdefault(key, []).append(instance)
             images += 1
         return round_ + [(key, instances, False) for key, instances in early.items()]
@@ -243,7 +246,7 @@ class Node:
                     self._jobs.put((FINISH, key))
                 for instance in instances:
                     where[self.spool.instance_file(key, instance)] = (key, instance)
-            for item in self.model.results(list(where), self.predecoded.read):
+            for item in self.model.results(list(where), self.predecoded.read) if where else ():
                 path = str(item.path if isinstance(item, Rejection) else item.image.path)
                 key, instance = where[path]
                 with self._lock:

@@ -105,6 +105,10 @@ class Spool:
         """Whether the instance has its outcome."""
         return os.path.exists(self.path(key, "done", f"{instance}.json"))
 
+    def is_pending(self, key: str, instance: str) -> bool:
+        """Whether the instance is stored and has no outcome yet (:meth:`pending`, for one)."""
+        return os.path.exists(self.instance_file(key, instance)) and not self.answered(key, instance)
+
     def last_received(self, key: str) -> float | None:
         """When the study's newest instance was stored (epoch seconds), None without any."""
         folder = self.path(key, "in")
