@@ -29,6 +29,15 @@ def _version(path: str) -> tuple[int, int, int] | None:
     return stat.st_ino, stat.st_mtime_ns, stat.st_size
 
 
+def _decoded(path: str) -> DicomImage | None:
+    """The decoded image; None when it cannot be decoded (the predictor reads it again and
+    gets the error, which becomes the instance's rejection)."""
+    try:
+        return read_dicom(path)
+    except DicomError:
+        return None
+
+
 class Predecoded:
     """``put(path)`` after an instance is stored; ``run(stopping)`` in a thread decodes them;
     ``read(path)`` gives the decoded image (or decodes it now)."""
@@ -38,8 +47,8 @@ class Predecoded:
         self._paths: queue.Queue = queue.Queue()
         self._images: dict[str, tuple[tuple, DicomImage]] = {}
         self._bytes = 0
-        self._queued: collections.Counter = collections.Counter()   # put, not yet taken up
-        self._read_first: set[str] = set()  # of those, read by the predictor meanwhile
+        self._queued: collections.Counter = collections.Counter()   # put, neither decoded
+        # nor read yet (a path the predictor read first leaves it: not worth decoding)
         self._lock = threading.Lock()
 
     def put(self, path: str) -> None:
@@ -54,20 +63,15 @@ class Predecoded:
             except queue.Empty:
                 continue
             with self._lock:
-                wanted = path not in self._read_first and self._bytes < self.budget
-            version, image = _version(path), None
-            if wanted:
-                try:
-                    image = read_dicom(path)
-                except DicomError:
-                    pass                    # read again when predicted, for its rejection
+                wanted = path in self._queued and self._bytes < self.budget
+            version, image = (_version(path), _decoded(path)) if wanted else (None, None)
             with self._lock:
+                if path not in self._queued:
+                    continue                # read first: would never be read again
                 self._queued[path] -= 1
                 if not self._queued[path]:
                     del self._queued[path]
-                if path in self._read_first:
-                    self._read_first.discard(path)
-                elif image is not None:
+                if image is not None:
                     old = self._images.pop(path, None)
                     self._bytes -= old[1].pixels.nbytes if old else 0
                     self._images[path] = (version, image)
@@ -79,8 +83,8 @@ class Predecoded:
             version, image = self._images.pop(path, (None, None))
             if image is not None:
                 self._bytes -= image.pixels.nbytes
-            elif path in self._queued:
-                self._read_first.add(path)
+            else:
+                self._queued.pop(path, None)
         if image is not None and version is not None and version == _version(path):
             return image
         return read_dicom(path)

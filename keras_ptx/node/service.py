@@ -117,16 +117,14 @@ class Node:
             study = self.spool.study(key) or {}
             state = study.get("state", "received")
             pending = self.spool.pending(key)
-            if pending:
-                self._quiet_since[key] = now
-                self._fresh.extend((key, instance) for instance in pending)
-            elif state == "sent":
+            if not pending and state == "sent":
                 self.delivery.retain(key, study.get("sent_at", 0))
                 continue
-            elif state == "received":           # every instance has its outcome (predicted
-                self._quiet_since[key] = now    # early, or killed before the hand-over)
-            else:
+            if not pending and state == "predicted":
                 self.delivery.put(key)
+            else:   # instances to predict, or all predicted (early) and not yet quiet again
+                self._quiet_since[key] = now
+                self._fresh.extend((key, instance) for instance in pending)
             unfinished += 1
         if unfinished:
             log.info("resuming %d unfinished stud%s from the spool", unfinished,
