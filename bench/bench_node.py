@@ -25,6 +25,8 @@ per image, 1024 px JPEG Baseline by default), then
 ``--model`` is a RUN_DIR or export; ``--random ENCODER`` builds a run with random weights
 (random batch-norm statistics, bench/trained_like.py) on a ``--grid`` instead: speed does not
 depend on training. ``--engine openvino`` runs the network under OpenVINO in both (#32).
+``--node-only`` runs step 2 alone and prints the node's images/s (A/B runs of the node: give
+the same ``--workdir`` to reuse its files and run); ``--objects`` is the node's.
 Orthanc runs with ``TCP_NODELAY=1`` as the tests run it; ``--orthanc-nagle`` runs it with its
 DCMTK's default instead (Nagle's algorithm on: each answer waits for the node's delayed
 acknowledgement). The median C-ECHO round trip to that Orthanc is reported too.
@@ -132,7 +134,7 @@ def echo_ms(orthanc, calls: int = 20) -> float:
 
 
 def node_run(model: Path, files: list[Path], paced: list[Path], interval: float, work: Path,
-             quiet: float, engine: str, nodelay: bool) -> dict:
+             quiet: float, engine: str, nodelay: bool, objects: str = "seg,sr") -> dict:
     from keras_ptx.node.spool import digest
 
     services.install()
@@ -142,6 +144,7 @@ def node_run(model: Path, files: list[Path], paced: list[Path], interval: float,
     node = services.NodeProcess(
         ["--model", str(model), "--ae-title", NODE_AE, "--port", str(port), "--allow",
          "STORESCU", "--spool", str(work / "spool"), "--quiet", str(quiet), "--engine", engine,
+         "--objects", objects,
          "--send-to", f"ORTHANC@{services.HOST}:{orthanc.dicom_port}"], work / "node.log")
     try:
         echo = echo_ms(orthanc)
@@ -202,18 +205,27 @@ def main():
                         help="the network's engine, in bin/predict and the node alike")
     parser.add_argument("--orthanc-nagle", action="store_true",
                         help="run Orthanc without TCP_NODELAY=1 (its DCMTK's default)")
+    parser.add_argument("--objects", default="seg,sr", help="the node's --objects")
+    parser.add_argument("--node-only", action="store_true",
+                        help="the node alone (no bin/predict, no ratio): for A/B runs")
     args = parser.parse_args()
 
     work = args.workdir or Path(tempfile.mkdtemp(prefix="bench-node-"))
     model = args.model or random_run(work / "run", args.random, args.grid)
     files = synthetic(work / "dicom", args.images, args.size)
     paced = synthetic(work / "paced", args.paced, args.size, seed=1) if args.paced else []
-    rates = predict_rates(model, files, work / "dicom", work, args.engine)
-    predict = rates["steady"]
-    with_objects = predict_rates(model, files, work / "dicom", work, args.engine, objects=True)
+    if not args.node_only:
+        rates = predict_rates(model, files, work / "dicom", work, args.engine)
+        predict = rates["steady"]
+        with_objects = predict_rates(model, files, work / "dicom", work, args.engine,
+                                     objects=True)
     node = node_run(model, files, paced, args.interval, work / "node", args.quiet,
-                    args.engine, not args.orthanc_nagle)
+                    args.engine, not args.orthanc_nagle, args.objects)
     rate = len(files) / node["seconds"]
+    if args.node_only:
+        print(f"node: {len(files)} images in {node['seconds']:.2f} s, {rate:.2f} images/s "
+              f"(--objects {args.objects}, storescu {node['received_seconds']:.1f} s)")
+        return
     flood = _summary(node["latencies"], args.quiet)
     steady = _summary(node["paced_latencies"], args.quiet) if paced else None
     result = {"images": len(files), "size": args.size, "model": str(model), "engine": args.engine,
