@@ -22,6 +22,12 @@ per image, 1024 px JPEG Baseline by default), then
    ``--paced`` more one-image studies (other UIDs), one every ``--interval`` seconds, as a
    PACS sends them through a day: their latencies are the node's own.
 
+The machine's busy core-seconds (``/proc/stat``, every process: the node, its children,
+Orthanc, storescu) are counted over the flood and over each bin/predict run (past the first
+batch, as its steady rate): CPU per image of each, and the ratio's ceiling, the node's
+images/s if its cores were always busy with what it spends per image, over bin/predict's
+steady rate (a node near its ceiling is bounded by its CPU per image, not by waiting).
+
 ``--model`` is a RUN_DIR or export; ``--random ENCODER`` builds a run with random weights
 (random batch-norm statistics, bench/trained_like.py) on a ``--grid`` instead: speed does not
 depend on training. ``--engine openvino`` runs the network under OpenVINO in both (#32).
@@ -40,6 +46,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import re
 import shutil
 import statistics
@@ -60,14 +67,19 @@ NODE_AE = "KPTX"
 
 
 def random_run(folder: Path, encoder: str, grid: int) -> Path:
+    """A run of ``encoder`` with random weights, made unless an earlier run made it."""
     from keras_ptx import rundir
     from keras_ptx.config import dump_config, load_config
     from keras_ptx.model import build_model
     from trained_like import randomise_batch_norms
 
-    folder.mkdir(parents=True, exist_ok=True)
     config = load_config(None, [f"data.image_size={grid}", f"model.encoder={encoder}",
                                 "model.weights=none"])
+    if (folder / rundir.BEST_WEIGHTS).exists():
+        if load_config(folder / rundir.CONFIG) != config:
+            raise SystemExit(f"{folder} is a run of another network: give another --workdir")
+        return folder
+    folder.mkdir(parents=True, exist_ok=True)
     model = build_model(config)
     randomise_batch_norms(model)
     dump_config(config, folder / rundir.CONFIG)
@@ -76,30 +88,50 @@ def random_run(folder: Path, encoder: str, grid: int) -> Path:
 
 
 def synthetic(folder: Path, images: int, size: int, seed: int = 0) -> list[Path]:
+    """The dataset's files, made unless an earlier run (the same --workdir) made it."""
     from keras_ptx.data.dicom import find_dicom_files
     from keras_ptx.synthetic.dataset import Options, make_dataset
 
-    make_dataset(folder, Options(n_images=images, size=size, positive_fraction=0.5,
-                                 test_fraction=0.0, seed=seed), progress=False)
+    made = folder / "synthetic.json"
+    if made.exists():
+        options = json.loads(made.read_text())["options"]
+        if (options["n_images"], options["size"], options["seed"]) != (images, size, seed):
+            raise SystemExit(f"{folder} holds {options['n_images']} images of {options['size']}"
+                             f" px: give the same --images and --size, or another --workdir")
+    else:
+        make_dataset(folder, Options(n_images=images, size=size, positive_fraction=0.5,
+                                     test_fraction=0.0, seed=seed), progress=False)
     return [folder / rel for rel in find_dicom_files(folder)[0]]
 
 
+def busy_core_seconds() -> float:
+    """Core-seconds this machine's cores have spent busy since boot (``/proc/stat``: all
+    but idle and iowait), whatever process."""
+    with open("/proc/stat") as f:
+        ticks = [int(v) for v in f.readline().split()[1:]]
+    return (sum(ticks) - ticks[3] - ticks[4]) / os.sysconf("SC_CLK_TCK")
+
+
 def predict_seconds(model: Path, folder: Path, out: Path, engine: str,
-                    objects: bool) -> tuple[int, float]:
-    """bin/predict's own (images, seconds) line for the DICOMs below ``folder``; with
-    ``objects``, also writing the node's SEG and SR per image (--dicom-out)."""
+                    objects: bool) -> tuple[int, float, float]:
+    """bin/predict's own (images, seconds) line for the DICOMs below ``folder``, and the
+    machine's busy core-seconds over the whole run; with ``objects``, also writing the node's
+    SEG and SR per image (--dicom-out)."""
     extra = ["--dicom-out", str(out / "dicom")] if objects else []
+    busy = busy_core_seconds()
     done = subprocess.run([str(REPO / "bin" / "predict"), "--model", str(model), "--dicom-dir",
                            str(folder), "--out", str(out), "--engine", engine, *extra],
                           capture_output=True, text=True, check=True)
+    busy = busy_core_seconds() - busy
     found = re.search(r"(\d+) images predicted .*; ([\d.]+) s, ", done.stdout)
-    return int(found.group(1)), float(found.group(2))
+    return int(found.group(1)), float(found.group(2)), busy
 
 
 def predict_rates(model: Path, files: list[Path], folder: Path, work: Path, engine: str,
                   objects: bool = False) -> dict:
     """bin/predict's images/s as it reports it, and its steady rate past the first batch (the
-    reported rate, more lenient, when the run is not measurably longer than one batch)."""
+    reported rate, more lenient, when the run is not measurably longer than one batch); the
+    machine's busy core-seconds per image past the first batch."""
     from keras_ptx.config import load_config
     from keras_ptx.rundir import CONFIG
 
@@ -109,12 +141,13 @@ def predict_rates(model: Path, files: list[Path], folder: Path, work: Path, engi
     for path in files[:batch]:
         shutil.copy(path, head / path.name)
     tag = "-objects" if objects else ""
-    n, seconds = predict_seconds(model, folder, work / f"predict{tag}", engine, objects)
-    k, head_seconds = predict_seconds(model, head, work / f"predict-head-out{tag}", engine,
-                                      objects)
+    n, seconds, busy = predict_seconds(model, folder, work / f"predict{tag}", engine, objects)
+    k, head_seconds, head_busy = predict_seconds(model, head, work / f"predict-head-out{tag}",
+                                                 engine, objects)
     past_first = n > k and seconds > head_seconds
     steady = (n - k) / (seconds - head_seconds) if past_first else n / seconds
-    return {"reported": n / seconds, "steady": steady, "first_batch_s": head_seconds}
+    return {"reported": n / seconds, "steady": steady, "first_batch_s": head_seconds,
+            "cpu_s_per_image": (busy - head_busy) / (n - k) if past_first else busy / n}
 
 
 def echo_ms(orthanc, calls: int = 20) -> float:
@@ -138,6 +171,7 @@ def node_run(model: Path, files: list[Path], paced: list[Path], interval: float,
     from keras_ptx.node.spool import digest
 
     services.install()
+    shutil.rmtree(work, ignore_errors=True)      # an earlier run's spool and Orthanc
     port = services.free_port()
     orthanc = services.Orthanc(work / "orthanc", {"node": (NODE_AE, port)},
                                nodelay=nodelay).start()
@@ -149,14 +183,14 @@ def node_run(model: Path, files: list[Path], paced: list[Path], interval: float,
     try:
         echo = echo_ms(orthanc)
         node.start(wait_port=port)
-        start = time.monotonic()
+        busy, start = busy_core_seconds(), time.monotonic()
         sent = services.storescu(files, port, NODE_AE, timeout=3600)
         if sent.returncode != 0:
             raise RuntimeError(f"storescu failed: {sent.stderr[-500:]}")
         received = time.monotonic() - start
         services.wait_for(lambda: len(orthanc.ids("SEG")) >= len(files), 3600,
                           "a SEG for every image", interval=0.5)
-        seconds = time.monotonic() - start
+        seconds, busy = time.monotonic() - start, busy_core_seconds() - busy
         for path in paced:
             next_at = time.monotonic() + interval
             if services.storescu([path], port, NODE_AE).returncode != 0:
@@ -175,7 +209,7 @@ def node_run(model: Path, files: list[Path], paced: list[Path], interval: float,
     def latencies(keys):
         return [(int(line.split()[0]), float(line.rsplit(" ", 1)[1]))
                 for key, line in lines.items() if keys(key)]
-    return {"seconds": seconds, "received_seconds": received, "echo_ms": echo,
+    return {"seconds": seconds, "received_seconds": received, "echo_ms": echo, "busy": busy,
             "latencies": latencies(lambda key: key not in paced_keys),
             "paced_latencies": latencies(lambda key: key in paced_keys)}
 
@@ -222,9 +256,13 @@ def main():
     node = node_run(model, files, paced, args.interval, work / "node", args.quiet,
                     args.engine, not args.orthanc_nagle, args.objects)
     rate = len(files) / node["seconds"]
+    cores = len(os.sched_getaffinity(0))
+    node_cpu = node["busy"] / len(files)
+    print(f"node: {len(files)} images in {node['seconds']:.2f} s, {rate:.2f} images/s "
+          f"(--objects {args.objects}, storescu {node['received_seconds']:.1f} s); the machine "
+          f"{node_cpu * 1000:.0f} ms of CPU per image, its {cores} cores "
+          f"{node['busy'] / (cores * node['seconds']):.0%} busy")
     if args.node_only:
-        print(f"node: {len(files)} images in {node['seconds']:.2f} s, {rate:.2f} images/s "
-              f"(--objects {args.objects}, storescu {node['received_seconds']:.1f} s)")
         return
     flood = _summary(node["latencies"], args.quiet)
     steady = _summary(node["paced_latencies"], args.quiet) if paced else None
@@ -235,6 +273,11 @@ def main():
               "predict_objects_images_per_s": round(with_objects["steady"], 2),
               "node_images_per_s": round(rate, 2), "ratio": round(rate / predict, 3),
               "ratio_same_objects": round(rate / with_objects["steady"], 3),
+              "cpu_ms_per_image": {"predict": round(rates["cpu_s_per_image"] * 1000),
+                                   "predict_objects": round(with_objects["cpu_s_per_image"]
+                                                            * 1000),
+                                   "node": round(node_cpu * 1000)},
+              "ratio_ceiling": round(cores / node_cpu / predict, 3),
               "storescu_s": round(node["received_seconds"], 1),
               "orthanc_tcp_nodelay": not args.orthanc_nagle,
               "orthanc_echo_ms": round(node["echo_ms"], 1), "flood_latency": flood,
