@@ -24,9 +24,12 @@ per image, 1024 px JPEG Baseline by default), then
 
 The machine's busy core-seconds (``/proc/stat``, every process: the node, its children,
 Orthanc, storescu) are counted over the flood and over each bin/predict run (past the first
-batch, as its steady rate): CPU per image of each, and the ratio's ceiling, the node's
-images/s if its cores were always busy with what it spends per image, over bin/predict's
-steady rate (a node near its ceiling is bounded by its CPU per image, not by waiting).
+batch, as its steady rate): CPU per image of each, the cores' busy share in the flood, and
+the ratio's ceiling, the node's images/s if its cores were always busy with what it spends
+per image, over bin/predict's steady rate (the ratio over its ceiling is the busy share).
+Busy includes threads that spin while they wait (TensorFlow's pool spins before it sleeps,
+pynetdicom polls), so a busy share near 1 says the cores are taken, not that all of it is
+work.
 
 ``--model`` is a RUN_DIR or export; ``--random ENCODER`` builds a run with random weights
 (random batch-norm statistics, bench/trained_like.py) on a ``--grid`` instead: speed does not
@@ -105,11 +108,18 @@ def synthetic(folder: Path, images: int, size: int, seed: int = 0) -> list[Path]
 
 
 def busy_core_seconds() -> float:
-    """Core-seconds this machine's cores have spent busy since boot (``/proc/stat``: all
-    but idle and iowait), whatever process."""
+    """Core-seconds this machine's cores have spent running anything since boot
+    (``/proc/stat``: user, nice, system, irq and softirq; not idle, iowait, or steal, the
+    hypervisor's; guest time is inside user)."""
     with open("/proc/stat") as f:
-        ticks = [int(v) for v in f.readline().split()[1:]]
-    return (sum(ticks) - ticks[3] - ticks[4]) / os.sysconf("SC_CLK_TCK")
+        user, nice, system, _, _, irq, softirq = (int(v) for v in f.readline().split()[1:8])
+    return (user + nice + system + irq + softirq) / os.sysconf("SC_CLK_TCK")
+
+
+def machine_cores() -> int:
+    """The cores ``/proc/stat`` counts (those busy_core_seconds adds up)."""
+    with open("/proc/stat") as f:
+        return sum(1 for line in f if re.match(r"cpu\d+ ", line))
 
 
 def predict_seconds(model: Path, folder: Path, out: Path, engine: str,
@@ -147,6 +157,7 @@ def predict_rates(model: Path, files: list[Path], folder: Path, work: Path, engi
     past_first = n > k and seconds > head_seconds
     steady = (n - k) / (seconds - head_seconds) if past_first else n / seconds
     return {"reported": n / seconds, "steady": steady, "first_batch_s": head_seconds,
+            # the fallback includes loading the model, which the rate beside it does not
             "cpu_s_per_image": (busy - head_busy) / (n - k) if past_first else busy / n}
 
 
@@ -171,7 +182,10 @@ def node_run(model: Path, files: list[Path], paced: list[Path], interval: float,
     from keras_ptx.node.spool import digest
 
     services.install()
-    shutil.rmtree(work, ignore_errors=True)      # an earlier run's spool and Orthanc
+    if work.exists():                           # an earlier run's spool and Orthanc
+        if not {p.name for p in work.iterdir()} <= {"orthanc", "spool", "node.log"}:
+            raise SystemExit(f"{work} holds more than a node run: give another --workdir")
+        shutil.rmtree(work)
     port = services.free_port()
     orthanc = services.Orthanc(work / "orthanc", {"node": (NODE_AE, port)},
                                nodelay=nodelay).start()
@@ -256,7 +270,7 @@ def main():
     node = node_run(model, files, paced, args.interval, work / "node", args.quiet,
                     args.engine, not args.orthanc_nagle, args.objects)
     rate = len(files) / node["seconds"]
-    cores = len(os.sched_getaffinity(0))
+    cores = machine_cores()
     node_cpu = node["busy"] / len(files)
     print(f"node: {len(files)} images in {node['seconds']:.2f} s, {rate:.2f} images/s "
           f"(--objects {args.objects}, storescu {node['received_seconds']:.1f} s); the machine "
@@ -277,6 +291,7 @@ def main():
                                    "predict_objects": round(with_objects["cpu_s_per_image"]
                                                             * 1000),
                                    "node": round(node_cpu * 1000)},
+              "cores_busy": round(node["busy"] / (cores * node["seconds"]), 3),
               "ratio_ceiling": round(cores / node_cpu / predict, 3),
               "storescu_s": round(node["received_seconds"], 1),
               "orthanc_tcp_nodelay": not args.orthanc_nagle,
