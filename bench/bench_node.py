@@ -272,10 +272,11 @@ def main():
     rate = len(files) / node["seconds"]
     cores = machine_cores()
     node_cpu = node["busy"] / len(files)
+    busy_share = node["busy"] / (cores * node["seconds"])
     print(f"node: {len(files)} images in {node['seconds']:.2f} s, {rate:.2f} images/s "
           f"(--objects {args.objects}, storescu {node['received_seconds']:.1f} s); the machine "
           f"{node_cpu * 1000:.0f} ms of CPU per image, its {cores} cores "
-          f"{node['busy'] / (cores * node['seconds']):.0%} busy")
+          f"{busy_share:.0%} busy")
     if args.node_only:
         return
     flood = _summary(node["latencies"], args.quiet)
@@ -291,8 +292,8 @@ def main():
                                    "predict_objects": round(with_objects["cpu_s_per_image"]
                                                             * 1000),
                                    "node": round(node_cpu * 1000)},
-              "cores_busy": round(node["busy"] / (cores * node["seconds"]), 3),
-              "ratio_ceiling": round(cores / node_cpu / predict, 3),
+              "cores_busy": round(busy_share, 3),
+              "ratio_ceiling": round(rate / busy_share / predict, 3),
               "storescu_s": round(node["received_seconds"], 1),
               "orthanc_tcp_nodelay": not args.orthanc_nagle,
               "orthanc_echo_ms": round(node["echo_ms"], 1), "flood_latency": flood,
@@ -300,9 +301,9 @@ def main():
               "workdir": str(work)}
     print(json.dumps(result, indent=1))
     paced_cell = f"{steady['median_s']:.1f} / {steady['max_s']:.1f} s" if steady else "-"
-    print(f"\n| images | bin/predict img/s (steady) | node img/s | ratio (goal >= 0.8) | bin/predict "
-          f"--dicom-out img/s | ratio to it | latency in the flood, median / max | latency "
-          f"paced, median / max (goal <= {args.quiet:g} s + 2 s/image) |\n"
+    print(f"\n| images | bin/predict img/s (steady) | node img/s | ratio (goal >= 0.8) "
+          f"| bin/predict --dicom-out img/s | ratio to it | latency in the flood, median / max "
+          f"| latency paced, median / max (goal <= {args.quiet:g} s + 2 s/image) |\n"
           f"|---|---|---|---|---|---|---|---|\n"
           f"| {len(files)} x {args.size} px | {predict:.2f} | {rate:.2f} | {rate / predict:.2f} "
           f"| {with_objects['steady']:.2f} | {rate / with_objects['steady']:.2f} "

@@ -107,7 +107,8 @@ class Spool:
 
     def is_pending(self, key: str, instance: str) -> bool:
         """Whether the instance is stored and has no outcome yet (:meth:`pending`, for one)."""
-        return os.path.exists(self.instance_file(key, instance)) and not self.answered(key, instance)
+        return (os.path.exists(self.instance_file(key, instance))
+                and not self.answered(key, instance))
 
     def last_received(self, key: str) -> float | None:
         """When the study's newest instance was stored (epoch seconds), None without any."""
